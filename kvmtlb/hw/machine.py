@@ -1,0 +1,269 @@
+"""A multi-processor x86 machine: memory and logical processors, as one immutable value.
+
+Models the hardware semantics of design.md: each logical processor holds the MAY-set of entries
+it may have cached; an event applies what it MUST invalidate and then the fill rule closes every
+affected MAY-set under lookup (so entries are available "at any moment while a context is
+active"); an access has one outcome per distinct translation it may use, plus a fault outcome
+whose successor applies the #PF or EPT-violation invalidation. Evictions are never explored:
+dropping an entry only causes another walk, whose results are already among the outcomes.
+
+Memory is sequentially consistent between steps, and each processor's invalidations are local
+(intel.multiprocessor, SDM §4.10.5): shootdowns are software's job.
+
+Invariant: every processor's MAY-set is closed under the fill rule for its current context and the
+current memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+from kvmtlb.hw.cpu import CR4_SMEP, VMX_NONROOT, Capabilities, Cpu
+from kvmtlb.hw.effect import DEFAULT_READINGS, Effect, Event, Readings
+from kvmtlb.hw.errors import ModelError, UnknownEvent
+from kvmtlb.hw.invalidation import Invalidation, union
+from kvmtlb.hw.layout import Memory
+from kvmtlb.hw.outcomes import (
+    Access,
+    AccessOutcome,
+    Done,
+    EptViolation,
+    NestedPageFault,
+    Outcome,
+    PageFault,
+)
+from kvmtlb.hw.smm import Rsm
+from kvmtlb.hw.universe import Universe
+from kvmtlb.hw.vmexit import vm_exit
+from kvmtlb.hw.vmx import ept_violation_invalidation
+from kvmtlb.hw.walk import (
+    ACCESS_KINDS,
+    NotPresent,
+    Stage2Fault,
+    Translated,
+    WalkContext,
+    Walker,
+    WalkResult,
+    guest_denies,
+    stage2_denies,
+)
+from kvmtlb.hw.x86 import page_fault_invalidation
+
+
+class Processor(Protocol):
+    """What the machine needs of a logical processor's state (Intel `Cpu`, AMD `SvmCpu`)."""
+
+    @property
+    def may(self) -> int: ...
+
+    def walk_context(self) -> WalkContext: ...
+
+    def _replace(self, **kw: Any) -> Any: ...
+
+
+class Arch(Protocol):
+    """The vendor-specific parts of accesses: classifying walk results, delivering faults."""
+
+    def classify(self, cpu: Any, gva: int, access: str, r: WalkResult) -> AccessOutcome: ...
+
+    def fault_effect(self, cpu: Any, outcome: AccessOutcome, readings: Readings) -> Effect: ...
+
+
+class IntelArch:
+    """Access outcomes and fault delivery on Intel (SDM §4.10.4.1, §28.3.3.1)."""
+
+    def classify(self, cpu: Cpu, gva: int, access: str, r: WalkResult) -> AccessOutcome:
+        if isinstance(r, NotPresent):
+            return PageFault(gva, "not present")
+        if isinstance(r, Stage2Fault):
+            return EptViolation(r.gpa, gva if r.final else -1)
+        if guest_denies(r, access, smep=bool(cpu.regs.cr4 & CR4_SMEP)):
+            return PageFault(gva, "rights")
+        if stage2_denies(r, access):
+            return EptViolation(r.gpa, gva)
+        return Access(gva, r.gpa, r.frame, r.rights, r.erights)
+
+    def fault_effect(self, cpu: Cpu, outcome: AccessOutcome, readings: Readings) -> Effect:
+        if isinstance(outcome, PageFault):
+            inv = page_fault_invalidation(cpu.vpid, cpu.pcid, outcome.gva)
+            if cpu.mode == VMX_NONROOT and cpu.vmcs is not None and cpu.vmcs.pf_exiting:
+                # intel.pf.intercepted: the retentive reading unless configured otherwise.
+                eff = vm_exit(cpu, "#PF")
+                if readings.intercepted_pf_invalidates:
+                    return eff._replace(invalidation=union(inv, eff.invalidation))
+                return eff
+            return Effect(cpu, Done(), inv)
+        if isinstance(outcome, EptViolation):
+            if not cpu.ept_in_use:
+                raise ModelError("EPT violation while EPT is not in use")
+            inv = ept_violation_invalidation(
+                cpu.vpid, cpu.pcid, cpu.ep4ta, outcome.gpa, outcome.gva
+            )
+            exit_ = vm_exit(cpu, f"EPT violation at GPA {outcome.gpa:#x}")
+            return exit_._replace(invalidation=union(inv, exit_.invalidation))
+        raise ModelError(f"{outcome!r} is not a fault")
+
+
+class MachineConfig:
+    """What does not change during a run: the universe, capabilities, readings, vendor parts.
+
+    Also holds the memo tables shared by every machine of the run.
+    """
+
+    def __init__(
+        self,
+        universe: Universe,
+        caps: Capabilities,
+        readings: Readings = DEFAULT_READINGS,
+        arch: Arch | None = None,
+    ) -> None:
+        self.universe = universe
+        self.caps = caps
+        self.readings = readings
+        self.arch: Arch = arch if arch is not None else IntelArch()
+        self._effects: dict[tuple[Any, Any], Effect] = {}
+        self._contexts: dict[Any, WalkContext] = {}
+
+    def effect(self, cpu: Any, event: Event) -> Effect:
+        key = (cpu._replace(may=0), event)
+        eff = self._effects.get(key)
+        if eff is None:
+            if not hasattr(event, "execute"):
+                raise UnknownEvent(f"{event!r} is not an event of the processor model")
+            eff = event.execute(cpu, self.caps, self.readings)
+            self._effects[key] = eff
+        return eff
+
+    def context(self, cpu: Any) -> WalkContext:
+        key = cpu._replace(may=0)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = cpu.walk_context()
+            self._contexts[key] = ctx
+        return ctx
+
+
+class Step(NamedTuple):
+    machine: Machine
+    outcome: Outcome
+    invalidation: Invalidation
+    removed: int  # bits removed from the executing processor's MAY-set
+
+
+class Machine:
+    """Memory plus a tuple of processors. Equal machines hash equal; `config` is shared context."""
+
+    __slots__ = ("_hash", "config", "cpus", "memory")
+
+    def __init__(self, config: MachineConfig, memory: Memory, cpus: tuple[Any, ...]) -> None:
+        self.config = config
+        self.memory = memory
+        self.cpus = cpus
+        self._hash = hash((memory, cpus))
+
+    @classmethod
+    def boot(cls, config: MachineConfig, memory: Memory, cpus: Sequence[Any]) -> Machine:
+        """A machine whose processors' MAY-sets have been closed under the fill rule."""
+        filled = tuple(cpu._replace(may=_fill(config, memory, cpu)) for cpu in cpus)
+        return cls(config, memory, filled)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Machine)
+            and self._hash == other._hash
+            and self.memory == other.memory
+            and self.cpus == other.cpus
+        )
+
+    def __repr__(self) -> str:
+        return f"Machine({len(self.cpus)} cpus, {self.memory!r})"
+
+    @property
+    def universe(self) -> Universe:
+        return self.config.universe
+
+    def _check_cpu(self, i: int) -> Any:
+        if not isinstance(i, int) or not 0 <= i < len(self.cpus):
+            raise ModelError(f"no processor {i!r} (this machine has {len(self.cpus)})")
+        return self.cpus[i]
+
+    # -- events ---------------------------------------------------------------------------------
+    def step(self, i: int, event: Event) -> Step:
+        """Processor `i` executes `event`; returns the new machine and the outcome."""
+        cpu = self._check_cpu(i)
+        if getattr(cpu, "smm", False) and not isinstance(event, Rsm):
+            raise ModelError(f"processor {i} is in SMM; only RSM is modelled there")
+        eff = self.config.effect(cpu, event)
+        return self._apply(i, cpu, eff)
+
+    def _apply(self, i: int, cpu: Any, eff: Effect) -> Step:
+        may = cpu.may
+        removed = 0
+        if eff.invalidation.clauses:
+            removed = eff.invalidation.removal_mask(self.config.universe, may)
+            may &= ~removed
+        new = eff.cpu._replace(may=may)
+        new = new._replace(may=_fill(self.config, self.memory, new))
+        cpus = (*self.cpus[:i], new, *self.cpus[i + 1 :])
+        return Step(Machine(self.config, self.memory, cpus), eff.outcome, eff.invalidation, removed)
+
+    # -- memory ---------------------------------------------------------------------------------
+    def write(self, slot: int, value: int) -> Machine:
+        """Store `value` into paging-structure entry `slot`; every processor then refills."""
+        memory = self.memory.write(slot, value)
+        if memory is self.memory:
+            return self
+        cpus = tuple(c._replace(may=_fill(self.config, memory, c)) for c in self.cpus)
+        return Machine(self.config, memory, cpus)
+
+    # -- accesses -------------------------------------------------------------------------------
+    def translations(self, i: int, gva: int) -> tuple[WalkResult, ...]:
+        cpu = self._check_cpu(i)
+        ctx = self.config.context(cpu)
+        return self.config.universe.translate(ctx, self.memory, cpu.may, gva)
+
+    def outcomes(self, i: int, gva: int, access: str) -> list[AccessOutcome]:
+        """Every outcome an `access` ("read", "write", "exec") of `gva` on processor `i` may
+        have."""
+        if access not in ACCESS_KINDS:
+            raise ModelError(f"unknown access kind {access!r}; use one of {ACCESS_KINDS}")
+        cpu = self.cpus[i]
+        arch = self.config.arch
+        return list(
+            dict.fromkeys(arch.classify(cpu, gva, access, r) for r in self.translations(i, gva))
+        )
+
+    def access(self, i: int, gva: int, access: str) -> list[tuple[AccessOutcome, Machine]]:
+        """One successor per outcome; a fault's successor has the fault's invalidation applied
+        (and, for an EPT violation, the VM exit it causes)."""
+        result: list[tuple[AccessOutcome, Machine]] = []
+        for o in self.outcomes(i, gva, access):
+            if isinstance(o, PageFault | EptViolation | NestedPageFault):
+                eff = self.config.arch.fault_effect(self.cpus[i], o, self.config.readings)
+                result.append((o, self._apply(i, self.cpus[i], eff).machine))
+            else:
+                result.append((o, self))
+        return result
+
+    def reference(self, i: int, gva: int) -> tuple[WalkResult, ...]:
+        """The TLB-free reference walk of `gva` in processor `i`'s current context."""
+        ctx = self.config.context(self._check_cpu(i))
+        w = Walker(ctx, self.memory.reader, None, self.memory.layout.table_backing)
+        return tuple(w.translate(gva))
+
+    def held(self, i: int) -> list[Any]:
+        """The entries processor `i` may hold, in canonical order."""
+        return self.config.universe.members(self._check_cpu(i).may)
+
+
+def _fill(config: MachineConfig, memory: Memory, cpu: Any) -> int:
+    ctx = config.context(cpu)
+    may: int = config.universe.fill(ctx, memory, cpu.may)
+    return may
+
+
+__all__ = ["Arch", "IntelArch", "Machine", "MachineConfig", "Processor", "Step", "Translated"]
