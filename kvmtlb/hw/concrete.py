@@ -28,6 +28,7 @@ from kvmtlb.hw.paging import (
     G_ALL,
     PS,
     G,
+    ept_misconfigured,
     ept_present,
     ept_rights,
     pte_addr,
@@ -53,6 +54,7 @@ class _S2Path(NamedTuple):
     size: int
     built: tuple[Entry, ...]
     refs: int
+    misconfig: bool = False
 
 
 def _covers(e: Entry, addr: int) -> bool:
@@ -67,7 +69,12 @@ class PathWalker:
         self.mem = memory
         tags = ctx.tags
         self.usable = [e for e in held if tags.usable(e)]
+        self._gpa_cache: dict[int, list[_S2Path]] = {}
+        self._by_kind: dict[type, list[Entry]] = {}
+        for e in self.usable:
+            self._by_kind.setdefault(type(e), []).append(e)
         ept = ctx.s2_fmt is Format.EPT
+        self._ept = ept
         self._s2_present = ept_present if ept else pte_present
         self._s2_rights = ept_rights if ept else _npt_rights
         self._s2_large = EPT_PS if ept else PS
@@ -75,10 +82,16 @@ class PathWalker:
         self._tr, self._psc, self._s2tr, self._s2psc = tr, psc, s2tr, s2psc
 
     def _held(self, kind: type | None) -> list[Entry]:
-        return [e for e in self.usable if kind is not None and type(e) is kind]
+        return self._by_kind.get(kind, []) if kind is not None else []
 
     # -- stage 2 --------------------------------------------------------------------------------
-    def gpa_paths(self, gpa: int) -> Iterator[_S2Path]:
+    def gpa_paths(self, gpa: int) -> list[_S2Path]:
+        hit = self._gpa_cache.get(gpa)
+        if hit is None:
+            hit = self._gpa_cache[gpa] = list(self._gpa_paths(gpa))
+        return hit
+
+    def _gpa_paths(self, gpa: int) -> Iterator[_S2Path]:
         for e in self._held(self._s2tr):
             if _covers(e, gpa):
                 yield _S2Path(e.frame + (gpa & (e.size - 1)), e.rights, e.size, (), 0)  # type: ignore[union-attr]
@@ -96,12 +109,17 @@ class PathWalker:
             refs += 1
             if not self._s2_present(value):
                 return _S2Path(-1, 0, 0, built, refs)
+            if self._ept and ept_misconfigured(value):
+                return _S2Path(-1, 0, 0, built, refs, True)
             rights &= self._s2_rights(value)
             if level == 1 or (level == 2 and value & self._s2_large):
                 size = PAGE_SIZE if level == 1 else LARGE_PAGE_SIZE
                 base = pte_addr(value) & ~(size - 1)
+                frame = base + (gpa & (size - 1))
                 built += (tags.s2_translation(page_base(gpa, size), size, base, rights),)
-                return _S2Path(base + (gpa & (size - 1)), rights, size, built, refs)
+                if size != PAGE_SIZE:
+                    built += (tags.s2_translation(gpa, PAGE_SIZE, frame, rights),)
+                return _S2Path(frame, rights, size, built, refs)
             table = pte_addr(value)
             built += (tags.s2_psc(level, region(gpa, level), table, rights),)
             level -= 1
@@ -130,9 +148,11 @@ class PathWalker:
                 return
             for p in self.gpa_paths(gva):
                 if p.frame < 0:
-                    yield Path(Stage2Fault(gva, True), p.built, p.refs, False)
+                    yield Path(Stage2Fault(gva, True, p.misconfig), p.built, p.refs, False)
                 else:
-                    made = tags.translation(gva, PAGE_SIZE, p.frame, G_ALL, p.rights, False, gva)
+                    made = tags.translation(
+                        gva, PAGE_SIZE, PAGE_SIZE, p.frame, G_ALL, p.rights, False, gva
+                    )
                     yield Path(
                         Translated(gva, p.frame, G_ALL, p.rights, False),
                         (*p.built, made),
@@ -144,7 +164,7 @@ class PathWalker:
         if stage2:
             for p in self.gpa_paths(root):
                 if p.frame < 0 or not p.rights & E_R:
-                    yield Path(Stage2Fault(root, False), p.built, p.refs, False)
+                    yield Path(Stage2Fault(root, False, p.misconfig), p.built, p.refs, False)
                 else:
                     yield from self._walk(gva, LEVELS, p.frame, G_ALL, p.built, p.refs)
         else:
@@ -176,37 +196,65 @@ class PathWalker:
             glob = bool(value & G) and ctx.pge
             base = pte_addr(value) & ~(size - 1)
             off = gva & (size - 1)
+            gp = ctx.guest_physical
             if ctx.s2_root < 0:
-                gpa = base if ctx.guest_physical else -1
-                t = tags.translation(page_base(gva, size), size, base, rights, E_ALL, glob, gpa)
-                yield Path(
-                    Translated(
-                        base + off if ctx.guest_physical else -1, base + off, rights, E_ALL, glob
-                    ),
-                    (*built, t),
-                    refs,
-                    False,
-                )
+                made = [
+                    tags.translation(
+                        page_base(gva, size),
+                        size,
+                        size,
+                        base,
+                        rights,
+                        E_ALL,
+                        glob,
+                        base if gp else -1,
+                    )
+                ]
+                if size != PAGE_SIZE:  # the 4 KiB piece a processor may cache instead
+                    made.append(
+                        tags.translation(
+                            gva,
+                            PAGE_SIZE,
+                            size,
+                            base + off,
+                            rights,
+                            E_ALL,
+                            glob,
+                            base + off if gp else -1,
+                        )
+                    )
+                t = Translated(base + off if gp else -1, base + off, rights, E_ALL, glob)
+                yield Path(t, (*built, *made), refs, False)
                 return
             leaf = base + off
             for p in self.gpa_paths(leaf):
                 if p.frame < 0:
-                    yield Path(Stage2Fault(leaf, True), built + p.built, refs + p.refs, False)
+                    fault = Stage2Fault(leaf, True, p.misconfig)
+                    yield Path(fault, built + p.built, refs + p.refs, False)
                     continue
                 tsize = min(size, p.size)
                 toff = gva & (tsize - 1)
-                t = tags.translation(
-                    page_base(gva, tsize),
-                    tsize,
-                    p.frame - toff,
-                    rights,
-                    p.rights,
-                    glob,
-                    leaf - toff,
-                )
+                made = [
+                    tags.translation(
+                        page_base(gva, tsize),
+                        tsize,
+                        size,
+                        p.frame - toff,
+                        rights,
+                        p.rights,
+                        glob,
+                        leaf - toff,
+                    )
+                ]
+                if tsize != PAGE_SIZE:
+                    made.append(
+                        tags.translation(
+                            gva, PAGE_SIZE, size, p.frame, rights, p.rights, glob, leaf
+                        )
+                    )
                 yield Path(
                     Translated(leaf, p.frame, rights, p.rights, glob),
-                    built + p.built + (t,),
+                    (*built, *p.built, *made),
                     refs + p.refs,
                     False,
                 )
@@ -218,7 +266,8 @@ class PathWalker:
             return
         for p in self.gpa_paths(nxt):
             if p.frame < 0 or not p.rights & E_R:
-                yield Path(Stage2Fault(nxt, False), built + p.built, refs + p.refs, False)
+                fault = Stage2Fault(nxt, False, p.misconfig)
+                yield Path(fault, built + p.built, refs + p.refs, False)
                 continue
             psc = tags.psc(level, region(gva, level), p.frame, rights)
             yield from self._walk(

@@ -65,6 +65,7 @@ class Regs(NamedTuple):
 
     @property
     def pcid(self) -> int:
+        """The current PCID (intel.tag.pcid): CR3[11:0] with CR4.PCIDE = 1, else 000H."""
         return self.cr3 & PCID_MASK if self.cr4 & CR4_PCIDE else 0
 
     @property

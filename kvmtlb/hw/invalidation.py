@@ -61,6 +61,9 @@ class Select:
     - `glob`: True selects only global translations, False only non-global ones and
       paging-structure-cache entries (which are never global, §4.10.3.1).
     - `vpid_nonzero`: every VPID except 0000H (INVVPID all-context).
+    - `whole_page`: with `addr`, every translation of the page the walk mapped `addr` with,
+      including the 4 KiB pieces of a split large page that cover other addresses
+      (intel.split-pages: INVLPG and #PF remove all of them).
     """
 
     kinds: tuple[type, ...]
@@ -73,6 +76,7 @@ class Select:
     or_global: bool = False
     vpid_nonzero: bool = False
     asid_nonzero: bool = False
+    whole_page: bool = False
 
     def matches(self, e: Entry) -> bool:
         if not isinstance(e, self.kinds):
@@ -102,7 +106,9 @@ class Select:
                 if region(self.addr, e.level) != e.region:  # type: ignore[union-attr]
                     return False
             elif page_base(self.addr, e.size) != e.page:  # type: ignore[union-attr]
-                return False
+                span: int = getattr(e, "span", 0)
+                if not (self.whole_page and page_base(self.addr, span) == page_base(e.page, span)):  # type: ignore[union-attr]
+                    return False
         return True
 
 
@@ -155,8 +161,10 @@ def _global_translation_mask(universe: Universe) -> int:
 
 
 def _global_path(psc: Entry, t: Entry) -> bool:
-    """Whether paging-structure-cache entry `psc` lies on the walk path of global translation `t`
-    for the same VPID (and EP4TA)."""
+    """Whether paging-structure-cache entry `psc` lies on the walk path of `t`, a held global
+    translation for the same VPID (and EP4TA)."""
+    if not isinstance(t, TRANSLATION_KINDS) or not getattr(t, "glob", False):
+        return False
     if getattr(t, "vpid", None) != getattr(psc, "vpid", None):
         return False
     if getattr(t, "ep4ta", None) != getattr(psc, "ep4ta", None):

@@ -232,9 +232,14 @@ class LayoutBuilder:
         return make_table_pte(hpa)  # NPT: an IA-32e entry granting every right
 
     # -- entries -----------------------------------------------------------------------------
-    def name(self, root: int, addr: int) -> None:
-        """Make `addr` a named address of hierarchy `root` (walked at every fill)."""
-        self._path(root, addr, 1).entries.setdefault(table_index(addr, 1), [0])
+    def name(self, root: int, addr: int, *, create: bool = True) -> None:
+        """Make `addr` a named address of hierarchy `root` (walked at every fill). With `create`,
+        its level-1 entry gets a slot (initially not present) so it can be written later; an
+        address inside a large page is named with create=False."""
+        if create:
+            self._path(root, addr, 1).entries.setdefault(table_index(addr, 1), [0])
+        elif root not in self._named:
+            raise AddressError(f"no paging hierarchy with root {root:#x}")
         if addr not in self._named[root]:
             self._named[root].append(addr)
 
@@ -250,6 +255,8 @@ class LayoutBuilder:
         for v in values:
             if v not in dom:
                 dom.append(v)
+        if level == 1 and addr not in self._named[root]:
+            self._named[root].append(addr)
 
     def table_pointer(self, root: int, addr: int, level: int) -> int:
         """The value that a level-`level` entry holds to point at the next table for `addr`."""

@@ -28,13 +28,15 @@ from kvmtlb.hw.outcomes import (
     Access,
     AccessOutcome,
     Done,
+    EptMisconfig,
     EptViolation,
     NestedPageFault,
     Outcome,
     PageFault,
 )
+from kvmtlb.hw.rules import check_ids
 from kvmtlb.hw.smm import Rsm
-from kvmtlb.hw.universe import Universe
+from kvmtlb.hw.universe import ContextInfo, Universe
 from kvmtlb.hw.vmexit import vm_exit
 from kvmtlb.hw.vmx import ept_violation_invalidation
 from kvmtlb.hw.walk import (
@@ -77,6 +79,8 @@ class IntelArch:
         if isinstance(r, NotPresent):
             return PageFault(gva, "not present")
         if isinstance(r, Stage2Fault):
+            if r.misconfig:
+                return EptMisconfig(r.gpa)
             return EptViolation(r.gpa, gva if r.final else -1)
         if guest_denies(r, access, smep=bool(cpu.regs.cr4 & CR4_SMEP)):
             return PageFault(gva, "rights")
@@ -102,13 +106,19 @@ class IntelArch:
             )
             exit_ = vm_exit(cpu, f"EPT violation at GPA {outcome.gpa:#x}")
             return exit_._replace(invalidation=union(inv, exit_.invalidation))
+        if isinstance(outcome, EptMisconfig):
+            exit_ = vm_exit(cpu, f"EPT misconfiguration at GPA {outcome.gpa:#x}")
+            misconfig = Invalidation(check_ids(("intel.ept-misconfig",)), ())
+            return exit_._replace(invalidation=union(misconfig, exit_.invalidation))
         raise ModelError(f"{outcome!r} is not a fault")
 
 
 class MachineConfig:
     """What does not change during a run: the universe, capabilities, readings, vendor parts.
 
-    Also holds the memo tables shared by every machine of the run.
+    Also holds the memo tables shared by every machine of the run. A processor state is a
+    NamedTuple whose last field is `may`; the fields before it are its architectural state, the
+    key of these memo tables.
     """
 
     def __init__(
@@ -123,10 +133,10 @@ class MachineConfig:
         self.readings = readings
         self.arch: Arch = arch if arch is not None else IntelArch()
         self._effects: dict[tuple[Any, Any], Effect] = {}
-        self._contexts: dict[Any, WalkContext] = {}
+        self._contexts: dict[Any, ContextInfo] = {}
 
     def effect(self, cpu: Any, event: Event) -> Effect:
-        key = (cpu._replace(may=0), event)
+        key = (cpu[:-1], event)
         eff = self._effects.get(key)
         if eff is None:
             if not hasattr(event, "execute"):
@@ -135,13 +145,14 @@ class MachineConfig:
             self._effects[key] = eff
         return eff
 
-    def context(self, cpu: Any) -> WalkContext:
-        key = cpu._replace(may=0)
-        ctx = self._contexts.get(key)
-        if ctx is None:
-            ctx = cpu.walk_context()
-            self._contexts[key] = ctx
-        return ctx
+    def context(self, cpu: Any) -> ContextInfo:
+        """The walk context of `cpu`'s architectural state, with its cached masks and plans."""
+        key = cpu[:-1]
+        info = self._contexts.get(key)
+        if info is None:
+            info = self.universe.info(cpu.walk_context())
+            self._contexts[key] = info
+        return info
 
 
 class Step(NamedTuple):
@@ -223,8 +234,8 @@ class Machine:
     # -- accesses -------------------------------------------------------------------------------
     def translations(self, i: int, gva: int) -> tuple[WalkResult, ...]:
         cpu = self._check_cpu(i)
-        ctx = self.config.context(cpu)
-        return self.config.universe.translate(ctx, self.memory, cpu.may, gva)
+        info = self.config.context(cpu)
+        return self.config.universe.translate(info, self.memory, cpu.may, gva)
 
     def outcomes(self, i: int, gva: int, access: str) -> list[AccessOutcome]:
         """Every outcome an `access` ("read", "write", "exec") of `gva` on processor `i` may
@@ -242,7 +253,7 @@ class Machine:
         (and, for an EPT violation, the VM exit it causes)."""
         result: list[tuple[AccessOutcome, Machine]] = []
         for o in self.outcomes(i, gva, access):
-            if isinstance(o, PageFault | EptViolation | NestedPageFault):
+            if isinstance(o, PageFault | EptViolation | EptMisconfig | NestedPageFault):
                 eff = self.config.arch.fault_effect(self.cpus[i], o, self.config.readings)
                 result.append((o, self._apply(i, self.cpus[i], eff).machine))
             else:
@@ -251,7 +262,7 @@ class Machine:
 
     def reference(self, i: int, gva: int) -> tuple[WalkResult, ...]:
         """The TLB-free reference walk of `gva` in processor `i`'s current context."""
-        ctx = self.config.context(self._check_cpu(i))
+        ctx = self.config.context(self._check_cpu(i)).ctx
         w = Walker(ctx, self.memory.reader, None, self.memory.layout.table_backing)
         return tuple(w.translate(gva))
 
@@ -261,8 +272,7 @@ class Machine:
 
 
 def _fill(config: MachineConfig, memory: Memory, cpu: Any) -> int:
-    ctx = config.context(cpu)
-    may: int = config.universe.fill(ctx, memory, cpu.may)
+    may: int = config.universe.fill(config.context(cpu), memory, cpu.may)
     return may
 
 

@@ -17,7 +17,8 @@ it came from (`gpa`); hardware keeps no such field.
 
 Entries are NamedTuples of small ints: hashable, cheap, and ordered; `KIND_ORDER` orders kinds
 when a universe enumerates them. `page` is the base of the page the translation maps and `size`
-its size (4 KiB or 2 MiB); `frame` is the base of the physical page it maps to.
+its size (4 KiB or 2 MiB); `span` is the size of the page the walk found (a processor may cache a
+2 MiB page as 4 KiB pieces, SDM §4.10.2.3); `frame` is the base of the physical page it maps to.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LinearTranslation(NamedTuple):
     pcid: int
     page: int
     size: int
+    span: int  # size of the page the walk mapped (a 4 KiB piece of a 2 MiB page: 2 MiB)
     frame: int
     rights: int
     glob: bool
@@ -103,6 +105,7 @@ class CombinedTranslation(NamedTuple):
     ep4ta: int
     page: int
     size: int
+    span: int  # size of the page the walk mapped (a 4 KiB piece of a 2 MiB page: 2 MiB)
     frame: int
     rights: int
     erights: int
@@ -148,6 +151,7 @@ class AsidTranslation(NamedTuple):
     pcid: int
     page: int
     size: int
+    span: int  # size of the page the walk mapped (a 4 KiB piece of a 2 MiB page: 2 MiB)
     frame: int
     rights: int
     erights: int

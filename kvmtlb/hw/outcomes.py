@@ -119,6 +119,15 @@ class EptViolation(NamedTuple):
         return f"EPT violation at GPA {self.gpa:#x}{src}"
 
 
+class EptMisconfig(NamedTuple):
+    """An EPT misconfiguration for `gpa` (a VM exit; it invalidates nothing)."""
+
+    gpa: int
+
+    def describe(self) -> str:
+        return f"EPT misconfiguration at GPA {self.gpa:#x}"
+
+
 class NestedPageFault(NamedTuple):
     """AMD: a nested page fault (#NPF) for `gpa`; `gva` as for EptViolation."""
 
@@ -133,7 +142,7 @@ class NestedPageFault(NamedTuple):
 Outcome: TypeAlias = (
     Done | VmSucceed | VmFailInvalid | VmFailValid | Fault | VmExit | VmEntryFailed | Blocked
 )
-AccessOutcome: TypeAlias = Access | PageFault | EptViolation | NestedPageFault
+AccessOutcome: TypeAlias = Access | PageFault | EptViolation | EptMisconfig | NestedPageFault
 
 GP = "#GP"
 UD = "#UD"

@@ -113,6 +113,12 @@ def ept_present(value: int) -> bool:
     return bool(value & 7)
 
 
+def ept_misconfigured(value: int) -> bool:
+    """SDM §28.2.3.1: write permission without read permission is a misconfiguration (the only
+    misconfiguration the model's entries can express)."""
+    return bool(value & EPT_W) and not value & EPT_R
+
+
 def ept_rights(value: int) -> int:
     return value & E_ALL
 

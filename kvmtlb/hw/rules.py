@@ -293,6 +293,13 @@ _INTEL: list[tuple[str, str, str, str]] = [
         "EP4TA) and, if it came from a linear address, that address's combined mappings.",
     ),
     (
+        "intel.ept-misconfig",
+        "§28.2.3.1; §28.3.2",
+        "§29.3.3.1; §29.4.2",
+        "Misconfigured EPT entries (e.g. write without read) are never cached; an EPT "
+        "misconfiguration invalidates nothing.",
+    ),
+    (
         "intel.vmentry.no-vpid",
         "§26.3.2.5; §28.3.3.1",
         "§27.3.2.5; §29.4.3.1",

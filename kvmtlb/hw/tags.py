@@ -8,6 +8,12 @@ Models the creation and use rules of SDM §28.3.2 (new §29.4.2) and APM §15.16
 - intel.create.combined / intel.use.combined: while EPT is in use, combined mappings are made and
   used for (current VPID, current PCID, current EP4TA), plus global combined translations of the
   current VPID and EP4TA under any PCID; guest-physical mappings for the current EP4TA.
+- intel.create.guest-physical / intel.use.guest-physical: guest-physical mappings are made and
+  used only while EPT is in use, for the current EP4TA, also for the guest-physical references of
+  guest walks (see walk.py).
+- intel.retain.ept-toggle: entries of the kind not in use stay in the MAY-set, unusable, and are
+  usable again when the EPT state (or the EPTP) flips back: `usable` hides them, nothing removes
+  them.
 - amd.tag.asid: everything a guest caches is tagged by ASID (and PCID); nested (NPT-derived)
   entries by ASID only, never by nCR3 (APM §15.16, §15.25.1).
 
@@ -37,7 +43,15 @@ class Tags(Protocol):
     """What a walk needs to know about the current tags."""
 
     def translation(
-        self, page: int, size: int, frame: int, rights: int, erights: int, glob: bool, gpa: int
+        self,
+        page: int,
+        size: int,
+        span: int,
+        frame: int,
+        rights: int,
+        erights: int,
+        glob: bool,
+        gpa: int,
     ) -> Entry: ...
 
     def psc(self, level: int, region: int, table: int, rights: int) -> Entry: ...
@@ -63,9 +77,17 @@ class IntelLinearTags(NamedTuple):
         return (LinearTranslation, LinearPsc, None, None)
 
     def translation(
-        self, page: int, size: int, frame: int, rights: int, erights: int, glob: bool, gpa: int
+        self,
+        page: int,
+        size: int,
+        span: int,
+        frame: int,
+        rights: int,
+        erights: int,
+        glob: bool,
+        gpa: int,
     ) -> Entry:
-        return LinearTranslation(self.vpid, self.pcid, page, size, frame, rights, glob)
+        return LinearTranslation(self.vpid, self.pcid, page, size, span, frame, rights, glob)
 
     def psc(self, level: int, region: int, table: int, rights: int) -> Entry:
         return LinearPsc(self.vpid, self.pcid, level, region, table, rights)
@@ -96,10 +118,18 @@ class IntelEptTags(NamedTuple):
         return (CombinedTranslation, CombinedPsc, GuestPhysicalTranslation, GuestPhysicalPsc)
 
     def translation(
-        self, page: int, size: int, frame: int, rights: int, erights: int, glob: bool, gpa: int
+        self,
+        page: int,
+        size: int,
+        span: int,
+        frame: int,
+        rights: int,
+        erights: int,
+        glob: bool,
+        gpa: int,
     ) -> Entry:
         return CombinedTranslation(
-            self.vpid, self.pcid, self.ep4ta, page, size, frame, rights, erights, glob, gpa
+            self.vpid, self.pcid, self.ep4ta, page, size, span, frame, rights, erights, glob, gpa
         )
 
     def psc(self, level: int, region: int, table: int, rights: int) -> Entry:
@@ -139,9 +169,19 @@ class AmdTags(NamedTuple):
         return (AsidTranslation, AsidPsc, None, None)
 
     def translation(
-        self, page: int, size: int, frame: int, rights: int, erights: int, glob: bool, gpa: int
+        self,
+        page: int,
+        size: int,
+        span: int,
+        frame: int,
+        rights: int,
+        erights: int,
+        glob: bool,
+        gpa: int,
     ) -> Entry:
-        return AsidTranslation(self.asid, self.pcid, page, size, frame, rights, erights, glob, gpa)
+        return AsidTranslation(
+            self.asid, self.pcid, page, size, span, frame, rights, erights, glob, gpa
+        )
 
     def psc(self, level: int, region: int, table: int, rights: int) -> Entry:
         return AsidPsc(self.asid, self.pcid, level, region, table, rights)

@@ -39,6 +39,9 @@ class IntelSpec:
     ept_values: dict[int, list[int]] = field(default_factory=dict)  # further EPT leaf values
     linear: dict[int, int] = field(default_factory=dict)  # GVA -> PTE in a linear hierarchy
     linear_values: dict[int, list[int]] = field(default_factory=dict)
+    guest_large: dict[int, int] = field(default_factory=dict)  # GVA -> 2 MiB guest PDE
+    ept_large: dict[int, int] = field(default_factory=dict)  # GPA -> 2 MiB EPT PDE
+    names: tuple[int, ...] = ()  # further GVAs inside large pages, walked at every fill
     ept_roots: int = 1  # EPT hierarchies mapping the same guest-physical space (EP4TAs)
     vpids: tuple[int, ...] = (1,)
     pcids: tuple[int, ...] = (0,)
@@ -110,11 +113,17 @@ def build_intel(spec: IntelSpec) -> Testbed:
         b.map(guest_root, gva, pte)
     for gva, values in spec.guest_values.items():
         b.allow(guest_root, gva, values)
+    for gva, pde in spec.guest_large.items():
+        b.map(guest_root, gva, pde, level=2)
+    for gva in spec.names:
+        b.name(guest_root, gva, create=False)
     for e in ept_roots:
         for gpa, leaf in spec.ept.items():
             b.map(e, gpa, leaf)
         for gpa, values in spec.ept_values.items():
             b.allow(e, gpa, values)
+        for gpa, pde in spec.ept_large.items():
+            b.map(e, gpa, pde, level=2)
     linear_root = -1
     if spec.linear:
         linear_root = b.linear_root()

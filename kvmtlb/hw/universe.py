@@ -9,20 +9,26 @@ produce (each entry is a function of the values read on its derivation path, eac
 is in its slot's domain, and held entries only shortcut a prefix of such a path). The order of the
 entries is canonical (kind, then fields), so the encoding is the same in every process.
 
-Fills and lookups are memoized per (context, memory, usable held bits): the explorer revisits the
-same situations many times, and a memo hit costs one dict lookup.
+Fills and lookups are memoized. The fill of a context is the union of the fills of its named
+addresses, and the walks of one address read a known set of slots and consult a known set of
+entries (an address's "plan", recorded once per context by a domain walk of that address alone).
+So each address is memoized on (its slot values, the held entries it can consult): a processor
+that changes one PTE re-walks only the addresses that can read it, and a memo entry serves every
+memory state that agrees on those slots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator
+from operator import itemgetter
+from typing import Any
 
-from kvmtlb.hw.addr import LARGE_PAGE_SIZE, PAGE_SIZE, page_base
+from kvmtlb.hw.addr import page_base
 from kvmtlb.hw.errors import OutsideUniverse
 from kvmtlb.hw.layout import Layout, Memory
 from kvmtlb.hw.mappings import PSC_KINDS, Entry, sort_key
 from kvmtlb.hw.tags import Tags
-from kvmtlb.hw.walk import Held, WalkContext, Walker, WalkResult
+from kvmtlb.hw.walk import Held, S2Oracle, S2Result, WalkContext, Walker, WalkResult
 
 
 def iter_bits(mask: int) -> Iterator[int]:
@@ -30,6 +36,49 @@ def iter_bits(mask: int) -> Iterator[int]:
         low = mask & -mask
         yield low.bit_length() - 1
         mask ^= low
+
+
+class _Plan:
+    """What the walks of one address under one context read and consult."""
+
+    __slots__ = ("addr", "get", "is_gpa", "mask", "memo", "slots")
+
+    def __init__(self, addr: int, is_gpa: bool, slots: tuple[int, ...], mask: int) -> None:
+        self.addr = addr
+        self.is_gpa = is_gpa
+        self.slots = slots
+        self.mask = mask
+        self.memo: dict[tuple[Any, int], int] = {}
+        # Slot values as a hashable key (a tuple, a single value, or () for no slots).
+        self.get: Callable[[tuple[int, ...]], Any] = (
+            itemgetter(*slots) if slots else (lambda values: ())
+        )
+
+
+class ContextInfo:
+    """Everything cached about one walk context: usable mask, address plans, memo tables."""
+
+    __slots__ = (
+        "ctx",
+        "fill_memo",
+        "gpa_plans",
+        "gva_plans",
+        "plans",
+        "s2_memo",
+        "translate_memo",
+        "usable",
+    )
+
+    def __init__(self, ctx: WalkContext, usable: int, plans: list[_Plan]) -> None:
+        self.ctx = ctx
+        self.usable = usable
+        self.plans = plans
+        self.gva_plans = {p.addr: p for p in plans if not p.is_gpa}
+        self.gpa_plans = {p.addr: p for p in plans if p.is_gpa}
+        # GPA plan memo of stage-2 results: (slot values, held bits) -> (results, fill bits)
+        self.s2_memo: dict[tuple[int, Any, int], tuple[S2Result, int]] = {}
+        self.fill_memo: dict[tuple[Memory, int], int] = {}
+        self.translate_memo: dict[tuple[int, Any, int], tuple[WalkResult, ...]] = {}
 
 
 class Universe:
@@ -41,7 +90,10 @@ class Universe:
         found: set[Entry] = set()
         for ctx in self.contexts:
             w = Walker(ctx, layout.domain, None, layout.table_backing)
-            self._walk_all(w, ctx)
+            for gva in self.addresses(ctx):
+                w.translate(gva)
+            for gpa in self._gpas(ctx):
+                w.translate_gpa(gpa)
             found |= w.fills
         self.entries: tuple[Entry, ...] = tuple(sorted(found, key=sort_key))
         self.bit_of: dict[Entry, int] = {e: i for i, e in enumerate(self.entries)}
@@ -51,11 +103,7 @@ class Universe:
             self.key_masks[k] = self.key_masks.get(k, 0) | (1 << i)
         self.full = (1 << len(self.entries)) - 1
         self._masks: dict[Hashable, int] = {}
-        self._usable: dict[tuple[type, Tags], int] = {}
-        self._fill_memo: dict[tuple[WalkContext, Memory, int], int] = {}
-        self._translate_memo: dict[
-            tuple[WalkContext, Memory, int, int], tuple[WalkResult, ...]
-        ] = {}
+        self._infos: dict[WalkContext, ContextInfo] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -67,14 +115,10 @@ class Universe:
             return self.layout.named.get(ctx.s2_root, ()) if ctx.s2_root >= 0 else ()
         return self.layout.named.get(ctx.root, ())
 
-    def _walk_all(self, w: Walker, ctx: WalkContext) -> None:
-        for gva in self.addresses(ctx):
-            w.translate(gva)
-        if ctx.s2_root >= 0:
-            # The guest may touch any guest-physical page it owns (a kernel's direct map covers
-            # all of RAM), so guest-physical translations of every mapped GPA may be filled.
-            for gpa in self.layout.named.get(ctx.s2_root, ()):
-                w.translate_gpa(gpa)
+    def _gpas(self, ctx: WalkContext) -> tuple[int, ...]:
+        # The guest may touch any guest-physical page it owns (a kernel's direct map covers all
+        # of RAM), so guest-physical translations of every mapped GPA may be filled.
+        return self.layout.named.get(ctx.s2_root, ()) if ctx.s2_root >= 0 else ()
 
     def bit(self, entry: Entry) -> int:
         try:
@@ -118,51 +162,123 @@ class Universe:
         return m
 
     def usable_mask(self, tags: Tags) -> int:
-        key = (type(tags), tags)
-        m = self._usable.get(key)
-        if m is None:
-            m = 0
-            for i, e in enumerate(self.entries):
-                if tags.usable(e):
-                    m |= 1 << i
-            self._usable[key] = m
-        return m
+        return self.mask(("usable", type(tags), tags), tags.usable)
+
+    # -- contexts and plans ---------------------------------------------------------------------
+    def info(self, ctx: WalkContext) -> ContextInfo:
+        info = self._infos.get(ctx)
+        if info is None:
+            plans = [self._plan(ctx, a, False) for a in self.addresses(ctx)]
+            plans += [self._plan(ctx, g, True) for g in self._gpas(ctx)]
+            info = ContextInfo(ctx, self.usable_mask(ctx.tags), plans)
+            self._infos[ctx] = info
+        return info
+
+    def _plan(self, ctx: WalkContext, addr: int, is_gpa: bool) -> _Plan:
+        """Record what the walks of `addr` can read and consult, by a domain walk."""
+        layout = self.layout
+        slots: set[int] = set()
+        mask = 0
+
+        def reader(table: int, index: int) -> tuple[int, ...]:
+            n = layout.slot_at.get((table, index))
+            if n is None:
+                return (0,)
+            slots.add(n)
+            return layout.domains[n]
+
+        def held(kind: type, key: tuple[int, int]) -> list[Entry]:
+            nonlocal mask
+            mask |= self.key_masks.get((kind, key), 0)
+            return []
+
+        w = Walker(ctx, reader, held, layout.table_backing)
+        if is_gpa:
+            w.translate_gpa(addr)
+        else:
+            w.translate(addr)
+        return _Plan(addr, is_gpa, tuple(sorted(slots)), mask & self.usable_mask(ctx.tags))
 
     # -- fill and lookup ----------------------------------------------------------------------
-    def fill(self, ctx: WalkContext, mem: Memory, may: int) -> int:
-        """The MAY-set after the fill rule: closed under lookup for context `ctx`."""
-        held = may & self.usable_mask(ctx.tags)
-        key = (ctx, mem, held)
-        add = self._fill_memo.get(key)
+    def fill(self, info: ContextInfo, mem: Memory, may: int) -> int:
+        """The MAY-set after the fill rule: closed under lookup for the context of `info`."""
+        held = may & info.usable
+        key = (mem, held)
+        add = info.fill_memo.get(key)
         if add is None:
-            add = 0
-            while True:
-                w = Walker(ctx, mem.reader, self.held(held | add), self.layout.table_backing)
-                self._walk_all(w, ctx)
-                new = self.bits(w.fills) & ~(held | add)
-                if not new:
-                    break
-                add |= new
-            self._fill_memo[key] = add
+            add = self._fill(info, mem, held)
+            info.fill_memo[key] = add
         return may | add
 
-    def translate(
-        self, ctx: WalkContext, mem: Memory, may: int, gva: int
-    ) -> tuple[WalkResult, ...]:
-        """Every possible translation (and fault) of linear page `gva` under `ctx`."""
-        held = may & self.usable_mask(ctx.tags)
-        key = (ctx, mem, held, gva)
-        hit = self._translate_memo.get(key)
-        if hit is None:
-            w = Walker(ctx, mem.reader, self.held(held), self.layout.table_backing)
-            hit = tuple(w.translate(gva))
-            self._translate_memo[key] = hit
-        return hit
+    def _s2_oracle(self, info: ContextInfo, mem: Memory, held: int) -> S2Oracle:
+        """Memoized stage-2 translations for the walks of one fill or lookup."""
+        values = mem.values
+        plans = info.gpa_plans
+        memo = info.s2_memo
+        table_backing = self.layout.table_backing
 
-    def translate_gpa(self, ctx: WalkContext, mem: Memory, may: int, gpa: int) -> list[object]:
-        held = may & self.usable_mask(ctx.tags)
-        w = Walker(ctx, mem.reader, self.held(held), self.layout.table_backing)
-        return list(w.translate_gpa(gpa))
+        def oracle(gpa: int) -> tuple[S2Result, int] | None:
+            plan = plans.get(gpa)
+            if plan is None:
+                return None
+            k = (gpa, plan.get(values), held & plan.mask)
+            hit = memo.get(k)
+            if hit is None:
+                w = Walker(info.ctx, mem.reader, self.held(k[2]), table_backing)
+                results = w.translate_gpa(gpa)
+                hit = (results, self.bits(w.fills))
+                memo[k] = hit
+            return hit
+
+        return oracle
+
+    def _fill(self, info: ContextInfo, mem: Memory, held: int) -> int:
+        values = mem.values
+        cur = held
+        pending = info.plans
+        while pending:
+            new = 0
+            oracle = self._s2_oracle(info, mem, cur) if info.gpa_plans else None
+            for plan in pending:
+                k = (plan.get(values), cur & plan.mask)
+                f = plan.memo.get(k)
+                if f is None:
+                    if plan.is_gpa and oracle is not None:
+                        hit = oracle(plan.addr)
+                        assert hit is not None
+                        f = hit[1]
+                    else:
+                        w = Walker(
+                            info.ctx, mem.reader, self.held(k[1]), self.layout.table_backing, oracle
+                        )
+                        w.translate(plan.addr)
+                        f = self.bits(w.fills) | w.fill_bits
+                    plan.memo[k] = f
+                new |= f
+            new &= ~cur
+            if not new:
+                break
+            cur |= new
+            pending = [p for p in info.plans if p.mask & new]
+        return cur & ~held
+
+    def translate(
+        self, info: ContextInfo, mem: Memory, may: int, gva: int
+    ) -> tuple[WalkResult, ...]:
+        """Every possible translation (and fault) of linear page `gva` under the context."""
+        plan = info.gva_plans.get(gva)
+        held = may & info.usable
+        if plan is None:  # not a named address: walk it directly
+            w = Walker(info.ctx, mem.reader, self.held(held), self.layout.table_backing)
+            return tuple(w.translate(gva))
+        key = (plan.addr, plan.get(mem.values), held & plan.mask)
+        hit = info.translate_memo.get(key)
+        if hit is None:
+            oracle = self._s2_oracle(info, mem, held) if info.gpa_plans else None
+            w = Walker(info.ctx, mem.reader, self.held(key[2]), self.layout.table_backing, oracle)
+            hit = tuple(w.translate(gva))
+            info.translate_memo[key] = hit
+        return hit
 
 
 def _key(e: Entry) -> tuple[int, int]:
@@ -176,4 +292,4 @@ def covers(entry: Entry, addr: int) -> bool:
     return page_base(addr, entry.size) == entry.page  # type: ignore[union-attr]
 
 
-__all__ = ["LARGE_PAGE_SIZE", "PAGE_SIZE", "Universe", "covers", "iter_bits"]
+__all__ = ["ContextInfo", "Universe", "covers", "iter_bits"]

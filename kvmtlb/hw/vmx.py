@@ -125,6 +125,7 @@ def eptp_valid(eptp: int, cap: int) -> bool:
 
 
 def _vmfail(cpu: Cpu, error: int) -> Outcome:
+    """intel.vmx.fail: VMfailValid(n) with a current VMCS, else VMfailInvalid."""
     return VmFailValid(error) if cpu.vmcs is not None else VmFailInvalid()
 
 
@@ -133,7 +134,9 @@ def _inv(rules: tuple[str, ...], *clauses: Select) -> Invalidation:
 
 
 def _vmx_gate(cpu: Cpu, name: str, supported: bool = True) -> Effect | None:
-    """The checks every VMX instruction starts with (§30.3): #UD, VM exit, #GP."""
+    """The checks every VMX instruction starts with (§30.3): #UD outside VMX operation, in
+    compatibility mode or without the capability (intel.vmx.ud); a VM exit in non-root operation
+    (intel.vmx.nonroot-exit); #GP at CPL > 0."""
     r = cpu.regs
     if cpu.mode == VMX_OFF:
         return Effect(cpu, Fault(UD, f"{name} outside VMX operation"))

@@ -13,7 +13,8 @@ union of
   table, the leaf), a usable held guest-physical translation, a usable guest-physical
   paging-structure-cache entry followed by current EPT, or the current EPT.
 
-Stale guest-physical entries therefore take part in guest walks. Every entry a walk builds on the
+Stale guest-physical entries therefore take part in guest walks (intel.stale.use: a cached entry
+may be used after the structure it came from changed). Every entry a walk builds on the
 way is recorded in `fills` (intel.create.speculative: processors may fill at any time for any
 address whose walk succeeds, §4.10.2.3, §4.10.3.1), so that the MAY-set can grow by the closure
 of lookup at every step.
@@ -49,6 +50,7 @@ from kvmtlb.hw.paging import (
     RW,
     XD,
     G,
+    ept_misconfigured,
     ept_present,
     ept_rights,
     pte_addr,
@@ -90,14 +92,19 @@ class NotPresent(NamedTuple):
 
 
 class Stage2Fault(NamedTuple):
-    """A stage-2 walk failed (EPT violation / #NPF) for `gpa`; `final` if it was the leaf GPA."""
+    """A stage-2 walk failed (EPT violation / #NPF) for `gpa`; `final` if it was the leaf GPA;
+    `misconfig` for an EPT misconfiguration (write without read, SDM §28.2.3.1)."""
 
     gpa: int
     final: bool
+    misconfig: bool = False
 
 
 WalkResult = Translated | NotPresent | Stage2Fault
 _S2 = tuple[int, int, int]  # (host frame of the 4 KiB page, stage-2 rights, stage-2 page size)
+S2Result = list[_S2 | Stage2Fault]
+# Memoized stage-2 translation of a GPA: its results and its fills as universe bits, or None.
+S2Oracle = Callable[[int], tuple[S2Result, int] | None]
 
 
 class Walker:
@@ -109,26 +116,40 @@ class Walker:
         reader: Reader,
         held: Held | None = None,
         backing: dict[int, int] | None = None,
+        s2_oracle: S2Oracle | None = None,
     ) -> None:
         self.ctx = ctx
         self.reader = reader
         self.held: Held = held if held is not None else _nothing_held
         self.backing = backing or {}
         self.fills: set[Entry] = set()
-        self._s2_cache: dict[int, list[_S2 | Stage2Fault]] = {}
+        # With an oracle, stage-2 translations come memoized (results, fill bits) from the
+        # universe; their fills are accumulated as bits here instead of entries.
+        self.s2_oracle = s2_oracle
+        self.fill_bits = 0
+        self._s2_cache: dict[int, S2Result] = {}
+        self._walk_cache: dict[tuple[int, int, int, int], list[WalkResult]] = {}
         kinds = ctx.tags.kinds
         self._tr_kind, self._psc_kind, self._s2_tr_kind, self._s2_psc_kind = kinds
         ept = ctx.s2_fmt is Format.EPT
+        self._ept = ept
         self._s2_present = ept_present if ept else pte_present
         self._s2_rights = ept_rights if ept else _npt_rights
         self._s2_large = EPT_PS if ept else PS
 
     # -- stage 2 ------------------------------------------------------------------------------
-    def translate_gpa(self, gpa: int) -> list[_S2 | Stage2Fault]:
+    def translate_gpa(self, gpa: int) -> S2Result:
         """Every possible stage-2 translation of the 4 KiB guest-physical page `gpa`."""
         hit = self._s2_cache.get(gpa)
         if hit is not None:
             return hit
+        if self.s2_oracle is not None:
+            known = self.s2_oracle(gpa)
+            if known is not None:
+                results, bits = known
+                self.fill_bits |= bits
+                self._s2_cache[gpa] = results
+                return results
         out: list[_S2 | Stage2Fault] = []
         assert self._s2_tr_kind is not None and self._s2_psc_kind is not None
         for size in (PAGE_SIZE, LARGE_PAGE_SIZE):
@@ -149,6 +170,9 @@ class Walker:
         for value in self.reader(table, table_index(gpa, level)):
             if not self._s2_present(value):
                 out.append(Stage2Fault(gpa, False))
+                continue
+            if self._ept and ept_misconfigured(value):
+                out.append(Stage2Fault(gpa, False, True))  # intel.ept-misconfig: never cached
                 continue
             r = rights & self._s2_rights(value)
             large = level == 2 and bool(value & self._s2_large)
@@ -182,7 +206,8 @@ class Walker:
         if stage2:
             for res in self.translate_gpa(page_base(ctx.root)):
                 if isinstance(res, Stage2Fault) or not res[1] & E_R:
-                    out.append(Stage2Fault(page_base(ctx.root), False))
+                    mis = isinstance(res, Stage2Fault) and res.misconfig
+                    out.append(Stage2Fault(page_base(ctx.root), False, mis))
                 else:
                     self._walk(gva, LEVELS, res[0], G_ALL, out)
         else:
@@ -212,10 +237,12 @@ class Walker:
         tags = self.ctx.tags
         for res in self.translate_gpa(gva):
             if isinstance(res, Stage2Fault):
-                out.append(Stage2Fault(gva, True))
+                out.append(Stage2Fault(gva, True, res.misconfig))
                 continue
             frame, er, _ = res
-            self.fills.add(tags.translation(gva, PAGE_SIZE, frame, G_ALL, er, False, gva))
+            self.fills.add(
+                tags.translation(gva, PAGE_SIZE, PAGE_SIZE, frame, G_ALL, er, False, gva)
+            )
             out.append(Translated(gva, frame, G_ALL, er, False))
 
     def _table_hpa(self, phys: int) -> int:
@@ -228,14 +255,28 @@ class Walker:
         return phys
 
     def _walk(self, gva: int, level: int, table: int, rights: int, out: list[WalkResult]) -> None:
+        """Continue a walk of `gva` at `level` in the table at host address `table`. A walk that
+        resumes from a held paging-structure-cache entry usually meets a sub-walk already done
+        (same level, table and rights): its results are reused."""
+        key = (gva, level, table, rights)
+        done = self._walk_cache.get(key)
+        if done is None:
+            done = []
+            self._walk_uncached(gva, level, table, rights, done)
+            self._walk_cache[key] = done
+        out.extend(done)
+
+    def _walk_uncached(
+        self, gva: int, level: int, table: int, rights: int, out: list[WalkResult]
+    ) -> None:
         ctx = self.ctx
         tags = ctx.tags
         stage2 = ctx.s2_root >= 0
         for value in self.reader(table, table_index(gva, level)):
             if not pte_present(value):
-                out.append(NotPresent(level))
+                out.append(NotPresent(level))  # intel.create.present: nothing is cached
                 continue
-            r = rights & pte_rights(value)
+            r = rights & pte_rights(value)  # intel.tlb.contents: R/W, U/S ANDed, XD ORed
             large = level == 2 and bool(value & PS)
             if level == 3 and value & PS:
                 raise ModelError("1 GiB pages are not modelled")
@@ -243,6 +284,7 @@ class Walker:
                 self._leaf(gva, value, r, PAGE_SIZE if level == 1 else LARGE_PAGE_SIZE, out)
                 continue
             nxt = pte_addr(value)
+            # intel.psc.contents: the region's next-table address with the rights so far.
             psc_region = region(gva, level)
             if not stage2:
                 self.fills.add(tags.psc(level, psc_region, nxt, r))
@@ -250,55 +292,60 @@ class Walker:
                 continue
             for res in self.translate_gpa(nxt):
                 if isinstance(res, Stage2Fault) or not res[1] & E_R:
-                    out.append(Stage2Fault(nxt, False))
+                    mis = isinstance(res, Stage2Fault) and res.misconfig
+                    out.append(Stage2Fault(nxt, False, mis))
                     continue
                 self.fills.add(tags.psc(level, psc_region, res[0], r))
                 self._walk(gva, level - 1, res[0], r, out)
 
     def _leaf(self, gva: int, value: int, rights: int, size: int, out: list[WalkResult]) -> None:
+        """A leaf of size `size` maps `gva`: fill its translation (and, for a large page, the
+        4 KiB piece a processor may cache instead: intel.split-pages; `span` records `size`)."""
         ctx = self.ctx
         tags = ctx.tags
-        glob = bool(value & G) and ctx.pge
+        glob = bool(value & G) and ctx.pge  # intel.create.global
         base = pte_addr(value) & ~(size - 1)
         off = gva & (size - 1)
         if ctx.s2_root < 0:
-            gpa_base = base if ctx.guest_physical else -1
+            gp = ctx.guest_physical
             self.fills.add(
-                tags.translation(page_base(gva, size), size, base, rights, E_ALL, glob, gpa_base)
+                tags.translation(
+                    page_base(gva, size), size, size, base, rights, E_ALL, glob, base if gp else -1
+                )
             )
             if size != PAGE_SIZE:
+                piece = base + off
                 self.fills.add(
                     tags.translation(
-                        gva,
-                        PAGE_SIZE,
-                        base + off,
-                        rights,
-                        E_ALL,
-                        glob,
-                        gpa_base + off if gpa_base >= 0 else -1,
+                        gva, PAGE_SIZE, size, piece, rights, E_ALL, glob, piece if gp else -1
                     )
                 )
-            out.append(
-                Translated(
-                    base + off if ctx.guest_physical else -1, base + off, rights, E_ALL, glob
-                )
-            )
+            out.append(Translated(base + off if gp else -1, base + off, rights, E_ALL, glob))
             return
         leaf_gpa = base + off
         for res in self.translate_gpa(leaf_gpa):
             if isinstance(res, Stage2Fault):
-                out.append(Stage2Fault(leaf_gpa, True))
+                out.append(Stage2Fault(leaf_gpa, True, res.misconfig))
                 continue
             frame, er, s2size = res
             tsize = min(size, s2size)
             toff = gva & (tsize - 1)
             self.fills.add(
                 tags.translation(
-                    page_base(gva, tsize), tsize, frame - toff, rights, er, glob, leaf_gpa - toff
+                    page_base(gva, tsize),
+                    tsize,
+                    size,
+                    frame - toff,
+                    rights,
+                    er,
+                    glob,
+                    leaf_gpa - toff,
                 )
             )
             if tsize != PAGE_SIZE:
-                self.fills.add(tags.translation(gva, PAGE_SIZE, frame, rights, er, glob, leaf_gpa))
+                self.fills.add(
+                    tags.translation(gva, PAGE_SIZE, size, frame, rights, er, glob, leaf_gpa)
+                )
             out.append(Translated(leaf_gpa, frame, rights, er, glob))
 
 

@@ -55,7 +55,7 @@ def invlpg_invalidation(vpid: int, pcid: int, addr: int) -> Invalidation:
     """intel.invlpg.page, intel.invlpg.psc under intel.native.scope."""
     return _inv(
         ("intel.invlpg.page", "intel.invlpg.psc", "intel.native.scope", "intel.split-pages"),
-        Select(L_AND_C_TLB, vpid=vpid, pcid=pcid, or_global=True, addr=addr),
+        Select(L_AND_C_TLB, vpid=vpid, pcid=pcid, or_global=True, addr=addr, whole_page=True),
         Select(L_AND_C_PSC, vpid=vpid, pcid=pcid),
     )
 
@@ -90,6 +90,7 @@ class Invpcid:
         return f"INVPCID type {self.type} PCID {self.pcid:#x} addr {self.addr:#x}"
 
     def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
+        """Checks in the order of the INVPCID page and §25.3 (intel.invpcid.faults)."""
         r = cpu.regs
         if not caps.invpcid:
             return Effect(cpu, Fault(UD, "INVPCID not supported"))
@@ -159,6 +160,7 @@ class MovToCr3:
             return vm_exit(cpu, "MOV to CR3")
         if r.cpl > 0:
             return Effect(cpu, Fault(GP, "MOV to CR3 at CPL > 0"))
+        # intel.mov-cr3.faults: reserved bits; bit 63 without PCIDE (KVM's reading).
         pcide = bool(r.cr4 & CR4_PCIDE)
         noflush = bool(self.value & CR3_NOFLUSH)
         stored = self.value & ~CR3_NOFLUSH
@@ -286,7 +288,7 @@ def page_fault_invalidation(vpid: int, pcid: int, addr: int) -> Invalidation:
     """intel.pf.invalidate: what would be used for `addr`, and only the PSC entries on its path."""
     return _inv(
         ("intel.pf.invalidate", "intel.native.scope", "intel.split-pages"),
-        Select(L_AND_C_TLB, vpid=vpid, pcid=pcid, or_global=True, addr=addr),
+        Select(L_AND_C_TLB, vpid=vpid, pcid=pcid, or_global=True, addr=addr, whole_page=True),
         Select(L_AND_C_PSC, vpid=vpid, pcid=pcid, addr=addr),
     )
 
