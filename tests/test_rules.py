@@ -53,3 +53,12 @@ def test_rules_table_and_bad_vendor() -> None:
     assert runner.invoke(app, ["rules"]).exit_code == 0
     bad = runner.invoke(app, ["rules", "--vendor", "arm"])
     assert bad.exit_code == 2
+
+
+def test_docs_rules_md_is_generated_from_the_registry() -> None:
+    result = CliRunner().invoke(app, ["rules", "--markdown"])
+    assert result.exit_code == 0
+    doc = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    assert doc == result.output, (
+        "docs/rules.md is stale: run `kvmtlb rules --markdown > docs/rules.md`"
+    )
