@@ -7,6 +7,7 @@ import random
 from hwsetups import KINDS  # noqa: F401  (keeps the helper import path warm)
 
 from kvmtlb.hw.paging import make_ept, make_pte
+from kvmtlb.hw.scope import intel_scope
 from kvmtlb.hw.testbed import IntelSpec, build_intel
 from kvmtlb.hw.vmx import invept_all_invalidation, invept_single_invalidation, invvpid_invalidation
 from kvmtlb.hw.x86 import invlpg_invalidation, mov_cr3_invalidation, page_fault_invalidation
@@ -26,9 +27,9 @@ def test_removal_masks_agree_with_the_predicates() -> None:
     u = tb.machine.universe
     ep4ta = tb.ept_roots[0]
     invs = [
-        invlpg_invalidation(1, 0, 0x1000),
-        page_fault_invalidation(1, 1, 0x2000),
-        mov_cr3_invalidation(2, 0),
+        invlpg_invalidation(intel_scope(1), 0, 0x1000),
+        page_fault_invalidation(intel_scope(1), 1, 0x2000),
+        mov_cr3_invalidation(intel_scope(2), 0),
         invvpid_invalidation(0, 1, 0x2000),
         invvpid_invalidation(3, 1),
         invvpid_invalidation(3, 1, keep_global_paths=False),

@@ -7,9 +7,8 @@ rule; the cost model applies the same `invalidation` to its concrete TLBs.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from kvmtlb.hw.cpu import Capabilities, Cpu
 from kvmtlb.hw.invalidation import NOTHING, Invalidation
 from kvmtlb.hw.outcomes import Outcome
 
@@ -24,18 +23,19 @@ class Readings(NamedTuple):
     invvpid3_keeps_global_psc: bool = True  # INVVPID type 3 keeps PSC entries of global paths
     intercepted_pf_invalidates: bool = False  # a #PF that exits via the exception bitmap
     pg_set_flushes: bool = False  # MOV to CR0 setting PG removes identity combined translations
+    invlpga_removes_globals: bool = False  # AMD INVLPGA also removes global entries
 
 
 DEFAULT_READINGS = Readings()
 
 
 class Effect(NamedTuple):
-    cpu: Cpu
+    cpu: Any  # the processor state after the event (Intel `Cpu` or AMD `SvmCpu`), MAY-set aside
     outcome: Outcome
     invalidation: Invalidation = NOTHING
 
 
 class Event(Protocol):
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect: ...
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect: ...
 
     def describe(self) -> str: ...

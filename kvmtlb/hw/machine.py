@@ -35,8 +35,10 @@ from kvmtlb.hw.outcomes import (
     PageFault,
 )
 from kvmtlb.hw.rules import check_ids
+from kvmtlb.hw.scope import native_scope
 from kvmtlb.hw.smm import Rsm
 from kvmtlb.hw.universe import ContextInfo, Universe
+from kvmtlb.hw.vmcb import SvmCapabilities
 from kvmtlb.hw.vmexit import vm_exit
 from kvmtlb.hw.vmx import ept_violation_invalidation
 from kvmtlb.hw.walk import (
@@ -90,7 +92,7 @@ class IntelArch:
 
     def fault_effect(self, cpu: Cpu, outcome: AccessOutcome, readings: Readings) -> Effect:
         if isinstance(outcome, PageFault):
-            inv = page_fault_invalidation(cpu.vpid, cpu.pcid, outcome.gva)
+            inv = page_fault_invalidation(native_scope(cpu), cpu.pcid, outcome.gva)
             if cpu.mode == VMX_NONROOT and cpu.vmcs is not None and cpu.vmcs.pf_exiting:
                 # intel.pf.intercepted: the retentive reading unless configured otherwise.
                 eff = vm_exit(cpu, "#PF")
@@ -124,7 +126,7 @@ class MachineConfig:
     def __init__(
         self,
         universe: Universe,
-        caps: Capabilities,
+        caps: Capabilities | SvmCapabilities,
         readings: Readings = DEFAULT_READINGS,
         arch: Arch | None = None,
     ) -> None:

@@ -73,6 +73,14 @@ def make_pte(
     return value
 
 
+def make_npt(addr: int, rights: int = 7, *, large: bool = False) -> int:
+    """A nested-page-table leaf (IA-32e format, U/S set: nested accesses are user accesses)
+    granting the E_R | E_W | E_X `rights` it can express (read is implied by present)."""
+    return make_pte(
+        addr, writable=bool(rights & 2), user=True, executable=bool(rights & 4), large=large
+    )
+
+
 def make_table_pte(addr: int) -> int:
     """A non-leaf guest entry granting every right, so the leaf decides the rights."""
     return make_pte(addr, writable=True, user=True, executable=True)

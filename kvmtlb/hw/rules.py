@@ -483,6 +483,158 @@ _INTEL: list[tuple[str, str, str, str]] = [
 ]
 
 
+_AMD: list[tuple[str, str, str]] = [
+    # id, APM Vol. 2 section, summary
+    (
+        "amd.tag.asid",
+        "§15.16",
+        "Every TLB entry made in guest mode is tagged with the guest's ASID (and PCID when the "
+        "guest's CR4.PCIDE is set).",
+    ),
+    (
+        "amd.asid.host-zero",
+        "§15.16.1; §15.6",
+        "ASID 0 is the host: the current ASID is 0 whenever no guest runs; #VMEXIT makes it 0.",
+    ),
+    (
+        "amd.asid.per-cpu",
+        "§15.25.1",
+        "ASIDs are per logical processor: the same ASID on another processor may name stale "
+        "entries of another address space.",
+    ),
+    (
+        "amd.vmrun.checks",
+        "§15.5.1",
+        "VMRUN fails with #VMEXIT(VMEXIT_INVALID) for ASID 0 (or one beyond the supported count) "
+        "and for nested paging without support.",
+    ),
+    (
+        "amd.vmrun.no-flush",
+        "§15.5.1; §15.16",
+        "VMRUN and #VMEXIT load control registers but flush nothing by themselves.",
+    ),
+    ("amd.tlb-control.nothing", "§15.16.1 Table 15-9", "TLB_CONTROL 00h: VMRUN flushes nothing."),
+    (
+        "amd.tlb-control.flush-all",
+        "§15.16.1 Table 15-9",
+        "TLB_CONTROL 01h: VMRUN flushes the entire TLB, every ASID (the host's included), global "
+        "and non-global.",
+    ),
+    (
+        "amd.tlb-control.flush-asid",
+        "§15.16.1 Table 15-9",
+        "TLB_CONTROL 03h (FlushByAsid): VMRUN flushes every entry of the VMCB's ASID, global "
+        "included.",
+    ),
+    (
+        "amd.tlb-control.flush-asid-local",
+        "§15.16.1 Table 15-9",
+        "TLB_CONTROL 07h (FlushByAsid): VMRUN flushes the VMCB's ASID's non-global entries.",
+    ),
+    (
+        "amd.tlb-control.persists",
+        "§15.16.1",
+        "VMRUN reads TLB_CONTROL and never clears it: the value applies on every VMRUN until the "
+        "hypervisor changes it.",
+    ),
+    (
+        "amd.tlb-control.unsupported",
+        "§15.16.1 (unconfirmed)",
+        "TLB_CONTROL 03h/07h without FlushByAsid, and reserved values, are undefined: modelled as "
+        "no flush guaranteed.",
+    ),
+    (
+        "amd.npt.walk",
+        "§15.25.5",
+        "With nested paging, every guest-physical reference of a guest walk is translated through "
+        "the nested tables (long-mode format) rooted at nCR3.",
+    ),
+    (
+        "amd.npt.asid-only",
+        "§15.16; §15.25.1",
+        "Nested translations are tagged by ASID only, not by nCR3: a new nCR3 with the same ASID "
+        "leaves the old entries usable.",
+    ),
+    (
+        "amd.npt.rights",
+        "§15.25.7",
+        "A translation is writable or executable only if both the guest and the nested entries "
+        "allow it.",
+    ),
+    ("amd.npt.size", "§15.25.9", "A TLB entry has the smaller of the guest and nested page sizes."),
+    (
+        "amd.global.asid",
+        "§15.16; §15.25.7",
+        "Global pages are global only inside their ASID; under nested paging the guest PTE's G bit "
+        "decides (with the guest's CR4.PGE: unconfirmed).",
+    ),
+    (
+        "amd.guest-ops.asid",
+        "§15.16.1",
+        "INVLPG, MOV to CR3, CR0.PG and CR4.PGE/PAE/PSE changes, INVPCID and #PF act only on the "
+        "current ASID, in host or guest mode.",
+    ),
+    (
+        "amd.invlpg",
+        "§15.16.1; Vol. 3 INVLPG",
+        "INVLPG removes the translations of the page (current PCID, globals under any PCID) and "
+        "the paging-structure caches of the current PCID, within the current ASID.",
+    ),
+    (
+        "amd.mov-cr3",
+        "§15.16.1",
+        "MOV to CR3 removes the current ASID's non-global translations (of the new PCID with "
+        "PCIDE) and its paging-structure caches.",
+    ),
+    (
+        "amd.mov-cr4",
+        "§15.16.1",
+        "Changing CR4.PGE, PAE or PSE flushes the current ASID, global entries included.",
+    ),
+    ("amd.mov-cr0", "§15.16.1", "Setting or clearing CR0.PG flushes the current ASID."),
+    (
+        "amd.intercept.no-flush",
+        "§15.16.1",
+        "An intercepted guest operation that would flush causes a #VMEXIT and flushes nothing; the "
+        "hypervisor must flush.",
+    ),
+    (
+        "amd.invlpga",
+        "§15.16.2; Vol. 3 INVLPGA",
+        "INVLPGA removes the translation of one virtual page in the ASID given in ECX (global "
+        "entries and paging-structure caches beyond its path: retentive reading, unconfirmed).",
+    ),
+    (
+        "amd.invlpga.faults",
+        "Vol. 3 INVLPGA (unconfirmed)",
+        "INVLPGA is #UD with EFER.SVME = 0, #GP at CPL != 0, and intercepted in guest mode.",
+    ),
+    (
+        "amd.flush-all-asids",
+        "§15.16.1",
+        "SMI, RSM and writes to MTRRs, IORRs and other translation-affecting MSRs flush every "
+        "ASID.",
+    ),
+    (
+        "amd.pf.invalidate",
+        "§15.16.1 (unconfirmed)",
+        "A page fault removes the translations that would be used for the address, within the "
+        "current ASID, as on Intel.",
+    ),
+    ("amd.npf.no-invalidate", "§15.25.6 (unconfirmed)", "A nested page fault invalidates nothing."),
+    (
+        "amd.vmcb-paging-change",
+        "§15.16",
+        "A hypervisor that changes the guest's paging mode through the VMCB (CR0.PG/WP, CR3, "
+        "CR4.PGE/PAE/PSE, EFER) must flush that guest's entries itself.",
+    ),
+]
+
+
+def _amd() -> list[Rule]:
+    return [Rule(i, "amd", s, "", summ) for i, s, summ in _AMD]
+
+
 def _intel() -> list[Rule]:
     return [Rule(i, "intel", s, c, summ) for i, s, c, summ in _INTEL]
 
@@ -498,6 +650,7 @@ def register(rules: list[Rule]) -> None:
 
 
 register(_intel())
+register(_amd())
 
 
 def rule(rule_id: str) -> Rule:

@@ -15,7 +15,8 @@ Models the creation and use rules of SDM §28.3.2 (new §29.4.2) and APM §15.16
   usable again when the EPT state (or the EPTP) flips back: `usable` hides them, nothing removes
   them.
 - amd.tag.asid: everything a guest caches is tagged by ASID (and PCID); nested (NPT-derived)
-  entries by ASID only, never by nCR3 (APM §15.16, §15.25.1).
+  entries by ASID only, never by nCR3 (APM §15.16, §15.25.1). amd.global.asid: a global entry
+  is usable under any PCID, but only inside its ASID.
 
 A tags value is a hashable NamedTuple; the entry universe caches one usable-mask per value.
 """

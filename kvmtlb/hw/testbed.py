@@ -1,4 +1,4 @@
-"""A small Intel machine builder for tests, benchmarks and examples.
+"""Small Intel and AMD machine builders for tests, benchmarks and examples.
 
 Builds a layout with one guest hierarchy translated through one or more EPT hierarchies (several
 EP4TAs mapping the same guest-physical space), optionally a linear hierarchy (host or shadow page
@@ -23,8 +23,10 @@ from kvmtlb.hw.cpu import (
 from kvmtlb.hw.effect import DEFAULT_READINGS, Readings
 from kvmtlb.hw.layout import Format, Layout, LayoutBuilder
 from kvmtlb.hw.machine import Machine, MachineConfig
-from kvmtlb.hw.tags import IntelEptTags, IntelLinearTags
+from kvmtlb.hw.svm import AmdArch
+from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.universe import Universe
+from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu, Vmcb
 from kvmtlb.hw.vmx import CAP_ALL, make_eptp
 from kvmtlb.hw.walk import WalkContext
 
@@ -158,3 +160,110 @@ def build_intel(spec: IntelSpec) -> Testbed:
     cpus = [Cpu(VMX_ROOT, host, vmcs[n]) for n in range(spec.cpus)]
     machine = Machine.boot(config, layout.initial_memory(), cpus)
     return Testbed(machine, layout, guest_root, ept_roots, linear_root, vmcs)
+
+
+@dataclass
+class AmdSpec:
+    """An AMD machine: one guest hierarchy under one or more nested roots (nCR3s)."""
+
+    guest: dict[int, int]  # GVA -> initial guest PTE
+    npt: dict[int, int]  # GPA -> initial nested leaf (paging.make_npt)
+    guest_values: dict[int, list[int]] = field(default_factory=dict)
+    npt_values: dict[int, list[int]] = field(default_factory=dict)
+    linear: dict[int, int] = field(default_factory=dict)  # GVA -> PTE in a linear hierarchy
+    linear_values: dict[int, list[int]] = field(default_factory=dict)
+    npt_roots: int = 1
+    asids: tuple[int, ...] = (1,)
+    pcids: tuple[int, ...] = (0,)
+    cpus: int = 1
+    caps: SvmCapabilities = field(default_factory=SvmCapabilities)
+    readings: Readings = DEFAULT_READINGS
+
+
+@dataclass
+class AmdTestbed:
+    machine: Machine
+    layout: Layout
+    guest_root: int
+    npt_roots: tuple[int, ...]
+    linear_root: int
+    vmcb: tuple[Vmcb, ...]
+
+    def pte_slot(self, gva: int, level: int = 1) -> int:
+        return self.layout.slot(self.guest_root, gva, level)
+
+    def npt_slot(self, gpa: int, n: int = 0, level: int = 1) -> int:
+        return self.layout.slot(self.npt_roots[n], gpa, level)
+
+    def linear_slot(self, gva: int, level: int = 1) -> int:
+        return self.layout.slot(self.linear_root, gva, level)
+
+
+def amd_contexts(
+    guest_root: int,
+    npt_roots: Iterable[int],
+    linear_root: int,
+    asids: Iterable[int],
+    pcids: Iterable[int],
+) -> list[WalkContext]:
+    """Every walk context an AMD testbed's processors can reach."""
+    out: list[WalkContext] = []
+    asids = sorted(set(asids))
+    pcids = sorted(set(pcids))
+    for n in npt_roots:
+        for a in asids:
+            for p in pcids:
+                for pge in (True, False):
+                    out.append(
+                        WalkContext(AmdTags(a, p, True), guest_root, n, Format.NPT, True, pge)
+                    )
+    if linear_root >= 0:
+        for a in [0, *asids]:
+            for p in pcids:
+                for pge in (True, False):
+                    out.append(
+                        WalkContext(AmdTags(a, p, False), linear_root, -1, Format.NPT, True, pge)
+                    )
+    return out
+
+
+def build_amd(spec: AmdSpec) -> AmdTestbed:
+    b = LayoutBuilder()
+    npt_roots = tuple(b.npt_root() for _ in range(spec.npt_roots))
+    guest_root = b.guest_root(npt_roots)
+    for gva, pte in spec.guest.items():
+        b.map(guest_root, gva, pte)
+    for gva, values in spec.guest_values.items():
+        b.allow(guest_root, gva, values)
+    for n in npt_roots:
+        for gpa, leaf in spec.npt.items():
+            b.map(n, gpa, leaf)
+        for gpa, values in spec.npt_values.items():
+            b.allow(n, gpa, values)
+    linear_root = -1
+    if spec.linear:
+        linear_root = b.linear_root()
+        for gva, pte in spec.linear.items():
+            b.map(linear_root, gva, pte)
+        for gva, values in spec.linear_values.items():
+            b.allow(linear_root, gva, values)
+    layout = b.build()
+    universe = Universe(
+        layout, amd_contexts(guest_root, npt_roots, linear_root, spec.asids, spec.pcids)
+    )
+    config = MachineConfig(universe, spec.caps, spec.readings, AmdArch())
+    host = Regs(CR0_DEFAULT, linear_root if linear_root >= 0 else 0, CR4_DEFAULT)
+    guest = Regs(CR0_DEFAULT, guest_root, CR4_DEFAULT)
+    vmcb = tuple(
+        Vmcb(
+            ident=0x1000 * (n + 1),
+            asid=spec.asids[n % len(spec.asids)],
+            np_enable=True,
+            ncr3=npt_roots[0],
+            guest=guest,
+        )
+        for n in range(spec.cpus)
+    )
+    cpus = [SvmCpu(SVM_HOST, host, None, host) for _ in range(spec.cpus)]
+    machine = Machine.boot(config, layout.initial_memory(), cpus)
+    return AmdTestbed(machine, layout, guest_root, npt_roots, linear_root, vmcb)

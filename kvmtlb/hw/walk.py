@@ -2,8 +2,9 @@
 
 Models the lookup rule of design.md ("Hardware semantics"), for the 1-D walk (EPT/NPT not in use)
 and the 2-D walk (guest tables, each of whose guest-physical references is translated through
-EPT/NPT: SDM §28.2.1, APM §15.25.5). The possible results of translating an address are the
-union of
+EPT/NPT: SDM §28.2.1, APM §15.25.5, amd.npt.walk). A 2-D translation holds both layers' rights
+(amd.npt.rights) and the smaller of the two page sizes (amd.npt.size). The possible results of
+translating an address are the union of
 
 - every usable held translation for it (SDM §4.10.2.3: a cached entry may be used instead of
   memory, and may be stale), and
@@ -48,6 +49,7 @@ from kvmtlb.hw.paging import (
     G_X,
     PS,
     RW,
+    US,
     XD,
     G,
     ept_misconfigured,
@@ -354,8 +356,11 @@ def _nothing_held(kind: type, key: tuple[int, int]) -> Iterable[Entry]:
 
 
 def _npt_rights(value: int) -> int:
-    """NPT entries are IA-32e entries (APM §15.25.5): present grants read, R/W write, no XD exec."""
-    r = E_R if pte_present(value) else 0
+    """NPT entries are IA-32e entries (APM §15.25.5): present grants read, R/W write, no XD
+    execute; nested accesses are user accesses, so an entry without U/S grants nothing."""
+    if not pte_present(value) or not value & US:
+        return 0
+    r = E_R
     if value & RW:
         r |= E_W
     if not value & XD:

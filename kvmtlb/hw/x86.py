@@ -1,10 +1,14 @@
 """Native TLB-invalidating operations: INVLPG, INVPCID, MOV to CR3/CR4/CR0, task switch, #PF.
 
-Models SDM §4.10.4.1 and the Vol. 2A instruction pages, as seen from VMX (§28.3.3.1, new
-§29.4.3.1, rule intel.native.scope): each operation removes linear and combined mappings of the
-current VPID only (combined ones for every EP4TA) and never guest-physical ones. In VMX non-root
-operation each instruction first checks whether the VMCS makes it exit (intel.vmx.conditional-exit,
-§25.1.3 / §25.3); an exiting instruction removes nothing, the VMM must emulate it.
+Models SDM §4.10.4.1 and the Vol. 2A instruction pages, and APM Vol. 2 §15.16.1 for AMD. Each
+operation acts within the scope of the current tag (scope.py): on Intel the linear and combined
+mappings of the current VPID (combined ones for every EP4TA), never guest-physical ones
+(intel.native.scope, §28.3.3.1); on AMD the current ASID (amd.guest-ops.asid). In a guest, the
+hypervisor's intercept check comes first: an intercepted operation flushes nothing.
+
+The vendors differ in which control-register changes flush: Intel flushes on a CR4.PGE change,
+CR4.PCIDE 1→0, a PAE change or SMEP 0→1, and CR0.PG 1→0; AMD on changes of CR4.PGE, PAE or PSE
+and on setting or clearing CR0.PG (§15.16.1).
 
 Also here: the architectural operations that are not instructions of software but apply the same
 scope (power-up/RESET, INIT, GETSEC leaves).
@@ -13,6 +17,7 @@ scope (power-up/RESET, INIT, GETSEC leaves).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kvmtlb.hw.addr import PCID_MASK, PHYS_ADDR_MASK, is_canonical
 from kvmtlb.hw.cpu import (
@@ -21,42 +26,46 @@ from kvmtlb.hw.cpu import (
     CR4_PAE,
     CR4_PCIDE,
     CR4_PGE,
+    CR4_PSE,
     CR4_SMEP,
     CR4_SMXE,
-    VMX_NONROOT,
     VMX_OFF,
     VMX_ROOT,
-    Capabilities,
     Cpu,
     Regs,
 )
 from kvmtlb.hw.effect import Effect, Readings
 from kvmtlb.hw.invalidation import (
+    ALL_KINDS,
     COMBINED,
     INTEL_ALL,
-    L_AND_C,
-    L_AND_C_PSC,
-    L_AND_C_TLB,
     NOTHING,
     Invalidation,
     Select,
 )
 from kvmtlb.hw.outcomes import GP, UD, Blocked, Done, Fault
 from kvmtlb.hw.rules import check_ids
-from kvmtlb.hw.vmexit import vm_exit
+from kvmtlb.hw.scope import Scope, intercept, loaded_cr, native_scope, vendor
 
 
 def _inv(rules: tuple[str, ...], *clauses: Select) -> Invalidation:
     return Invalidation(check_ids(rules), clauses)
 
 
+def _rule(cpu: Any, intel: str, amd: str) -> str:
+    return amd if vendor(cpu) == "amd" else intel
+
+
 # -- INVLPG ---------------------------------------------------------------------------------------
-def invlpg_invalidation(vpid: int, pcid: int, addr: int) -> Invalidation:
-    """intel.invlpg.page, intel.invlpg.psc under intel.native.scope."""
+def invlpg_invalidation(scope: Scope, pcid: int, addr: int) -> Invalidation:
+    """intel.invlpg.page, intel.invlpg.psc (AMD: amd.invlpg) within `scope`: the translations
+    for the page (every piece of a split large page) under the current PCID, global ones under
+    any PCID, and every paging-structure-cache entry of the current PCID."""
+    rules = ("amd.invlpg",) if scope.tag == "asid" else ("intel.invlpg.page", "intel.invlpg.psc")
     return _inv(
-        ("intel.invlpg.page", "intel.invlpg.psc", "intel.native.scope", "intel.split-pages"),
-        Select(L_AND_C_TLB, vpid=vpid, pcid=pcid, or_global=True, addr=addr, whole_page=True),
-        Select(L_AND_C_PSC, vpid=vpid, pcid=pcid),
+        (*rules, scope.rule, "intel.split-pages"),
+        scope.translations(pcid=pcid, or_global=True, addr=addr, whole_page=True),
+        scope.pscs(pcid=pcid),
     )
 
 
@@ -67,14 +76,15 @@ class Invlpg:
     def describe(self) -> str:
         return f"INVLPG {self.addr:#x}"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
-        if cpu.mode == VMX_NONROOT and cpu.vmcs is not None and cpu.vmcs.invlpg_exiting:
-            return vm_exit(cpu, "INVLPG")
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
+        exit_ = intercept(cpu, "invlpg")
+        if exit_ is not None:
+            return exit_
         if cpu.regs.cpl > 0:
             return Effect(cpu, Fault(GP, "INVLPG at CPL > 0"))
         if not is_canonical(self.addr):
             return Effect(cpu, Done(), _inv(("intel.invlpg.noncanonical",)))
-        return Effect(cpu, Done(), invlpg_invalidation(cpu.vpid, cpu.pcid, self.addr))
+        return Effect(cpu, Done(), invlpg_invalidation(native_scope(cpu), cpu.pcid, self.addr))
 
 
 # -- INVPCID --------------------------------------------------------------------------------------
@@ -89,16 +99,14 @@ class Invpcid:
     def describe(self) -> str:
         return f"INVPCID type {self.type} PCID {self.pcid:#x} addr {self.addr:#x}"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
         """Checks in the order of the INVPCID page and §25.3 (intel.invpcid.faults)."""
         r = cpu.regs
         if not caps.invpcid:
             return Effect(cpu, Fault(UD, "INVPCID not supported"))
-        if cpu.mode == VMX_NONROOT and cpu.vmcs is not None:
-            if not cpu.vmcs.enable_invpcid:
-                return Effect(cpu, Fault(UD, "'enable INVPCID' is 0"))
-            if cpu.vmcs.invlpg_exiting:
-                return vm_exit(cpu, "INVPCID")
+        exit_ = intercept(cpu, "invpcid")
+        if exit_ is not None:
+            return exit_
         if r.cpl > 0:
             return Effect(cpu, Fault(GP, "INVPCID at CPL > 0"))
         if not 0 <= self.type <= 3:
@@ -109,38 +117,35 @@ class Invpcid:
             return Effect(cpu, Fault(GP, "INVPCID PCID != 0 with CR4.PCIDE = 0"))
         if self.type == 0 and not is_canonical(self.addr):
             return Effect(cpu, Fault(GP, "INVPCID non-canonical address"))
-        v = cpu.vpid
-        scope = "intel.native.scope"
+        s = native_scope(cpu)
         if self.type == 0:
             inv = _inv(
-                ("intel.invpcid.address", scope),
-                Select(L_AND_C_TLB, vpid=v, pcid=self.pcid, glob=False, addr=self.addr),
-                Select(L_AND_C_PSC, vpid=v, pcid=self.pcid, addr=self.addr),
+                ("intel.invpcid.address", s.rule),
+                s.translations(pcid=self.pcid, glob=False, addr=self.addr),
+                s.pscs(pcid=self.pcid, addr=self.addr),
             )
         elif self.type == 1:
             inv = _inv(
-                ("intel.invpcid.single", scope),
-                Select(L_AND_C_TLB, vpid=v, pcid=self.pcid, glob=False),
-                Select(L_AND_C_PSC, vpid=v, pcid=self.pcid),
+                ("intel.invpcid.single", s.rule),
+                s.translations(pcid=self.pcid, glob=False),
+                s.pscs(pcid=self.pcid),
             )
         elif self.type == 2:
-            inv = _inv(("intel.invpcid.all-globals", scope), Select(L_AND_C, vpid=v))
+            inv = _inv(("intel.invpcid.all-globals", s.rule), s.everything())
         else:
-            inv = _inv(
-                ("intel.invpcid.all", scope),
-                Select(L_AND_C_TLB, vpid=v, glob=False),
-                Select(L_AND_C_PSC, vpid=v),
-            )
+            inv = _inv(("intel.invpcid.all", s.rule), s.translations(glob=False), s.pscs())
         return Effect(cpu, Done(), inv)
 
 
 # -- MOV to CR3 -----------------------------------------------------------------------------------
-def mov_cr3_invalidation(vpid: int, pcid: int) -> Invalidation:
-    """intel.mov-cr3.flush: non-global translations and all PSC entries of PCID `pcid`."""
+def mov_cr3_invalidation(scope: Scope, pcid: int) -> Invalidation:
+    """intel.mov-cr3.flush (AMD: amd.mov-cr3): the non-global translations and all
+    paging-structure-cache entries of PCID `pcid`, within `scope`."""
+    rule = "amd.mov-cr3" if scope.tag == "asid" else "intel.mov-cr3.flush"
     return _inv(
-        ("intel.mov-cr3.flush", "intel.native.scope"),
-        Select(L_AND_C_TLB, vpid=vpid, pcid=pcid, glob=False),
-        Select(L_AND_C_PSC, vpid=vpid, pcid=pcid),
+        (rule, scope.rule),
+        scope.translations(pcid=pcid, glob=False),
+        scope.pscs(pcid=pcid),
     )
 
 
@@ -154,10 +159,11 @@ class MovToCr3:
         nf = " (no-flush)" if self.value & CR3_NOFLUSH else ""
         return f"MOV to CR3 {self.value & ~CR3_NOFLUSH:#x}{nf}"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
         r = cpu.regs
-        if cpu.mode == VMX_NONROOT and cpu.vmcs is not None and cpu.vmcs.cr3_load_exiting:
-            return vm_exit(cpu, "MOV to CR3")
+        exit_ = intercept(cpu, "mov_cr3")
+        if exit_ is not None:
+            return exit_
         if r.cpl > 0:
             return Effect(cpu, Fault(GP, "MOV to CR3 at CPL > 0"))
         # intel.mov-cr3.faults: reserved bits; bit 63 without PCIDE (KVM's reading).
@@ -172,13 +178,13 @@ class MovToCr3:
         if noflush:
             return Effect(new, Done(), _inv(("intel.mov-cr3.noflush",)))
         pcid = stored & PCID_MASK if pcide else 0
-        return Effect(new, Done(), mov_cr3_invalidation(cpu.vpid, pcid))
+        return Effect(new, Done(), mov_cr3_invalidation(native_scope(cpu), pcid))
 
 
 # -- MOV to CR4 -----------------------------------------------------------------------------------
-def all_pcids_invalidation(vpid: int, rule: str) -> Invalidation:
-    """Everything of the VPID, every PCID, global translations included (PGE change etc.)."""
-    return _inv((rule, "intel.native.scope"), Select(L_AND_C, vpid=vpid))
+def all_pcids_invalidation(scope: Scope, rule: str) -> Invalidation:
+    """Everything in `scope`, every PCID, global translations included (PGE change etc.)."""
+    return _inv((rule, scope.rule), scope.everything())
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +194,12 @@ class MovToCr4:
     def describe(self) -> str:
         return f"MOV to CR4 {self.value:#x}"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
         r = cpu.regs
-        value = self.value
-        if cpu.mode == VMX_NONROOT and cpu.vmcs is not None:
-            v = cpu.vmcs
-            if (value ^ v.cr4_read_shadow) & v.cr4_guest_host_mask:
-                return vm_exit(cpu, "MOV to CR4")
-            value = (r.cr4 & v.cr4_guest_host_mask) | (value & ~v.cr4_guest_host_mask)
+        exit_ = intercept(cpu, "mov_cr4", self.value)
+        if exit_ is not None:
+            return exit_
+        value = loaded_cr(cpu, "cr4", self.value)
         if r.cpl > 0:
             return Effect(cpu, Fault(GP, "MOV to CR4 at CPL > 0"))
         old = r.cr4
@@ -208,16 +212,19 @@ class MovToCr4:
         if changed & CR4_PAE and not value & CR4_PAE and r.ia32e:
             return Effect(cpu, Fault(GP, "clearing CR4.PAE in IA-32e mode"))
         new = cpu._replace(regs=r._replace(cr4=value))
-        vpid = cpu.vpid
+        s = native_scope(cpu)
+        if vendor(cpu) == "amd":
+            if changed & (CR4_PGE | CR4_PAE | CR4_PSE):
+                return Effect(new, Done(), all_pcids_invalidation(s, "amd.mov-cr4"))
+            if changed & CR4_PCIDE and not value & CR4_PCIDE:
+                return Effect(new, Done(), all_pcids_invalidation(s, "intel.mov-cr4.pcide-clear"))
+            return Effect(new, Done(), _inv(("amd.mov-cr4",)) if changed else NOTHING)
         if changed & CR4_PGE:
-            return Effect(new, Done(), all_pcids_invalidation(vpid, "intel.mov-cr4.pge"))
+            return Effect(new, Done(), all_pcids_invalidation(s, "intel.mov-cr4.pge"))
         if changed & CR4_PCIDE and not value & CR4_PCIDE:
-            return Effect(new, Done(), all_pcids_invalidation(vpid, "intel.mov-cr4.pcide-clear"))
+            return Effect(new, Done(), all_pcids_invalidation(s, "intel.mov-cr4.pcide-clear"))
         if changed & CR4_PAE or (changed & CR4_SMEP and value & CR4_SMEP):
-            inv = _inv(
-                ("intel.mov-cr4.pae-smep", "intel.native.scope"),
-                Select(L_AND_C, vpid=vpid, pcid=r.pcid),
-            )
+            inv = _inv(("intel.mov-cr4.pae-smep", s.rule), s.everything(pcid=r.pcid))
             return Effect(new, Done(), inv)
         if changed & CR4_PCIDE:
             return Effect(new, Done(), _inv(("intel.mov-cr4.pcide-set",)))
@@ -232,27 +239,29 @@ class MovToCr0:
     def describe(self) -> str:
         return f"MOV to CR0 {self.value:#x}"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
         r = cpu.regs
-        value = self.value
-        if cpu.mode == VMX_NONROOT and cpu.vmcs is not None:
-            v = cpu.vmcs
-            if (value ^ v.cr0_read_shadow) & v.cr0_guest_host_mask:
-                return vm_exit(cpu, "MOV to CR0")
-            value = (r.cr0 & v.cr0_guest_host_mask) | (value & ~v.cr0_guest_host_mask)
+        exit_ = intercept(cpu, "mov_cr0", self.value)
+        if exit_ is not None:
+            return exit_
+        value = loaded_cr(cpu, "cr0", self.value)
         if r.cpl > 0:
             return Effect(cpu, Fault(GP, "MOV to CR0 at CPL > 0"))
         changed = r.cr0 ^ value
+        s = native_scope(cpu)
         if changed & CR0_PG and not value & CR0_PG:
             if r.cr4 & CR4_PCIDE:
                 return Effect(cpu, Fault(GP, "clearing CR0.PG with CR4.PCIDE = 1"))
             if r.cs_l:
                 return Effect(cpu, Fault(GP, "clearing CR0.PG in 64-bit mode"))
             new = cpu._replace(regs=r._replace(cr0=value))
-            return Effect(new, Done(), all_pcids_invalidation(cpu.vpid, "intel.mov-cr0.pg-clear"))
+            rule = _rule(cpu, "intel.mov-cr0.pg-clear", "amd.mov-cr0")
+            return Effect(new, Done(), all_pcids_invalidation(s, rule))
         if changed & CR0_PG and not r.cr4 & CR4_PAE:
             return Effect(cpu, Fault(GP, "setting CR0.PG for IA-32e paging needs CR4.PAE"))
         new = cpu._replace(regs=r._replace(cr0=value))
+        if changed & CR0_PG and vendor(cpu) == "amd":
+            return Effect(new, Done(), all_pcids_invalidation(s, "amd.mov-cr0"))
         if changed & CR0_PG and readings.pg_set_flushes:
             inv = _inv(("intel.mov-cr0.other",), Select(COMBINED, vpid=cpu.vpid, pcid=0))
             return Effect(new, Done(), inv)
@@ -269,27 +278,31 @@ class TaskSwitch:
     def describe(self) -> str:
         return f"task switch (CR3 {self.cr3:#x})"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
-        if cpu.mode == VMX_NONROOT:
-            return vm_exit(cpu, "task switch")
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
+        exit_ = intercept(cpu, "task_switch")
+        if exit_ is not None:
+            return exit_
         if cpu.regs.ia32e:
             return Effect(cpu, Fault(GP, "task switches are not supported in IA-32e mode"))
         new = cpu._replace(regs=cpu.regs._replace(cr3=self.cr3 & PHYS_ADDR_MASK))
+        s = native_scope(cpu)
         inv = _inv(
-            ("intel.task-switch", "intel.native.scope"),
-            Select(L_AND_C_TLB, vpid=cpu.vpid, pcid=0, glob=False),
-            Select(L_AND_C_PSC, vpid=cpu.vpid, pcid=0),
+            ("intel.task-switch", s.rule),
+            s.translations(pcid=0, glob=False),
+            s.pscs(pcid=0),
         )
         return Effect(new, Done(), inv)
 
 
 # -- page fault -----------------------------------------------------------------------------------
-def page_fault_invalidation(vpid: int, pcid: int, addr: int) -> Invalidation:
-    """intel.pf.invalidate: what would be used for `addr`, and only the PSC entries on its path."""
+def page_fault_invalidation(scope: Scope, pcid: int, addr: int) -> Invalidation:
+    """intel.pf.invalidate (AMD: amd.pf.invalidate): what would be used for `addr` (every piece
+    of a split large page), and only the paging-structure-cache entries on its path."""
+    rule = "amd.pf.invalidate" if scope.tag == "asid" else "intel.pf.invalidate"
     return _inv(
-        ("intel.pf.invalidate", "intel.native.scope", "intel.split-pages"),
-        Select(L_AND_C_TLB, vpid=vpid, pcid=pcid, or_global=True, addr=addr, whole_page=True),
-        Select(L_AND_C_PSC, vpid=vpid, pcid=pcid, addr=addr),
+        (rule, scope.rule, "intel.split-pages"),
+        scope.translations(pcid=pcid, or_global=True, addr=addr, whole_page=True),
+        scope.pscs(pcid=pcid, addr=addr),
     )
 
 
@@ -301,23 +314,26 @@ class Reset:
     def describe(self) -> str:
         return "RESET"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
         regs = Regs(cr0=0, cr3=0, cr4=0, cs_l=False)
-        return Effect(Cpu(VMX_OFF, regs), Done(), _inv(("intel.reset",), Select(INTEL_ALL)))
+        new = cpu._replace(mode=VMX_OFF, regs=regs)
+        new = new._replace(vmcs=None) if isinstance(cpu, Cpu) else new._replace(vmcb=None)
+        return Effect(new, Done(), _inv(("intel.reset",), Select(ALL_KINDS)))
 
 
 @dataclass(frozen=True, slots=True)
 class Init:
-    """INIT: a VM exit in non-root, blocked in VMX root, otherwise a reset of CR0/CR3/CR4 that
-    the manuals do not list as invalidating anything (intel.init)."""
+    """INIT: a VM exit in a guest, blocked in VMX root operation, otherwise a reset of
+    CR0/CR3/CR4 that the manuals do not list as invalidating anything (intel.init)."""
 
     def describe(self) -> str:
         return "INIT"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
-        if cpu.mode == VMX_NONROOT:
-            return vm_exit(cpu, "INIT signal")
-        if cpu.mode == VMX_ROOT:
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
+        exit_ = intercept(cpu, "init")
+        if exit_ is not None:
+            return exit_
+        if isinstance(cpu, Cpu) and cpu.mode == VMX_ROOT:
             return Effect(cpu, Blocked())
         new = cpu._replace(regs=Regs(cr0=0, cr3=0, cr4=0, cs_l=False))
         return Effect(new, Done(), _inv(("intel.init",)))
@@ -332,13 +348,11 @@ class Getsec:
     def describe(self) -> str:
         return f"GETSEC[{self.leaf.upper()}]"
 
-    def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:
-        smxe = bool(cpu.regs.cr4 & CR4_SMXE)
-        if cpu.mode == VMX_NONROOT:
-            if smxe:
-                return vm_exit(cpu, "GETSEC")
-            return Effect(cpu, Fault(UD, "GETSEC with CR4.SMXE = 0"))
-        if not caps.smx or not smxe:
+    def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
+        exit_ = intercept(cpu, "getsec")
+        if exit_ is not None:
+            return exit_
+        if not caps.smx or not cpu.regs.cr4 & CR4_SMXE:
             return Effect(cpu, Fault(UD, "GETSEC needs SMX and CR4.SMXE"))
         if cpu.mode == VMX_ROOT and self.leaf == "senter":
             return Effect(cpu, Fault(UD, "GETSEC[SENTER] in VMX operation"))
@@ -346,8 +360,6 @@ class Getsec:
 
 
 __all__ = [
-    "CR0_PG",
-    "CR4_PGE",
     "Getsec",
     "Init",
     "Invlpg",
