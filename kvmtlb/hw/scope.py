@@ -85,9 +85,8 @@ def intercept(cpu: Any, what: str, value: int = 0) -> Effect | None:
         if what == "getsec":
             return Effect(cpu, Fault(UD, "GETSEC on AMD"))
         return svm_vmexit(cpu, _EXIT_NAMES.get(what, what)) if hit else None
-    assert isinstance(cpu, Cpu)
     vm = cpu.vmcs
-    if cpu.mode != VMX_NONROOT or vm is None:
+    if not isinstance(cpu, Cpu) or cpu.mode != VMX_NONROOT or vm is None:
         return None
     if what == "invpcid" and not vm.enable_invpcid:
         return Effect(cpu, Fault(UD, "'enable INVPCID' is 0"))

@@ -317,7 +317,7 @@ class Reset:
     def execute(self, cpu: Any, caps: Any, readings: Readings) -> Effect:
         regs = Regs(cr0=0, cr3=0, cr4=0, cs_l=False)
         new = cpu._replace(mode=VMX_OFF, regs=regs)
-        new = new._replace(vmcs=None) if isinstance(cpu, Cpu) else new._replace(vmcb=None)
+        new = new._replace(vmcb=None) if hasattr(cpu, "vmcb") else new._replace(vmcs=None)
         return Effect(new, Done(), _inv(("intel.reset",), Select(ALL_KINDS)))
 
 

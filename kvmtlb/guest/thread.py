@@ -1,0 +1,333 @@
+"""The guest kernel on each vCPU: its thread of operations, shootdowns, the PV flush, IPIs.
+
+Models what a Linux guest does for a scenario's ops, on the vCPU's processor in guest mode:
+
+- accesses (one successor per outcome the hardware model gives: a translation, a #PF that the
+  guest takes, or an EPT violation / #NPF that exits to KVM and is retried);
+- page-table writes (a store to the PTE; the page table is shared by all vCPUs);
+- INVLPG, MOV to CR3, MOV to CR4 and INVPCID, each run on the hardware (where KVM intercepts one,
+  the VM exit hands it to KVM's emulation) and on the vCPU's native reference;
+- `flush_tlb`, the kernel's shootdown (arch/x86/mm/tlb.c:flush_tlb_mm_range): the local flush, then
+  for each target either the PV path of arch/x86/kernel/kvm.c:kvm_flush_tlb_multi @ v6.18 (read the
+  target's steal-time byte; if it says PREEMPTED, cmpxchg FLUSH_TLB in, and no IPI) or an IPI whose
+  handler runs the same local flush on the target; the op completes when every IPI'd target has
+  acknowledged. A shootdown counts as done on a PV-flagged target at the cmpxchg: the target's
+  native reference is invalidated there;
+- `emulated_read`, an access KVM emulates (see kvm/x86.py).
+
+The guest handles IPIs at instruction boundaries (between ops, and while it spins in a shootdown),
+never inside an emulated instruction or a CR4.PGE toggle (interrupts are off there).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from kvmtlb.guest.ops import (
+    FLUSH_MM,
+    FLUSH_NAMES,
+    FLUSH_PAGE,
+    AccessOp,
+    EmulatedReadOp,
+    FlushTlbOp,
+    GuestOp,
+    InvlpgOp,
+    InvpcidOp,
+    MapOp,
+    MovCr3Op,
+    SetCr4Op,
+    UnmapOp,
+)
+from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
+from kvmtlb.hw.outcomes import EptViolation, NestedPageFault, PageFault, VmExit
+from kvmtlb.hw.paging import make_pte
+from kvmtlb.hw.svm import SvmExitEvent
+from kvmtlb.hw.vmx import VmExitEvent
+from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
+from kvmtlb.kvm.context import Step, World
+from kvmtlb.kvm.policy import KvmPolicy
+from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED
+from kvmtlb.kvm.x86 import (
+    EXIT_CR3_WRITE,
+    EXIT_CR4_WRITE,
+    EXIT_EMULATION,
+    EXIT_INVLPG,
+    EXIT_TDP_FAULT,
+)
+
+# flush_tlb phases (GuestThread.sub while the op runs)
+_LOCAL_1, _LOCAL_2, _TARGETS, _CMPXCHG, _SEND, _WAIT = 1, 2, 3, 4, 5, 6
+
+
+class GuestThread(NamedTuple):
+    """One vCPU's guest thread."""
+
+    op: int = 0  # index of the op it runs or will run next
+    sub: int = 0  # progress within that op (0: not started)
+    target: int = 0  # flush_tlb: index of the next target to consider
+    seen: int = 0  # flush_tlb (PV): the steal-time byte just read from that target
+    mask: int = 0  # flush_tlb: the targets to IPI
+    awaiting: int = 0  # the targets whose IPI handler has not acknowledged yet
+    inbox: tuple[tuple[int, int, int], ...] = ()  # IPIs to handle: (sender, scope, gva)
+    handler: tuple[int, ...] = ()  # the IPI being handled: (sender, scope, gva, progress)
+
+
+def in_guest(w: World, v: int) -> bool:
+    return bool(w.vcpus[v][1] == "guest")
+
+
+def finished(g: GuestThread, program: tuple[GuestOp, ...]) -> bool:
+    return g.op >= len(program) and not g.handler and not g.inbox
+
+
+def guest_actions(
+    w: World, v: int, program: tuple[GuestOp, ...], pcpu: int, pv: bool
+) -> list[tuple[str, tuple[int, ...]]]:
+    """The guest steps vCPU `v` may take now (it must be in guest mode on `pcpu`)."""
+    g: GuestThread = w.guests[v]
+    acts: list[tuple[str, tuple[int, ...]]] = []
+    if g.handler:
+        return [("ipi", ())]
+    in_toggle = g.sub == _LOCAL_2
+    if g.inbox and not in_toggle:
+        acts.append(("ipi", ()))
+    if g.op >= len(program):
+        return acts
+    op = program[g.op]
+    if isinstance(op, AccessOp):
+        outcomes = w.machine.outcomes(pcpu, op.gva, op.kind)
+        acts.extend(("access", (i,)) for i in range(len(outcomes)))
+    elif isinstance(op, FlushTlbOp) and g.sub == _WAIT:
+        if not g.awaiting:
+            acts.append(("op", ()))
+    else:
+        acts.append(("op", ()))
+    return acts
+
+
+def describe(
+    w: World, v: int, program: tuple[GuestOp, ...], name: str, args: tuple[int, ...]
+) -> str:
+    g: GuestThread = w.guests[v]
+    if name == "ipi":
+        h = g.handler or (g.inbox[0] if g.inbox else ())
+        return f"IPI handler from vcpu{h[0]}: flush {FLUSH_NAMES[h[1]]}" if h else "IPI handler"
+    op = program[g.op]
+    return op.describe()
+
+
+# -- running the guest's instructions ------------------------------------------------------------
+def _insn(
+    k: Step, pol: KvmPolicy, v: int, event: Any, exit_reason: int, exit_frame: tuple[int, ...]
+) -> bool:
+    """Run one guest instruction on the vCPU's processor and on its native reference. Returns
+    whether it exited to KVM (which then emulates it)."""
+    vcpu = k.vcpus[v]
+    out = k.hw(vcpu.cpu, event)
+    k.native = k.native.step(v, event).machine
+    if isinstance(out, VmExit):
+        pol.vcpu_exit(k, vcpu, exit_reason, exit_frame)
+        return True
+    return False
+
+
+def _guest_regs(k: Step, v: int) -> Any:
+    return k.machine.cpus[k.vcpus[v].cpu].regs
+
+
+def _local_flush(k: Step, pol: KvmPolicy, v: int, scope: int, gva: int, step: int) -> bool:
+    """One instruction of the local flush of `scope` (step 1 or 2); returns whether another
+    instruction follows (the second CR4 write of a PGE toggle)."""
+    if scope == FLUSH_PAGE:
+        _insn(k, pol, v, Invlpg(gva), EXIT_INVLPG, (gva,))
+        return False
+    regs = _guest_regs(k, v)
+    if scope == FLUSH_MM:
+        cr3 = regs.cr3 & ~CR3_NOFLUSH
+        _insn(k, pol, v, MovToCr3(cr3), EXIT_CR3_WRITE, (cr3,))
+        return False
+    if regs.cr4 & CR4_PCIDE and k.config.caps.invpcid and step == 1:
+        _insn(k, pol, v, Invpcid(2), 0, ())
+        return False
+    value = regs.cr4 ^ CR4_PGE  # native_flush_tlb_global: toggle CR4.PGE twice
+    _insn(k, pol, v, MovToCr4(value), EXIT_CR4_WRITE, (value,))
+    return step == 1
+
+
+def guest_step(
+    k: Step, pol: KvmPolicy, v: int, program: tuple[GuestOp, ...], name: str, args: tuple[int, ...]
+) -> None:
+    """Run guest step `name` of vCPU `v` (one of `guest_actions`)."""
+    g: GuestThread = k.guests[v]
+    if name == "ipi":
+        k.guests[v] = _ipi(k, pol, v, g)
+        return
+    op = program[g.op]
+    if isinstance(op, AccessOp):
+        k.guests[v] = _access(k, pol, v, g, op, args[0])
+    elif isinstance(op, FlushTlbOp):
+        k.guests[v] = _flush_tlb(k, pol, v, g, op)
+    else:
+        _simple(k, pol, v, op)
+        k.guests[v] = g._replace(op=g.op + 1, sub=0)
+
+
+def _done(g: GuestThread) -> GuestThread:
+    return g._replace(op=g.op + 1, sub=0, target=0, seen=0, mask=0)
+
+
+def _access(
+    k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: AccessOp, choice: int
+) -> GuestThread:
+    vcpu = k.vcpus[v]
+    outcome, succ = k.machine.access(vcpu.cpu, op.gva, op.kind)[choice]
+    k.machine = succ
+    k.sync_control(vcpu.cpu)
+    k.note(f"{op.kind} {op.gva:#x}", f"pCPU{vcpu.cpu}: {outcome.describe()}")
+    if isinstance(outcome, EptViolation | NestedPageFault):
+        pol.vcpu_exit(k, vcpu, EXIT_TDP_FAULT, (outcome.gpa, int(op.kind == "write")))
+        return g  # retried once KVM has handled the fault
+    if isinstance(outcome, PageFault):
+        k.note("the guest takes the #PF", "the access completes as faulted")
+    return _done(g)
+
+
+def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> None:
+    cfg = k.config
+    if isinstance(op, MapOp):
+        pte = make_pte(
+            op.gpa,
+            writable="w" in op.flags,
+            user="u" in op.flags,
+            executable="x" in op.flags,
+            glob="g" in op.flags,
+        )
+        k.write_slot(
+            cfg.layout.slot(cfg.guest_root, op.gva),
+            pte,
+            f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}".rstrip(),
+        )
+    elif isinstance(op, UnmapOp):
+        k.write_slot(
+            cfg.layout.slot(cfg.guest_root, op.gva), 0, f"guest PTE {op.gva:#x}: not present"
+        )
+    elif isinstance(op, InvlpgOp):
+        _insn(k, pol, v, Invlpg(op.gva), EXIT_INVLPG, (op.gva,))
+    elif isinstance(op, MovCr3Op):
+        regs = _guest_regs(k, v)
+        pcid = op.pcid if op.pcid >= 0 else (regs.pcid if regs.cr4 & CR4_PCIDE else 0)
+        value = cfg.guest_root | pcid | (CR3_NOFLUSH if op.noflush else 0)
+        _insn(k, pol, v, MovToCr3(value), EXIT_CR3_WRITE, (value,))
+    elif isinstance(op, SetCr4Op):
+        bit = CR4_PGE if op.bit == "pge" else CR4_PCIDE
+        cr4 = _guest_regs(k, v).cr4
+        value = cr4 | bit if op.value else cr4 & ~bit
+        _insn(k, pol, v, MovToCr4(value), EXIT_CR4_WRITE, (value,))
+    elif isinstance(op, InvpcidOp):
+        _insn(k, pol, v, Invpcid(op.type, op.pcid, op.gva), 0, ())
+    elif isinstance(op, EmulatedReadOp):
+        vcpu = k.vcpus[v]
+        exit_event = VmExitEvent("emulation") if cfg.vmx else SvmExitEvent("emulation")
+        k.hw(vcpu.cpu, exit_event)
+        pol.vcpu_exit(k, vcpu, EXIT_EMULATION, (op.gva,))
+    else:
+        raise AssertionError(f"unknown guest op {op!r}")
+
+
+def _flush_tlb(k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: FlushTlbOp) -> GuestThread:
+    cfg = k.config
+    if g.sub in (0, _LOCAL_1, _LOCAL_2):
+        step = 2 if g.sub == _LOCAL_2 else 1
+        more = _local_flush(k, pol, v, op.scope, op.gva, step)
+        if more:
+            return g._replace(sub=_LOCAL_2)
+        return g._replace(
+            sub=_TARGETS if cfg.pv_tlb_flush else _SEND,
+            mask=0 if cfg.pv_tlb_flush else _bits(op.targets),
+        )
+    if g.sub == _TARGETS:
+        # kvm_flush_tlb_multi: READ_ONCE(st->preempted) of the next target
+        t = op.targets[g.target]
+        seen = k.vcpus[t].st_byte
+        k.note(f"kvm_flush_tlb_multi: read vcpu{t}'s steal-time preempted", _byte(seen))
+        if seen & KVM_VCPU_PREEMPTED:
+            return g._replace(sub=_CMPXCHG, seen=seen)
+        return _next_target(g._replace(mask=g.mask | (1 << t)), op)
+    if g.sub == _CMPXCHG:
+        t = op.targets[g.target]
+        target = k.vcpus[t]
+        if target.st_byte == g.seen:
+            target.st_byte = g.seen | KVM_VCPU_FLUSH_TLB
+            k.note(
+                f"kvm_flush_tlb_multi: cmpxchg vcpu{t}'s byte to PREEMPTED | FLUSH_TLB",
+                "no IPI: the host flushes before it runs again",
+            )
+            _native_flush(k, t, op.scope, op.gva)
+            return _next_target(g, op)
+        k.note(f"kvm_flush_tlb_multi: cmpxchg on vcpu{t} failed", _byte(target.st_byte))
+        return _next_target(g._replace(mask=g.mask | (1 << t)), op)
+    if g.sub == _SEND:
+        for t in op.targets:
+            if g.mask & (1 << t):
+                k.guests[t] = k.guests[t]._replace(
+                    inbox=(*k.guests[t].inbox, (v, op.scope, op.gva))
+                )
+        sent = ",".join(f"vcpu{t}" for t in op.targets if g.mask & (1 << t)) or "nobody"
+        k.note("native_flush_tlb_multi: send IPIs", sent)
+        return g._replace(sub=_WAIT, awaiting=g.mask)
+    # _WAIT, with every IPI acknowledged
+    k.note("flush_tlb: every target acknowledged")
+    return _done(g)
+
+
+def _next_target(g: GuestThread, op: FlushTlbOp) -> GuestThread:
+    nxt = g.target + 1
+    if nxt >= len(op.targets):
+        return g._replace(sub=_SEND, target=0, seen=0)
+    return g._replace(sub=_TARGETS, target=nxt, seen=0)
+
+
+def _ipi(k: Step, pol: KvmPolicy, v: int, g: GuestThread) -> GuestThread:
+    """The guest's flush IPI handler (flush_tlb_func) on vCPU `v`: the sender's local flush, then
+    the acknowledgement."""
+    if g.handler:
+        sender, scope, gva, progress = g.handler
+    else:
+        (sender, scope, gva), *rest = g.inbox
+        g = g._replace(inbox=tuple(rest))
+        progress = 1
+    more = _local_flush(k, pol, v, scope, gva, progress)
+    if more:
+        return g._replace(handler=(sender, scope, gva, 2))
+    s = k.guests[sender]
+    k.guests[sender] = s._replace(awaiting=s.awaiting & ~(1 << v))
+    k.note(f"flush_tlb_func done: acknowledge vcpu{sender}")
+    return g._replace(handler=())
+
+
+def _native_flush(k: Step, t: int, scope: int, gva: int) -> None:
+    """The invalidation target `t`'s IPI handler would have run, on its native reference."""
+    cpu = k.native.cpus[t]
+    if scope == FLUSH_PAGE:
+        event: Any = Invlpg(gva)
+    elif scope == FLUSH_MM:
+        event = MovToCr3(cpu.regs.cr3 & ~CR3_NOFLUSH)
+    else:
+        event = Invpcid(2)
+    k.native = k.native.step(t, event).machine
+
+
+def _bits(ids: tuple[int, ...]) -> int:
+    m = 0
+    for i in ids:
+        m |= 1 << i
+    return m
+
+
+def _byte(b: int) -> str:
+    names = [
+        n
+        for bit, n in ((KVM_VCPU_PREEMPTED, "PREEMPTED"), (KVM_VCPU_FLUSH_TLB, "FLUSH_TLB"))
+        if b & bit
+    ]
+    return " | ".join(names) if names else "0"

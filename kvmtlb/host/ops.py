@@ -1,0 +1,58 @@
+"""The host's operations, as a scenario's host thread lists them (scenario-format.md)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, TypeAlias
+
+
+class PreemptOp(NamedTuple):
+    vcpu: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"preempt vcpu{self.vcpu}"
+
+
+class ResumeOp(NamedTuple):
+    vcpu: int
+    pcpu: int  # -1: the pCPU it last ran on
+    line: int = 0
+
+    def describe(self) -> str:
+        on = f" on pcpu{self.pcpu}" if self.pcpu >= 0 else ""
+        return f"resume vcpu{self.vcpu}{on}"
+
+
+class ZapOp(NamedTuple):
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"zap {self.gpa:#x}"
+
+
+class RemapOp(NamedTuple):
+    gpa: int
+    hpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"remap {self.gpa:#x} -> {self.hpa:#x}"
+
+
+class WrprotectOp(NamedTuple):
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"wrprotect {self.gpa:#x}"
+
+
+class FlushRemoteOp(NamedTuple):
+    line: int = 0
+
+    def describe(self) -> str:
+        return "flush_remote_tlbs"
+
+
+HostOp: TypeAlias = PreemptOp | ResumeOp | ZapOp | RemapOp | WrprotectOp | FlushRemoteOp

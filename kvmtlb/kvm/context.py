@@ -1,0 +1,176 @@
+"""One atomic step of the whole system: the mutable context KVM's ported functions run on.
+
+A step thaws the frozen world (the hardware machine, KVM's state, and the opaque parts the layers
+above keep: guest threads, the host thread, the native reference), runs one step method of a
+policy, records what happened, and freezes the result. Ported functions take the context first,
+as KVM's take the vCPU: `policy.vmx_flush_tlb_all(k, vcpu)`.
+
+Every hardware instruction goes through `Step.hw`, which runs it on the hardware model and records
+what it removed from which processor's TLB; that record is the trace's "detail".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+from kvmtlb.hw.cpu import Capabilities, Regs
+from kvmtlb.hw.effect import Event
+from kvmtlb.hw.layout import Layout
+from kvmtlb.hw.machine import Machine
+from kvmtlb.hw.outcomes import Outcome
+from kvmtlb.hw.universe import Universe
+from kvmtlb.hw.vmcb import SvmCapabilities
+from kvmtlb.kvm.state import Kvm, Pcpu, Vcpu
+
+
+@dataclass(frozen=True)
+class KvmConfig:
+    """The VM's configuration and KVM's module parameters (fixed for a run)."""
+
+    vendor: str  # "intel" | "amd"
+    tdp: bool  # enable_ept / npt_enabled
+    enable_vpid: bool  # VMX: enable_vpid (after hardware_setup's capability checks)
+    caps: Capabilities | SvmCapabilities
+    unrestricted_guest: bool
+    nr_vpids: int  # VMX_NR_VPIDS
+    max_asid: int  # SVM: highest ASID per pCPU
+    pv_tlb_flush: bool  # the guest uses KVM_FEATURE_PV_TLB_FLUSH
+    nvcpus: int
+    npcpus: int
+    layout: Layout
+    universe: Universe
+    tdp_root: int  # EPT PML4 / nCR3 of the VM
+    guest_root: int  # the guest's CR3 root (a GPA)
+    gpas: tuple[int, ...]  # the VM's guest frames (order of Kvm.backing)
+    fresh_base: int  # host pages handed out after a zap start here
+    guest_cr4: int  # the guest's CR4 at start (PAE, and PGE / PCIDE as the scenario says)
+    host_regs: Regs  # the host's control registers (no host page tables are modelled)
+    rights: tuple[int, ...]  # what the memslot allows for each guest frame (E_R | E_W | E_X)
+    fresh_stride: int = 16  # fresh pages per guest frame before the pool repeats (never)
+
+    @property
+    def vmx(self) -> bool:
+        return self.vendor == "intel"
+
+    def gpa_index(self, gpa: int) -> int:
+        return self.gpas.index(gpa)
+
+    def fresh_page(self, gpa: int, n: int) -> int:
+        """The `n`-th fresh host page given to guest frame `gpa` (n >= 1): a function of the
+        frame and the count only, so the order in which frames get pages does not matter."""
+        return self.fresh_base + (self.gpa_index(gpa) * self.fresh_stride + n - 1) * 0x1000
+
+
+class Record(NamedTuple):
+    """One line of a trace: who acted, what it did (in KVM's or the SDM's words), what changed."""
+
+    actor: str
+    action: str
+    detail: str = ""
+
+
+class World(NamedTuple):
+    """The frozen state of the whole system; hashable and canonical."""
+
+    machine: Machine
+    kvm: tuple[Any, ...]
+    vcpus: tuple[tuple[Any, ...], ...]
+    pcpus: tuple[tuple[Any, ...], ...]
+    native: Any  # the layers above: native reference (model)
+    guests: tuple[Any, ...]  # guest threads (kvmtlb.guest)
+    host: Any  # the host thread (kvmtlb.host)
+
+
+@dataclass
+class Step:
+    """The world during one atomic step."""
+
+    config: KvmConfig
+    machine: Machine
+    kvm: Kvm
+    vcpus: list[Vcpu]
+    pcpus: list[Pcpu]
+    native: Any
+    guests: list[Any]
+    host: Any
+    actor: str = ""
+    log: list[Record] = field(default_factory=list)
+    # Accesses completed outside guest mode (KVM's emulator), for the checker:
+    # (vcpu, gva, gpa, guest rights).
+    observations: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def thaw(cls, config: KvmConfig, w: World, actor: str = "") -> Step:
+        return cls(
+            config,
+            w.machine,
+            Kvm(*w.kvm),
+            [Vcpu(*v) for v in w.vcpus],
+            [Pcpu(*p) for p in w.pcpus],
+            w.native,
+            list(w.guests),
+            w.host,
+            actor,
+        )
+
+    def freeze(self) -> World:
+        return World(
+            self.machine,
+            _tuple(self.kvm),
+            tuple(_tuple(v) for v in self.vcpus),
+            tuple(_tuple(p) for p in self.pcpus),
+            self.native,
+            tuple(self.guests),
+            self.host,
+        )
+
+    def observe(self, vcpu: int, gva: int, gpa: int, rights: int) -> None:
+        self.observations.append((vcpu, gva, gpa, rights))
+
+    # -- trace ------------------------------------------------------------------------------
+    def note(self, action: str, detail: str = "", actor: str | None = None) -> None:
+        self.log.append(Record(actor if actor is not None else self.actor, action, detail))
+
+    # -- hardware -------------------------------------------------------------------------------
+    def hw(self, pcpu: int, event: Event, why: str = "") -> Outcome:
+        """Run `event` on physical CPU `pcpu`; record what it removed there."""
+        st = self.machine.step(pcpu, event)
+        self.machine = st.machine
+        removed = bin(st.removed).count("1")
+        rules = ", ".join(st.invalidation.rules)
+        detail = f"pCPU{pcpu}: {st.outcome.describe()}"
+        if removed:
+            detail += f"; removed {removed} cached entr{'y' if removed == 1 else 'ies'}"
+        elif st.invalidation.clauses:
+            detail += "; nothing cached matched"
+        if rules:
+            detail += f" [{rules}]"
+        self.note(f"{event.describe()}{' (' + why + ')' if why else ''}", detail)
+        self.sync_control(pcpu)
+        return st.outcome
+
+    def sync_control(self, pcpu: int) -> None:
+        """KVM's copy of the running vCPU's VMCS/VMCB follows the hardware's current one."""
+        cpu = self.machine.cpus[pcpu]
+        v = self.pcpus[pcpu].running
+        if v < 0:
+            return
+        vcpu = self.vcpus[v]
+        if self.config.vmx:
+            if cpu.vmcs is not None and vcpu.vmcs is not None and cpu.vmcs.ident == vcpu.vmcs.ident:
+                vcpu.vmcs = cpu.vmcs
+        elif cpu.vmcb is not None and vcpu.vmcb is not None and cpu.vmcb.ident == vcpu.vmcb.ident:
+            vcpu.vmcb = cpu.vmcb
+
+    def write_slot(self, slot: int, value: int, what: str) -> None:
+        """A store to a paging-structure entry (guest page table or EPT/NPT). The native
+        reference (a hardware machine over the same memory) refills too."""
+        self.machine = self.machine.write(slot, value)
+        if isinstance(self.native, Machine):
+            self.native = self.native.write(slot, value)
+        self.note(what)
+
+
+def _tuple(obj: Any) -> tuple[Any, ...]:
+    return tuple(getattr(obj, f.name) for f in fields(obj))

@@ -1,0 +1,92 @@
+"""Policies: a flush policy is a class; upstream versions and bug variants are subclasses.
+
+`KvmPolicy` combines the ported files (x86.c, vmx.c, svm.c, kvm_main.c, mmu.c) into one class whose
+methods carry KVM's names. A variant overrides a method, or splits one by adding a step label
+(`STEPS`); docs/policies.md documents the API with a worked example.
+
+Step labels map the vCPU program counter to the method that runs the next atomic step. A vCPU in
+host mode may be preempted at any label except those in `NOT_PREEMPTIBLE` (KVM disabled
+preemption and interrupts before setting IN_GUEST_MODE); a pending IPI is taken at any label
+except those in `IRQS_OFF`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.kvm_main import KvmMain
+from kvmtlb.kvm.mmu import Mmu
+from kvmtlb.kvm.state import Vcpu
+from kvmtlb.kvm.svm import Svm
+from kvmtlb.kvm.vmx import Vmx
+from kvmtlb.kvm.x86 import X86
+
+
+class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu):
+    """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "upstream"  # "upstream" | "bug" | "user"
+    based_on: ClassVar[str] = ""
+    fix: ClassVar[str] = ""  # the upstream commit that fixed the bug a variant reintroduces
+    cve: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    STEPS: ClassVar[dict[str, str]] = {
+        "vcpu_enter_guest": "vcpu_enter_guest",
+        "record_steal_time:flush": "record_steal_time_flush",
+        "vcpu_enter_guest:mode": "vcpu_enter_guest_mode",
+        "vcpu_enter_guest:recheck": "vcpu_enter_guest_recheck",
+        "handle_exit": "handle_exit",
+        "kvm_tdp_page_fault:map": "kvm_tdp_page_fault_map",
+        "x86_emulate_insn:complete": "x86_emulate_insn_complete",
+    }
+    NOT_PREEMPTIBLE: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
+    IRQS_OFF: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
+
+    def step(self, k: Step, vcpu: Vcpu) -> None:
+        """Run the vCPU thread's next atomic step (the method its `pc` names)."""
+        method = self.STEPS.get(vcpu.pc)
+        if method is None:
+            raise KeyError(f"{self.name}: no step for label {vcpu.pc!r}")
+        getattr(self, method)(k, vcpu)
+
+    def step_name(self, pc: str) -> str:
+        return self.STEPS.get(pc, pc)
+
+    def vcpu_create(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:kvm_arch_vcpu_create @ v6.18: the vendor's vcpu_create."""
+        if k.config.vmx:
+            self.vmx_vcpu_create(k, vcpu)
+        else:
+            self.svm_vcpu_create(k, vcpu)
+
+    def hardware_enable(self, k: Step) -> None:
+        """The per-pCPU setup KVM does when it enables virtualization on each CPU."""
+        if not k.config.vmx:
+            for sd in k.pcpus:
+                self.svm_hardware_enable(k, sd)
+
+
+_REGISTRY: dict[str, type[KvmPolicy]] = {}
+
+
+def register(cls: type[KvmPolicy]) -> type[KvmPolicy]:
+    """Class decorator: make a policy known by its `name` (for --policy NAME and [expect])."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"policy name {cls.name!r} is taken")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[KvmPolicy]]:
+    from kvmtlb.kvm import versions  # noqa: F401  (registers the upstream versions)
+
+    return dict(_REGISTRY)
+
+
+def upstream() -> list[type[KvmPolicy]]:
+    return [c for c in registry().values() if c.kind == "upstream"]

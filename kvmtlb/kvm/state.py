@@ -1,0 +1,103 @@
+"""KVM's state, as the port reads and writes it: per vCPU, per pCPU, per VM.
+
+Models the fields of struct kvm_vcpu (with vcpu_vmx / vcpu_svm), the per-CPU data KVM keeps
+(svm_cpu_data's ASID allocator, the running vCPU, pending kicks) and struct kvm (the VPID bitmap
+is global in vmx.c; mmu_invalidate_in_progress and mmu_invalidate_seq), plus what the host MM
+would answer for a guest frame (hva_to_pfn: the current host page of each GPA).
+
+During one atomic step the port works on mutable views (`Vcpu`, `Pcpu`, `Kvm`), which read like
+the C structs they stand for; between steps the explorer stores them frozen as tuples of ints
+(`freeze` / `thaw`), so every state is hashable and canonical.
+
+A race window in KVM's code is an explicit program-counter label (`Vcpu.pc`) with the locals it
+carries across the window in `Vcpu.frame`; docs/policies.md lists every label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvmtlb.hw.cpu import Vmcs
+from kvmtlb.hw.vmcb import Vmcb
+
+# vcpu->mode (include/linux/kvm_host.h)
+OUTSIDE_GUEST_MODE = 0
+IN_GUEST_MODE = 1
+EXITING_GUEST_MODE = 2
+MODE_NAMES = {
+    OUTSIDE_GUEST_MODE: "OUTSIDE_GUEST_MODE",
+    IN_GUEST_MODE: "IN_GUEST_MODE",
+    EXITING_GUEST_MODE: "EXITING_GUEST_MODE",
+}
+
+# The guest-visible steal-time byte (arch/x86/include/uapi/asm/kvm_para.h).
+KVM_VCPU_PREEMPTED = 1 << 0
+KVM_VCPU_FLUSH_TLB = 1 << 1
+
+
+@dataclass(slots=True)
+class Vcpu:
+    """struct kvm_vcpu and its vendor part: only the fields the TLB-flush port reads."""
+
+    id: int
+    pc: str = "guest"  # where the vCPU thread is: a step label (docs/policies.md)
+    frame: tuple[int, ...] = ()  # locals carried across the race window at `pc`
+    mode: int = IN_GUEST_MODE  # vcpu->mode
+    requests: int = 0  # vcpu->requests
+    cpu: int = -1  # vcpu->cpu: the pCPU it is loaded on, -1 while not loaded
+    last_cpu: int = -1  # VMX loaded_vmcs->cpu / SVM current_vmcb->cpu
+    preempted: bool = False  # vcpu->preempted: scheduled out while runnable
+    st_preempted: bool = False  # vcpu->arch.st.preempted: KVM wrote PREEMPTED to the guest
+    st_byte: int = 0  # the guest's steal_time.preempted byte (guest memory)
+    at_instruction_boundary: bool = True  # vcpu->arch.at_instruction_boundary
+    root_valid: bool = True  # vcpu->arch.mmu->root.hpa is a valid root
+    vpid: int = 0  # VMX: vmx->vpid
+    vmcs: Vmcs | None = None  # VMX: the vCPU's VMCS (guest state as of the last VM exit)
+    asid: int = 0  # SVM: svm->asid
+    asid_generation: int = 0  # SVM: current_vmcb->asid_generation
+    vmcb: Vmcb | None = None  # SVM: the vCPU's VMCB
+
+    @property
+    def loaded(self) -> bool:
+        return self.cpu >= 0
+
+
+@dataclass(slots=True)
+class Pcpu:
+    """What KVM and the kernel keep per physical CPU."""
+
+    id: int
+    running: int = -1  # the vCPU loaded on this pCPU (kvm_running_vcpu), -1 if none
+    kicks: int = 0  # bitmask of requesters whose kick (IPI, wait) is still unacknowledged
+    asid_generation: int = 1  # SVM svm_cpu_data
+    next_asid: int = 0
+    min_asid: int = 1
+    max_asid: int = 0
+
+
+@dataclass(slots=True)
+class Kvm:
+    """struct kvm (and vmx.c's global VPID bitmap), plus the host MM's page for each GPA."""
+
+    vpid_bitmap: int = 1  # vmx_vpid_bitmap; bit 0 (the host's VPID) is reserved
+    mmu_invalidate_in_progress: int = 0
+    mmu_invalidate_seq: int = 0
+    backing: tuple[int, ...] = ()  # host page currently backing each guest frame (-1: none)
+    fresh: tuple[int, ...] = ()  # how many fresh pages each guest frame has been given
+    dirty: tuple[bool, ...] = ()  # the dirty bitmap (dirty logging), per guest frame
+
+    def set_backing(self, index: int, hpa: int) -> None:
+        b = list(self.backing)
+        b[index] = hpa
+        self.backing = tuple(b)
+
+    def set_dirty(self, index: int, value: bool) -> None:
+        d = list(self.dirty)
+        d[index] = value
+        self.dirty = tuple(d)
+
+    def bump_fresh(self, index: int) -> int:
+        f = list(self.fresh)
+        f[index] += 1
+        self.fresh = tuple(f)
+        return f[index]

@@ -1,0 +1,220 @@
+"""The upstream versions: kvm-6.18 (the ported structure), kvm-5.8 and kvm-5.7.
+
+kvm-6.18 is `KvmPolicy` as ported (v6.18 sources). kvm-5.8 is v5.8, after Sean Christopherson's
+series "KVM: x86: TLB flushing fixes and enhancements" (March 2020, seed e64419d991ea): the hooks
+tlb_flush_all / tlb_flush_current / tlb_flush_gva / tlb_flush_guest and KVM_REQ_TLB_FLUSH_CURRENT,
+but no KVM_REQ_TLB_FLUSH_GUEST yet and no at_instruction_boundary. kvm-5.7 is v5.7, before the
+series: one hook tlb_flush(vcpu, invalidate_gpa), the PV flush through
+kvm_vcpu_flush_tlb(vcpu, false), and vpid_sync_* helpers with their older fallbacks.
+
+Only what differs is overridden; each override cites its function and version.
+"""
+
+from __future__ import annotations
+
+from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
+from kvmtlb.hw.vmx import Invept, Invvpid
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.policy import KvmPolicy, register
+from kvmtlb.kvm.requests import (
+    KVM_REQ_STEAL_UPDATE,
+    KVM_REQ_TLB_FLUSH,
+    KVM_REQ_TLB_FLUSH_CURRENT,
+    kvm_check_request,
+    kvm_clear_request,
+    request_names,
+)
+from kvmtlb.kvm.state import Vcpu
+
+# x86.c:kvm_set_cr4 @ v5.7/v5.8: a change of these bits resets the MMU context (new root, and
+# kvm_mmu_load flushes the current context before the next entry).
+MMU_ROLE_BITS = CR4_PGE | CR4_PSE | CR4_PAE | CR4_SMEP | CR4_SMAP | CR4_PKE
+
+
+@register
+class Kvm618(KvmPolicy):
+    name = "kvm-6.18"
+    summary = (
+        "v6.18: flush_tlb_{all,current,gva,guest}, TLB_FLUSH_CURRENT/GUEST, at_instruction_boundary"
+    )
+
+
+@register
+class Kvm58(Kvm618):
+    name = "kvm-5.8"
+    summary = (
+        "v5.8: after the seed's series (tlb_flush_guest, tlb_flush_current), before "
+        "TLB_FLUSH_GUEST and at_instruction_boundary"
+    )
+
+    def kvm_steal_time_set_preempted(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:kvm_steal_time_set_preempted @ v5.8: the "already preempted" check of
+        CVE-2019-3016, but no at_instruction_boundary (added by 6cd88243c7e0, v5.19)."""
+        if vcpu.st_preempted:
+            return
+        vcpu.st_byte = 1
+        vcpu.st_preempted = True
+        k.note("kvm_steal_time_set_preempted: st->preempted = KVM_VCPU_PREEMPTED")
+
+    def vmx_cr4_guest_owned_bits(self, k: Step) -> int:
+        """vmx.c @ v5.8: CR4.PGE is not guest-owned; a toggle exits to kvm_set_cr4."""
+        return 0
+
+    def kvm_post_set_cr4(self, k: Step, vcpu: Vcpu, old: int, cr4: int) -> None:
+        """x86.c:kvm_set_cr4 @ v5.8: a change of a paging-role bit, or clearing PCIDE, resets the
+        MMU context; the next entry loads a new root and flushes the current context."""
+        changed = old ^ cr4
+        if changed & MMU_ROLE_BITS or (changed & CR4_PCIDE and not cr4 & CR4_PCIDE):
+            self.kvm_mmu_reset_context(k, vcpu)
+
+    def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_reset_context @ v5.8: unload the roots (kvm_mmu_unload)."""
+        vcpu.root_valid = False
+        k.note("kvm_mmu_reset_context", "the current root is unloaded")
+
+    def kvm_invalidate_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
+        """x86.c:kvm_set_cr3 @ v5.8 (with TDP): kvm_mmu_new_pgd with skip_tlb_flush unless the
+        no-flush bit; a TLB flush request for the current context."""
+        from kvmtlb.kvm.requests import kvm_make_request
+
+        kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_CURRENT)
+        k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_CURRENT)", "kvm_mmu_new_pgd")
+
+    def kvm_service_local_tlb_flush_requests(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:vcpu_enter_guest @ v5.8: only KVM_REQ_TLB_FLUSH_CURRENT exists."""
+        if kvm_check_request(vcpu, KVM_REQ_TLB_FLUSH_CURRENT):
+            self.kvm_vcpu_flush_tlb_current(k, vcpu)
+
+    def record_steal_time_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:record_steal_time @ v5.8: the PV flush calls kvm_x86_ops.tlb_flush_guest
+        directly (the seed e64419d991ea)."""
+        (old,) = vcpu.frame
+        vcpu.frame = ()
+        if old & 2:
+            k.note("record_steal_time: KVM_VCPU_FLUSH_TLB set", "kvm_x86_ops.tlb_flush_guest")
+            self.kvm_x86_call(k, "flush_tlb_guest", vcpu)
+        vcpu.pc = "vcpu_enter_guest:mode"
+
+    def vmx_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
+        """vmx.c:vmx_flush_tlb_guest @ v5.8: vpid_sync_context(to_vmx(vcpu)->vpid)."""
+        self.vpid_sync_context(k, vcpu, vcpu.vpid)
+
+    def exit_at_instruction_boundary(self, reason: int) -> bool:
+        """v5.8 has no at_instruction_boundary: every preemption is reported."""
+        return True
+
+
+@register
+class Kvm57(Kvm58):
+    name = "kvm-5.7"
+    summary = (
+        "v5.7: before the seed's series: tlb_flush(invalidate_gpa); the PV flush "
+        "through kvm_vcpu_flush_tlb(vcpu, false)"
+    )
+
+    # -- x86.c @ v5.7 ----------------------------------------------------------------------------
+    def kvm_vcpu_flush_tlb(self, k: Step, vcpu: Vcpu, invalidate_gpa: bool) -> None:
+        """x86.c:kvm_vcpu_flush_tlb @ v5.7: kvm_x86_ops->tlb_flush(vcpu, invalidate_gpa)."""
+        if k.config.vmx:
+            self.vmx_flush_tlb(k, vcpu, invalidate_gpa)
+        else:
+            self.svm_flush_tlb(k, vcpu, invalidate_gpa)
+
+    def vcpu_enter_guest(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:vcpu_enter_guest @ v5.7: KVM_REQ_TLB_FLUSH -> kvm_vcpu_flush_tlb(vcpu, true);
+        then KVM_REQ_STEAL_UPDATE."""
+        if vcpu.requests:
+            k.note("vcpu_enter_guest: requests", request_names(vcpu.requests))
+        if kvm_check_request(vcpu, KVM_REQ_TLB_FLUSH):
+            self.kvm_vcpu_flush_tlb(k, vcpu, True)
+        if kvm_check_request(vcpu, KVM_REQ_STEAL_UPDATE):
+            self.record_steal_time(k, vcpu)
+            return
+        vcpu.pc = "vcpu_enter_guest:mode"
+
+    def record_steal_time_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:record_steal_time @ v5.7: kvm_vcpu_flush_tlb(vcpu, false)."""
+        (old,) = vcpu.frame
+        vcpu.frame = ()
+        if old & 2:
+            k.note("record_steal_time: KVM_VCPU_FLUSH_TLB set", "kvm_vcpu_flush_tlb(false)")
+            self.kvm_vcpu_flush_tlb(k, vcpu, False)
+        vcpu.pc = "vcpu_enter_guest:mode"
+
+    def kvm_mmu_load(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_load @ v5.7: kvm_x86_ops->tlb_flush(vcpu, true) after the new root."""
+        vcpu.root_valid = True
+        k.note("kvm_mmu_load: new root")
+        self.kvm_vcpu_flush_tlb(k, vcpu, True)
+
+    def kvm_invalidate_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
+        """x86.c:kvm_set_cr3 @ v5.7 (with TDP): kvm_mmu_new_cr3 requests a full TLB flush unless
+        the no-flush bit is set."""
+        from kvmtlb.kvm.requests import kvm_make_request
+
+        kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH)
+        k.note("kvm_make_request(KVM_REQ_TLB_FLUSH)", "kvm_mmu_new_cr3")
+
+    def kvm_service_local_tlb_flush_requests(self, k: Step, vcpu: Vcpu) -> None:
+        """No local flush requests in v5.7 besides KVM_REQ_TLB_FLUSH."""
+        kvm_clear_request(vcpu, KVM_REQ_TLB_FLUSH_CURRENT)
+
+    # -- vmx.h / vmx_ops.h @ v5.7 --------------------------------------------------------------
+    def vmx_flush_tlb(self, k: Step, vcpu: Vcpu, invalidate_gpa: bool) -> None:
+        """vmx.h:vmx_flush_tlb @ v5.7: __vmx_flush_tlb(vcpu, vmx->vpid, invalidate_gpa)."""
+        self._vmx_flush_tlb(k, vcpu, vcpu.vpid, invalidate_gpa)
+
+    def _vmx_flush_tlb(self, k: Step, vcpu: Vcpu, vpid: int, invalidate_gpa: bool) -> None:
+        """vmx.h:__vmx_flush_tlb @ v5.7: INVEPT single-context on the current root when EPT is on
+        and the caller asks for guest-physical mappings or VPID is off; else the VPID context."""
+        if k.config.tdp and (invalidate_gpa or not k.config.enable_vpid):
+            if not vcpu.root_valid:
+                return
+            self.ept_sync_context(k, vcpu, self.construct_eptp(k, vcpu))
+        else:
+            self.vpid_sync_context(k, vcpu, vpid)
+
+    def vpid_sync_vcpu_single(self, k: Step, vcpu: Vcpu, vpid: int) -> None:
+        """vmx_ops.h:vpid_sync_vcpu_single @ v5.7: no-op for VPID 0, and a capability check."""
+        if vpid == 0:
+            return
+        if self.cpu_has_vmx_invvpid_single(k):
+            k.hw(vcpu.cpu, Invvpid(1, vpid), "vpid_sync_vcpu_single")
+
+    def vpid_sync_vcpu_global(self, k: Step, vcpu: Vcpu) -> None:
+        """vmx_ops.h:vpid_sync_vcpu_global @ v5.7: with a capability check."""
+        if self.cpu_has_vmx_invvpid_global(k):
+            k.hw(vcpu.cpu, Invvpid(2, 0), "vpid_sync_vcpu_global")
+
+    def vpid_sync_context(self, k: Step, vcpu: Vcpu, vpid: int) -> None:
+        """vmx_ops.h:vpid_sync_context @ v5.7: single-context if supported, else all-context
+        (also for VPID 0: the series' "Skip global INVVPID fallback if vpid==0" came later)."""
+        if self.cpu_has_vmx_invvpid_single(k):
+            self.vpid_sync_vcpu_single(k, vcpu, vpid)
+        else:
+            self.vpid_sync_vcpu_global(k, vcpu)
+
+    def vpid_sync_vcpu_addr(self, k: Step, vcpu: Vcpu, vpid: int, addr: int) -> None:
+        """vmx_ops.h:vpid_sync_vcpu_addr @ v5.7 with vmx.c:vmx_flush_tlb_gva's fallback."""
+        if vpid == 0:
+            return
+        if self.cpu_has_vmx_invvpid_individual_addr(k):
+            k.hw(vcpu.cpu, Invvpid(0, vpid, addr), "vpid_sync_vcpu_addr")
+        else:
+            self.vpid_sync_context(k, vcpu, vpid)
+
+    def ept_sync_global(self, k: Step, vcpu: Vcpu) -> None:
+        """vmx_ops.h:ept_sync_global @ v5.7."""
+        k.hw(vcpu.cpu, Invept(2), "ept_sync_global")
+
+    def vmx_flush_tlb_gva(self, k: Step, vcpu: Vcpu, addr: int) -> None:
+        """vmx.c:vmx_flush_tlb_gva @ v5.7 (on vmx->vpid)."""
+        self.vpid_sync_vcpu_addr(k, vcpu, vcpu.vpid, addr)
+
+    # -- svm.c @ v5.7 ---------------------------------------------------------------------------
+    def svm_flush_tlb(self, k: Step, vcpu: Vcpu, invalidate_gpa: bool) -> None:
+        """svm.c:svm_flush_tlb @ v5.7: the flag is ignored; FlushByAsid, or a new ASID."""
+        self.svm_flush_tlb_asid(k, vcpu)
+
+
+__all__ = ["Kvm57", "Kvm58", "Kvm618"]

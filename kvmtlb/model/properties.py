@@ -1,0 +1,140 @@
+"""The properties a world must satisfy (design.md, "Properties"), checked after every step.
+
+- guest-transparency: for every vCPU in guest mode, every GVA the scenario names and every access
+  kind (read, write, execute: an implicit access), each guest-visible outcome the hardware model
+  allows (a translation to (GPA, guest rights), or a #PF) must be one the vCPU's native reference
+  allows. EPT violations and #NPFs are not guest-visible (KVM handles them). An access KVM
+  emulated is checked when it completes, against the reference at that moment.
+- ept-coherence: once the host's change of a guest frame has completed (its
+  kvm_flush_remote_tlbs returned), every translation of that frame a vCPU in guest mode may use
+  must reach its current host page (else host-isolation), and a write through it must be logged
+  in the dirty bitmap if write protection for dirty logging completed (else dirty-logging).
+
+When several properties fail in one world, the first in PRECEDENCE is reported.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from kvmtlb.host.thread import HostThread
+from kvmtlb.hw.outcomes import Access, PageFault
+from kvmtlb.hw.paging import E_W, ept_rights, pte_addr
+from kvmtlb.hw.walk import ACCESS_KINDS, _npt_rights
+from kvmtlb.kvm.context import World
+from kvmtlb.model.system import System
+
+PRECEDENCE = ("host-isolation", "vm-isolation", "dirty-logging", "guest-transparency")
+V_PC, V_CPU = 1, 5
+K_DIRTY = 5  # position of Kvm.dirty in the frozen Kvm tuple
+
+
+class Violation(NamedTuple):
+    prop: str
+    detail: str
+
+
+def check(
+    system: System, w: World, observations: list[tuple[int, int, int, int]] = ()
+) -> Violation | None:  # type: ignore[assignment]
+    found: list[Violation] = []
+    kvm = system.kvm
+    h: HostThread = w.host
+    watched = h.changed | h.protected
+    gvas = system.scenario.gvas
+    for v, vc in enumerate(w.vcpus):
+        if vc[V_PC] != "guest" or vc[V_CPU] < 0:
+            continue
+        cpu = vc[V_CPU]
+        for gva in gvas:
+            for access in ACCESS_KINDS:
+                model = w.machine.outcomes(cpu, gva, access)
+                if watched:
+                    found.extend(_coherence(system, w, v, gva, access, model))
+                native = None
+                for o in model:
+                    seen = _visible(o)
+                    if seen is None:
+                        continue
+                    if native is None:
+                        native = {_visible(n) for n in w.native.outcomes(v, gva, access)}
+                    if seen not in native:
+                        found.append(
+                            Violation(
+                                "guest-transparency",
+                                f"vcpu{v} {access} {gva:#x} may see {o.describe()}, which a native "
+                                f"processor could not: native outcomes are "
+                                f"{_list(w.native.outcomes(v, gva, access))}",
+                            )
+                        )
+    for v, gva, gpa, _rights in observations:
+        native_outs = w.native.outcomes(v, gva, "read")
+        if not any(isinstance(n, Access) and n.gpa == gpa for n in native_outs):
+            found.append(
+                Violation(
+                    "guest-transparency",
+                    f"vcpu{v}'s emulated read of {gva:#x} completed through GPA {gpa:#x}, which a "
+                    f"native processor could not use: native outcomes are {_list(native_outs)}",
+                )
+            )
+    if not found:
+        return None
+    del kvm
+    return min(found, key=lambda f: PRECEDENCE.index(f.prop))
+
+
+def _visible(o: object) -> tuple[object, ...] | None:
+    if isinstance(o, Access):
+        return ("access", o.gpa, o.rights)
+    if isinstance(o, PageFault):
+        return ("#PF",)
+    return None
+
+
+def _list(outcomes: list[object]) -> str:
+    return "; ".join(o.describe() for o in outcomes) or "none"  # type: ignore[attr-defined]
+
+
+def _coherence(
+    system: System, w: World, v: int, gva: int, access: str, model: list[object]
+) -> list[Violation]:
+    h: HostThread = w.host
+    kvm = system.kvm
+    out: list[Violation] = []
+    for o in model:
+        if not isinstance(o, Access) or o.gpa not in kvm.gpas:
+            continue
+        i = kvm.gpa_index(o.gpa)
+        page = o.gpa & ~0xFFF
+        if h.changed >> i & 1:
+            hpa, _ = _spte(system, w, page)
+            if hpa != (o.frame & ~0xFFF):
+                now = f"{hpa:#x}" if hpa >= 0 else "no page (zapped)"
+                out.append(
+                    Violation(
+                        "host-isolation",
+                        f"vcpu{v} {access} {gva:#x} may reach host page {o.frame:#x} through GPA "
+                        f"{o.gpa:#x}, whose current page is {now}: the host's change completed",
+                    )
+                )
+        if h.protected >> i & 1 and access == "write" and not w.kvm[K_DIRTY][i]:
+            out.append(
+                Violation(
+                    "dirty-logging",
+                    f"vcpu{v} may write {gva:#x} (GPA {o.gpa:#x}) without the write being logged: "
+                    "write protection for dirty logging completed",
+                )
+            )
+    return out
+
+
+def _spte(system: System, w: World, gpa: int) -> tuple[int, int]:
+    kvm = system.kvm
+    value = w.machine.memory.values[kvm.layout.slot(kvm.tdp_root, gpa)]
+    rights = ept_rights(value) if kvm.vmx else _npt_rights(value)
+    if not rights:
+        return (-1, 0)
+    return (pte_addr(value), rights)
+
+
+__all__ = ["E_W", "PRECEDENCE", "Violation", "check"]

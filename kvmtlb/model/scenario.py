@@ -1,0 +1,742 @@
+"""Scenario files (format 1, ../shared/reference/scenario-format.md): parsing and validation.
+
+Every input error raises `ScenarioError`, whose message names the file, the line and the fix; the
+CLI turns it into exit code 2. Besides the contract's checks, ops the ISA forbids statically are
+rejected (INVPCID types 0/1 with a non-zero PCID or MOV to CR3 no-flush while the issuing vCPU's
+CR4.PCIDE is off, an `exec` of a GVA that is never mapped executable), and so is `tdp = false`
+until shadow paging is modelled.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvmtlb.guest.ops import (
+    FLUSH_ALL,
+    FLUSH_MM,
+    FLUSH_PAGE,
+    AccessOp,
+    EmulatedReadOp,
+    FlushTlbOp,
+    GuestOp,
+    InvlpgOp,
+    InvpcidOp,
+    MapOp,
+    MovCr3Op,
+    SetCr4Op,
+    UnmapOp,
+)
+from kvmtlb.host.ops import (
+    FlushRemoteOp,
+    HostOp,
+    PreemptOp,
+    RemapOp,
+    ResumeOp,
+    WrprotectOp,
+    ZapOp,
+)
+
+LIMIT = 1 << 32
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+CAP_NAMES = (
+    "invvpid-addr",
+    "invvpid-single",
+    "invvpid-all",
+    "invvpid-single-globals",
+    "invept-single",
+    "invept-all",
+)
+PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
+
+
+class ScenarioError(Exception):
+    """An input error in a scenario file: the file, the line (0 if unknown) and the fix."""
+
+    def __init__(self, path: str, line: int, message: str, fix: str) -> None:
+        self.path = path
+        self.line = line
+        self.message = message
+        self.fix = fix
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}\n  fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Config:
+    vendor: str
+    tdp: bool = True
+    vpid: bool = True
+    flush_by_asid: bool = True
+    pcid: bool = False
+    pge: bool = True
+    pv_tlb_flush: bool = False
+    pcpus: int = 2
+    vcpus: int = 2
+    vpids: int = 4096
+    max_asid: int = 16
+    ept_vpid_cap: tuple[str, ...] = CAP_NAMES
+    unrestricted_guest: bool = True
+
+    def label(self) -> str:
+        """A short name for the configuration (for --matrix and reports)."""
+        parts = [self.vendor, "tdp" if self.tdp else "shadow"]
+        if self.vendor == "intel":
+            parts.append("vpid" if self.vpid else "novpid")
+        else:
+            parts.append("flushbyasid" if self.flush_by_asid else "noflushbyasid")
+        parts.append("pcid" if self.pcid else "nopcid")
+        parts.append("pv" if self.pv_tlb_flush else "nopv")
+        return "/".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "vendor": self.vendor,
+            "tdp": self.tdp,
+            "pcid": self.pcid,
+            "pge": self.pge,
+            "pv_tlb_flush": self.pv_tlb_flush,
+            "pcpus": self.pcpus,
+            "vcpus": self.vcpus,
+        }
+        if self.vendor == "intel":
+            d.update(
+                vpid=self.vpid,
+                vpids=self.vpids,
+                ept_vpid_cap=list(self.ept_vpid_cap),
+                unrestricted_guest=self.unrestricted_guest,
+            )
+        else:
+            d.update(flush_by_asid=self.flush_by_asid, max_asid=self.max_asid)
+        return d
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str
+    name: str
+    doc: str
+    config: Config
+    guest: dict[int, tuple[int, str]]  # GVA -> (GPA, flags)
+    host: dict[int, tuple[int, str]]  # GPA -> (HPA, rights)
+    placement: tuple[int, ...]  # vCPU -> pCPU
+    programs: tuple[tuple[GuestOp, ...], ...]  # per vCPU
+    host_program: tuple[HostOp, ...]
+    expect: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+
+    @property
+    def gvas(self) -> tuple[int, ...]:
+        """Every GVA the scenario names, in order of first mention."""
+        seen: dict[int, None] = dict.fromkeys(self.guest)
+        for prog in self.programs:
+            for op in prog:
+                gva = getattr(op, "gva", None)
+                if isinstance(gva, int) and gva and not isinstance(op, InvpcidOp):
+                    seen.setdefault(gva)
+                if isinstance(op, InvpcidOp) and op.type == 0:
+                    seen.setdefault(op.gva)
+        return tuple(seen)
+
+    @property
+    def gpas(self) -> tuple[int, ...]:
+        return tuple(self.host)
+
+    def with_config(self, config: Config) -> Scenario:
+        return Scenario(
+            self.path,
+            self.name,
+            self.doc,
+            config,
+            self.guest,
+            self.host,
+            self.placement,
+            self.programs,
+            self.host_program,
+            self.expect,
+            self.text,
+        )
+
+
+class _Lines:
+    """Finds the line a key or an op stands on, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def section(self, name: str) -> int:
+        for i, line in enumerate(self.lines):
+            if line.strip().startswith(f"[{name}]"):
+                return i + 1
+        return 0
+
+    def key(self, section: str | None, key: str) -> int:
+        start = self.section(section) if section else 0
+        pat = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=')
+        for i in range(start, len(self.lines)):
+            line = self.lines[i]
+            if section is None and line.strip().startswith("["):
+                break
+            if i > start and line.strip().startswith("[") and section is not None:
+                break
+            if pat.match(line):
+                return i + 1
+        return start
+
+
+def load(path: str | Path, known_policies: set[str] | None = None) -> Scenario:
+    """Read and validate a scenario file."""
+    p = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ScenarioError(
+            p,
+            0,
+            f"cannot read the file ({e.strerror})",
+            "give the path of an existing scenario file",
+        ) from None
+    return parse(text, p, known_policies)
+
+
+def parse(text: str, path: str = "<scenario>", known_policies: set[str] | None = None) -> Scenario:
+    lines = _Lines(text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ScenarioError(
+            path,
+            int(m.group(1)) if m else 0,
+            f"not valid TOML: {e}",
+            "fix the TOML syntax (see scenario-format.md)",
+        ) from None
+    return _Parser(path, lines, data, text, known_policies).scenario()
+
+
+class _Parser:
+    def __init__(
+        self, path: str, lines: _Lines, data: dict[str, Any], text: str, known: set[str] | None
+    ) -> None:
+        self.path = path
+        self.lines = lines
+        self.data = data
+        self.text = text
+        self.known = known
+
+    def err(self, line: int, message: str, fix: str) -> ScenarioError:
+        return ScenarioError(self.path, line, message, fix)
+
+    # -- top level ------------------------------------------------------------------------------
+    def scenario(self) -> Scenario:
+        allowed = {"name", "doc", "config", "guest", "host", "placement", "threads", "expect"}
+        for key in self.data:
+            if key not in allowed:
+                raise self.err(
+                    self.lines.key(None, key) or self.lines.section(key),
+                    f"unknown top-level key or table {key!r}",
+                    f"use only {', '.join(sorted(allowed))}",
+                )
+        name = self.data.get("name")
+        if not isinstance(name, str) or not NAME.match(name):
+            raise self.err(
+                self.lines.key(None, "name"),
+                f"bad or missing name {name!r}",
+                'add name = "my-scenario" (lowercase letters, digits, dashes)',
+            )
+        doc = self.data.get("doc", "")
+        if not isinstance(doc, str):
+            raise self.err(self.lines.key(None, "doc"), "doc must be a string", 'doc = "..."')
+        config = self.config()
+        host = self.host_map()
+        guest = self.guest_map(host)
+        placement = self.placement(config)
+        programs, host_program = self.threads(config, guest, host)
+        expect = self.expect()
+        return Scenario(
+            self.path,
+            name,
+            doc,
+            config,
+            guest,
+            host,
+            placement,
+            programs,
+            host_program,
+            expect,
+            self.text,
+        )
+
+    def _table(self, name: str) -> dict[str, Any]:
+        t = self.data.get(name, {})
+        if not isinstance(t, dict):
+            raise self.err(
+                self.lines.key(None, name), f"{name} must be a table", f"write it as [{name}]"
+            )
+        return t
+
+    # -- [config] -------------------------------------------------------------------------------
+    def config(self) -> Config:
+        t = self._table("config")
+        line = self.lines.section("config")
+        if "config" not in self.data:
+            raise self.err(0, "missing [config]", '[config]\nvendor = "intel"')
+        kinds = {
+            "vendor": str,
+            "tdp": bool,
+            "vpid": bool,
+            "flush_by_asid": bool,
+            "pcid": bool,
+            "pge": bool,
+            "pv_tlb_flush": bool,
+            "pcpus": int,
+            "vcpus": int,
+            "vpids": int,
+            "max_asid": int,
+            "ept_vpid_cap": list,
+            "unrestricted_guest": bool,
+        }
+        for key, value in t.items():
+            kl = self.lines.key("config", key)
+            if key not in kinds:
+                raise self.err(kl, f"unknown config key {key!r}", f"use one of {', '.join(kinds)}")
+            if not isinstance(value, kinds[key]) or (kinds[key] is int and isinstance(value, bool)):
+                raise self.err(
+                    kl,
+                    f"config {key} must be {kinds[key].__name__}",
+                    f"give {key} a {kinds[key].__name__} value",
+                )
+        vendor = t.get("vendor")
+        if vendor not in ("intel", "amd"):
+            raise self.err(
+                self.lines.key("config", "vendor") or line,
+                f'vendor must be "intel" or "amd", not {vendor!r}',
+                'set vendor = "intel" or vendor = "amd"',
+            )
+        intel_only = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest")
+        amd_only = ("flush_by_asid", "max_asid")
+        for key in intel_only if vendor == "amd" else amd_only:
+            if key in t:
+                raise self.err(
+                    self.lines.key("config", key),
+                    f"{key} does not apply to vendor {vendor}",
+                    f"remove {key}, or set the other vendor",
+                )
+        if t.get("tdp", True) is False:
+            raise self.err(
+                self.lines.key("config", "tdp"),
+                "tdp = false (shadow paging) is not modelled yet",
+                "use tdp = true (EPT on Intel, NPT on AMD)",
+            )
+        for key, low in (("pcpus", 1), ("vcpus", 1), ("vpids", 1), ("max_asid", 1)):
+            if key in t and t[key] < low:
+                raise self.err(
+                    self.lines.key("config", key),
+                    f"{key} must be at least {low}",
+                    f"set {key} = {low} or more",
+                )
+        for key, high in (("pcpus", 8), ("vcpus", 8)):
+            if key in t and t[key] > high:
+                raise self.err(
+                    self.lines.key("config", key),
+                    f"{key} above {high} is out of reach of an exhaustive search",
+                    f"use {key} <= {high}",
+                )
+        caps = tuple(t.get("ept_vpid_cap", CAP_NAMES))
+        for c in caps:
+            if c not in CAP_NAMES:
+                raise self.err(
+                    self.lines.key("config", "ept_vpid_cap"),
+                    f"unknown capability {c!r}",
+                    f"use names from {list(CAP_NAMES)}",
+                )
+        return Config(
+            vendor=vendor,
+            tdp=True,
+            vpid=t.get("vpid", True),
+            flush_by_asid=t.get("flush_by_asid", True),
+            pcid=t.get("pcid", False),
+            pge=t.get("pge", True),
+            pv_tlb_flush=t.get("pv_tlb_flush", False),
+            pcpus=t.get("pcpus", 2),
+            vcpus=t.get("vcpus", 2),
+            vpids=t.get("vpids", 4096),
+            max_asid=t.get("max_asid", 16),
+            ept_vpid_cap=caps,
+            unrestricted_guest=t.get("unrestricted_guest", True),
+        )
+
+    # -- addresses --------------------------------------------------------------------------------
+    def addr(self, s: str, line: int, what: str) -> int:
+        try:
+            value = int(s, 16)
+        except ValueError:
+            raise self.err(
+                line,
+                f"{what} {s!r} is not a hex address",
+                f'write the {what} as a 4 KiB-aligned hex page address, e.g. "0x1000"',
+            ) from None
+        if value & 0xFFF:
+            raise self.err(
+                line,
+                f"{what} {s} is not 4 KiB aligned",
+                f"use a page address (low 12 bits zero), e.g. {value & ~0xFFF:#x}",
+            )
+        if not 0 <= value < LIMIT:
+            raise self.err(
+                line,
+                f"{what} {s} is outside the model's address space",
+                "use a page below 4 GiB (0x100000000)",
+            )
+        return value
+
+    def host_map(self) -> dict[int, tuple[int, str]]:
+        out: dict[int, tuple[int, str]] = {}
+        hpas: set[int] = set()
+        for key, value in self._table("host").items():
+            line = self.lines.key("host", key)
+            gpa = self.addr(key, line, "GPA")
+            parts = str(value).split()
+            if len(parts) != 2 or not set(parts[1]) <= set("rwx") or "r" not in parts[1]:
+                raise self.err(
+                    line,
+                    f"bad host mapping {value!r}",
+                    'write "HPA RIGHTS" with rights from r, w, x (r required), e.g. "0x80000 rwx"',
+                )
+            hpa = self.addr(parts[0], line, "HPA")
+            if hpa in hpas:
+                raise self.err(
+                    line, f"HPA {hpa:#x} backs two GPAs", "give every GPA its own host page"
+                )
+            hpas.add(hpa)
+            out[gpa] = (hpa, parts[1])
+        if not out:
+            raise self.err(
+                self.lines.section("host"),
+                "no [host] mappings",
+                'map at least one GPA, e.g. [host] "0x10000" = "0x80000 rwx"',
+            )
+        return out
+
+    def guest_map(self, host: dict[int, tuple[int, str]]) -> dict[int, tuple[int, str]]:
+        out: dict[int, tuple[int, str]] = {}
+        for key, value in self._table("guest").items():
+            line = self.lines.key("guest", key)
+            gva = self.addr(key, line, "GVA")
+            parts = str(value).split()
+            if not parts or len(parts) > 2:
+                raise self.err(
+                    line,
+                    f"bad guest mapping {value!r}",
+                    'write "GPA FLAGS", flags from w, u, x, g, e.g. "0x10000 w"',
+                )
+            gpa = self.addr(parts[0], line, "GPA")
+            flags = parts[1] if len(parts) == 2 else ""
+            self.flags(flags, line)
+            if gpa not in host:
+                raise self.err(
+                    line,
+                    f"GPA {gpa:#x} of GVA {gva:#x} is not mapped in [host]",
+                    f'add "{gpa:#x}" = "HPA rwx" to [host]',
+                )
+            out[gva] = (gpa, flags)
+        return out
+
+    def flags(self, flags: str, line: int) -> None:
+        if not set(flags) <= set("wuxg") or len(set(flags)) != len(flags):
+            raise self.err(
+                line,
+                f"bad flags {flags!r}",
+                "use each of w (writable), u (user), x (executable), g (global) at most once",
+            )
+
+    def placement(self, config: Config) -> tuple[int, ...]:
+        place = [v % config.pcpus for v in range(config.vcpus)]
+        for key, value in self._table("placement").items():
+            line = self.lines.key("placement", key)
+            v = self.vcpu_id(key, line, config)
+            place[v] = self.pcpu_id(str(value), line, config)
+        return tuple(place)
+
+    def vcpu_id(self, s: str, line: int, config: Config) -> int:
+        m = re.fullmatch(r"vcpu(\d+)", s)
+        if not m or int(m.group(1)) >= config.vcpus:
+            raise self.err(
+                line,
+                f"unknown vCPU {s!r}",
+                f"use vcpu0 .. vcpu{config.vcpus - 1} (config vcpus = {config.vcpus})",
+            )
+        return int(m.group(1))
+
+    def pcpu_id(self, s: str, line: int, config: Config) -> int:
+        m = re.fullmatch(r"pcpu(\d+)", s)
+        if not m or int(m.group(1)) >= config.pcpus:
+            raise self.err(
+                line,
+                f"unknown pCPU {s!r}",
+                f"use pcpu0 .. pcpu{config.pcpus - 1} (config pcpus = {config.pcpus})",
+            )
+        return int(m.group(1))
+
+    # -- [threads] -------------------------------------------------------------------------------
+    def threads(
+        self, config: Config, guest: dict[int, tuple[int, str]], host: dict[int, tuple[int, str]]
+    ) -> tuple[tuple[tuple[GuestOp, ...], ...], tuple[HostOp, ...]]:
+        programs: list[list[GuestOp]] = [[] for _ in range(config.vcpus)]
+        host_ops: list[HostOp] = []
+        remapped: set[int] = set()
+        for key, value in self._table("threads").items():
+            kline = self.lines.key("threads", key)
+            if not isinstance(value, str):
+                raise self.err(
+                    kline,
+                    f"thread {key} must be a string of ops",
+                    f'{key} = """\\nread 0x1000\\n"""',
+                )
+            # A newline right after the opening quotes is not part of the string (TOML).
+            raw_key_line = self.lines.lines[kline - 1] if kline else ""
+            rhs = raw_key_line.split("=", 1)[-1].strip()
+            first = kline + 1 if rhs in ('"""', "'''") else kline
+            for n, raw in enumerate(value.split("\n")):
+                text = raw.split("#", 1)[0].strip()
+                if not text:
+                    continue
+                line = first + n
+                if key == "host":
+                    host_ops.append(self.host_op(text, line, config, host, remapped))
+                else:
+                    v = self.vcpu_id(key, kline, config)
+                    programs[v].append(self.guest_op(text, line, config, host, v))
+        self.static_checks(config, guest, programs)
+        return tuple(tuple(p) for p in programs), tuple(host_ops)
+
+    def guest_op(
+        self, text: str, line: int, config: Config, host: dict[int, tuple[int, str]], v: int
+    ) -> GuestOp:
+        words = text.replace("->", " -> ").split()
+        op = words[0]
+        args = words[1:]
+
+        def need(n: int, usage: str) -> None:
+            if len(args) != n:
+                raise self.err(line, f"{op} takes {usage}", f"write: {op} {usage}")
+
+        if op in ("read", "write", "exec"):
+            need(1, "GVA")
+            return AccessOp(op, self.addr(args[0], line, "GVA"), line)
+        if op == "map":
+            if len(args) not in (3, 4) or args[1] != "->":
+                raise self.err(line, "map takes GVA -> GPA FLAGS", "write: map 0x1000 -> 0x12000 w")
+            gpa = self.addr(args[2], line, "GPA")
+            flags = args[3] if len(args) == 4 else ""
+            self.flags(flags, line)
+            if gpa not in host:
+                raise self.err(
+                    line,
+                    f"GPA {gpa:#x} is not mapped in [host]",
+                    f'add "{gpa:#x}" = "HPA rwx" to [host]',
+                )
+            return MapOp(self.addr(args[0], line, "GVA"), gpa, flags, line)
+        if op == "unmap":
+            need(1, "GVA")
+            return UnmapOp(self.addr(args[0], line, "GVA"), line)
+        if op == "invlpg":
+            need(1, "GVA")
+            return InvlpgOp(self.addr(args[0], line, "GVA"), line)
+        if op == "mov_cr3":
+            pcid, noflush = -1, False
+            for a in args:
+                if a == "noflush":
+                    noflush = True
+                elif a.startswith("pcid="):
+                    pcid = self.small(a[5:], line, "pcid", 4095)
+                else:
+                    raise self.err(
+                        line, f"unknown mov_cr3 argument {a!r}", "write: mov_cr3 [pcid=N] [noflush]"
+                    )
+            return MovCr3Op(pcid, noflush, line)
+        if op == "set_cr4":
+            need(1, "pge=0|1 or pcide=0|1")
+            m = re.fullmatch(r"(pge|pcide)=([01])", args[0])
+            if not m:
+                raise self.err(
+                    line,
+                    f"bad set_cr4 argument {args[0]!r}",
+                    "write: set_cr4 pge=0 (or pge=1, pcide=0, pcide=1)",
+                )
+            return SetCr4Op(m.group(1), int(m.group(2)), line)
+        if op == "invpcid":
+            if not args:
+                raise self.err(
+                    line, "invpcid takes TYPE [pcid=N] [GVA]", "write: invpcid 0 pcid=0 0x1000"
+                )
+            t = self.small(args[0], line, "INVPCID type", 3)
+            pcid, gva = 0, 0
+            for a in args[1:]:
+                if a.startswith("pcid="):
+                    pcid = self.small(a[5:], line, "pcid", 4095)
+                else:
+                    gva = self.addr(a, line, "GVA")
+            if t == 0 and not gva:
+                raise self.err(line, "invpcid type 0 needs a GVA", "write: invpcid 0 pcid=N GVA")
+            return InvpcidOp(t, pcid, gva, line)
+        if op == "flush_tlb":
+            need(2, "GVA|mm|all TARGETS")
+            if args[0] == "mm":
+                scope, gva = FLUSH_MM, 0
+            elif args[0] == "all":
+                scope, gva = FLUSH_ALL, 0
+            else:
+                scope, gva = FLUSH_PAGE, self.addr(args[0], line, "GVA")
+            return FlushTlbOp(scope, gva, self.targets(args[1], line, config, v), line)
+        if op == "emulated_read":
+            need(1, "GVA")
+            return EmulatedReadOp(self.addr(args[0], line, "GVA"), line)
+        raise self.err(
+            line,
+            f"unknown guest op {op!r}",
+            "use read, write, exec, map, unmap, invlpg, mov_cr3, set_cr4, invpcid, "
+            "flush_tlb or emulated_read",
+        )
+
+    def small(self, s: str, line: int, what: str, high: int) -> int:
+        try:
+            value = int(s, 0)
+        except ValueError:
+            raise self.err(line, f"bad {what} {s!r}", f"use a number 0..{high}") from None
+        if not 0 <= value <= high:
+            raise self.err(line, f"{what} {value} out of range", f"use a number 0..{high}")
+        return value
+
+    def targets(self, s: str, line: int, config: Config, v: int) -> tuple[int, ...]:
+        if s in ("others", "all"):
+            return tuple(t for t in range(config.vcpus) if t != v)
+        out = []
+        for part in s.split(","):
+            t = self.vcpu_id(part.strip(), line, config)
+            if t == v:
+                raise self.err(
+                    line,
+                    f"vcpu{v} cannot target itself",
+                    "list only other vCPUs (the issuer flushes locally)",
+                )
+            out.append(t)
+        return tuple(sorted(set(out)))
+
+    def host_op(
+        self,
+        text: str,
+        line: int,
+        config: Config,
+        host: dict[int, tuple[int, str]],
+        remapped: set[int],
+    ) -> HostOp:
+        words = text.replace("->", " -> ").split()
+        op, args = words[0], words[1:]
+        if op == "preempt" and len(args) == 1:
+            return PreemptOp(self.vcpu_id(args[0], line, config), line)
+        if op == "resume" and len(args) in (1, 3):
+            v = self.vcpu_id(args[0], line, config)
+            pcpu = -1
+            if len(args) == 3:
+                if args[1] != "on":
+                    raise self.err(
+                        line, "resume takes vcpuN [on pcpuM]", "write: resume vcpu1 on pcpu0"
+                    )
+                pcpu = self.pcpu_id(args[2], line, config)
+            return ResumeOp(v, pcpu, line)
+        if op in ("zap", "wrprotect") and len(args) == 1:
+            gpa = self.addr(args[0], line, "GPA")
+            if gpa not in host:
+                raise self.err(
+                    line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
+                )
+            return ZapOp(gpa, line) if op == "zap" else WrprotectOp(gpa, line)
+        if op == "remap" and len(args) == 3 and args[1] == "->":
+            gpa = self.addr(args[0], line, "GPA")
+            hpa = self.addr(args[2], line, "HPA")
+            if gpa not in host:
+                raise self.err(
+                    line, f"GPA {gpa:#x} is not mapped in [host]", "remap a GPA listed in [host]"
+                )
+            if hpa in {h for h, _ in host.values()} or hpa in remapped:
+                raise self.err(
+                    line,
+                    f"HPA {hpa:#x} is already in use",
+                    "remap to a host page no other mapping uses",
+                )
+            remapped.add(hpa)
+            return RemapOp(gpa, hpa, line)
+        if op == "flush_remote_tlbs" and not args:
+            return FlushRemoteOp(line)
+        raise self.err(
+            line,
+            f"unknown or malformed host op {text!r}",
+            "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
+            "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs",
+        )
+
+    def static_checks(
+        self, config: Config, guest: dict[int, tuple[int, str]], programs: list[list[GuestOp]]
+    ) -> None:
+        executable = {gva for gva, (_, f) in guest.items() if "x" in f}
+        for prog in programs:
+            executable |= {op.gva for op in prog if isinstance(op, MapOp) and "x" in op.flags}
+        for prog in programs:
+            pcide = config.pcid
+            for op in prog:
+                if isinstance(op, SetCr4Op) and op.bit == "pcide":
+                    pcide = bool(op.value)
+                if isinstance(op, InvpcidOp) and op.type in (0, 1) and op.pcid and not pcide:
+                    raise self.err(
+                        op.line,
+                        f"invpcid {op.type} pcid={op.pcid} with CR4.PCIDE off is #GP",
+                        "use pcid=0, or set_cr4 pcide=1 first",
+                    )
+                if isinstance(op, MovCr3Op) and op.noflush and not pcide:
+                    raise self.err(
+                        op.line,
+                        "mov_cr3 noflush needs CR4.PCIDE",
+                        "drop noflush, or set pcid = true / set_cr4 pcide=1 first",
+                    )
+                if isinstance(op, MovCr3Op) and op.pcid > 0 and not pcide:
+                    raise self.err(
+                        op.line,
+                        "mov_cr3 pcid=N needs CR4.PCIDE",
+                        "drop pcid=, or set pcid = true / set_cr4 pcide=1 first",
+                    )
+                if isinstance(op, AccessOp) and op.kind == "exec" and op.gva not in executable:
+                    raise self.err(
+                        op.line,
+                        f"exec of {op.gva:#x}, which is never mapped executable",
+                        "map it with the x flag",
+                    )
+
+    # -- [expect] --------------------------------------------------------------------------------
+    def expect(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, value in self._table("expect").items():
+            line = self.lines.key("expect", key)
+            if self.known is not None and key not in self.known:
+                raise self.err(
+                    line,
+                    f"[expect] names unknown policy {key!r}",
+                    f"use one of: {', '.join(sorted(self.known))}",
+                )
+            ok = value in ("safe", "deadlock") or (
+                isinstance(value, str)
+                and value.startswith("violation:")
+                and value.split(":", 1)[1] in PROPERTIES
+            )
+            if not ok:
+                raise self.err(
+                    line,
+                    f"bad expectation {value!r}",
+                    'use "safe", "deadlock" or "violation:<property>" with a '
+                    f"property from {', '.join(PROPERTIES)}",
+                )
+            out[key] = value
+        return out

@@ -1,0 +1,268 @@
+"""From a scenario and a policy to a system: layout, universe, KVM configuration, initial world.
+
+The layout declares every value each paging-structure entry can take in the scenario (the guest
+PTEs the `map`/`unmap` ops write; for each guest frame's EPT/NPT leaf, its first page, every page a
+`remap` targets and one fresh page per `zap`, each with the write-protected variant), so that the
+universe of cached entries is enumerated once, with a stable encoding (kvmtlb.hw.universe).
+
+The initial world follows the contract's execution semantics: every vCPU has been created (VPID or
+ASID allocation included), the lowest-numbered vCPU of each pCPU has been loaded there and has run
+KVM's entry path (its requests serviced) into guest mode; the others are runnable, not loaded and
+not marked preempted. TLBs and native references start empty, then the fill rule fills them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
+from kvmtlb.guest.thread import GuestThread
+from kvmtlb.host.ops import RemapOp, ZapOp
+from kvmtlb.host.thread import HostThread
+from kvmtlb.hw.cpu import (
+    CR0_DEFAULT,
+    CR4_DEFAULT,
+    CR4_PAE,
+    CR4_PCIDE,
+    CR4_PGE,
+    VMX_ROOT,
+    Capabilities,
+    Cpu,
+    Regs,
+)
+from kvmtlb.hw.effect import DEFAULT_READINGS, Readings
+from kvmtlb.hw.layout import FRESH_HPA_BASE, LayoutBuilder
+from kvmtlb.hw.machine import Machine, MachineConfig
+from kvmtlb.hw.native import NativeCpu, native_contexts
+from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept, make_npt, make_pte
+from kvmtlb.hw.svm import AmdArch
+from kvmtlb.hw.tags import AmdTags, IntelEptTags
+from kvmtlb.hw.universe import Universe
+from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu
+from kvmtlb.hw.vmx import (
+    CAP_ALL,
+    CAP_EPT_2MB,
+    CAP_EPT_AD,
+    CAP_EPT_UC,
+    CAP_EPT_WALK_4,
+    CAP_EPT_WB,
+    CAP_INVEPT,
+    CAP_INVEPT_ALL,
+    CAP_INVEPT_SINGLE,
+    CAP_INVVPID,
+    CAP_INVVPID_ADDR,
+    CAP_INVVPID_ALL,
+    CAP_INVVPID_SINGLE,
+    CAP_INVVPID_SINGLE_GLOBALS,
+)
+from kvmtlb.hw.walk import WalkContext
+from kvmtlb.kvm.context import KvmConfig, Step, World
+from kvmtlb.kvm.policy import KvmPolicy
+from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
+from kvmtlb.model.scenario import Scenario, ScenarioError
+
+CAP_BITS = {
+    "invvpid-addr": CAP_INVVPID_ADDR,
+    "invvpid-single": CAP_INVVPID_SINGLE,
+    "invvpid-all": CAP_INVVPID_ALL,
+    "invvpid-single-globals": CAP_INVVPID_SINGLE_GLOBALS,
+    "invept-single": CAP_INVEPT_SINGLE,
+    "invept-all": CAP_INVEPT_ALL,
+}
+CAP_BASE = CAP_EPT_WALK_4 | CAP_EPT_UC | CAP_EPT_WB | CAP_EPT_2MB | CAP_EPT_AD | CAP_INVEPT
+RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
+
+
+@dataclass(frozen=True)
+class System:
+    """Everything fixed for one run of one scenario under one policy."""
+
+    scenario: Scenario
+    policy: KvmPolicy
+    kvm: KvmConfig
+    native: MachineConfig
+    initial: World
+
+    @property
+    def programs(self) -> tuple[tuple[object, ...], ...]:
+        return self.scenario.programs
+
+
+def _rights(s: str) -> int:
+    r = 0
+    for c in s:
+        r |= RIGHTS[c]
+    return r
+
+
+def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_READINGS) -> System:
+    """Build the system for `scenario` under `policy` and boot it."""
+    cfg = scenario.config
+    vmx = cfg.vendor == "intel"
+    b = LayoutBuilder()
+    tdp_root = b.ept_root() if vmx else b.npt_root()
+    guest_root = b.guest_root([tdp_root])
+    gvas = scenario.gvas
+    gpas = scenario.gpas
+    # -- guest page table: initial PTEs and every value the ops write ------------------------
+    pte_values: dict[int, list[int]] = {gva: [] for gva in gvas}
+    for gva, (gpa, flags) in scenario.guest.items():
+        b.map(guest_root, gva, _pte(gpa, flags))
+    for prog in scenario.programs:
+        for op in prog:
+            if isinstance(op, MapOp):
+                pte_values[op.gva].append(_pte(op.gpa, op.flags))
+            elif isinstance(op, UnmapOp):
+                pte_values[op.gva].append(0)
+    for gva in gvas:
+        if gva not in scenario.guest:
+            b.name(guest_root, gva)
+        b.allow(guest_root, gva, pte_values[gva])
+    # -- EPT/NPT leaves: first page, remap targets, fresh pages, write-protected variants ------
+    kvm_config_base = dict(gpas=gpas, fresh_base=FRESH_HPA_BASE)
+    rights = tuple(_rights(scenario.host[g][1]) for g in gpas)
+    for i, gpa in enumerate(gpas):
+        hpa = scenario.host[gpa][0]
+        r = rights[i]
+        zaps = sum(1 for op in scenario.host_program if isinstance(op, ZapOp) and op.gpa == gpa)
+        targets = [
+            op.hpa for op in scenario.host_program if isinstance(op, RemapOp) and op.gpa == gpa
+        ]
+        fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
+        leaf = make_ept if vmx else make_npt
+        b.map(tdp_root, gpa, leaf(hpa, r))
+        values = [leaf(h, rr) for h in [hpa, *targets, *fresh] for rr in (r, r & ~E_W)]
+        b.allow(tdp_root, gpa, values)
+    layout = b.build()
+    # -- tags the run can reach ----------------------------------------------------------------
+    pcids = {0}
+    for prog in scenario.programs:
+        for op in prog:
+            if isinstance(op, MovCr3Op) and op.pcid >= 0:
+                pcids.add(op.pcid)
+            if isinstance(op, InvpcidOp):
+                pcids.add(op.pcid)
+    contexts: list[WalkContext] = []
+    tags: list[IntelEptTags | AmdTags]
+    if vmx:
+        tags = [
+            IntelEptTags(v, p, tdp_root)
+            for v in range(0, min(cfg.vcpus, cfg.vpids - 1) + 1)
+            for p in sorted(pcids)
+        ]
+    else:
+        tags = [AmdTags(a, p, True) for a in range(1, cfg.max_asid + 1) for p in sorted(pcids)]
+    for t in tags:
+        for pge in (True, False):
+            contexts.append(
+                WalkContext(t, guest_root, tdp_root, layout.hierarchies[tdp_root].fmt, True, pge)
+            )
+    universe = Universe(layout, contexts)
+    native_universe = Universe(layout, native_contexts(guest_root, tuple(pcids)))
+    # -- configuration ---------------------------------------------------------------------------
+    if vmx:
+        cap = CAP_BASE
+        for name in cfg.ept_vpid_cap:
+            cap |= CAP_BITS[name]
+        if cap & (
+            CAP_INVVPID_ADDR | CAP_INVVPID_SINGLE | CAP_INVVPID_ALL | CAP_INVVPID_SINGLE_GLOBALS
+        ):
+            cap |= CAP_INVVPID
+        if not cap & CAP_INVEPT_ALL:
+            raise ScenarioError(
+                scenario.path,
+                0,
+                "KVM disables EPT without all-context INVEPT "
+                "(vmx_hardware_setup), and shadow paging is not modelled",
+                'keep "invept-all" in ept_vpid_cap',
+            )
+        caps: Capabilities | SvmCapabilities = Capabilities(cap)
+        # vmx.c:vmx_hardware_setup @ v6.18: VPID needs INVVPID single- or all-context.
+        enable_vpid = (
+            cfg.vpid
+            and bool(cap & CAP_INVVPID)
+            and bool(cap & (CAP_INVVPID_SINGLE | CAP_INVVPID_ALL))
+        )
+        arch = None
+    else:
+        caps = SvmCapabilities(flush_by_asid=cfg.flush_by_asid, nasid=cfg.max_asid + 1)
+        enable_vpid = False
+        arch = AmdArch()
+    guest_cr4 = CR4_PAE | (CR4_PGE if cfg.pge else 0) | (CR4_PCIDE if cfg.pcid else 0)
+    host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
+    kvm = KvmConfig(
+        vendor=cfg.vendor,
+        tdp=True,
+        enable_vpid=enable_vpid,
+        caps=caps,
+        unrestricted_guest=cfg.unrestricted_guest,
+        nr_vpids=cfg.vpids,
+        max_asid=cfg.max_asid,
+        pv_tlb_flush=cfg.pv_tlb_flush,
+        nvcpus=cfg.vcpus,
+        npcpus=cfg.pcpus,
+        layout=layout,
+        universe=universe,
+        tdp_root=tdp_root,
+        guest_root=guest_root,
+        guest_cr4=guest_cr4,
+        host_regs=host_regs,
+        rights=rights,
+        **kvm_config_base,  # type: ignore[arg-type]
+    )
+    mconfig = MachineConfig(universe, caps, readings, arch)
+    memory = layout.initial_memory()
+    if vmx:
+        pcpus: list[object] = [Cpu(VMX_ROOT, host_regs) for _ in range(cfg.pcpus)]
+    else:
+        pcpus = [SvmCpu(SVM_HOST, host_regs, None, host_regs) for _ in range(cfg.pcpus)]
+    machine = Machine.boot(mconfig, memory, pcpus)
+    native_config = MachineConfig(native_universe, Capabilities(CAP_ALL), readings)
+    guest_regs = Regs(CR0_DEFAULT, guest_root, guest_cr4)
+    native = Machine.boot(
+        native_config, memory, [NativeCpu(regs=guest_regs) for _ in range(cfg.vcpus)]
+    )
+    initial = _boot(scenario, policy, kvm, machine, native)
+    return System(scenario, policy, kvm, native_config, initial)
+
+
+def _pte(gpa: int, flags: str) -> int:
+    return make_pte(
+        gpa, writable="w" in flags, user="u" in flags, executable="x" in flags, glob="g" in flags
+    )
+
+
+def _boot(
+    scenario: Scenario, policy: KvmPolicy, kvm: KvmConfig, machine: Machine, native: Machine
+) -> World:
+    cfg = scenario.config
+    k = Step(
+        kvm,
+        machine,
+        Kvm(
+            backing=tuple(scenario.host[g][0] for g in kvm.gpas),
+            fresh=tuple(0 for _ in kvm.gpas),
+            dirty=tuple(True for _ in kvm.gpas),
+        ),
+        [Vcpu(v, pc="vcpu_enter_guest", mode=OUTSIDE_GUEST_MODE) for v in range(cfg.vcpus)],
+        [Pcpu(p) for p in range(cfg.pcpus)],
+        native,
+        [GuestThread() for _ in range(cfg.vcpus)],
+        HostThread(home=scenario.placement),
+        "boot",
+    )
+    policy.hardware_enable(k)
+    for vcpu in k.vcpus:
+        policy.vcpu_create(k, vcpu)
+    for p in range(cfg.pcpus):
+        first = [v for v in range(cfg.vcpus) if scenario.placement[v] == p]
+        if first:
+            policy.vcpu_load(k, k.vcpus[first[0]], p)
+    for vcpu in k.vcpus:
+        steps = 0
+        while vcpu.loaded and vcpu.pc != "guest":
+            policy.step(k, vcpu)
+            steps += 1
+            if steps > 50:
+                raise AssertionError(f"vcpu{vcpu.id} does not reach guest mode at boot")
+    return k.freeze()
