@@ -15,6 +15,7 @@ When several properties fail in one world, the first in PRECEDENCE is reported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from kvmtlb.host.thread import HostThread
@@ -35,8 +36,8 @@ class Violation(NamedTuple):
 
 
 def check(
-    system: System, w: World, observations: list[tuple[int, int, int, int]] = ()
-) -> Violation | None:  # type: ignore[assignment]
+    system: System, w: World, observations: Sequence[tuple[int, int, int, int]] = ()
+) -> Violation | None:
     found: list[Violation] = []
     kvm = system.kvm
     h: HostThread = w.host
@@ -96,7 +97,7 @@ def _list(outcomes: list[object]) -> str:
 
 
 def _coherence(
-    system: System, w: World, v: int, gva: int, access: str, model: list[object]
+    system: System, w: World, v: int, gva: int, access: str, model: Sequence[object]
 ) -> list[Violation]:
     h: HostThread = w.host
     kvm = system.kvm
