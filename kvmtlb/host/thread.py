@@ -152,8 +152,11 @@ def _mm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             pol.kvm_tdp_mmu_map_page(k, op.gpa, op.hpa)
             return _op_done(h)
     if isinstance(op, WrprotectOp):
-        pol.kvm_tdp_mmu_write_protect(k, op.gpa)
-        return h._replace(phase="flush:req")
+        if pol.kvm_tdp_mmu_write_protect(k, op.gpa):
+            return h._replace(phase="flush:req")
+        k.note("no remote TLB flush after write protection")
+        protected = h.protected | 1 << k.config.gpa_index(op.gpa)
+        return _op_done(h._replace(protected=protected))
     if isinstance(op, FlushRemoteOp):
         return h._replace(phase="flush:req")
     raise AssertionError(f"host op {op!r} in phase {h.phase!r}")

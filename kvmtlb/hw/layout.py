@@ -341,8 +341,8 @@ class LayoutBuilder:
         domains: list[tuple[int, ...]] = []
         for t in sorted(self._tables.values(), key=lambda t: (t.hpa,)):
             for idx in sorted(t.entries):
-                # Every slot may be cleared (unmap, zap): 0 is in every domain.
-                dom = t.entries[idx] + ([0] if 0 not in t.entries[idx] else [])
+                # A slot may be cleared only if 0 was declared (a named address starts with 0).
+                dom = t.entries[idx]
                 addr = t.addr + (idx << (12 + 9 * (t.level - 1))) if t.addr >= 0 else -1
                 slots.append(Slot(t.hpa, idx, t.hierarchy, t.level, addr))
                 domains.append(tuple(dom))

@@ -117,6 +117,7 @@ def build_intel(spec: IntelSpec) -> Testbed:
         b.allow(guest_root, gva, values)
     for gva, pde in spec.guest_large.items():
         b.map(guest_root, gva, pde, level=2)
+        b.allow(guest_root, gva, [0], level=2)
     for gva in spec.names:
         b.name(guest_root, gva, create=False)
     for e in ept_roots:

@@ -104,9 +104,33 @@ class Universe:
         self.full = (1 << len(self.entries)) - 1
         self._masks: dict[Hashable, int] = {}
         self._infos: dict[WalkContext, ContextInfo] = {}
+        self._static: int | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def static_mask(self) -> int:
+        """The entries derived only from paging-structure entries that never change (a slot
+        whose domain has one value): whenever their tags are current the fill rule holds them,
+        and a walk through them equals the walk through memory. Their presence is therefore
+        unobservable, and a canonical fingerprint may ignore them."""
+        if self._static is None:
+            layout = self.layout
+
+            def fixed(table: int, index: int) -> tuple[int, ...]:
+                dom = layout.domain(table, index)
+                return dom if len(dom) == 1 else ()
+
+            found: set[Entry] = set()
+            for ctx in self.contexts:
+                w = Walker(ctx, fixed, None, layout.table_backing)
+                for gva in self.addresses(ctx):
+                    w.translate(gva)
+                for gpa in self._gpas(ctx):
+                    w.translate_gpa(gpa)
+                found |= w.fills
+            self._static = self.bits(e for e in found if e in self.bit_of)
+        return self._static
 
     # -- addressing -----------------------------------------------------------------------------
     def addresses(self, ctx: WalkContext) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ what it removed from which processor's TLB; that record is the trace's "detail".
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from kvmtlb.hw.cpu import Capabilities, Regs
@@ -172,5 +173,13 @@ class Step:
         self.note(what)
 
 
+_GETTERS: dict[type, Any] = {}
+
+
 def _tuple(obj: Any) -> tuple[Any, ...]:
-    return tuple(getattr(obj, f.name) for f in fields(obj))
+    """The fields of a state dataclass as a tuple (attrgetter builds it in C)."""
+    getter = _GETTERS.get(type(obj))
+    if getter is None:
+        getter = _GETTERS[type(obj)] = attrgetter(*(f.name for f in fields(obj)))
+    values: tuple[Any, ...] = getter(obj)
+    return values

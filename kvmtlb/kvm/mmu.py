@@ -113,13 +113,16 @@ class Mmu:
         """mmu.c:kvm_unmap_gfn_range @ v6.18: zap the SPTE (the caller flushes remote TLBs)."""
         self.set_spte(k, gpa, -1, 0, "kvm_unmap_gfn_range")
 
-    def kvm_tdp_mmu_write_protect(self, k: Step, gpa: int) -> None:
+    def kvm_tdp_mmu_write_protect(self, k: Step, gpa: int) -> bool:
         """tdp_mmu.c:kvm_tdp_mmu_clear_dirty_slot / write-protect for dirty logging @ v6.18: clear
-        the frame's dirty bit and its SPTE's write permission (the caller flushes)."""
+        the frame's dirty bit and its SPTE's write permission. Returns whether the caller must
+        flush remote TLBs (kvm_flush_remote_tlbs_memslot), which it must whenever write
+        permission may be cached."""
         hpa, rights = self.spte(k, gpa)
         k.kvm.set_dirty(k.config.gpa_index(gpa), False)
         if hpa >= 0:
             self.set_spte(k, gpa, hpa, rights & ~E_W, "write-protect for dirty logging")
+        return True
 
     def kvm_tdp_mmu_map_page(self, k: Step, gpa: int, hpa: int) -> None:
         """The SPTE of a migrated page: the new host page, with the memslot's rights."""

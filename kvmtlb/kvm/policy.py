@@ -83,7 +83,8 @@ def register(cls: type[KvmPolicy]) -> type[KvmPolicy]:
 
 
 def registry() -> dict[str, type[KvmPolicy]]:
-    from kvmtlb.kvm import versions  # noqa: F401  (registers the upstream versions)
+    """Every known policy by name: the upstream versions and the bug zoo."""
+    from kvmtlb.kvm import bugs, versions  # noqa: F401  (they register themselves)
 
     return dict(_REGISTRY)
 

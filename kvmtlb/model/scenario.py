@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ class Scenario:
     expect: dict[str, str] = field(default_factory=dict)
     text: str = ""
 
-    @property
+    @cached_property
     def gvas(self) -> tuple[int, ...]:
         """Every GVA the scenario names, in order of first mention."""
         seen: dict[int, None] = dict.fromkeys(self.guest)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
 from kvmtlb.guest.thread import GuestThread
-from kvmtlb.host.ops import RemapOp, ZapOp
+from kvmtlb.host.ops import RemapOp, WrprotectOp, ZapOp
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
@@ -125,13 +125,24 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         hpa = scenario.host[gpa][0]
         r = rights[i]
         zaps = sum(1 for op in scenario.host_program if isinstance(op, ZapOp) and op.gpa == gpa)
+        if zaps > 16:
+            raise ScenarioError(
+                scenario.path,
+                0,
+                f"more than 16 zaps of {gpa:#x}",
+                "zap a guest frame at most 16 times",
+            )
         targets = [
             op.hpa for op in scenario.host_program if isinstance(op, RemapOp) and op.gpa == gpa
         ]
+        protect = any(isinstance(op, WrprotectOp) and op.gpa == gpa for op in scenario.host_program)
         fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
         leaf = make_ept if vmx else make_npt
         b.map(tdp_root, gpa, leaf(hpa, r))
-        values = [leaf(h, rr) for h in [hpa, *targets, *fresh] for rr in (r, r & ~E_W)]
+        pages = [hpa, *targets, *fresh]
+        values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
+        if targets or fresh:
+            values.append(0)
         b.allow(tdp_root, gpa, values)
     layout = b.build()
     # -- tags the run can reach ----------------------------------------------------------------

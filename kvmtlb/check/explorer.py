@@ -1,0 +1,324 @@
+"""The explorer: breadth-first search of every interleaving, shortest counterexample first.
+
+Level by level from the initial world, every enabled action of every world (in the deterministic
+order of kvmtlb.model.actions) is applied; a world whose canonical fingerprint was seen before is
+not expanded again. The properties are checked on every new world (and the emulator's completed
+accesses on every transition). The first level with a violation ends the search; among its
+violations the first in property precedence, then in successor order, is reported. A world with
+unfinished threads and no enabled step is a deadlock.
+
+The visited set is a packed open-addressing table of 64-bit fingerprints with, per state, the
+index of its parent and of the action that reached it (about 30 bytes per state); a trace is
+rebuilt by replaying those actions, which is deterministic. With fingerprints only, two distinct
+states collide with probability at most n^2 / 2^65 for n states (reported); `exact=True` keeps
+every canonical state instead.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmtlb.kvm.context import Record, World
+from kvmtlb.model.actions import Action, apply, describe, enabled, unfinished
+from kvmtlb.model.canonical import Canonicalizer
+from kvmtlb.model.properties import PRECEDENCE, Violation, check, check_observations
+from kvmtlb.model.system import System
+
+EMPTY = 0
+
+
+class FingerprintTable:
+    """Open addressing over array('Q'); states are numbered in insertion order."""
+
+    def __init__(self, capacity: int = 1 << 12) -> None:
+        self.mask = capacity - 1
+        self.keys = array("Q", bytes(8 * capacity))
+        self.slots = array("I", bytes(4 * capacity))  # state index + 1, 0 = empty
+        self.parent = array("i")
+        self.action = array("H")
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    def add(self, fp: Any, parent: int, action: int) -> int:
+        """Insert `fp`; returns its new state index, or -1 if it was already there."""
+        if fp == EMPTY:
+            fp = 1
+        i = fp & self.mask
+        keys = self.keys
+        while True:
+            k = keys[i]
+            if k == EMPTY:
+                break
+            if k == fp:
+                return -1
+            i = (i + 1) & self.mask
+        keys[i] = fp
+        index = len(self.parent)
+        self.slots[i] = index + 1
+        self.parent.append(parent)
+        self.action.append(action)
+        if 10 * (index + 1) > 6 * (self.mask + 1):
+            self._grow()
+        return index
+
+    def _grow(self) -> None:
+        old_keys, old_slots = self.keys, self.slots
+        cap = 2 * (self.mask + 1)
+        self.mask = cap - 1
+        self.keys = array("Q", bytes(8 * cap))
+        self.slots = array("I", bytes(4 * cap))
+        for k, s in zip(old_keys, old_slots, strict=True):
+            if k != EMPTY:
+                i = k & self.mask
+                while self.keys[i] != EMPTY:
+                    i = (i + 1) & self.mask
+                self.keys[i] = k
+                self.slots[i] = s
+
+    def bytes_used(self) -> int:
+        return (
+            self.keys.itemsize * len(self.keys)
+            + self.slots.itemsize * len(self.slots)
+            + self.parent.itemsize * len(self.parent)
+            + self.action.itemsize * len(self.action)
+        )
+
+    def path(self, index: int) -> list[int]:
+        out = []
+        while index > 0:
+            out.append(self.action[index])
+            index = self.parent[index]
+        return out[::-1]
+
+
+class ExactTable(FingerprintTable):
+    """Every canonical state, exactly (for --exact)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[Any, int] = {}
+
+    def add(self, fp: Any, parent: int, action: int) -> int:  # fp: the canonical key
+        if fp in self.seen:
+            return -1
+        index = len(self.parent)
+        self.seen[fp] = index
+        self.parent.append(parent)
+        self.action.append(action)
+        return index
+
+    def bytes_used(self) -> int:
+        return 0
+
+
+@dataclass
+class TraceStep:
+    step: int
+    actor: str
+    action: str
+    records: list[Record]
+
+
+@dataclass
+class Result:
+    verdict: str  # "safe" | "deadlock" | "violation" | "interrupted"
+    prop: str | None
+    detail: str
+    states: int
+    transitions: int
+    depth: int
+    seconds: float
+    path: list[int] = field(default_factory=list)
+    trace: list[TraceStep] = field(default_factory=list)
+    exact: bool = False
+    store_bytes: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.verdict == "violation":
+            return f"violation:{self.prop}"
+        return self.verdict
+
+    @property
+    def collision_bound(self) -> float:
+        return 0.0 if self.exact else self.states**2 / 2.0**65
+
+
+def explore(
+    system: System,
+    *,
+    exact: bool = False,
+    max_states: int = 0,
+    progress: Callable[[int, int, int, float], None] | None = None,
+) -> Result:
+    """Explore every interleaving of `system`; returns the verdict and, for a violation or a
+    deadlock, the shortest path to it."""
+    u = system.kvm.universe
+    canon = Canonicalizer(
+        u.full & ~u.static_mask(),
+        system.native.universe.full & ~system.native.universe.static_mask(),
+    )
+    table: FingerprintTable = ExactTable() if exact else FingerprintTable()
+    keyf: Callable[[World], Any] = (
+        (lambda w: canon.key(w, exact=True)) if exact else canon.fingerprint
+    )
+    t0 = time.perf_counter()
+    w0 = system.initial
+    table.add(keyf(w0), -1, 0)
+    first = check(system, w0)
+    transitions = 0
+    depth = 0
+    if first is not None:
+        return _result(system, table, "violation", first, 0, 0, 0, t0, exact)
+    frontier: list[tuple[World, int]] = [(w0, 0)]
+    last_report = t0
+    try:
+        while frontier:
+            nxt: list[tuple[World, int]] = []
+            found: list[tuple[int, int, _Found]] = []  # (precedence, order, violation)
+            deadlock: tuple[int, Violation] | None = None
+            order = 0
+            for w, idx in frontier:
+                acts = enabled(system, w)
+                if not acts:
+                    left = unfinished(system, w)
+                    if left and deadlock is None:
+                        deadlock = (
+                            idx,
+                            Violation(
+                                "deadlock",
+                                "no step is enabled, but " + ", ".join(left) + " have work left",
+                            ),
+                        )
+                    continue
+                for ai, a in enumerate(acts):
+                    out = apply(system, w, a)
+                    transitions += 1
+                    order += 1
+                    if out.observations:
+                        v = check_observations(system, out.world, out.observations)
+                        if v is not None:
+                            new = table.add(
+                                ("obs", transitions)
+                                if exact
+                                else (hash((idx, ai, transitions)) | 1),
+                                idx,
+                                ai,
+                            )
+                            found.append((PRECEDENCE.index(v.prop), order, _tag(v, new)))
+                            continue
+                    new = table.add(keyf(out.world), idx, ai)
+                    if new < 0:
+                        continue
+                    v = check(system, out.world)
+                    if v is not None:
+                        found.append((PRECEDENCE.index(v.prop), order, _tag(v, new)))
+                        continue
+                    nxt.append((out.world, new))
+                if progress is not None:
+                    now = time.perf_counter()
+                    if now - last_report > 0.25:
+                        last_report = now
+                        progress(len(table), transitions, depth + 1, now - t0)
+                if max_states and len(table) >= max_states:
+                    raise KeyboardInterrupt
+            depth += 1
+            if found:
+                _, _, hit = min(found, key=lambda f: (f[0], f[1]))
+                return _result(
+                    system, table, "violation", hit, transitions, depth, hit.index, t0, exact
+                )
+            if deadlock is not None:
+                idx, dv = deadlock
+                return _result(
+                    system, table, "deadlock", dv, transitions, depth - 1, idx, t0, exact
+                )
+            frontier = nxt
+    except KeyboardInterrupt:
+        return Result(
+            "interrupted",
+            None,
+            "interrupted: the search did not finish",
+            len(table),
+            transitions,
+            depth,
+            time.perf_counter() - t0,
+            exact=exact,
+            store_bytes=table.bytes_used(),
+        )
+    return Result(
+        "safe",
+        None,
+        "",
+        len(table),
+        transitions,
+        depth,
+        time.perf_counter() - t0,
+        exact=exact,
+        store_bytes=table.bytes_used(),
+    )
+
+
+@dataclass
+class _Found:
+    """A violation and the state (index in the table) it was found in."""
+
+    prop: str
+    detail: str
+    index: int
+
+
+def _tag(v: Violation, index: int) -> _Found:
+    return _Found(v.prop, v.detail, index)
+
+
+def _result(
+    system: System,
+    table: FingerprintTable,
+    verdict: str,
+    v: Any,
+    transitions: int,
+    depth: int,
+    index: int,
+    t0: float,
+    exact: bool,
+) -> Result:
+    path = table.path(index) if index > 0 else []
+    res = Result(
+        verdict,
+        v.prop if verdict == "violation" else None,
+        v.detail,
+        len(table),
+        transitions,
+        depth,
+        time.perf_counter() - t0,
+        path,
+        exact=exact,
+        store_bytes=table.bytes_used(),
+    )
+    res.trace = replay(system, path)
+    return res
+
+
+def replay(system: System, path: list[int]) -> list[TraceStep]:
+    """Re-run a path of action indices from the initial world; deterministic."""
+    w = system.initial
+    trace: list[TraceStep] = []
+    for n, ai in enumerate(path, 1):
+        acts = enabled(system, w)
+        if ai >= len(acts):
+            raise ValueError(
+                f"step {n}: the trace does not match this scenario and policy "
+                f"(action {ai} of {len(acts)})"
+            )
+        a: Action = acts[ai]
+        text = describe(system, w, a)
+        out = apply(system, w, a)
+        trace.append(TraceStep(n, a.actor, text, out.records))
+        w = out.world
+    return trace

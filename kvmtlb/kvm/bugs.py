@@ -1,0 +1,220 @@
+"""The bug zoo: variants that reintroduce historical KVM TLB-flush bugs and plausible mistakes.
+
+Each variant overrides one method of an upstream version (or splits one step into two), records
+the upstream fix commit and CVE where there is one, and must be caught on at least one built-in
+scenario with a trace (docs/bug-zoo.md lists which scenario catches which).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.policy import register
+from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH_GUEST, kvm_make_request
+from kvmtlb.kvm.state import KVM_VCPU_PREEMPTED, Vcpu
+from kvmtlb.kvm.versions import Kvm618
+
+
+@register
+class NonAtomicStealTimeClear(Kvm618):
+    name = "bug-cve-2019-3016-nonatomic-clear"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "b043138246a4"
+    cve = "CVE-2019-3016"
+    summary = (
+        "record_steal_time reads the preempted byte and clears it in a separate store: a "
+        "FLUSH_TLB the guest sets in between is lost"
+    )
+    STEPS: ClassVar[dict[str, str]] = {
+        **Kvm618.STEPS,
+        "record_steal_time:clear": "record_steal_time_clear",
+    }
+
+    def record_steal_time(self, k: Step, vcpu: Vcpu) -> None:
+        """Before b043138246a4: read st->preempted, flush if asked, then store 0 (kvm_write_guest
+        of the host's copy), in separate steps."""
+        if not k.config.pv_tlb_flush:
+            super().record_steal_time(k, vcpu)
+            return
+        old = vcpu.st_byte
+        k.note("record_steal_time: read st->preempted", f"{old:#x}")
+        vcpu.frame = (old,)
+        vcpu.pc = "record_steal_time:clear"
+
+    def record_steal_time_clear(self, k: Step, vcpu: Vcpu) -> None:
+        vcpu.st_byte = 0
+        vcpu.st_preempted = False
+        k.note("record_steal_time: st->preempted = 0 (a plain store)")
+        vcpu.pc = "record_steal_time:flush"
+
+
+@register
+class DoubleSetPreempted(Kvm618):
+    name = "bug-cve-2019-3016-double-preempted"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "8c6de56a42e0"
+    cve = "CVE-2019-3016"
+    summary = (
+        "kvm_steal_time_set_preempted stores PREEMPTED again while already preempted, "
+        "overwriting a FLUSH_TLB the guest set"
+    )
+
+    def kvm_steal_time_set_preempted(self, k: Step, vcpu: Vcpu) -> None:
+        if not vcpu.at_instruction_boundary:
+            return
+        vcpu.st_byte = KVM_VCPU_PREEMPTED
+        vcpu.st_preempted = True
+        k.note(
+            "kvm_steal_time_set_preempted: st->preempted = KVM_VCPU_PREEMPTED",
+            "no check that it was already set",
+        )
+
+
+@register
+class PreemptedOutsideBoundary(Kvm618):
+    name = "bug-preempted-outside-instruction-boundary"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "6cd88243c7e0"
+    cve = "CVE-2022-39189"
+    summary = (
+        "a vCPU scheduled out mid-emulation is reported preempted, so the guest skips its "
+        "IPI while KVM still holds a translation"
+    )
+
+    def kvm_steal_time_set_preempted(self, k: Step, vcpu: Vcpu) -> None:
+        if vcpu.st_preempted:
+            return
+        vcpu.st_byte = KVM_VCPU_PREEMPTED
+        vcpu.st_preempted = True
+        k.note(
+            "kvm_steal_time_set_preempted: st->preempted = KVM_VCPU_PREEMPTED",
+            "whether or not at an instruction boundary",
+        )
+
+
+@register
+class NoMigrationFlushVmx(Kvm618):
+    name = "bug-vmx-no-migration-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "vmx_vcpu_load_vmcs does not flush when the vCPU arrives on another pCPU, which may "
+        "hold stale entries of the vCPU's VPID and EPTP"
+    )
+
+    def vmx_migration_flush(self, k: Step, vcpu: Vcpu) -> None:
+        k.note("vmx_vcpu_load_vmcs: new pCPU, no flush")
+
+
+@register
+class MigrationFlushGuestOnly(Kvm618):
+    name = "bug-vmx-migration-flush-guest-only"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "on migration, only the guest's view is flushed (INVVPID, KVM_REQ_TLB_FLUSH_GUEST) "
+        "although EPT is on: stale guest-physical mappings survive"
+    )
+
+    def vmx_migration_flush(self, k: Step, vcpu: Vcpu) -> None:
+        kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_GUEST)
+        k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_GUEST)", "vmx_vcpu_load_vmcs: new pCPU")
+
+
+@register
+class SvmKeepAsidOnMigration(Kvm618):
+    name = "bug-svm-keep-asid-on-migration"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "pre_svm_run keeps the vCPU's ASID on a new pCPU, where that ASID may name stale "
+        "entries (ASIDs are per pCPU)"
+    )
+
+    def pre_svm_run(self, k: Step, vcpu: Vcpu) -> None:
+        sd = k.pcpus[vcpu.cpu]
+        vcpu.last_cpu = vcpu.cpu
+        if vcpu.asid_generation == 0:
+            self.new_asid(k, vcpu, sd)
+
+
+@register
+class FlushAllWithInvvpid(Kvm618):
+    name = "bug-flush-tlb-all-invvpid"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "vmx_flush_tlb_all uses INVVPID with EPT on: guest-physical mappings (tagged by "
+        "EP4TA, not VPID) survive a remote flush (the mix-up the seed's message warns of)"
+    )
+
+    def vmx_flush_tlb_all(self, k: Step, vcpu: Vcpu) -> None:
+        if k.config.enable_vpid:
+            self.vpid_sync_context(k, vcpu, vcpu.vpid)
+        else:
+            super().vmx_flush_tlb_all(k, vcpu)
+
+
+@register
+class GuestFlushSkipsInvvpid(Kvm618):
+    name = "bug-flush-tlb-guest-skips-invvpid"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "vmx_flush_tlb_guest issues nothing with VPID on (as if VM entry flushed, which it "
+        "only does with VPID off)"
+    )
+
+    def vmx_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
+        k.note("vmx_flush_tlb_guest: nothing")
+
+
+@register
+class RemoteFlushNoWait(Kvm618):
+    name = "bug-remote-flush-no-wait"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_flush_remote_tlbs sends its kicks without waiting for them: it returns while a "
+        "vCPU still runs guest code on stale entries"
+    )
+
+    def kvm_kick_many_cpus(self, k: Step, mask: int, sender: int, wait: bool) -> bool:
+        return super().kvm_kick_many_cpus(k, mask, sender, False)
+
+
+@register
+class WrprotectNoFlush(Kvm618):
+    name = "bug-dirty-log-no-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "b64d740ea7dd"
+    summary = (
+        "write protection for dirty logging without a remote TLB flush: cached writable "
+        "entries let guest writes go unlogged"
+    )
+
+    def kvm_tdp_mmu_write_protect(self, k: Step, gpa: int) -> bool:
+        super().kvm_tdp_mmu_write_protect(k, gpa)
+        return False
+
+
+@register
+class SvmFlushKeepsAsid(Kvm618):
+    name = "bug-svm-flush-keeps-asid"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "svm_flush_tlb_asid without FlushByAsid neither sets TLB_CONTROL nor moves the vCPU "
+        "to a new ASID: nothing is flushed"
+    )
+
+    def svm_flush_tlb_asid(self, k: Step, vcpu: Vcpu) -> None:
+        if self._flush_by_asid(k):
+            super().svm_flush_tlb_asid(k, vcpu)
+        else:
+            k.note("svm_flush_tlb_asid: no FlushByAsid, ASID kept")
