@@ -93,7 +93,8 @@ def check(
 ) -> None:
     """Explore every interleaving of scenarios under policies; print verdicts and traces.
 
-    Exit 0 when every verdict equals its expectation, 1 when one differs, 2 on an input error.
+    Exit 0 when every verdict equals its expectation, 1 when one differs, 2 on an input error
+    (including a policy whose step raises an exception: verdict "error", with the path to it).
     """
     import json
     import os
@@ -113,7 +114,7 @@ def check(
     from kvmtlb.kvm.policy import upstream
     from kvmtlb.model.scenario import ScenarioError, load
 
-    console = Console()
+    console = _wide_console()
     paths = [str(f) for f in files] if files else [str(p) for p in builtin_scenarios()]
     specs = policy or [c.name for c in upstream()]
     try:
@@ -162,11 +163,21 @@ def check(
         console.print(report.summary(results, seconds))
     for r in errors:
         typer.echo(f"error: {r['error']}", err=True)
-    if errors:
+    crashed = [r for r in results if r.get("verdict") == "error"]
+    for r in crashed:
+        typer.echo(f"error: {r['scenario']} / {r['policy']}: {r['detail']}", err=True)
+    if errors or crashed:
         raise typer.Exit(2)
     if not all(report.matches(r) for r in results):
         raise typer.Exit(1)
     del run
+
+
+def _wide_console() -> Console:
+    """Rich assumes 80 columns when the output is not a terminal, which squeezes the matrix to
+    nothing in a log file or a pipe: there, be wide and let the reader's pager wrap."""
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
 
 
 def _run_one_with_progress(job: object, console: Console, quiet: bool) -> dict[str, object]:

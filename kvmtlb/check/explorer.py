@@ -17,6 +17,7 @@ every canonical state instead.
 from __future__ import annotations
 
 import time
+import traceback
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class TraceStep:
 
 @dataclass
 class Result:
-    verdict: str  # "safe" | "deadlock" | "violation" | "interrupted"
+    verdict: str  # "safe" | "deadlock" | "violation" | "interrupted" | "error"
     prop: str | None
     detail: str
     states: int
@@ -197,7 +198,10 @@ def explore(
                         )
                     continue
                 for ai, a in enumerate(acts):
-                    out = apply(system, w, a)
+                    try:
+                        out = apply(system, w, a)
+                    except Exception as e:  # a policy or model bug: reported with its path
+                        return _crash(system, table, w, idx, ai, a, e, transitions, depth, t0)
                     transitions += 1
                     order += 1
                     if out.observations:
@@ -206,7 +210,7 @@ def explore(
                             new = table.add(
                                 ("obs", transitions)
                                 if exact
-                                else (hash((idx, ai, transitions)) | 1),
+                                else ((hash((idx, ai, transitions)) & 0xFFFF_FFFF_FFFF_FFFF) | 1),
                                 idx,
                                 ai,
                             )
@@ -302,6 +306,42 @@ def _result(
         store_bytes=table.bytes_used(),
     )
     res.trace = replay(system, path)
+    return res
+
+
+def _crash(
+    system: System,
+    table: FingerprintTable,
+    w: World,
+    index: int,
+    ai: int,
+    a: Action,
+    e: Exception,
+    transitions: int,
+    depth: int,
+    t0: float,
+) -> Result:
+    """A step raised: a bug in the policy or the model, not a verdict on the scenario. Return the
+    path to the state it was taken from and the step itself, so that it can be debugged."""
+    path = table.path(index) if index > 0 else []
+    where = "".join(traceback.format_exception_only(e)).strip()
+    frames = traceback.extract_tb(e.__traceback__)
+    if frames:
+        f = frames[-1]
+        where += f" (at {f.filename}:{f.lineno} in {f.name})"
+    res = Result(
+        "error",
+        None,
+        f"step {len(path) + 1}, {a.actor}: {describe(system, w, a)} raised {where}",
+        len(table),
+        transitions,
+        depth,
+        time.perf_counter() - t0,
+        path,
+        store_bytes=table.bytes_used(),
+    )
+    res.trace = replay(system, path)
+    del ai
     return res
 
 

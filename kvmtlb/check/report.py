@@ -16,10 +16,8 @@ def matrix(console: Console, results: list[dict[str, Any]], policies: list[str])
         table.add_column(p, no_wrap=True)
     rows: dict[str, dict[str, str]] = {}
     for r in results:
-        name = r.get("scenario", "?") if "error" not in r else r["scenario"]
         row = rows.setdefault(_row_name(r), {})
         row[r.get("policy", r.get("policy_spec", "?"))] = cell(r)
-        del name
     for name, cells in rows.items():
         table.add_row(name, *(cells.get(p, "") for p in policies))
     console.print(table)

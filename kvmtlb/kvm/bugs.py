@@ -68,7 +68,7 @@ class DoubleSetPreempted(Kvm618):
         vcpu.st_byte = KVM_VCPU_PREEMPTED
         vcpu.st_preempted = True
         k.note(
-            "kvm_steal_time_set_preempted: st->preempted = KVM_VCPU_PREEMPTED",
+            f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): st->preempted = KVM_VCPU_PREEMPTED",
             "no check that it was already set",
         )
 
@@ -91,7 +91,7 @@ class PreemptedOutsideBoundary(Kvm618):
         vcpu.st_byte = KVM_VCPU_PREEMPTED
         vcpu.st_preempted = True
         k.note(
-            "kvm_steal_time_set_preempted: st->preempted = KVM_VCPU_PREEMPTED",
+            f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): st->preempted = KVM_VCPU_PREEMPTED",
             "whether or not at an instruction boundary",
         )
 
@@ -136,9 +136,10 @@ class SvmKeepAsidOnMigration(Kvm618):
     )
 
     def pre_svm_run(self, k: Step, vcpu: Vcpu) -> None:
+        # The generation is compared with the new pCPU's without the reset on a pCPU change.
         sd = k.pcpus[vcpu.cpu]
         vcpu.last_cpu = vcpu.cpu
-        if vcpu.asid_generation == 0:
+        if vcpu.asid_generation != sd.asid_generation:
             self.new_asid(k, vcpu, sd)
 
 

@@ -32,14 +32,17 @@ class KvmMain:
         vcpu.cpu = cpu
         k.pcpus[cpu].running = vcpu.id
         vcpu.preempted = False
-        k.note(f"vcpu_load on pCPU{cpu}")
+        k.note(f"vcpu_load(vcpu{vcpu.id}) on pCPU{cpu}")
         self.kvm_arch_vcpu_load(k, vcpu, cpu)  # type: ignore[attr-defined]
 
     def vcpu_put(self, k: Step, vcpu: Vcpu, preempted: bool = True) -> None:
         """kvm_main.c:kvm_sched_out / vcpu_put @ v6.18: a runnable vCPU scheduled out is
         vcpu->preempted; kvm_arch_vcpu_put reports it to the guest."""
         vcpu.preempted = preempted
-        k.note(f"vcpu_put from pCPU{vcpu.cpu}", "vcpu->preempted = true" if preempted else "")
+        k.note(
+            f"vcpu_put(vcpu{vcpu.id}) from pCPU{vcpu.cpu}",
+            "vcpu->preempted = true" if preempted else "",
+        )
         self.kvm_arch_vcpu_put(k, vcpu)  # type: ignore[attr-defined]
         k.pcpus[vcpu.cpu].running = -1
         vcpu.cpu = -1

@@ -54,7 +54,7 @@ class Kvm58(Kvm618):
             return
         vcpu.st_byte = 1
         vcpu.st_preempted = True
-        k.note("kvm_steal_time_set_preempted: st->preempted = KVM_VCPU_PREEMPTED")
+        k.note(f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): st->preempted = KVM_VCPU_PREEMPTED")
 
     def vmx_cr4_guest_owned_bits(self, k: Step) -> int:
         """vmx.c @ v5.8: CR4.PGE is not guest-owned; a toggle exits to kvm_set_cr4."""

@@ -23,7 +23,9 @@ from typing import Any
 from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_SMEP
 from kvmtlb.hw.layout import Format
 from kvmtlb.hw.outcomes import Fault
+from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.tags import IntelLinearTags
+from kvmtlb.hw.vmx import VmExitEvent
 from kvmtlb.hw.walk import Translated, WalkContext, Walker
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.requests import (
@@ -164,6 +166,8 @@ class X86:
         vcpu.pc = "guest"
         if k.pcpus[vcpu.cpu].kicks:
             # Interrupts were disabled since the mode change; the pending IPI exits at once.
+            event = VmExitEvent("IPI") if k.config.vmx else SvmExitEvent("IPI")
+            k.hw(vcpu.cpu, event)
             self.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="pending IPI")
             self.ack_kicks(k, vcpu.cpu)  # type: ignore[attr-defined]
 
@@ -191,7 +195,7 @@ class X86:
         if not k.config.vmx:
             self.svm_vcpu_after_run(k, vcpu)  # type: ignore[attr-defined]
         k.note(
-            f"VM exit: {EXIT_NAMES[reason]}{' (' + cause + ')' if cause else ''}",
+            f"vcpu{vcpu.id} VM exit: {EXIT_NAMES[reason]}{' (' + cause + ')' if cause else ''}",
             "vcpu->mode = OUTSIDE_GUEST_MODE",
         )
         if reason == EXIT_EXTERNAL_INTERRUPT:
@@ -286,13 +290,13 @@ class X86:
         (6cd88243c7e0: KVM may hold a translation mid-emulation), not twice (CVE-2019-3016: the
         plain store would wipe a FLUSH_TLB the guest set meanwhile); else store PREEMPTED."""
         if not vcpu.at_instruction_boundary:
-            k.note("kvm_steal_time_set_preempted: not at an instruction boundary")
+            k.note(f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): not at an instruction boundary")
             return
         if vcpu.st_preempted:
             return
         vcpu.st_byte = KVM_VCPU_PREEMPTED
         vcpu.st_preempted = True
-        k.note("kvm_steal_time_set_preempted: st->preempted = KVM_VCPU_PREEMPTED")
+        k.note(f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): st->preempted = KVM_VCPU_PREEMPTED")
 
     # -- the emulator -----------------------------------------------------------------------------
     def x86_emulate_insn_walk(self, k: Step, vcpu: Vcpu, gva: int) -> None:

@@ -7,8 +7,15 @@ Two worlds that differ only in what cannot be observed are one state:
   walk through them equals the walk through memory);
 - the bookkeeping that exists only for traces (the step log) is not part of the world.
 
-ASIDs are not renumbered: the per-pCPU allocator's next ASID and generation decide future flushes,
-so two numberings are rarely equivalent; VPIDs are never freed in the scenarios.
+- SVM ASID generations are shifted so that the lowest pCPU generation is 1, and a vCPU's
+  generation below every pCPU's becomes 0. KVM only compares a vCPU's generation for equality with
+  a pCPU's, pCPU generations only grow by one, and a vCPU's is only set to a pCPU's, reset to 0 or
+  decremented: so only the differences matter, and a generation below every pCPU's can never match
+  again. Without this, two vCPUs time-sharing a pCPU with one ASID would wrap the generation
+  forever and the state space would be infinite.
+
+ASIDs themselves are not renumbered: the per-pCPU allocator's next ASID decides future flushes, so
+two numberings are rarely equivalent; VPIDs are never freed in the scenarios.
 
 The fingerprint is a 64-bit hash of a tuple of ints only, so it is the same in every process
 (Python salts str and bytes hashes, and None hashes by address): step labels are mapped through
@@ -22,14 +29,23 @@ explorer's exact mode.
 from __future__ import annotations
 
 import zlib
+from dataclasses import fields
 from typing import Any
 
 from kvmtlb.kvm.context import World
+from kvmtlb.kvm.state import Pcpu, Vcpu
 
 P1 = (1 << 61) - 33  # primes just below 2^61
 P2 = (1 << 61) - 1011
 
 _LABELS: dict[str, int] = {}
+
+# Field positions in the frozen kvm/state.py records.
+_VCPU = [f.name for f in fields(Vcpu)]
+_PCPU = [f.name for f in fields(Pcpu)]
+PCPU_GEN = _PCPU.index("asid_generation")
+assert (_VCPU.index("pc"), _VCPU.index("vmcs"), _VCPU.index("asid_generation")) == (1, 13, 15)
+assert _VCPU.index("vmcb") == len(_VCPU) - 1 == 16
 
 
 def label_code(label: str) -> int:
@@ -51,20 +67,23 @@ class Canonicalizer:
         may = c[-1] & keep
         return (*c[:2], c[2] or (), *c[3:-1], may if exact else (may % P1, may % P2))
 
-    def _vcpu(self, v: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A vCPU (kvm/state.py Vcpu): field 1 is the step label, 13 and 16 the VMCS/VMCB."""
-        return (v[0], label_code(v[1]), *v[2:13], v[13] or (), *v[14:16], v[16] or ())
+    def _vcpu(self, v: tuple[Any, ...], base: int) -> tuple[Any, ...]:
+        """A vCPU (kvm/state.py Vcpu): field 1 is the step label, 13 and 16 the VMCS/VMCB, 15
+        the ASID generation (shifted by `base`)."""
+        gen = v[15] - base if v[15] > base else 0
+        return (v[0], label_code(v[1]), *v[2:13], v[13] or (), v[14], gen, v[16] or ())
 
     def key(self, w: World, exact: bool = False) -> tuple[Any, ...]:
         m = w.machine
         h = w.host
+        base = min(p[PCPU_GEN] for p in w.pcpus) - 1
         return (
             m.memory.values,
             tuple(self._cpu(c, self.keep, exact) for c in m.cpus),
             tuple(self._cpu(c, self.native_keep, exact) for c in w.native.cpus),
             w.kvm,
-            tuple(self._vcpu(v) for v in w.vcpus),
-            w.pcpus,
+            tuple(self._vcpu(v, base) for v in w.vcpus),
+            tuple((*p[:PCPU_GEN], p[PCPU_GEN] - base, *p[PCPU_GEN + 1 :]) for p in w.pcpus),
             w.guests,
             (h[0], label_code(h[1]), *h[2:]),
         )

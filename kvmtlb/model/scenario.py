@@ -428,14 +428,14 @@ class _Parser:
             line = self.lines.key("guest", key)
             gva = self.addr(key, line, "GVA")
             parts = str(value).split()
-            if not parts or len(parts) > 2:
+            if not parts:
                 raise self.err(
                     line,
                     f"bad guest mapping {value!r}",
                     'write "GPA FLAGS", flags from w, u, x, g, e.g. "0x10000 w"',
                 )
             gpa = self.addr(parts[0], line, "GPA")
-            flags = parts[1] if len(parts) == 2 else ""
+            flags = "".join(parts[1:])
             self.flags(flags, line)
             if gpa not in host:
                 raise self.err(
@@ -451,7 +451,8 @@ class _Parser:
             raise self.err(
                 line,
                 f"bad flags {flags!r}",
-                "use each of w (writable), u (user), x (executable), g (global) at most once",
+                "use each of w (writable), u (user), x (executable), g (global) at most once, "
+                'separated by spaces or not ("w g" or "wg")',
             )
 
     def placement(self, config: Config) -> tuple[int, ...]:
@@ -529,10 +530,10 @@ class _Parser:
             need(1, "GVA")
             return AccessOp(op, self.addr(args[0], line, "GVA"), line)
         if op == "map":
-            if len(args) not in (3, 4) or args[1] != "->":
+            if len(args) < 3 or args[1] != "->":
                 raise self.err(line, "map takes GVA -> GPA FLAGS", "write: map 0x1000 -> 0x12000 w")
             gpa = self.addr(args[2], line, "GPA")
-            flags = args[3] if len(args) == 4 else ""
+            flags = "".join(args[3:])
             self.flags(flags, line)
             if gpa not in host:
                 raise self.err(
