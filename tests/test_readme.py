@@ -18,7 +18,7 @@ def test_two_setup_commands() -> None:
     cmds = commands()
     assert len(cmds) == 2
     assert all("\n" not in c for c in cmds)
-    assert "pip install" in cmds[0] and "kvmtlb" in cmds[0].split("&&")[-1]
+    assert "pip install" in cmds[0] and cmds[0].split("&&")[-1].strip() == "kvmtlb check"
     assert "[test]" in cmds[1] and "pytest" in cmds[1]
 
 
