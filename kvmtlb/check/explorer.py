@@ -199,7 +199,7 @@ def explore(
                     continue
                 for ai, a in enumerate(acts):
                     try:
-                        out = apply(system, w, a)
+                        out = apply(system, w, a, tracing=False)
                     except Exception as e:  # a policy or model bug: reported with its path
                         return _crash(system, table, w, idx, ai, a, e, transitions, depth, t0)
                     transitions += 1

@@ -115,6 +115,9 @@ class IntelArch:
         raise ModelError(f"{outcome!r} is not a fault")
 
 
+STEP_MEMO_LIMIT = 1 << 16  # remembered Machine.step results; cleared when full
+
+
 class MachineConfig:
     """What does not change during a run: the universe, capabilities, readings, vendor parts.
 
@@ -136,6 +139,7 @@ class MachineConfig:
         self.arch: Arch = arch if arch is not None else IntelArch()
         self._effects: dict[tuple[Any, Any], Effect] = {}
         self._contexts: dict[Any, ContextInfo] = {}
+        self._steps: dict[tuple[Any, int, Any], Step] = {}  # (machine, cpu, event): the result
 
     def effect(self, cpu: Any, event: Event) -> Effect:
         key = (cpu[:-1], event)
@@ -210,8 +214,14 @@ class Machine:
         cpu = self._check_cpu(i)
         if getattr(cpu, "smm", False) and not isinstance(event, Rsm):
             raise ModelError(f"processor {i} is in SMM; only RSM is modelled there")
-        eff = self.config.effect(cpu, event)
-        return self._apply(i, cpu, eff)
+        memo = self.config._steps
+        key = (self, i, event)
+        st = memo.get(key)
+        if st is None:
+            if len(memo) >= STEP_MEMO_LIMIT:
+                memo.clear()
+            st = memo[key] = self._apply(i, cpu, self.config.effect(cpu, event))
+        return st
 
     def _apply(self, i: int, cpu: Any, eff: Effect) -> Step:
         may = cpu.may

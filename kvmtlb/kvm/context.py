@@ -11,9 +11,10 @@ what it removed from which processor's TLB; that record is the trace's "detail".
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from kvmtlb.hw.cpu import Capabilities, Regs
 from kvmtlb.hw.effect import Event
@@ -23,6 +24,8 @@ from kvmtlb.hw.outcomes import Outcome
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SvmCapabilities
 from kvmtlb.kvm.state import Kvm, Pcpu, Vcpu
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,49 @@ class World(NamedTuple):
     host: Any  # the host thread (kvmtlb.host)
 
 
+class Thawed(Generic[T]):
+    """A world's vCPU or pCPU records during a step, thawed into mutable dataclasses on first
+    access only: a step touches one or two of them, and the untouched ones keep their frozen
+    tuples (freezing every record of every world was a third of the explorer's time)."""
+
+    __slots__ = ("_cls", "_frozen", "_live", "_thawed")
+
+    def __init__(self, cls: type[T], frozen: tuple[tuple[Any, ...], ...]) -> None:
+        self._cls = cls
+        self._frozen = frozen
+        self._live: list[T | None] = [None] * len(frozen)
+        self._thawed = False
+
+    @classmethod
+    def of(cls, objects: Sequence[T]) -> Thawed[T]:
+        """Records that exist only as live objects (at boot)."""
+        out: Thawed[T] = cls(type(objects[0]), tuple(_tuple(o) for o in objects))
+        out._live = list(objects)
+        out._thawed = True
+        return out
+
+    def __getitem__(self, i: int) -> T:
+        obj = self._live[i]
+        if obj is None:
+            obj = self._live[i] = self._cls(*self._frozen[i])
+            self._thawed = True
+        return obj
+
+    def __len__(self) -> int:
+        return len(self._frozen)
+
+    def __iter__(self) -> Iterator[T]:
+        for i in range(len(self._frozen)):
+            yield self[i]
+
+    def freeze(self) -> tuple[tuple[Any, ...], ...]:
+        if not self._thawed:
+            return self._frozen
+        return tuple(
+            f if o is None else _tuple(o) for o, f in zip(self._live, self._frozen, strict=True)
+        )
+
+
 @dataclass
 class Step:
     """The world during one atomic step."""
@@ -90,37 +136,45 @@ class Step:
     config: KvmConfig
     machine: Machine
     kvm: Kvm
-    vcpus: list[Vcpu]
-    pcpus: list[Pcpu]
+    vcpus: Thawed[Vcpu]
+    pcpus: Thawed[Pcpu]
     native: Any
     guests: list[Any]
     host: Any
     actor: str = ""
+    tracing: bool = True  # keep the step's trace lines (the explorer turns this off)
     log: list[Record] = field(default_factory=list)
     # Accesses completed outside guest mode (KVM's emulator), for the checker:
     # (vcpu, gva, gpa, guest rights).
     observations: list[tuple[int, int, int, int]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.vcpus, list):
+            self.vcpus = Thawed.of(self.vcpus)
+        if isinstance(self.pcpus, list):
+            self.pcpus = Thawed.of(self.pcpus)
+
     @classmethod
-    def thaw(cls, config: KvmConfig, w: World, actor: str = "") -> Step:
+    def thaw(cls, config: KvmConfig, w: World, actor: str = "", tracing: bool = True) -> Step:
         return cls(
             config,
             w.machine,
             Kvm(*w.kvm),
-            [Vcpu(*v) for v in w.vcpus],
-            [Pcpu(*p) for p in w.pcpus],
+            Thawed(Vcpu, w.vcpus),
+            Thawed(Pcpu, w.pcpus),
             w.native,
             list(w.guests),
             w.host,
             actor,
+            tracing,
         )
 
     def freeze(self) -> World:
         return World(
             self.machine,
             _tuple(self.kvm),
-            tuple(_tuple(v) for v in self.vcpus),
-            tuple(_tuple(p) for p in self.pcpus),
+            self.vcpus.freeze(),
+            self.pcpus.freeze(),
             self.native,
             tuple(self.guests),
             self.host,
@@ -131,13 +185,18 @@ class Step:
 
     # -- trace ------------------------------------------------------------------------------
     def note(self, action: str, detail: str = "", actor: str | None = None) -> None:
-        self.log.append(Record(actor if actor is not None else self.actor, action, detail))
+        if self.tracing:
+            self.log.append(Record(actor if actor is not None else self.actor, action, detail))
 
     # -- hardware -------------------------------------------------------------------------------
     def hw(self, pcpu: int, event: Event, why: str = "") -> Outcome:
         """Run `event` on physical CPU `pcpu`; record what it removed there."""
+        before = self.machine.cpus[pcpu]
         st = self.machine.step(pcpu, event)
         self.machine = st.machine
+        if not self.tracing:
+            self.sync_control(pcpu)
+            return st.outcome
         removed = bin(st.removed).count("1")
         rules = ", ".join(st.invalidation.rules)
         detail = f"pCPU{pcpu}: {st.outcome.describe()}"
@@ -148,7 +207,11 @@ class Step:
         if rules:
             detail += f" [{rules}]"
         self.note(f"{event.describe()}{' (' + why + ')' if why else ''}", detail)
-        self.sync_control(pcpu)
+        # Only when the hardware changed its VMCS/VMCB (VMPTRLD, VM entry or exit, VMWRITE):
+        # after INVLPGA, say, KVM's copy keeps its own edits (TLB_CONTROL reset after VMRUN).
+        after = st.machine.cpus[pcpu]
+        if (after.vmcs != before.vmcs) if self.config.vmx else (after.vmcb != before.vmcb):
+            self.sync_control(pcpu)
         return st.outcome
 
     def sync_control(self, pcpu: int) -> None:

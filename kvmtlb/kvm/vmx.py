@@ -219,7 +219,9 @@ class Vmx:
         cur = k.machine.cpus[cpu].vmcs
         if cur is None:
             return
-        for other in k.vcpus:
+        owner = cur.ident // 0x1000 - 1  # vmx_vcpu_create: ident = 0x1000 * (id + 1)
+        if 0 <= owner < len(k.vcpus):
+            other = k.vcpus[owner]
             if other.vmcs is not None and other.vmcs.ident == cur.ident:
                 other.vmcs = cur
 

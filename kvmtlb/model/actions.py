@@ -111,10 +111,10 @@ def unfinished(system: System, w: World) -> list[str]:
     return out
 
 
-def apply(system: System, w: World, a: Action) -> Outcome:
-    """Run one enabled step; deterministic."""
+def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
+    """Run one enabled step; deterministic. Without `tracing` the step keeps no trace lines."""
     pol = system.policy
-    k = Step.thaw(system.kvm, w, a.actor)
+    k = Step.thaw(system.kvm, w, a.actor, tracing)
     if a.kind == "kvm":
         v = int(a.actor[4:])
         pol.step(k, k.vcpus[v])

@@ -44,6 +44,7 @@ _LABELS: dict[str, int] = {}
 _VCPU = [f.name for f in fields(Vcpu)]
 _PCPU = [f.name for f in fields(Pcpu)]
 PCPU_GEN = _PCPU.index("asid_generation")
+MEMO_LIMIT = 1 << 17  # remembered machine and vCPU hashes; cleared when full
 assert (_VCPU.index("pc"), _VCPU.index("vmcs"), _VCPU.index("asid_generation")) == (1, 13, 15)
 assert _VCPU.index("vmcb") == len(_VCPU) - 1 == 16
 
@@ -61,6 +62,8 @@ class Canonicalizer:
     def __init__(self, keep: int, native_keep: int) -> None:
         self.keep = keep
         self.native_keep = native_keep
+        self._machines: dict[Any, int] = {}
+        self._vcpus: dict[tuple[Any, ...], int] = {}
 
     def _cpu(self, c: tuple[Any, ...], keep: int, exact: bool) -> tuple[Any, ...]:
         """A processor: field 2 (VMCS/VMCB) may be None; the last field is the MAY-set."""
@@ -89,4 +92,47 @@ class Canonicalizer:
         )
 
     def fingerprint(self, w: World) -> int:
-        return hash(self.key(w)) & 0xFFFF_FFFF_FFFF_FFFF
+        """hash(key(w)) in effect, with the parts that most steps leave alone (the machine, the
+        native reference, each vCPU record) reduced to their hashes once and remembered: a step
+        changes one processor or one vCPU, so re-canonicalizing everything was half the cost."""
+        machines = self._machines
+        mh = machines.get(w.machine)
+        if mh is None:
+            m = w.machine
+            if len(machines) >= MEMO_LIMIT:
+                machines.clear()
+            mh = machines[m] = hash(
+                (m.memory.values, tuple(self._cpu(c, self.keep, False) for c in m.cpus))
+            )
+        nh = machines.get(w.native)
+        if nh is None:
+            n = w.native
+            nh = machines[n] = hash(
+                (1, tuple(self._cpu(c, self.native_keep, False) for c in n.cpus))
+            )
+        base = min(p[PCPU_GEN] for p in w.pcpus) - 1
+        vcpus = self._vcpus
+        vh = []
+        for v in w.vcpus:
+            key = (v, base)
+            h = vcpus.get(key)
+            if h is None:
+                if len(vcpus) >= MEMO_LIMIT:
+                    vcpus.clear()
+                h = vcpus[key] = hash(self._vcpu(v, base))
+            vh.append(h)
+        host = w.host
+        return (
+            hash(
+                (
+                    mh,
+                    nh,
+                    w.kvm,
+                    tuple(vh),
+                    tuple((*p[:PCPU_GEN], p[PCPU_GEN] - base, *p[PCPU_GEN + 1 :]) for p in w.pcpus),
+                    w.guests,
+                    (host[0], label_code(host[1]), *host[2:]),
+                )
+            )
+            & 0xFFFF_FFFF_FFFF_FFFF
+        )

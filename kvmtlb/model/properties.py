@@ -28,6 +28,7 @@ from kvmtlb.model.system import System
 PRECEDENCE = ("host-isolation", "vm-isolation", "dirty-logging", "guest-transparency")
 V_PC, V_CPU = 1, 5
 K_DIRTY = 5  # position of Kvm.dirty in the frozen Kvm tuple
+MEMO_LIMIT = 1 << 16  # machine pairs remembered by check(); cleared when full
 
 
 class Violation(NamedTuple):
@@ -36,21 +37,43 @@ class Violation(NamedTuple):
 
 
 def check(system: System, w: World) -> Violation | None:
-    """The first violated property of world `w` (in PRECEDENCE order), or None."""
-    found: list[Violation] = []
-    kvm = system.kvm
+    """The first violated property of world `w` (in PRECEDENCE order), or None.
+
+    Guest-transparency depends only on the two machines and on which vCPU runs where, and many
+    worlds share those (they differ in KVM's or the host's state): it is memoized per system."""
     h: HostThread = w.host
     watched = h.changed | h.protected
-    gvas = system.scenario.gvas
-    for v, vc in enumerate(w.vcpus):
-        if vc[V_PC] != "guest" or vc[V_CPU] < 0:
-            continue
-        cpu = vc[V_CPU]
-        for gva in gvas:
+    running = tuple(
+        (v, vc[V_CPU]) for v, vc in enumerate(w.vcpus) if vc[V_PC] == "guest" and vc[V_CPU] >= 0
+    )
+    found: list[Violation] = []
+    if watched:
+        for v, cpu in running:
+            for gva in system.scenario.gvas:
+                for access in ACCESS_KINDS:
+                    model = w.machine.outcomes(cpu, gva, access)
+                    found.extend(_coherence(system, w, v, gva, access, model))
+    memo = system.memo
+    key = (w.machine, w.native, running)
+    seen = memo.get(key)
+    if seen is None:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        seen = memo[key] = _transparency(system, w, running)
+    found.extend(seen)
+    if not found:
+        return None
+    return min(found, key=lambda f: PRECEDENCE.index(f.prop))
+
+
+def _transparency(
+    system: System, w: World, running: tuple[tuple[int, int], ...]
+) -> tuple[Violation, ...]:
+    found: list[Violation] = []
+    for v, cpu in running:
+        for gva in system.scenario.gvas:
             for access in ACCESS_KINDS:
                 model = w.machine.outcomes(cpu, gva, access)
-                if watched:
-                    found.extend(_coherence(system, w, v, gva, access, model))
                 native = None
                 for o in model:
                     seen = _visible(o)
@@ -67,10 +90,7 @@ def check(system: System, w: World) -> Violation | None:
                                 f"{_list(w.native.outcomes(v, gva, access))}",
                             )
                         )
-    if not found:
-        return None
-    del kvm
-    return min(found, key=lambda f: PRECEDENCE.index(f.prop))
+    return tuple(found)
 
 
 def check_observations(

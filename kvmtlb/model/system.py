@@ -13,7 +13,8 @@ not marked preempted. TLBs and native references start empty, then the fill rule
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
 from kvmtlb.guest.thread import GuestThread
@@ -56,7 +57,7 @@ from kvmtlb.hw.vmx import (
     CAP_INVVPID_SINGLE_GLOBALS,
 )
 from kvmtlb.hw.walk import WalkContext
-from kvmtlb.kvm.context import KvmConfig, Step, World
+from kvmtlb.kvm.context import KvmConfig, Step, Thawed, World
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.model.scenario import Scenario, ScenarioError
@@ -82,6 +83,7 @@ class System:
     kvm: KvmConfig
     native: MachineConfig
     initial: World
+    memo: dict[Any, Any] = field(default_factory=dict)  # properties.check's memo
 
     @property
     def programs(self) -> tuple[tuple[object, ...], ...]:
@@ -255,8 +257,10 @@ def _boot(
             fresh=tuple(0 for _ in kvm.gpas),
             dirty=tuple(True for _ in kvm.gpas),
         ),
-        [Vcpu(v, pc="vcpu_enter_guest", mode=OUTSIDE_GUEST_MODE) for v in range(cfg.vcpus)],
-        [Pcpu(p) for p in range(cfg.pcpus)],
+        Thawed.of(
+            [Vcpu(v, pc="vcpu_enter_guest", mode=OUTSIDE_GUEST_MODE) for v in range(cfg.vcpus)]
+        ),
+        Thawed.of([Pcpu(p) for p in range(cfg.pcpus)]),
         native,
         [GuestThread() for _ in range(cfg.vcpus)],
         HostThread(home=scenario.placement),
