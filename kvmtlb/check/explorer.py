@@ -33,12 +33,14 @@ EMPTY = 0
 
 
 class FingerprintTable:
-    """Open addressing over array('Q'); states are numbered in insertion order."""
+    """The visited set: 64-bit fingerprints in an open-addressing array('Q') (load factor at most
+    0.6), and per state, numbered in insertion order, its parent's index (array('i')) and the
+    index of the action that reached it (array('H')): a trace is the chain of parents, re-run.
+    About 14 to 27 bytes of keys plus 6 bytes of links per state."""
 
     def __init__(self, capacity: int = 1 << 12) -> None:
         self.mask = capacity - 1
         self.keys = array("Q", bytes(8 * capacity))
-        self.slots = array("I", bytes(4 * capacity))  # state index + 1, 0 = empty
         self.parent = array("i")
         self.action = array("H")
 
@@ -60,7 +62,6 @@ class FingerprintTable:
             i = (i + 1) & self.mask
         keys[i] = fp
         index = len(self.parent)
-        self.slots[i] = index + 1
         self.parent.append(parent)
         self.action.append(action)
         if 10 * (index + 1) > 6 * (self.mask + 1):
@@ -68,23 +69,20 @@ class FingerprintTable:
         return index
 
     def _grow(self) -> None:
-        old_keys, old_slots = self.keys, self.slots
+        old_keys = self.keys
         cap = 2 * (self.mask + 1)
         self.mask = cap - 1
         self.keys = array("Q", bytes(8 * cap))
-        self.slots = array("I", bytes(4 * cap))
-        for k, s in zip(old_keys, old_slots, strict=True):
+        for k in old_keys:
             if k != EMPTY:
                 i = k & self.mask
                 while self.keys[i] != EMPTY:
                     i = (i + 1) & self.mask
                 self.keys[i] = k
-                self.slots[i] = s
 
     def bytes_used(self) -> int:
         return (
             self.keys.itemsize * len(self.keys)
-            + self.slots.itemsize * len(self.slots)
             + self.parent.itemsize * len(self.parent)
             + self.action.itemsize * len(self.action)
         )

@@ -125,7 +125,7 @@ class Thawed(Generic[T]):
         if not self._thawed:
             return self._frozen
         return tuple(
-            f if o is None else _tuple(o) for o, f in zip(self._live, self._frozen, strict=True)
+            [f if o is None else _tuple(o) for o, f in zip(self._live, self._frozen, strict=True)]
         )
 
 

@@ -129,7 +129,11 @@ class Canonicalizer:
                     nh,
                     w.kvm,
                     tuple(vh),
-                    tuple((*p[:PCPU_GEN], p[PCPU_GEN] - base, *p[PCPU_GEN + 1 :]) for p in w.pcpus),
+                    w.pcpus
+                    if base == 0
+                    else tuple(
+                        (*p[:PCPU_GEN], p[PCPU_GEN] - base, *p[PCPU_GEN + 1 :]) for p in w.pcpus
+                    ),
                     w.guests,
                     (host[0], label_code(host[1]), *host[2:]),
                 )
