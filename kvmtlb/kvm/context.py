@@ -194,8 +194,17 @@ class Step:
         before = self.machine.cpus[pcpu]
         st = self.machine.step(pcpu, event)
         self.machine = st.machine
-        if not self.tracing:
+        # KVM's copy follows the hardware's only when the hardware changed its VMCS/VMCB (VMPTRLD,
+        # VM entry or exit, VMWRITE): after INVLPGA, say, KVM's copy keeps its own edits (the
+        # TLB_CONTROL that svm_vcpu_run reset after the last VMRUN).
+        after = st.machine.cpus[pcpu]
+        if self.config.vmx:
+            changed = after.vmcs is not before.vmcs and after.vmcs != before.vmcs
+        else:
+            changed = after.vmcb is not before.vmcb and after.vmcb != before.vmcb
+        if changed:
             self.sync_control(pcpu)
+        if not self.tracing:
             return st.outcome
         removed = bin(st.removed).count("1")
         rules = ", ".join(st.invalidation.rules)
@@ -207,11 +216,6 @@ class Step:
         if rules:
             detail += f" [{rules}]"
         self.note(f"{event.describe()}{' (' + why + ')' if why else ''}", detail)
-        # Only when the hardware changed its VMCS/VMCB (VMPTRLD, VM entry or exit, VMWRITE):
-        # after INVLPGA, say, KVM's copy keeps its own edits (TLB_CONTROL reset after VMRUN).
-        after = st.machine.cpus[pcpu]
-        if (after.vmcs != before.vmcs) if self.config.vmx else (after.vmcb != before.vmcb):
-            self.sync_control(pcpu)
         return st.outcome
 
     def sync_control(self, pcpu: int) -> None:
