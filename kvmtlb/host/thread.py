@@ -130,7 +130,7 @@ def _mm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
         if h.phase == "":
             pol.kvm_mmu_invalidate_begin(k)
             pol.kvm_unmap_gfn_range(k, op.gpa)
-            return h._replace(phase="flush:req")
+            return h._replace(phase="flush:req", frame=())
         if h.phase == "after-flush":
             if isinstance(op, RemapOp):
                 k.kvm.set_backing(i, op.hpa)
@@ -153,12 +153,12 @@ def _mm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             return _op_done(h)
     if isinstance(op, WrprotectOp):
         if pol.kvm_tdp_mmu_write_protect(k, op.gpa):
-            return h._replace(phase="flush:req")
+            return h._replace(phase="flush:req", frame=())
         k.note("no remote TLB flush after write protection")
         protected = h.protected | 1 << k.config.gpa_index(op.gpa)
         return _op_done(h._replace(protected=protected))
     if isinstance(op, FlushRemoteOp):
-        return h._replace(phase="flush:req")
+        return h._replace(phase="flush:req", frame=())
     raise AssertionError(f"host op {op!r} in phase {h.phase!r}")
 
 
@@ -169,18 +169,19 @@ def _op_done(h: HostThread) -> HostThread:
 def _flush_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> None:
     """kvm_main.c:kvm_flush_remote_tlbs @ v6.18, one step at a time."""
     if h.phase == "flush:req":
-        old = -1
-        if isinstance(op, ZapOp | RemapOp):
+        # kvm_make_vcpu_request for vCPU i: first its request bit (one step), then its mode
+        i, mask, old = h.frame if h.frame else (0, 0, -1)
+        if i == 0 and isinstance(op, ZapOp | RemapOp):
             old = _old_page(k, op.gpa)
-        pol.kvm_make_all_cpus_request_set(k, KVM_REQ_TLB_FLUSH)
-        k.host = h._replace(phase="flush:ipi", frame=(0, 0, old))
+        pol.kvm_make_vcpu_request(k, k.vcpus[i], KVM_REQ_TLB_FLUSH)
+        k.host = h._replace(phase="flush:ipi", frame=(i, mask, old))
         return
     if h.phase == "flush:ipi":
         i, mask, old = h.frame
         target = pol.kvm_request_needs_ipi(k, k.vcpus[i], KVM_REQ_TLB_FLUSH)
         if target >= 0:
             mask |= 1 << target
-        nxt = "flush:ipi" if i + 1 < len(k.vcpus) else "flush:kick"
+        nxt = "flush:req" if i + 1 < len(k.vcpus) else "flush:kick"
         k.host = h._replace(phase=nxt, frame=(i + 1, mask, old))
         return
     if h.phase == "flush:kick":

@@ -48,17 +48,18 @@ class KvmMain:
         vcpu.cpu = -1
 
     # -- requests to every vCPU -------------------------------------------------------------------
-    def kvm_make_all_cpus_request_set(self, k: Step, req: int) -> None:
-        """kvm_main.c:kvm_make_all_cpus_request_except @ v6.18, first loop: set `req` on every
-        vCPU (smp_mb__after_atomic orders it before the mode reads that follow)."""
-        for vcpu in k.vcpus:
-            kvm_make_request(vcpu, req)
-        k.note(f"kvm_make_all_cpus_request({request_names(req)})", "set on every vCPU")
+    def kvm_make_vcpu_request(self, k: Step, vcpu: Vcpu, req: int) -> None:
+        """kvm_main.c:kvm_make_vcpu_request @ v6.18 (kvm_make_vcpus_request_mask's loop body in
+        v5.7/v5.8), first half: set `req` on this vCPU. kvm_make_all_cpus_request_except runs it
+        and then kvm_request_needs_ipi for each vCPU in turn; the barrier in between orders the
+        request before the mode read, and other processors may act between the two."""
+        kvm_make_request(vcpu, req)
+        k.note(f"kvm_make_vcpu_request(vcpu{vcpu.id}, {request_names(req)})")
 
     def kvm_request_needs_ipi(self, k: Step, vcpu: Vcpu, req: int) -> int:
-        """kvm_main.c:kvm_make_vcpu_request / kvm_request_needs_ipi @ v6.18 for one vCPU:
-        atomically move IN_GUEST_MODE to EXITING_GUEST_MODE; a waiting request kicks every vCPU
-        not OUTSIDE_GUEST_MODE. Returns the pCPU to kick, or -1."""
+        """kvm_main.c:kvm_make_vcpu_request / kvm_request_needs_ipi @ v6.18, second half, for one
+        vCPU: atomically move IN_GUEST_MODE to EXITING_GUEST_MODE; a waiting request kicks every
+        vCPU not OUTSIDE_GUEST_MODE. Returns the pCPU to kick, or -1."""
         mode = vcpu.mode
         if mode == IN_GUEST_MODE:
             vcpu.mode = EXITING_GUEST_MODE
