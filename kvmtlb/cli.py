@@ -66,7 +66,7 @@ def rules(
     table.add_column("summary")
     for r in selected:
         table.add_row(r.id, r.section, r.section_current, r.summary)
-    Console().print(table)
+    _wide_console().print(table)
 
 
 @app.command()
@@ -144,9 +144,12 @@ def check(
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(1) from None
+    spec_name = dict(zip(specs, names, strict=True))
     for i, r in enumerate(results):
         if i in labels:
             r["config_label"] = labels[i]
+        if "error" in r:
+            r["policy"] = spec_name.get(str(r["policy"]), r["policy"])
     seconds = time.perf_counter() - t0
     errors = [r for r in results if "error" in r]
     if json_out:
@@ -187,14 +190,14 @@ def _run_one_with_progress(job: object, console: Console, quiet: bool) -> dict[s
     from kvmtlb.check.explorer import explore
     from kvmtlb.check.runner import InputError, Job, known_policies, load_policy, record
     from kvmtlb.model.scenario import ScenarioError, load
-    from kvmtlb.model.system import build
+    from kvmtlb.model.system import BootError, build
 
     assert isinstance(job, Job)
     try:
         cls = load_policy(job.policy)
         scenario = load(job.scenario, known_policies([cls.name]))
         system = build(scenario, cls())
-    except (ScenarioError, InputError) as e:
+    except (ScenarioError, InputError, BootError) as e:
         return {"scenario": job.scenario, "policy": job.policy, "error": str(e)}
     columns = (TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
@@ -231,7 +234,7 @@ def replay(
     from kvmtlb.check.runner import InputError, replay_record
     from kvmtlb.model.scenario import ScenarioError
 
-    console = Console()
+    console = _wide_console()
     try:
         lines = [ln for ln in trace_file.read_text().splitlines() if ln.strip()]
         recs = [json.loads(ln) for ln in lines]
@@ -301,7 +304,7 @@ def policies(
         table.add_row(
             *(str(r[c] or "") for c in ("name", "kind", "based_on", "fix", "cve", "summary"))
         )
-    Console().print(table)
+    _wide_console().print(table)
 
 
 def rules_markdown(selected: list[Rule]) -> str:

@@ -175,6 +175,7 @@ def explore(
     if first is not None:
         return _result(system, table, "violation", first, 0, 0, 0, t0, exact)
     frontier: list[tuple[World, int]] = [(w0, 0)]
+    finished = not unfinished(system, w0)  # some state where every thread is done was seen
     last_report = t0
     try:
         while frontier:
@@ -222,6 +223,8 @@ def explore(
                         found.append((PRECEDENCE.index(v.prop), order, _tag(v, new)))
                         continue
                     nxt.append((out.world, new))
+                    if not finished:
+                        finished = not unfinished(system, out.world)
                 if progress is not None:
                     now = time.perf_counter()
                     if now - last_report > 0.25:
@@ -253,6 +256,18 @@ def explore(
             exact=exact,
             store_bytes=table.bytes_used(),
         )
+    if not finished:
+        # Every execution cycles before all threads are done (e.g. a policy that never serves a
+        # request it makes keeps backing out of VM entry): no state is stuck, so it is no
+        # deadlock in the contract's sense, but calling it safe would hide it.
+        last = len(table) - 1
+        busy = ", ".join(unfinished(system, _world_at(system, table, last)))
+        livelock = Violation(
+            "deadlock",
+            f"livelock: no interleaving lets every thread finish (left with work: {busy}); "
+            "the trace leads to the last state found",
+        )
+        return _result(system, table, "deadlock", livelock, transitions, depth, last, t0, exact)
     return Result(
         "safe",
         None,
@@ -341,6 +356,13 @@ def _crash(
     res.trace = replay(system, path)
     del ai
     return res
+
+
+def _world_at(system: System, table: FingerprintTable, index: int) -> World:
+    w = system.initial
+    for ai in table.path(index):
+        w = apply(system, w, enabled(system, w)[ai], tracing=False).world
+    return w
 
 
 def replay(system: System, path: list[int]) -> list[TraceStep]:

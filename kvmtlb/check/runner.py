@@ -20,7 +20,7 @@ from typing import Any
 from kvmtlb.check.explorer import Result, TraceStep, explore, replay
 from kvmtlb.kvm.policy import KvmPolicy, registry
 from kvmtlb.model.scenario import Config, Scenario, ScenarioError, load
-from kvmtlb.model.system import build
+from kvmtlb.model.system import BootError, build
 
 BUILTIN = Path(__file__).parent.parent / "scenarios"
 
@@ -172,7 +172,7 @@ def run(job: Job) -> dict[str, Any]:
         if job.config is not None:
             scenario = _reconfigure(scenario, job.config)
         system = build(scenario, cls())
-    except (ScenarioError, InputError) as e:
+    except (ScenarioError, InputError, BootError) as e:
         return {"scenario": job.scenario, "policy": job.policy, "error": str(e)}
     result = explore(system, exact=job.exact, max_states=job.max_states)
     expected = None if job.config is not None else scenario.expect.get(cls.name, "safe")

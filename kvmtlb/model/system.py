@@ -13,6 +13,7 @@ not marked preempted. TLBs and native references start empty, then the fill rule
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,7 +236,13 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     native = Machine.boot(
         native_config, memory, [NativeCpu(regs=guest_regs) for _ in range(cfg.vcpus)]
     )
-    initial = _boot(scenario, policy, kvm, machine, native)
+    try:
+        initial = _boot(scenario, policy, kvm, machine, native)
+    except Exception as e:  # a policy's bug: reported with where it happened, not a traceback
+        raise BootError(
+            f"{scenario.path}: policy {policy.name or type(policy).__name__} failed while "
+            f"booting the scenario: {_where(e)}"
+        ) from e
     return System(scenario, policy, kvm, native_config, initial)
 
 
@@ -243,6 +250,20 @@ def _pte(gpa: int, flags: str) -> int:
     return make_pte(
         gpa, writable="w" in flags, user="u" in flags, executable="x" in flags, glob="g" in flags
     )
+
+
+class BootError(Exception):
+    """The policy raised, or looped, while the scenario's vCPUs were created, loaded and entered
+    for the first time."""
+
+
+def _where(e: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(e)).strip()
+    frames = traceback.extract_tb(e.__traceback__)
+    if frames:
+        f = frames[-1]
+        text += f" (at {f.filename}:{f.lineno} in {f.name})"
+    return text
 
 
 def _boot(
