@@ -21,10 +21,9 @@ from kvmtlb.kvm.requests import (
     KVM_REQ_TLB_FLUSH,
     KVM_REQ_TLB_FLUSH_CURRENT,
     kvm_check_request,
-    kvm_clear_request,
     request_names,
 )
-from kvmtlb.kvm.state import Vcpu
+from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
 
 # x86.c:kvm_set_cr4 @ v5.7/v5.8: a change of these bits resets the MMU context (new root, and
 # kvm_mmu_load flushes the current context before the next entry).
@@ -52,7 +51,7 @@ class Kvm58(Kvm618):
         CVE-2019-3016, but no at_instruction_boundary (added by 6cd88243c7e0, v5.19)."""
         if vcpu.st_preempted:
             return
-        vcpu.st_byte = 1
+        vcpu.st_byte = KVM_VCPU_PREEMPTED
         vcpu.st_preempted = True
         k.note(f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): st->preempted = KVM_VCPU_PREEMPTED")
 
@@ -90,7 +89,7 @@ class Kvm58(Kvm618):
         directly (the seed e64419d991ea)."""
         (old,) = vcpu.frame
         vcpu.frame = ()
-        if old & 2:
+        if old & KVM_VCPU_FLUSH_TLB:
             k.note("record_steal_time: KVM_VCPU_FLUSH_TLB set", "kvm_x86_ops.tlb_flush_guest")
             self.kvm_x86_call(k, "flush_tlb_guest", vcpu)
         vcpu.pc = "vcpu_enter_guest:mode"
@@ -136,7 +135,7 @@ class Kvm57(Kvm58):
         """x86.c:record_steal_time @ v5.7: kvm_vcpu_flush_tlb(vcpu, false)."""
         (old,) = vcpu.frame
         vcpu.frame = ()
-        if old & 2:
+        if old & KVM_VCPU_FLUSH_TLB:
             k.note("record_steal_time: KVM_VCPU_FLUSH_TLB set", "kvm_vcpu_flush_tlb(false)")
             self.kvm_vcpu_flush_tlb(k, vcpu, False)
         vcpu.pc = "vcpu_enter_guest:mode"
@@ -154,10 +153,6 @@ class Kvm57(Kvm58):
 
         kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH)
         k.note("kvm_make_request(KVM_REQ_TLB_FLUSH)", "kvm_mmu_new_cr3")
-
-    def kvm_service_local_tlb_flush_requests(self, k: Step, vcpu: Vcpu) -> None:
-        """No local flush requests in v5.7 besides KVM_REQ_TLB_FLUSH."""
-        kvm_clear_request(vcpu, KVM_REQ_TLB_FLUSH_CURRENT)
 
     # -- vmx.h / vmx_ops.h @ v5.7 --------------------------------------------------------------
     def vmx_flush_tlb(self, k: Step, vcpu: Vcpu, invalidate_gpa: bool) -> None:
