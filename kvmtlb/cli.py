@@ -216,9 +216,11 @@ def _run_one_with_progress(job: object, console: Console, quiet: bool) -> dict[s
 
         result = explore(system, exact=job.exact, max_states=job.max_states, progress=show)
     if result.verdict == "interrupted":
-        console.print(
+        # on stderr: with --json, stdout holds one JSON object per run and nothing else
+        typer.echo(
             f"interrupted after {result.states:,} states, {result.transitions:,} "
-            f"transitions, depth {result.depth}, {result.seconds:.1f}s"
+            f"transitions, depth {result.depth}, {result.seconds:.1f}s",
+            err=True,
         )
     return record(scenario, cls.name, job.policy, result, scenario.expect.get(cls.name, "safe"))
 
@@ -233,6 +235,7 @@ def replay(
     from kvmtlb.check import report
     from kvmtlb.check.runner import InputError, replay_record
     from kvmtlb.model.scenario import ScenarioError
+    from kvmtlb.model.system import BootError
 
     console = _wide_console()
     try:
@@ -245,11 +248,18 @@ def replay(
             err=True,
         )
         raise typer.Exit(2) from None
+    if not recs:
+        typer.echo(
+            f"error: {trace_file}: holds no trace record; save one with "
+            "`kvmtlb check FILE --json > trace.json`",
+            err=True,
+        )
+        raise typer.Exit(2)
     status = 0
     for rec in recs:
         try:
             trace, prop = replay_record(rec)
-        except (InputError, ScenarioError, ValueError) as e:
+        except (InputError, ScenarioError, BootError, ValueError) as e:
             typer.echo(f"error: {trace_file}: {e}", err=True)
             raise typer.Exit(2) from None
         shown = dict(rec)

@@ -85,7 +85,7 @@ def load_policy(spec: str) -> type[KvmPolicy]:
     if not inspect.isclass(cls) or not issubclass(cls, KvmPolicy):
         raise InputError(
             f"{path}: {cls_name} is not a policy; make it a subclass of a KVM "
-            "version, e.g. `class {cls_name}(Kvm618)` from kvmtlb.kvm.versions"
+            f"version, e.g. `class {cls_name}(Kvm618)` from kvmtlb.kvm.versions"
         )
     _check_signatures(path, cls)
     if not cls.name or cls.name in reg:
@@ -260,11 +260,24 @@ def replay_record(rec: dict[str, Any]) -> tuple[list[TraceStep], str | None]:
     """Re-run a saved result's path; returns the trace and the violation the last state shows."""
     from kvmtlb.model.properties import check
 
+    if not isinstance(rec, dict):
+        raise InputError(
+            f"a line holds {type(rec).__name__} {rec!r}, not a trace record; save traces with "
+            "`kvmtlb check --json`"
+        )
     for key in ("file", "policy_spec", "path", "config"):
         if key not in rec:
             raise InputError(
                 f"the trace record has no {key!r}; save traces with `kvmtlb check --json`"
             )
+    path = rec["path"]
+    if not isinstance(path, list) or not all(isinstance(a, int) and a >= 0 for a in path):
+        raise InputError(
+            "the trace record's 'path' must be a list of action indices; save traces with "
+            "`kvmtlb check --json`"
+        )
+    if not isinstance(rec["config"], dict):
+        raise InputError("the trace record's 'config' must be an object")
     cls = load_policy(rec["policy_spec"])
     scenario = load(rec["file"], known_policies() | {cls.name})
     if scenario.config.as_dict() != rec["config"]:
@@ -279,11 +292,17 @@ def replay_record(rec: dict[str, Any]) -> tuple[list[TraceStep], str | None]:
             ),
         )
     system = build(scenario, cls())
-    trace = replay(system, list(rec["path"]))
+    trace = replay(system, path)
     from kvmtlb.model.actions import apply, enabled
+    from kvmtlb.model.properties import check_observations
 
     w = system.initial
-    for ai in rec["path"]:
-        w = apply(system, w, enabled(system, w)[ai]).world
     v = check(system, w)
+    for ai in path:
+        out = apply(system, w, enabled(system, w)[ai])
+        w = out.world
+        # the explorer checks accesses KVM's emulator completed on the step that completed them
+        v = (out.observations and check_observations(system, w, out.observations)) or check(
+            system, w
+        )
     return trace, (v.prop if v is not None else None)

@@ -211,11 +211,21 @@ def parse(text: str, path: str = "<scenario>", known_policies: set[str] | None =
         m = re.search(r"line (\d+)", str(e))
         raise ScenarioError(
             path,
-            int(m.group(1)) if m else 0,
+            int(m.group(1)) if m else _unclosed_line(text.splitlines()),
             f"not valid TOML: {e}",
             "fix the TOML syntax (see scenario-format.md)",
         ) from None
     return _Parser(path, lines, data, text, known_policies).scenario()
+
+
+def _unclosed_line(lines: list[str]) -> int:
+    """tomllib reports an unterminated multi-line string "at end of document": name the line
+    where the last unclosed one opens instead (or the last line)."""
+    opened = 0
+    for n, line in enumerate(lines, 1):
+        for _ in range(line.count('"""') + line.count("'''")):
+            opened = 0 if opened else n
+    return opened or len(lines)
 
 
 class _Parser:
@@ -354,6 +364,13 @@ class _Parser:
                     f"unknown capability {c!r}",
                     f"use names from {list(CAP_NAMES)}",
                 )
+        if vendor == "intel" and "invept-all" not in caps:
+            raise self.err(
+                self.lines.key("config", "ept_vpid_cap"),
+                "KVM disables EPT without all-context INVEPT (vmx_hardware_setup), and shadow "
+                "paging is not modelled",
+                'keep "invept-all" in ept_vpid_cap',
+            )
         return Config(
             vendor=vendor,
             tdp=True,
@@ -413,6 +430,8 @@ class _Parser:
                     line, f"HPA {hpa:#x} backs two GPAs", "give every GPA its own host page"
                 )
             hpas.add(hpa)
+            if gpa in out:
+                raise self.err(line, f"GPA {gpa:#x} is mapped twice", "keep one mapping per GPA")
             out[gpa] = (hpa, parts[1])
         if not out:
             raise self.err(
@@ -443,6 +462,8 @@ class _Parser:
                     f"GPA {gpa:#x} of GVA {gva:#x} is not mapped in [host]",
                     f'add "{gpa:#x}" = "HPA rwx" to [host]',
                 )
+            if gva in out:
+                raise self.err(line, f"GVA {gva:#x} is mapped twice", "keep one mapping per GVA")
             out[gva] = (gpa, flags)
         return out
 
@@ -502,6 +523,7 @@ class _Parser:
             raw_key_line = self.lines.lines[kline - 1] if kline else ""
             rhs = raw_key_line.split("=", 1)[-1].strip()
             first = kline + 1 if rhs in ('"""', "'''") else kline
+            v = -1 if key == "host" else self.vcpu_id(key, kline, config)
             for n, raw in enumerate(value.split("\n")):
                 text = raw.split("#", 1)[0].strip()
                 if not text:
@@ -510,7 +532,6 @@ class _Parser:
                 if key == "host":
                     host_ops.append(self.host_op(text, line, config, host, remapped))
                 else:
-                    v = self.vcpu_id(key, kline, config)
                     programs[v].append(self.guest_op(text, line, config, host, v))
         self.static_checks(config, guest, programs)
         return tuple(tuple(p) for p in programs), tuple(host_ops)
