@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -108,8 +108,6 @@ def check(
         configurations,
         known_policies,
         load_policy,
-        run,
-        run_all,
     )
     from kvmtlb.kvm.policy import upstream
     from kvmtlb.model.scenario import ScenarioError, load
@@ -140,7 +138,7 @@ def check(
         if len(job_list) == 1:
             results = [_run_one_with_progress(job_list[0], console, json_out)]
         else:
-            results = run_all(job_list, workers)
+            results = _run_all_with_progress(job_list, workers)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(1) from None
@@ -173,7 +171,19 @@ def check(
         raise typer.Exit(2)
     if not all(report.matches(r) for r in results):
         raise typer.Exit(1)
-    del run
+
+
+def _run_all_with_progress(job_list: list[Any], workers: int) -> list[dict[str, Any]]:
+    """Many jobs on `workers` processes, with a progress bar on stderr when it is a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from kvmtlb.check.runner import run_all
+
+    err = Console(stderr=True)
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("runs", total=len(job_list))
+        return run_all(job_list, workers, done=lambda _r: bar.advance(task))
 
 
 def _wide_console() -> Console:

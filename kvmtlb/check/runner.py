@@ -12,7 +12,8 @@ import importlib.util
 import inspect
 import itertools
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -249,11 +250,26 @@ def record(
     }
 
 
-def run_all(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
+def run_all(
+    jobs: list[Job], workers: int, done: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run `jobs` on `workers` processes; the results come back in job order. `done` is called
+    with each result as it completes (for a progress bar)."""
     if workers <= 1 or len(jobs) <= 1:
-        return [run(j) for j in jobs]
+        out = []
+        for j in jobs:
+            out.append(run(j))
+            if done is not None:
+                done(out[-1])
+        return out
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(run, jobs, chunksize=1))
+        futures = {pool.submit(run, j): i for i, j in enumerate(jobs)}
+        for f in as_completed(futures):
+            results[futures[f]] = f.result()
+            if done is not None:
+                done(f.result())
+    return [r for r in results if r is not None]
 
 
 def replay_record(rec: dict[str, Any]) -> tuple[list[TraceStep], str | None]:
