@@ -267,6 +267,14 @@ def test_matrix_skips_configurations_the_ops_forbid() -> None:
     assert all(r["config"]["pcid"] for r in recs)
 
 
+def test_matrix_table_names_each_configuration() -> None:
+    # The row label "[intel/tdp/...]" looks like rich markup; it must be printed, not swallowed.
+    r = cli("check", scenario_path("pcid-switch-noflush"), "--policy", "kvm-6.18", "--matrix")
+    assert r.exit_code == 0, r.stdout
+    assert "pcid-switch-noflush [amd/tdp/flushbyasid/pcid/nopv]" in r.stdout
+    assert "pcid-switch-noflush [intel/tdp/novpid/pcid/pv]" in r.stdout
+
+
 def test_matrix_runs_in_a_process_pool() -> None:
     p = run_kvmtlb("check", scenario_path("ipi-shootdown-mm"), "--matrix", "--json", "--jobs", "2")
     assert p.returncode == 0, p.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -19,7 +20,7 @@ def matrix(console: Console, results: list[dict[str, Any]], policies: list[str])
         row = rows.setdefault(_row_name(r), {})
         row[r.get("policy", r.get("policy_spec", "?"))] = cell(r)
     for name, cells in rows.items():
-        table.add_row(name, *(cells.get(p, "") for p in policies))
+        table.add_row(escape(name), *(cells.get(p, "") for p in policies))
     console.print(table)
 
 
