@@ -25,3 +25,28 @@ def test_two_setup_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     test_cmd = commands()[1].split("&&", 2)[-1].strip()
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_variant_is_caught(tmp_path: Path) -> None:
+    """The README's example policy, run with the README's command, is caught as it says."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kvmtlb.cli import app
+
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n# my_policy.py\n(.*?)```", text, re.S)
+    command = re.search(r"```sh\n(kvmtlb check \S+ --policy my_policy.py:\w+)\n```", text)
+    assert code and command
+    (tmp_path / "my_policy.py").write_text(code.group(1))
+    args = command.group(1).split()[1:]
+    args[args.index("--policy") + 1] = args[args.index("--policy") + 1].replace(
+        "my_policy.py", str(tmp_path / "my_policy.py")
+    )
+    args[1] = str(ROOT / args[1])
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 1, result.output
+    rec = json.loads(result.stdout.splitlines()[0])
+    assert rec["label"] == "violation:guest-transparency"
+    assert "violation:guest-transparency" in text
