@@ -60,6 +60,10 @@ def summary(results: list[dict[str, Any]], seconds: float) -> str:
         + (f", {other} other configurations" if other else "")
         + f"; {states:,} states in {seconds:.1f}s"
     )
+    bounds = [r["collision_bound"] for r in results if "error" not in r and not r.get("exact")]
+    if bounds:
+        # a 'safe' from a fingerprint search can be wrong only if two states shared a fingerprint
+        text += f"; fingerprint collision probability <= {sum(bounds):.1e} (--exact to rule out)"
     return text
 
 
