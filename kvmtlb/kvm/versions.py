@@ -13,7 +13,7 @@ Only what differs is overridden; each override cites its function and version.
 from __future__ import annotations
 
 from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
-from kvmtlb.hw.vmx import Invept, Invvpid
+from kvmtlb.hw.vmx import Invvpid
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, register
 from kvmtlb.kvm.requests import (
@@ -189,22 +189,7 @@ class Kvm57(Kvm58):
         else:
             self.vpid_sync_vcpu_global(k, vcpu)
 
-    def vpid_sync_vcpu_addr(self, k: Step, vcpu: Vcpu, vpid: int, addr: int) -> None:
-        """vmx_ops.h:vpid_sync_vcpu_addr @ v5.7 with vmx.c:vmx_flush_tlb_gva's fallback."""
-        if vpid == 0:
-            return
-        if self.cpu_has_vmx_invvpid_individual_addr(k):
-            k.hw(vcpu.cpu, Invvpid(0, vpid, addr), "vpid_sync_vcpu_addr")
-        else:
-            self.vpid_sync_context(k, vcpu, vpid)
-
-    def ept_sync_global(self, k: Step, vcpu: Vcpu) -> None:
-        """vmx_ops.h:ept_sync_global @ v5.7."""
-        k.hw(vcpu.cpu, Invept(2), "ept_sync_global")
-
-    def vmx_flush_tlb_gva(self, k: Step, vcpu: Vcpu, addr: int) -> None:
-        """vmx.c:vmx_flush_tlb_gva @ v5.7 (on vmx->vpid)."""
-        self.vpid_sync_vcpu_addr(k, vcpu, vcpu.vpid, addr)
+    # vpid_sync_vcpu_addr, ept_sync_global and vmx_flush_tlb_gva behave as in v6.18 (vmx.py).
 
     # -- svm.c @ v5.7 ---------------------------------------------------------------------------
     def svm_flush_tlb(self, k: Step, vcpu: Vcpu, invalidate_gpa: bool) -> None:

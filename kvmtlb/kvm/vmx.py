@@ -94,8 +94,8 @@ class Vmx:
             self.vpid_sync_vcpu_global(k, vcpu)
 
     def vpid_sync_vcpu_addr(self, k: Step, vcpu: Vcpu, vpid: int, addr: int) -> None:
-        """vmx_ops.h:vpid_sync_vcpu_addr @ v6.18: individual-address if supported, else the
-        context; no-op for VPID 0."""
+        """vmx_ops.h:vpid_sync_vcpu_addr @ v6.18 (v5.7: the same, with the fallback in
+        vmx_flush_tlb_gva): individual-address if supported, else the context; no-op for VPID 0."""
         if vpid == 0:
             return
         if self.cpu_has_vmx_invvpid_individual_addr(k):
@@ -104,7 +104,7 @@ class Vmx:
             self.vpid_sync_context(k, vcpu, vpid)
 
     def ept_sync_global(self, k: Step, vcpu: Vcpu) -> None:
-        """vmx_ops.h:ept_sync_global @ v6.18: INVEPT all-context."""
+        """vmx_ops.h:ept_sync_global @ v6.18 (and v5.7): INVEPT all-context."""
         k.hw(vcpu.cpu, Invept(2), "ept_sync_global")
 
     def ept_sync_context(self, k: Step, vcpu: Vcpu, eptp: int) -> None:
@@ -146,7 +146,8 @@ class Vmx:
             self.vpid_sync_context(k, vcpu, self.vmx_get_current_vpid(k, vcpu))
 
     def vmx_flush_tlb_gva(self, k: Step, vcpu: Vcpu, addr: int) -> None:
-        """vmx.c:vmx_flush_tlb_gva @ v6.18: INVVPID individual-address on the current VPID."""
+        """vmx.c:vmx_flush_tlb_gva @ v6.18: INVVPID individual-address on the current VPID (v5.7:
+        on vmx->vpid, the same VPID without nested guests)."""
         self.vpid_sync_vcpu_addr(k, vcpu, self.vmx_get_current_vpid(k, vcpu), addr)
 
     def vmx_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
