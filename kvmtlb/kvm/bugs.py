@@ -12,7 +12,7 @@ from typing import ClassVar
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import register
 from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH_GUEST, kvm_make_request
-from kvmtlb.kvm.state import KVM_VCPU_PREEMPTED, Vcpu
+from kvmtlb.kvm.state import KVM_VCPU_PREEMPTED, Pcpu, Vcpu
 from kvmtlb.kvm.versions import Kvm618
 
 
@@ -219,3 +219,24 @@ class SvmFlushKeepsAsid(Kvm618):
             super().svm_flush_tlb_asid(k, vcpu)
         else:
             k.note("svm_flush_tlb_asid: no FlushByAsid, ASID kept")
+
+
+@register
+class SvmAsidWrapNoFlushAll(Kvm618):
+    name = "bug-svm-asid-wrap-no-flush-all"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "new_asid starts a new generation when a pCPU's ASIDs run out but does not set "
+        "TLB_CONTROL FLUSH_ALL_ASID: a reused ASID still names another vCPU's old entries"
+    )
+
+    def new_asid(self, k: Step, vcpu: Vcpu, sd: Pcpu) -> None:
+        if sd.next_asid > sd.max_asid:
+            sd.asid_generation += 1
+            sd.next_asid = sd.min_asid
+            k.note(f"new_asid: ASIDs of pCPU{sd.id} wrapped, no flush of every ASID")
+        vcpu.asid_generation = sd.asid_generation
+        vcpu.asid = sd.next_asid
+        sd.next_asid += 1
+        k.note(f"new_asid: ASID {vcpu.asid}", f"pCPU{sd.id} generation {sd.asid_generation}")
