@@ -354,3 +354,16 @@ def rules_markdown(selected: list[Rule]) -> str:
 
 def main() -> None:
     app()
+
+
+# -- kvmtlb cost (kvmtlb/cost/command.py) ----------------------------------------------------------
+def _cost_policy(spec: str) -> type:
+    """Policies for `kvmtlb cost` load as for `kvmtlb check` (a name or PATH.py:Class)."""
+    from kvmtlb.check.runner import load_policy
+
+    return load_policy(spec)
+
+
+from kvmtlb.cost.command import make_cost_command as _make_cost_command  # noqa: E402
+
+app.command(name="cost")(_make_cost_command(_cost_policy))

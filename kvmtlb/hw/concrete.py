@@ -5,7 +5,8 @@ produce, this module does what one real processor does on one occasion: walk one
 at each step, one usable source: a held translation, a held paging-structure-cache entry, or
 memory), and cache some of the entries that path built, in a finite cache with LRU replacement
 per kind. It is written independently of walk.py so that the property tests can check the MAY-set
-model against it, and the cost model (kvmtlb.cost) runs it with capacities and counters.
+model against it. (The cost model has its own indexed concrete TLB, kvmtlb/cost/tlb.py, built for
+long runs on the same predicates: this one scans every held entry on each insert.)
 
 Invalidations are applied through the same `Invalidation.removes` predicate the MAY-set uses, so
 the two can never disagree on what an instruction removes.

@@ -1,0 +1,170 @@
+"""Reporting cost runs: a table per workload, JSON records, and a plot comparing policies.
+
+The table shows, per configuration and policy, the flushes KVM issued by type, the VM exits, the
+entries removed while still valid (over-flush), the TLB misses of both stages, the memory
+references of the walks that refilled them, and the estimated cycles with their difference from
+the first policy of the same configuration. The JSON records hold every count (docs/cost-model.md
+lists them). The plot (matplotlib, imported only when asked for) stacks each run's cycles by
+category (flush, transition, refill, guest), one panel per workload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvmtlb.cost.costs import CATEGORIES
+
+# (column header, count names summed) for the flush columns.
+FLUSH_COLUMNS = (
+    ("INVEPT\nsingle", ("op.invept-single",)),
+    ("INVEPT\nall", ("op.invept-all",)),
+    ("INVVPID", tuple(f"op.invvpid-{t}" for t in ("addr", "single", "all", "single-globals"))),
+    ("VPID-off\nentry+exit", ("op.vm-entry-vpid-off", "op.vm-exit-vpid-off")),
+    ("TLB_CTL\n1 / 3", ("op.tlb-control-1", "op.tlb-control-3")),
+    ("new\nASID", ("op.new-asid",)),
+)
+PLOT_SUFFIXES = (".svg", ".png")
+
+
+def count(rec: dict[str, Any], *names: str) -> int:
+    counts: dict[str, int] = rec["counts"]
+    return sum(counts.get(n, 0) for n in names)
+
+
+def _tlb_control(rec: dict[str, Any]) -> str:
+    one, three = count(rec, "op.tlb-control-1"), count(rec, "op.tlb-control-3")
+    return f"{one:,} / {three:,}" if one or three else "0"
+
+
+def _misses(rec: dict[str, Any]) -> str:
+    first = count(rec, "tlb.misses.combined", "tlb.misses.asid")
+    second = count(rec, "tlb.misses.guest-physical", "tlb.misses.nested")
+    return f"{first:,} / {second:,}"
+
+
+def table(console: Console, records: Sequence[dict[str, Any]]) -> None:
+    """One table per workload: rows are (configuration, policy)."""
+    by_workload: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_workload.setdefault(r["workload"], []).append(r)
+    for name, recs in by_workload.items():
+        first = recs[0]
+        t = Table(
+            title=(
+                f"{name}: {first['accesses']:,} guest accesses, seed {first['seed']} "
+                f"({first['file']})"
+            ),
+            title_justify="left",
+        )
+        t.add_column("configuration", no_wrap=True)
+        t.add_column("policy", no_wrap=True)
+        t.add_column("VM\nexits", justify="right")
+        for header, _ in FLUSH_COLUMNS:
+            t.add_column(header, justify="right")
+        t.add_column("over-flush\n(valid entries)", justify="right")
+        t.add_column("TLB misses\nlinear / GPA", justify="right")
+        t.add_column("walk\nrefs", justify="right")
+        t.add_column("Mcycles\n(est.)", justify="right")
+        t.add_column("vs first\npolicy", justify="right")
+        base: dict[str, int] = {}
+        last_config = ""
+        for r in recs:
+            config = r["config"]
+            first_of_config = config not in base
+            if first_of_config:
+                base[config] = r["total_cycles"]
+            if last_config and config != last_config:
+                t.add_section()
+            last_config = config
+            cells = [f"{count(r, *names):,}" for header, names in FLUSH_COLUMNS]
+            cells[4] = _tlb_control(r)
+            delta = r["total_cycles"] - base[config]
+            pct = 100.0 * delta / base[config] if base[config] else 0.0
+            t.add_row(
+                config,
+                r["policy"],
+                f"{count(r, 'op.vm-exit'):,}",
+                *cells,
+                f"{count(r, 'overflush'):,}",
+                _misses(r),
+                f"{count(r, 'walk.refs'):,}",
+                f"{r['total_cycles'] / 1e6:,.2f}",
+                "" if first_of_config else f"{pct:+.1f}%",
+            )
+        console.print(t)
+
+
+def summary(records: Sequence[dict[str, Any]], seconds: float) -> str:
+    accesses = sum(r["accesses"] for r in records)
+    cpu = sum(r["cpu_seconds"] for r in records)
+    rate = accesses / cpu if cpu else 0.0
+    return (
+        f"{len(records)} runs, {accesses:,} simulated guest accesses in {seconds:.1f}s "
+        f"({rate:,.0f} accesses per CPU-second); counts are measured, cycles estimated from "
+        "kvmtlb/cost/costs.toml"
+    )
+
+
+def plot(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Stacked bars of estimated cycles by category: one panel per workload, one group of bars per
+    configuration, one bar per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_workload: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_workload.setdefault(r["workload"], []).append(r)
+    n = len(by_workload)
+    width = max(8.0, 0.45 * _widest(by_workload) + 2.0)
+    fig, axes = plt.subplots(n, 1, figsize=(width, 3.4 * n + 0.6), squeeze=False)
+    colors = {"flush": "#c0392b", "transition": "#e67e22", "refill": "#2980b9", "guest": "#95a5a6"}
+    for ax, (name, recs) in zip(axes[:, 0], by_workload.items(), strict=True):
+        xs: list[float] = []
+        groups: dict[str, list[float]] = {}
+        x = 0.0
+        for r in recs:
+            if groups and r["config"] not in groups:
+                x += 0.7
+            groups.setdefault(r["config"], []).append(x)
+            xs.append(x)
+            x += 1.0
+        bottom = [0.0] * len(recs)
+        for cat in CATEGORIES:
+            heights = [r["cycles_by_category"].get(cat, 0) / 1e6 for r in recs]
+            ax.bar(xs, heights, 0.8, bottom=bottom, label=cat, color=colors[cat])
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r["policy"] for r in recs], fontsize=7, rotation=60, ha="right")
+        for config, positions in groups.items():
+            ax.text(
+                sum(positions) / len(positions),
+                1.01,
+                config,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        ax.set_ylabel("estimated Mcycles")
+        ax.set_title(f"{name} ({recs[0]['accesses']:,} guest accesses)", fontsize=10, pad=16)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(CATEGORIES), fontsize=8)
+    fig.suptitle("kvmtlb cost: what each flush policy pays", fontsize=11, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _widest(by_workload: dict[str, list[dict[str, Any]]]) -> int:
+    return max(len(v) for v in by_workload.values())
+
+
+__all__ = ["FLUSH_COLUMNS", "PLOT_SUFFIXES", "plot", "summary", "table"]

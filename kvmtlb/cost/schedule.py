@@ -1,0 +1,243 @@
+"""The seeded random schedule of a cost run: which vCPU runs where, what it touches, what happens.
+
+Time is counted in access slots: while at least one vCPU runs, each slot is one guest access by a
+running vCPU drawn at random, to a page of the working set drawn at random (the i-th page with
+weight 1 / (i + 1) ** locality: 0 is uniform, 1 Zipf), a write with the workload's write fraction.
+Events arrive as a Poisson process over the slots with the workload's total rate, each of a kind
+drawn in proportion to its rate:
+
+- `pte_change`: a running vCPU moves a page of the working set to a free guest frame (a guest PTE
+  write), then shoots it down (flush_tlb of the page to every other vCPU);
+- `mm_flush`, `full_flush`: a running vCPU flushes the whole mm, or everything, on every vCPU;
+- `preempt`: a running vCPU is scheduled out (runnable) for an exponentially distributed number
+  of slots with mean `preempted_for`; its pCPU takes a waiting vCPU, if one is ready;
+- `migrate`: a running vCPU moves to another pCPU, swapping with the vCPU running there, if any;
+- `zap`, `remap`: the host zaps (MMU notifier) or migrates the host page of a guest frame the
+  working set uses.
+
+A vCPU keeps to the pCPU it last ran on (its affinity): an idle pCPU takes the ready waiting vCPU
+that last ran there and has waited longest; only `migrate` moves a vCPU. At the start, vCPU v is
+placed on pCPU v mod pcpus and the first vCPU of each pCPU runs there.
+
+The schedule depends on the seed and the workload only, never on the policy: every policy is
+costed on the same sequence of events (a paired comparison).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from kvmtlb.cost.workload import GPA_BASE, GVA_BASE, RATE_KEYS, RunConfig, Workload
+from kvmtlb.guest.ops import FLUSH_ALL, FLUSH_MM
+
+PAGE = 0x1000
+BATCH = 4096  # accesses per Accesses event at most
+
+
+class Accesses(NamedTuple):
+    items: list[tuple[int, int, bool]]  # (vCPU, GVA, write)
+
+
+class PteChange(NamedTuple):
+    vcpu: int
+    gva: int
+    gpa: int  # the guest frame the page moves to
+
+
+class Shootdown(NamedTuple):
+    vcpu: int
+    scope: int  # FLUSH_MM | FLUSH_ALL
+
+
+class Preempt(NamedTuple):
+    vcpu: int
+
+
+class Load(NamedTuple):
+    vcpu: int
+    pcpu: int
+    migrated: bool  # it last ran on another pCPU
+
+
+class Zap(NamedTuple):
+    gpa: int
+
+
+class Remap(NamedTuple):
+    gpa: int
+
+
+Event = Accesses | PteChange | Shootdown | Preempt | Load | Zap | Remap
+
+
+def gvas(w: Workload) -> list[int]:
+    return [GVA_BASE + i * PAGE for i in range(w.working_set)]
+
+
+def gpas(w: Workload) -> list[int]:
+    return [GPA_BASE + j * PAGE for j in range(w.guest_frames)]
+
+
+def placement(c: RunConfig) -> tuple[int, ...]:
+    return tuple(v % c.pcpus for v in range(c.vcpus))
+
+
+class Schedule:
+    """Generates the events of one run (an iterator: `events()`)."""
+
+    def __init__(self, w: Workload, c: RunConfig) -> None:
+        self.w = w
+        self.c = c
+        self.rng = random.Random(w.seed)
+        self.pages = gvas(w)
+        # Page popularity: the i-th page of the working set has weight 1 / (i + 1) ** locality.
+        weights = [1.0 / (i + 1) ** w.locality for i in range(len(self.pages))]
+        self.cum_weights = list(itertools.accumulate(weights))
+        frames = gpas(w)
+        self.mapping = frames[: w.working_set]  # page i -> its guest frame
+        self.free = frames[w.working_set :]
+        place = placement(c)
+        self.last = list(place)  # the pCPU each vCPU last ran on
+        self.running = [-1] * c.pcpus  # pCPU -> vCPU
+        self.waiting: list[tuple[float, int, int]] = []  # (wake slot, order, vCPU), a heap
+        self._order = 0
+        for v in range(c.vcpus):
+            if self.running[place[v]] < 0:
+                self.running[place[v]] = v
+            else:
+                self._wait(v, 0.0)
+        rates = w.rates.as_dict()
+        self.kinds = [k for k in RATE_KEYS if rates[k] > 0]
+        self.weights = [rates[k] for k in self.kinds]
+        self.rate = sum(self.weights) / 1000.0  # events per slot
+        self.t = 0.0
+        self.done = 0
+
+    def _wait(self, v: int, wake: float) -> None:
+        heapq.heappush(self.waiting, (wake, self._order, v))
+        self._order += 1
+
+    def _gap(self) -> float:
+        if self.rate <= 0:
+            return math.inf
+        return float(max(1, math.ceil(self.rng.expovariate(self.rate))))
+
+    def initial(self) -> list[int]:
+        """pCPU -> the vCPU loaded there at boot (-1: none)."""
+        return list(self.running)
+
+    # -- the run ------------------------------------------------------------------------------
+    def events(self) -> Iterator[Event]:
+        w = self.w
+        rng = self.rng
+        next_event = self.t + self._gap()
+        while self.done < w.accesses:
+            yield from self._dispatch()
+            running = [v for v in self.running if v >= 0]
+            wake = min((x[0] for x in self.waiting if x[0] > self.t), default=math.inf)
+            horizon = min(next_event, wake)
+            if running:
+                n = min(horizon - self.t, w.accesses - self.done, BATCH)
+                n = int(n) if n != math.inf else min(w.accesses - self.done, BATCH)
+                if n > 0:
+                    yield Accesses(self._accesses(running, n))
+                    self.t += n
+                    self.done += n
+            else:
+                self.t = horizon
+            if self.t >= next_event and self.done < w.accesses:
+                kind = rng.choices(self.kinds, self.weights)[0]
+                yield from self._event(kind)
+                next_event = self.t + self._gap()
+
+    def _accesses(self, running: list[int], n: int) -> list[tuple[int, int, bool]]:
+        rng = self.rng
+        wf = self.w.write_fraction
+        vs = rng.choices(running, k=n)
+        pages = rng.choices(self.pages, cum_weights=self.cum_weights, k=n)
+        rand = rng.random
+        return [(v, p, rand() < wf) for v, p in zip(vs, pages, strict=True)]
+
+    def _dispatch(self) -> Iterator[Event]:
+        """Idle pCPUs take the ready waiting vCPUs that last ran there."""
+        for p, occupant in enumerate(self.running):
+            if occupant >= 0:
+                continue
+            ready = [x for x in self.waiting if x[0] <= self.t and self.last[x[2]] == p]
+            if not ready:
+                continue
+            pick = min(ready)
+            self.waiting.remove(pick)
+            heapq.heapify(self.waiting)
+            v = pick[2]
+            yield from self._load(v, p)
+
+    def _load(self, v: int, p: int) -> Iterator[Event]:
+        migrated = self.last[v] != p
+        self.running[p] = v
+        self.last[v] = p
+        yield Load(v, p, migrated)
+
+    def _event(self, kind: str) -> Iterator[Event]:
+        rng = self.rng
+        running = [v for v in self.running if v >= 0]
+        if kind in ("zap", "remap"):
+            gpa = self.mapping[rng.randrange(len(self.mapping))]
+            yield Zap(gpa) if kind == "zap" else Remap(gpa)
+            return
+        if not running:
+            return
+        v = rng.choice(running)
+        if kind == "pte_change":
+            i = rng.randrange(len(self.pages))
+            j = rng.randrange(len(self.free))
+            self.free[j], self.free[-1] = self.free[-1], self.free[j]
+            gpa = self.free.pop()
+            self.free.append(self.mapping[i])
+            self.mapping[i] = gpa
+            yield PteChange(v, self.pages[i], gpa)
+        elif kind == "mm_flush":
+            yield Shootdown(v, FLUSH_MM)
+        elif kind == "full_flush":
+            yield Shootdown(v, FLUSH_ALL)
+        elif kind == "preempt":
+            p = self.running.index(v)
+            self.running[p] = -1
+            self._wait(v, self.t + max(1.0, math.ceil(rng.expovariate(1.0 / self.w.preempted_for))))
+            yield Preempt(v)
+            yield from self._dispatch()
+        elif kind == "migrate":
+            p = self.running.index(v)
+            q = rng.choice([x for x in range(len(self.running)) if x != p])
+            u = self.running[q]
+            yield Preempt(v)
+            self.running[p] = -1
+            if u >= 0:
+                yield Preempt(u)
+                self.running[q] = -1
+            yield from self._load(v, q)
+            if u >= 0:
+                yield from self._load(u, p)
+            else:
+                yield from self._dispatch()
+
+
+__all__ = [
+    "Accesses",
+    "Event",
+    "Load",
+    "Preempt",
+    "PteChange",
+    "Remap",
+    "Schedule",
+    "Shootdown",
+    "Zap",
+    "gpas",
+    "gvas",
+    "placement",
+]

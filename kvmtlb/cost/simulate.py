@@ -1,0 +1,418 @@
+"""One cost run: a workload's configuration under one policy, on the concrete machine.
+
+Builds the VM (guest page tables mapping the working set, the EPT/NPT mapping every guest frame,
+both in a kvmtlb.hw layout), KVM's configuration and state as kvmtlb.model.system does for a
+scenario, boots it the same way (every vCPU created, the first vCPU of each pCPU loaded and run
+into the guest), zeroes the counters, then applies the schedule's events (schedule.py) through the
+policy's own methods (guest.py, host.py) and counts what the hardware does (machine.py).
+The result holds the counts, the cycle estimate of the cost table and the run's speed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from kvmtlb.cost import guest, host
+from kvmtlb.cost.costs import CostTable, by_category, default_costs, estimate
+from kvmtlb.cost.host import CostError
+from kvmtlb.cost.machine import CostMachine
+from kvmtlb.cost.memory import WorkloadMemory
+from kvmtlb.cost.schedule import (
+    Accesses,
+    Event,
+    Load,
+    Preempt,
+    PteChange,
+    Remap,
+    Schedule,
+    Shootdown,
+    Zap,
+    gpas,
+    gvas,
+    placement,
+)
+from kvmtlb.cost.step import CostStep
+from kvmtlb.cost.tlb import KIND_BY_NAME
+from kvmtlb.cost.validity import Validity
+from kvmtlb.cost.workload import RunConfig, Workload
+from kvmtlb.host.thread import HostThread
+from kvmtlb.hw.cpu import (
+    CR0_DEFAULT,
+    CR4_DEFAULT,
+    CR4_PAE,
+    CR4_PCIDE,
+    CR4_PGE,
+    VMX_ROOT,
+    Capabilities,
+    Cpu,
+    Regs,
+)
+from kvmtlb.hw.layout import FRESH_HPA_BASE, LayoutBuilder
+from kvmtlb.hw.machine import IntelArch
+from kvmtlb.hw.outcomes import EptMisconfig, EptViolation, NestedPageFault, PageFault
+from kvmtlb.hw.paging import E_ALL, E_R, E_W, G_W, make_ept, make_npt, make_pte
+from kvmtlb.hw.svm import AmdArch
+from kvmtlb.hw.universe import Universe
+from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu
+from kvmtlb.hw.vmx import (
+    CAP_EPT_2MB,
+    CAP_EPT_AD,
+    CAP_EPT_UC,
+    CAP_EPT_WALK_4,
+    CAP_EPT_WB,
+    CAP_INVEPT,
+    CAP_INVEPT_ALL,
+    CAP_INVEPT_SINGLE,
+    CAP_INVVPID,
+    CAP_INVVPID_ADDR,
+    CAP_INVVPID_ALL,
+    CAP_INVVPID_SINGLE,
+    CAP_INVVPID_SINGLE_GLOBALS,
+)
+from kvmtlb.hw.walk import NotPresent, Stage2Fault
+from kvmtlb.kvm.context import KvmConfig
+from kvmtlb.kvm.policy import KvmPolicy
+from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
+from kvmtlb.kvm.x86 import EXIT_TDP_FAULT
+
+CAP_BITS = {
+    "invvpid-addr": CAP_INVVPID_ADDR,
+    "invvpid-single": CAP_INVVPID_SINGLE,
+    "invvpid-all": CAP_INVVPID_ALL,
+    "invvpid-single-globals": CAP_INVVPID_SINGLE_GLOBALS,
+    "invept-single": CAP_INVEPT_SINGLE,
+    "invept-all": CAP_INVEPT_ALL,
+}
+CAP_BASE = CAP_EPT_WALK_4 | CAP_EPT_UC | CAP_EPT_WB | CAP_EPT_2MB | CAP_EPT_AD | CAP_INVEPT
+HPA_BASE = 0x1_0000_0000  # the host pages first backing the guest frames
+NR_VPIDS = 1 << 16  # VMX_NR_VPIDS
+MAX_STEPS = 64  # KVM steps a vCPU may take from host mode back into the guest
+
+
+@dataclass
+class Result:
+    """What one run measured."""
+
+    workload: str
+    file: str
+    config: RunConfig
+    policy: str
+    accesses: int
+    seed: int
+    counts: dict[str, int]
+    cycles: dict[str, int]  # per cost figure
+    categories: dict[str, int]  # cycles per plot category
+    seconds: float  # CPU time of the run after boot (time.process_time: one core)
+
+    @property
+    def total_cycles(self) -> int:
+        return sum(self.cycles.values())
+
+    @property
+    def rate(self) -> float:
+        """Simulated guest accesses per CPU-second."""
+        return self.accesses / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "file": self.file,
+            "config": self.config.label(),
+            "config_detail": self.config.as_dict(),
+            "policy": self.policy,
+            "accesses": self.accesses,
+            "seed": self.seed,
+            "counts": dict(sorted(self.counts.items())),
+            "cycles": dict(sorted(self.cycles.items())),
+            "cycles_by_category": self.categories,
+            "total_cycles": self.total_cycles,
+            "cpu_seconds": round(self.seconds, 3),
+            "accesses_per_second": round(self.rate),
+        }
+
+
+class Simulation:
+    """A VM of the workload's configuration under `policy`, booted and ready for events."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        config: RunConfig,
+        policy: KvmPolicy,
+        costs: CostTable | None = None,
+        *,
+        audit: bool = False,
+        trace: bool = False,
+    ) -> None:
+        self.workload = workload
+        self.config = config
+        self.policy = policy
+        self.costs = costs or default_costs()
+        self.placement = placement(config)
+        self.inbox: list[list[tuple[int, int]]] = [[] for _ in range(config.vcpus)]
+        vmx = config.vendor == "intel"
+        # -- memory: the guest's page tables and the EPT/NPT -----------------------------------
+        b = LayoutBuilder()
+        tdp_root = b.ept_root() if vmx else b.npt_root()
+        guest_root = b.guest_root([tdp_root])
+        frames = gpas(workload)
+        for gva, gpa in zip(gvas(workload), frames, strict=False):
+            b.map(guest_root, gva, make_pte(gpa))
+        leaf = make_ept if vmx else make_npt
+        for j, gpa in enumerate(frames):
+            b.map(tdp_root, gpa, leaf(HPA_BASE + j * 0x1000, E_ALL))
+        layout = b.build()
+        memory = WorkloadMemory(layout)
+        # -- KVM's configuration (as kvmtlb.model.system.build) ---------------------------------
+        caps: Capabilities | SvmCapabilities
+        if vmx:
+            cap = CAP_BASE
+            for name in config.ept_vpid_cap:
+                cap |= CAP_BITS[name]
+            if cap & (
+                CAP_INVVPID_ADDR | CAP_INVVPID_SINGLE | CAP_INVVPID_ALL | CAP_INVVPID_SINGLE_GLOBALS
+            ):
+                cap |= CAP_INVVPID
+            caps = Capabilities(cap)
+            # vmx.c:vmx_hardware_setup @ v6.18: VPID needs INVVPID single- or all-context.
+            enable_vpid = (
+                config.vpid
+                and bool(cap & CAP_INVVPID)
+                and bool(cap & (CAP_INVVPID_SINGLE | CAP_INVVPID_ALL))
+            )
+            arch: Any = IntelArch()
+        else:
+            caps = SvmCapabilities(flush_by_asid=config.flush_by_asid, nasid=config.max_asid + 1)
+            enable_vpid = False
+            arch = AmdArch()
+        guest_cr4 = CR4_PAE | (CR4_PGE if config.pge else 0) | (CR4_PCIDE if config.pcid else 0)
+        host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
+        kvm_config = KvmConfig(
+            vendor=config.vendor,
+            tdp=True,
+            enable_vpid=enable_vpid,
+            caps=caps,
+            unrestricted_guest=True,
+            nr_vpids=NR_VPIDS,
+            max_asid=config.max_asid,
+            pv_tlb_flush=config.pv_tlb_flush,
+            nvcpus=config.vcpus,
+            npcpus=config.pcpus,
+            layout=layout,
+            universe=Universe(layout, ()),  # the cost model keeps no MAY-sets
+            tdp_root=tdp_root,
+            guest_root=guest_root,
+            gpas=tuple(frames),
+            fresh_base=FRESH_HPA_BASE,
+            guest_cr4=guest_cr4,
+            host_regs=host_regs,
+            rights=tuple(E_ALL for _ in frames),
+            fresh_stride=max(16, (1 << 33) // len(frames)),
+        )
+        # -- the machine --------------------------------------------------------------------------
+        capacity = self.costs.capacities(config.vendor)
+        capacity.update(workload.capacity)
+        cpus: list[Any]
+        if vmx:
+            cpus = [Cpu(VMX_ROOT, host_regs) for _ in range(config.pcpus)]
+        else:
+            cpus = [SvmCpu(SVM_HOST, host_regs, None, host_regs) for _ in range(config.pcpus)]
+        self.cm = CostMachine(
+            memory,
+            cpus,
+            caps,
+            arch,
+            {KIND_BY_NAME[k]: v for k, v in capacity.items()},
+            Validity(memory, guest_root, tdp_root),
+            audit=audit,
+        )
+        self.n: Counter[str] = self.cm.n
+        self.k = CostStep.create(
+            kvm_config,
+            self.cm,
+            Kvm(
+                backing=tuple(HPA_BASE + j * 0x1000 for j in range(len(frames))),
+                fresh=tuple(0 for _ in frames),
+                dirty=tuple(True for _ in frames),
+            ),
+            [Vcpu(v, pc="vcpu_enter_guest", mode=OUTSIDE_GUEST_MODE) for v in range(config.vcpus)],
+            [Pcpu(p) for p in range(config.pcpus)],
+            [None] * config.vcpus,
+            HostThread(home=self.placement),
+            trace=trace,
+        )
+        self.tr_kind = "combined" if vmx else "asid"
+        self.schedule = Schedule(workload, config)
+        self._boot()
+
+    def _boot(self) -> None:
+        """As kvmtlb.model.system: create every vCPU; then every vCPU runs once on its pCPU (the
+        schedule's placement), the first vCPU of each pCPU last, so that the VM starts as one that
+        has been running: the first vCPU of each pCPU in the guest, the others preempted. The
+        counters start at zero after that."""
+        k, pol = self.k, self.policy
+        pol.hardware_enable(k)
+        for vcpu in k.vcpus:
+            pol.vcpu_create(k, vcpu)
+        for p, first in enumerate(self.schedule.initial()):
+            if first < 0:
+                continue
+            others = [v for v, q in enumerate(self.placement) if q == p and v != first]
+            for v in [*others, first]:
+                pol.vcpu_load(k, k.vcpus[v], p)
+                self.run_to_guest(v)
+                if v != first:
+                    host.schedule_out(self, v)
+        self.cm.reset_counts()
+
+    # -- KVM -------------------------------------------------------------------------------------
+    def run_to_guest(self, v: int) -> None:
+        """vCPU `v` runs KVM's steps (the policy's) until it is in guest mode, then handles the
+        IPIs the guest sent it meanwhile."""
+        k, pol = self.k, self.policy
+        vcpu = k.vcpus[v]
+        for _ in range(MAX_STEPS):
+            if vcpu.pc == "guest":
+                break
+            pol.step(k, vcpu)
+        else:
+            raise CostError(
+                f"{pol.name}: vcpu{v} does not reach guest mode after {MAX_STEPS} KVM steps "
+                f"(it is at {vcpu.pc!r})"
+            )
+        guest.take_ipis(self, v)
+
+    # -- events ----------------------------------------------------------------------------------
+    def apply(self, ev: Event) -> None:
+        if isinstance(ev, Accesses):
+            self.accesses(ev.items)
+        elif isinstance(ev, PteChange):
+            guest.write_pte(self, ev.gva, ev.gpa)
+            guest.shootdown(self, ev.vcpu, 0, ev.gva)
+        elif isinstance(ev, Shootdown):
+            guest.shootdown(self, ev.vcpu, ev.scope)
+        elif isinstance(ev, Preempt):
+            host.schedule_out(self, ev.vcpu)
+        elif isinstance(ev, Load):
+            host.schedule_in(self, ev.vcpu, ev.pcpu, ev.migrated)
+        elif isinstance(ev, Zap):
+            host.zap(self, ev.gpa)
+        elif isinstance(ev, Remap):
+            host.remap(self, ev.gpa)
+        else:  # pragma: no cover
+            raise AssertionError(ev)
+
+    def accesses(self, items: list[tuple[int, int, bool]]) -> None:
+        """Guest accesses (vCPU, linear page, write), each on the vCPU's pCPU. The common cases,
+        a TLB hit the entry's rights allow and a plain walk, are CostMachine.access inlined, with
+        each running vCPU's translation cache and probe key looked up once per batch."""
+        cm = self.cm
+        access = cm.access
+        miss = cm.walker.miss
+        vcpus = self.k.vcpus
+        fast: dict[int, tuple[Any, Any, int, int]] = {}  # vCPU -> (TLB kind cache, context, ...)
+        for v, gva, write in items:
+            f = fast.get(v)
+            if f is None:
+                p = vcpus[v].cpu
+                c = cm.context(p)
+                f = fast[v] = (c.tr, c, c.tr_base, p)
+            kc, c, base, p = f
+            if not cm.audit:
+                entries = kc.entries
+                key = base | gva
+                e: Any = entries.get(key)
+                if e is not None:
+                    entries.move_to_end(key)
+                    er = e.erights
+                    if er & E_R and (not write or (e.rights & G_W and er & E_W)):
+                        continue
+                elif not kc.n_global and not kc.large:
+                    e = miss(c, gva)  # the only usable key was probed: walk
+                    if type(e) is not NotPresent and type(e) is not Stage2Fault:
+                        er = e.erights
+                        if er & E_R and (not write or (e.rights & G_W and er & E_W)):
+                            continue
+                    else:  # the walk faulted
+                        o = cm.outcome(p, gva, write, e)
+                        if o is not None:
+                            self._fault(v, gva, write, o)
+                            fast.clear()
+                        continue
+            o = access(p, gva, write)
+            if o is not None:
+                self._fault(v, gva, write, o)
+                fast.clear()  # the fault's exit and re-entry changed the contexts
+        n = self.n
+        n["accesses"] += len(items)
+        n["accesses.writes"] += sum(w for _, _, w in items)
+        n[f"tlb.lookups.{self.tr_kind}"] += len(items)
+
+    def _fault(self, v: int, gva: int, write: bool, o: Any) -> None:
+        """An access faulted: an EPT violation / #NPF exits to the policy's fault handler and is
+        retried after re-entry; a #PF is the guest's (the access completes as faulted)."""
+        k = self.k
+        for _ in range(8):
+            vcpu = k.vcpus[v]
+            p = vcpu.cpu
+            if isinstance(o, PageFault):
+                k.fault(p, o, "page-fault")
+                self.n["guest.page-faults"] += 1
+                return
+            if isinstance(o, EptViolation | NestedPageFault | EptMisconfig):
+                name = "npf" if isinstance(o, NestedPageFault) else "ept-violation"
+                k.fault(p, o, name)
+                self.policy.vcpu_exit(k, vcpu, EXIT_TDP_FAULT, (o.gpa, int(write)))
+                self.n["kvm.tdp-faults"] += 1
+                self.run_to_guest(v)
+            o = self.cm.access(k.vcpus[v].cpu, gva, write)
+            if o is None:
+                return
+        raise CostError(f"the access of {gva:#x} by vcpu{v} keeps faulting ({o.describe()})")
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> Result:
+        t0 = time.process_time()
+        for ev in self.schedule.events():
+            self.apply(ev)
+        seconds = time.process_time() - t0
+        return self.result(seconds)
+
+    def result(self, seconds: float) -> Result:
+        counts = dict(self.cm.counts())
+        counts["walk.refs"] = counts.get("walk.refs.guest", 0) + counts.get("walk.refs.stage2", 0)
+        for total in ("removed.valid", "removed.stale", "abandoned.valid", "abandoned.stale"):
+            counts[total] = sum(v for k, v in counts.items() if k.startswith(f"{total}."))
+        counts["overflush"] = counts["removed.valid"] + counts["abandoned.valid"]
+        vendor = self.config.vendor
+        cycles = estimate(self.costs, vendor, counts)
+        return Result(
+            self.workload.name,
+            self.workload.path,
+            self.config,
+            self.policy.name,
+            counts.get("accesses", 0),
+            self.workload.seed,
+            counts,
+            cycles,
+            by_category(self.costs, vendor, cycles),
+            seconds,
+        )
+
+
+def run(
+    workload: Workload,
+    config: RunConfig,
+    policy: KvmPolicy,
+    costs: CostTable | None = None,
+    *,
+    audit: bool = False,
+) -> Result:
+    """Build, boot and run one configuration of `workload` under `policy`."""
+    return Simulation(workload, config, policy, costs, audit=audit).run()
+
+
+__all__ = ["CostError", "Result", "Simulation", "run"]

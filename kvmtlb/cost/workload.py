@@ -1,0 +1,511 @@
+"""Workload files: what a cost run simulates, as TOML data, parsed and validated.
+
+A workload names the configurations to run (vendor, VPID or FlushByAsid, PCID, the PV TLB flush;
+a list gives one run per value), the VM's shape (vCPUs, pCPUs), the guest's working set, the rates
+of the events a seeded random schedule draws (guest page-table changes with their shootdowns,
+full flushes, preemptions, migrations, host zaps and remaps), the length in guest accesses and the
+seed. docs/cost-model.md documents every key; kvmtlb/cost/workloads/ holds the built-in ones.
+
+Every input error raises `WorkloadError` naming the file, the line and the fix; the CLI turns it
+into exit code 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kvmtlb.cost.tlb import KIND_BY_NAME
+
+BUILTIN = Path(__file__).parent / "workloads"
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+CAP_NAMES = (
+    "invvpid-addr",
+    "invvpid-single",
+    "invvpid-all",
+    "invvpid-single-globals",
+    "invept-single",
+    "invept-all",
+)
+RATE_KEYS = ("pte_change", "mm_flush", "full_flush", "preempt", "migrate", "zap", "remap")
+GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
+GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
+MAX_FRAMES = 1 << 18  # guest frames (1 GiB of guest RAM): keeps the layout quick to build
+
+
+class WorkloadError(Exception):
+    """An input error in a workload file: the file, the line (0 if unknown) and the fix."""
+
+    def __init__(self, path: str, line: int, message: str, fix: str) -> None:
+        self.path = path
+        self.line = line
+        self.message = message
+        self.fix = fix
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}\n  fix: {fix}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One configuration of a workload: what KVM and the guest are set up with."""
+
+    vendor: str
+    vpid: bool = True
+    flush_by_asid: bool = True
+    pcid: bool = False
+    pge: bool = True
+    pv_tlb_flush: bool = True
+    vcpus: int = 2
+    pcpus: int = 2
+    max_asid: int = 32767
+    ept_vpid_cap: tuple[str, ...] = CAP_NAMES
+
+    def label(self) -> str:
+        parts = [self.vendor]
+        if self.vendor == "intel":
+            parts.append("vpid" if self.vpid else "novpid")
+        else:
+            parts.append("flushbyasid" if self.flush_by_asid else "noflushbyasid")
+        parts.append("pcid" if self.pcid else "nopcid")
+        parts.append("pv" if self.pv_tlb_flush else "nopv")
+        return "/".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "vendor": self.vendor,
+            "pcid": self.pcid,
+            "pge": self.pge,
+            "pv_tlb_flush": self.pv_tlb_flush,
+            "vcpus": self.vcpus,
+            "pcpus": self.pcpus,
+        }
+        if self.vendor == "intel":
+            d.update(vpid=self.vpid, ept_vpid_cap=list(self.ept_vpid_cap))
+        else:
+            d.update(flush_by_asid=self.flush_by_asid, max_asid=self.max_asid)
+        return d
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Events per 1,000 guest accesses (of the whole VM)."""
+
+    pte_change: float = 0.0  # a guest PTE changes; flush_tlb of that page on every vCPU
+    mm_flush: float = 0.0  # flush_tlb of the whole mm (MOV CR3 on every vCPU)
+    full_flush: float = 0.0  # flush_tlb_all (CR4.PGE toggle or INVPCID all on every vCPU)
+    preempt: float = 0.0  # the host preempts a running vCPU
+    migrate: float = 0.0  # the host moves a running vCPU to another pCPU
+    zap: float = 0.0  # an MMU-notifier zap of a guest frame in use
+    remap: float = 0.0  # page migration of a guest frame in use to another host page
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in RATE_KEYS}
+
+
+@dataclass(frozen=True)
+class Workload:
+    path: str
+    name: str
+    doc: str
+    configs: tuple[RunConfig, ...]
+    accesses: int
+    seed: int
+    working_set: int
+    guest_frames: int
+    write_fraction: float
+    preempted_for: float
+    rates: Rates
+    locality: float = 0.0  # Zipf exponent of the page popularity (0: uniform)
+    capacity: dict[str, int] = field(default_factory=dict)  # overrides of costs.toml
+
+    def with_overrides(self, accesses: int | None = None, seed: int | None = None) -> Workload:
+        return replace(
+            self,
+            accesses=self.accesses if accesses is None else accesses,
+            seed=self.seed if seed is None else seed,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accesses": self.accesses,
+            "seed": self.seed,
+            "working_set": self.working_set,
+            "guest_frames": self.guest_frames,
+            "write_fraction": self.write_fraction,
+            "locality": self.locality,
+            "preempted_for": self.preempted_for,
+            "rates": self.rates.as_dict(),
+            "tlb": dict(self.capacity),
+        }
+
+
+# -- loading --------------------------------------------------------------------------------------
+def builtin_workloads() -> list[Path]:
+    return sorted(BUILTIN.glob("*.toml"))
+
+
+def resolve(arg: str) -> Workload:
+    """A workload by file path or built-in name."""
+    p = Path(arg)
+    if p.suffix == ".toml" or p.exists():
+        return load(p)
+    for b in builtin_workloads():
+        if b.stem == arg:
+            return load(b)
+    names = ", ".join(b.stem for b in builtin_workloads())
+    raise WorkloadError(
+        arg,
+        0,
+        "no such workload file or built-in workload",
+        f"give a .toml path or one of: {names}",
+    )
+
+
+def load(path: str | Path) -> Workload:
+    p = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise WorkloadError(
+            p, 0, f"cannot read the file ({e.strerror})", "give the path of a workload .toml file"
+        ) from None
+    return parse(text, p)
+
+
+def parse(text: str, path: str = "<workload>") -> Workload:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise WorkloadError(
+            path,
+            int(m.group(1)) if m else 0,
+            f"not valid TOML: {e}",
+            "fix the TOML syntax (see docs/cost-model.md for the format)",
+        ) from None
+    return _Parser(path, text, data).workload()
+
+
+class _Lines:
+    """Finds the line a key stands on, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def section(self, name: str) -> int:
+        for i, line in enumerate(self.lines):
+            if line.strip().startswith(f"[{name}]"):
+                return i + 1
+        return 0
+
+    def key(self, section: str | None, key: str) -> int:
+        start = self.section(section) if section else 0
+        if section and not start:
+            return 0
+        pat = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=')
+        for i in range(start, len(self.lines)):
+            line = self.lines[i]
+            if re.match(r"^\s*\[[A-Za-z_]", line):
+                break
+            if pat.match(line):
+                return i + 1
+        return start
+
+
+def _kind(value: Any, want: type) -> bool:
+    if want is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, want)
+
+
+class _Parser:
+    def __init__(self, path: str, text: str, data: dict[str, Any]) -> None:
+        self.path = path
+        self.lines = _Lines(text)
+        self.data = data
+
+    def err(self, line: int, message: str, fix: str) -> WorkloadError:
+        return WorkloadError(self.path, line, message, fix)
+
+    def table(self, name: str, required: bool = False) -> dict[str, Any]:
+        if name not in self.data:
+            if required:
+                raise self.err(0, f"missing [{name}]", f"add a [{name}] table (docs/cost-model.md)")
+            return {}
+        t = self.data[name]
+        if not isinstance(t, dict):
+            raise self.err(
+                self.lines.key(None, name), f"{name} must be a table", f"write it as [{name}]"
+            )
+        return t
+
+    def check_keys(self, section: str, t: dict[str, Any], kinds: dict[str, type]) -> None:
+        for key, value in t.items():
+            line = self.lines.key(section, key)
+            if key not in kinds:
+                raise self.err(
+                    line,
+                    f"unknown key {key!r} in [{section}]",
+                    f"use one of: {', '.join(kinds)}",
+                )
+            want = kinds[key]
+            if not _kind(value, want):
+                name = {float: "number", int: "integer", bool: "boolean", str: "string"}.get(
+                    want, want.__name__
+                )
+                raise self.err(line, f"{section}.{key} must be a {name}", f"give {key} a {name}")
+
+    def workload(self) -> Workload:
+        allowed = ("name", "doc", "config", "workload", "rates", "tlb")
+        for key in self.data:
+            if key not in allowed:
+                raise self.err(
+                    self.lines.key(None, key) or self.lines.section(key),
+                    f"unknown top-level key or table {key!r}",
+                    f"use only {', '.join(allowed)}",
+                )
+        name = self.data.get("name")
+        if not isinstance(name, str) or not NAME.match(name):
+            raise self.err(
+                self.lines.key(None, "name"),
+                f"bad or missing name {name!r}",
+                'add name = "my-workload" (lowercase letters, digits, dashes)',
+            )
+        doc = self.data.get("doc", "")
+        if not isinstance(doc, str):
+            raise self.err(self.lines.key(None, "doc"), "doc must be a string", 'doc = "..."')
+        configs = self.configs()
+        w = self.table("workload", required=True)
+        self.check_keys(
+            "workload",
+            w,
+            {
+                "accesses": int,
+                "seed": int,
+                "working_set": int,
+                "guest_frames": int,
+                "write_fraction": float,
+                "locality": float,
+                "preempted_for": float,
+            },
+        )
+        for key in ("accesses", "working_set"):
+            if key not in w:
+                raise self.err(
+                    self.lines.section("workload"),
+                    f"[workload] needs {key}",
+                    f"add {key} = N to [workload]",
+                )
+        accesses = self.bounded("workload", w, "accesses", 1, 10**9)
+        working_set = self.bounded("workload", w, "working_set", 1, MAX_FRAMES)
+        frames = self.bounded("workload", w, "guest_frames", 1, MAX_FRAMES, 2 * working_set)
+        if frames < working_set:
+            raise self.err(
+                self.lines.key("workload", "guest_frames"),
+                f"guest_frames ({frames}) is smaller than working_set ({working_set})",
+                "give at least one guest frame per page of the working set",
+            )
+        seed = w.get("seed", 1)
+        write_fraction = float(w.get("write_fraction", 0.25))
+        if not 0.0 <= write_fraction <= 1.0:
+            raise self.err(
+                self.lines.key("workload", "write_fraction"),
+                f"write_fraction {write_fraction} is not a fraction",
+                "use a number from 0 to 1",
+            )
+        locality = float(w.get("locality", 0.0))
+        if not 0.0 <= locality <= 4.0:
+            raise self.err(
+                self.lines.key("workload", "locality"),
+                f"locality {locality} is out of range",
+                "use 0 (every page equally likely) to 4 (a few pages take almost every access)",
+            )
+        preempted_for = float(w.get("preempted_for", 1000))
+        if preempted_for < 1:
+            raise self.err(
+                self.lines.key("workload", "preempted_for"),
+                "preempted_for must be at least 1 (guest accesses)",
+                "set preempted_for = 1000 or more",
+            )
+        rates = self.rates(configs)
+        if rates.pte_change and frames <= working_set:
+            raise self.err(
+                self.lines.key("rates", "pte_change"),
+                "pte_change moves pages to free guest frames, and there are none",
+                f"set guest_frames above working_set ({working_set}) in [workload]",
+            )
+        return Workload(
+            self.path,
+            name,
+            doc,
+            configs,
+            accesses,
+            seed,
+            working_set,
+            frames,
+            write_fraction,
+            preempted_for,
+            rates,
+            locality,
+            self.capacity(),
+        )
+
+    def bounded(
+        self, section: str, t: dict[str, Any], key: str, low: int, high: int, default: int = 0
+    ) -> int:
+        value: int = t.get(key, default)
+        if not low <= value <= high:
+            raise self.err(
+                self.lines.key(section, key),
+                f"{key} = {value} is out of range",
+                f"use {low} <= {key} <= {high}",
+            )
+        return value
+
+    # -- [config] -------------------------------------------------------------------------------
+    def configs(self) -> tuple[RunConfig, ...]:
+        t = self.table("config", required=True)
+        listable = {"vendor": str, "vpid": bool, "flush_by_asid": bool, "pcid": bool}
+        listable["pv_tlb_flush"] = bool
+        scalar = {"pge": bool, "vcpus": int, "pcpus": int, "max_asid": int, "ept_vpid_cap": list}
+        values: dict[str, list[Any]] = {}
+        for key, value in t.items():
+            line = self.lines.key("config", key)
+            if key in listable:
+                items = value if isinstance(value, list) else [value]
+                if not items or not all(_kind(v, listable[key]) for v in items):
+                    kind = "boolean" if listable[key] is bool else "string"
+                    raise self.err(
+                        line,
+                        f"config {key} must be a {kind} or a list of them",
+                        f"write {key} = {'true' if kind == 'boolean' else repr('intel')} "
+                        f"or {key} = [...] (one run per value)",
+                    )
+                values[key] = list(dict.fromkeys(items))
+            elif key in scalar:
+                if not _kind(value, scalar[key]):
+                    kind = {bool: "boolean", int: "integer", list: "list"}[scalar[key]]
+                    raise self.err(line, f"config {key} must be a {kind}", f"give {key} a {kind}")
+            else:
+                raise self.err(
+                    line,
+                    f"unknown config key {key!r}",
+                    f"use one of: {', '.join([*listable, *scalar])}",
+                )
+        vendors = values.get("vendor")
+        if not vendors:
+            raise self.err(
+                self.lines.section("config"),
+                "[config] needs vendor",
+                'add vendor = "intel", vendor = "amd" or vendor = ["intel", "amd"]',
+            )
+        for v in vendors:
+            if v not in ("intel", "amd"):
+                raise self.err(
+                    self.lines.key("config", "vendor"),
+                    f'vendor must be "intel" or "amd", not {v!r}',
+                    'use vendor = "intel", "amd" or ["intel", "amd"]',
+                )
+        vcpus = self.bounded("config", t, "vcpus", 1, 64, 2)
+        pcpus = self.bounded("config", t, "pcpus", 1, 64, 2)
+        max_asid = self.bounded("config", t, "max_asid", 1, 1 << 20, 32767)
+        caps = tuple(t.get("ept_vpid_cap", CAP_NAMES))
+        for c in caps:
+            if c not in CAP_NAMES:
+                raise self.err(
+                    self.lines.key("config", "ept_vpid_cap"),
+                    f"unknown capability {c!r}",
+                    f"use names from {list(CAP_NAMES)}",
+                )
+        if "invept-all" not in caps:
+            raise self.err(
+                self.lines.key("config", "ept_vpid_cap"),
+                "KVM disables EPT without all-context INVEPT (vmx_hardware_setup), and shadow "
+                "paging is not modelled",
+                'keep "invept-all" in ept_vpid_cap',
+            )
+        out: list[RunConfig] = []
+        for vendor, pcid, pv in itertools.product(
+            vendors, values.get("pcid", [False]), values.get("pv_tlb_flush", [True])
+        ):
+            flags = (
+                values.get("vpid", [True])
+                if vendor == "intel"
+                else values.get("flush_by_asid", [True])
+            )
+            for flag in flags:
+                base = RunConfig(
+                    vendor,
+                    pcid=pcid,
+                    pge=t.get("pge", True),
+                    pv_tlb_flush=pv,
+                    vcpus=vcpus,
+                    pcpus=pcpus,
+                    max_asid=max_asid,
+                    ept_vpid_cap=caps,
+                )
+                out.append(
+                    replace(base, vpid=flag)
+                    if vendor == "intel"
+                    else replace(base, flush_by_asid=flag)
+                )
+        return tuple(out)
+
+    # -- [rates] --------------------------------------------------------------------------------
+    def rates(self, configs: tuple[RunConfig, ...]) -> Rates:
+        t = self.table("rates")
+        self.check_keys("rates", t, dict.fromkeys(RATE_KEYS, float))
+        for key, value in t.items():
+            if value < 0 or value > 1000:
+                raise self.err(
+                    self.lines.key("rates", key),
+                    f"rate {key} = {value} is out of range",
+                    "give events per 1,000 guest accesses, from 0 to 1000",
+                )
+        if t.get("migrate", 0) and min(c.pcpus for c in configs) < 2:
+            raise self.err(
+                self.lines.key("rates", "migrate"),
+                "migrate needs at least two pCPUs",
+                "set pcpus = 2 or more, or migrate = 0",
+            )
+        if sum(float(v) for v in t.values()) > 1000:
+            raise self.err(
+                self.lines.section("rates"),
+                "the rates add up to more than one event per guest access",
+                "keep the sum of the rates at or below 1000 (per 1,000 accesses)",
+            )
+        return Rates(**{k: float(v) for k, v in t.items()})
+
+    # -- [tlb] ----------------------------------------------------------------------------------
+    def capacity(self) -> dict[str, int]:
+        t = self.table("tlb")
+        self.check_keys("tlb", t, dict.fromkeys(KIND_BY_NAME, int))
+        for key, value in t.items():
+            if value < 1:
+                raise self.err(
+                    self.lines.key("tlb", key),
+                    f"TLB capacity {key} = {value} must be at least 1",
+                    f"give {key} a positive number of entries",
+                )
+        return dict(t)
+
+
+__all__ = [
+    "GPA_BASE",
+    "GVA_BASE",
+    "RATE_KEYS",
+    "Rates",
+    "RunConfig",
+    "Workload",
+    "WorkloadError",
+    "builtin_workloads",
+    "load",
+    "parse",
+    "resolve",
+]
