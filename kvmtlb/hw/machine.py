@@ -132,6 +132,7 @@ class MachineConfig:
         caps: Capabilities | SvmCapabilities,
         readings: Readings = DEFAULT_READINGS,
         arch: Arch | None = None,
+        memo_steps: bool = False,
     ) -> None:
         self.universe = universe
         self.caps = caps
@@ -139,7 +140,11 @@ class MachineConfig:
         self.arch: Arch = arch if arch is not None else IntelArch()
         self._effects: dict[tuple[Any, Any], Effect] = {}
         self._contexts: dict[Any, ContextInfo] = {}
-        self._steps: dict[tuple[Any, int, Any], Step] = {}  # (machine, cpu, event): the result
+        # (machine, cpu, event) -> the result. Worth it where whole machine states recur, as in
+        # the explorer (many worlds share a machine and differ in KVM's state); on a random
+        # stream of events it only costs, so it is off unless asked for.
+        self.memo_steps = memo_steps
+        self._steps: dict[tuple[Any, int, Any], Step] = {}
 
     def effect(self, cpu: Any, event: Event) -> Effect:
         key = (cpu[:-1], event)
@@ -214,6 +219,8 @@ class Machine:
         cpu = self._check_cpu(i)
         if getattr(cpu, "smm", False) and not isinstance(event, Rsm):
             raise ModelError(f"processor {i} is in SMM; only RSM is modelled there")
+        if not self.config.memo_steps:
+            return self._apply(i, cpu, self.config.effect(cpu, event))
         memo = self.config._steps
         key = (self, i, event)
         st = memo.get(key)

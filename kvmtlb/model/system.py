@@ -224,14 +224,14 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         rights=rights,
         **kvm_config_base,  # type: ignore[arg-type]
     )
-    mconfig = MachineConfig(universe, caps, readings, arch)
+    mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
     memory = layout.initial_memory()
     if vmx:
         pcpus: list[object] = [Cpu(VMX_ROOT, host_regs) for _ in range(cfg.pcpus)]
     else:
         pcpus = [SvmCpu(SVM_HOST, host_regs, None, host_regs) for _ in range(cfg.pcpus)]
     machine = Machine.boot(mconfig, memory, pcpus)
-    native_config = MachineConfig(native_universe, Capabilities(CAP_ALL), readings)
+    native_config = MachineConfig(native_universe, Capabilities(CAP_ALL), readings, memo_steps=True)
     guest_regs = Regs(CR0_DEFAULT, guest_root, guest_cr4)
     native = Machine.boot(
         native_config, memory, [NativeCpu(regs=guest_regs) for _ in range(cfg.vcpus)]
