@@ -58,19 +58,10 @@ from kvmtlb.hw.svm import AmdArch
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu
 from kvmtlb.hw.vmx import (
-    CAP_EPT_2MB,
-    CAP_EPT_AD,
-    CAP_EPT_UC,
-    CAP_EPT_WALK_4,
-    CAP_EPT_WB,
-    CAP_INVEPT,
-    CAP_INVEPT_ALL,
-    CAP_INVEPT_SINGLE,
     CAP_INVVPID,
-    CAP_INVVPID_ADDR,
     CAP_INVVPID_ALL,
     CAP_INVVPID_SINGLE,
-    CAP_INVVPID_SINGLE_GLOBALS,
+    ept_vpid_cap,
 )
 from kvmtlb.hw.walk import NotPresent, Stage2Fault
 from kvmtlb.kvm.context import KvmConfig
@@ -78,15 +69,6 @@ from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.kvm.x86 import EXIT_TDP_FAULT
 
-CAP_BITS = {
-    "invvpid-addr": CAP_INVVPID_ADDR,
-    "invvpid-single": CAP_INVVPID_SINGLE,
-    "invvpid-all": CAP_INVVPID_ALL,
-    "invvpid-single-globals": CAP_INVVPID_SINGLE_GLOBALS,
-    "invept-single": CAP_INVEPT_SINGLE,
-    "invept-all": CAP_INVEPT_ALL,
-}
-CAP_BASE = CAP_EPT_WALK_4 | CAP_EPT_UC | CAP_EPT_WB | CAP_EPT_2MB | CAP_EPT_AD | CAP_INVEPT
 HPA_BASE = 0x1_0000_0000  # the host pages first backing the guest frames
 NR_VPIDS = 1 << 16  # VMX_NR_VPIDS
 MAX_STEPS = 64  # KVM steps a vCPU may take from host mode back into the guest
@@ -169,13 +151,7 @@ class Simulation:
         # -- KVM's configuration (as kvmtlb.model.system.build) ---------------------------------
         caps: Capabilities | SvmCapabilities
         if vmx:
-            cap = CAP_BASE
-            for name in config.ept_vpid_cap:
-                cap |= CAP_BITS[name]
-            if cap & (
-                CAP_INVVPID_ADDR | CAP_INVVPID_SINGLE | CAP_INVVPID_ALL | CAP_INVVPID_SINGLE_GLOBALS
-            ):
-                cap |= CAP_INVVPID
+            cap = ept_vpid_cap(config.ept_vpid_cap)
             caps = Capabilities(cap)
             # vmx.c:vmx_hardware_setup @ v6.18: VPID needs INVVPID single- or all-context.
             enable_vpid = (

@@ -20,17 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from kvmtlb.cost.tlb import KIND_BY_NAME
+from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
 
 BUILTIN = Path(__file__).parent / "workloads"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-CAP_NAMES = (
-    "invvpid-addr",
-    "invvpid-single",
-    "invvpid-all",
-    "invvpid-single-globals",
-    "invept-single",
-    "invept-all",
-)
+CAP_NAMES = INVALIDATION_CAP_NAMES
 RATE_KEYS = ("pte_change", "mm_flush", "full_flush", "preempt", "migrate", "zap", "remap")
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool

@@ -90,6 +90,30 @@ CAP_ALL = (
     | CAP_INVVPID_SINGLE_GLOBALS
 )
 
+# The INVVPID/INVEPT types a scenario or workload may leave out (`ept_vpid_cap`), by name.
+INVALIDATION_CAPS = {
+    "invvpid-addr": CAP_INVVPID_ADDR,
+    "invvpid-single": CAP_INVVPID_SINGLE,
+    "invvpid-all": CAP_INVVPID_ALL,
+    "invvpid-single-globals": CAP_INVVPID_SINGLE_GLOBALS,
+    "invept-single": CAP_INVEPT_SINGLE,
+    "invept-all": CAP_INVEPT_ALL,
+}
+INVALIDATION_CAP_NAMES = tuple(INVALIDATION_CAPS)
+
+
+def ept_vpid_cap(names: tuple[str, ...] | list[str]) -> int:
+    """IA32_VMX_EPT_VPID_CAP with the named INVVPID/INVEPT types and every other feature the
+    model needs (4-level walk, WB, 2 MB pages, A/D, INVEPT); bit 32 (INVVPID supported) is set
+    when any INVVPID type is."""
+    cap = CAP_EPT_WALK_4 | CAP_EPT_UC | CAP_EPT_WB | CAP_EPT_2MB | CAP_EPT_AD | CAP_INVEPT
+    for name in names:
+        cap |= INVALIDATION_CAPS[name]
+    if cap & (CAP_INVVPID_ADDR | CAP_INVVPID_SINGLE | CAP_INVVPID_ALL | CAP_INVVPID_SINGLE_GLOBALS):
+        cap |= CAP_INVVPID
+    return cap
+
+
 INVEPT_SINGLE = 1
 INVEPT_ALL = 2
 INVVPID_ADDR = 0

@@ -40,17 +40,11 @@ from kvmtlb.host.ops import (
     WrprotectOp,
     ZapOp,
 )
+from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
 
 LIMIT = 1 << 32
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-CAP_NAMES = (
-    "invvpid-addr",
-    "invvpid-single",
-    "invvpid-all",
-    "invvpid-single-globals",
-    "invept-single",
-    "invept-all",
-)
+CAP_NAMES = INVALIDATION_CAP_NAMES
 PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
 
 

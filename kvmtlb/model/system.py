@@ -43,19 +43,11 @@ from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu
 from kvmtlb.hw.vmx import (
     CAP_ALL,
-    CAP_EPT_2MB,
-    CAP_EPT_AD,
-    CAP_EPT_UC,
-    CAP_EPT_WALK_4,
-    CAP_EPT_WB,
-    CAP_INVEPT,
     CAP_INVEPT_ALL,
-    CAP_INVEPT_SINGLE,
     CAP_INVVPID,
-    CAP_INVVPID_ADDR,
     CAP_INVVPID_ALL,
     CAP_INVVPID_SINGLE,
-    CAP_INVVPID_SINGLE_GLOBALS,
+    ept_vpid_cap,
 )
 from kvmtlb.hw.walk import WalkContext
 from kvmtlb.kvm.context import KvmConfig, Step, Thawed, World
@@ -63,15 +55,6 @@ from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.model.scenario import Scenario, ScenarioError
 
-CAP_BITS = {
-    "invvpid-addr": CAP_INVVPID_ADDR,
-    "invvpid-single": CAP_INVVPID_SINGLE,
-    "invvpid-all": CAP_INVVPID_ALL,
-    "invvpid-single-globals": CAP_INVVPID_SINGLE_GLOBALS,
-    "invept-single": CAP_INVEPT_SINGLE,
-    "invept-all": CAP_INVEPT_ALL,
-}
-CAP_BASE = CAP_EPT_WALK_4 | CAP_EPT_UC | CAP_EPT_WB | CAP_EPT_2MB | CAP_EPT_AD | CAP_INVEPT
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
 
 
@@ -175,13 +158,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     native_universe = Universe(layout, native_contexts(guest_root, tuple(pcids)))
     # -- configuration ---------------------------------------------------------------------------
     if vmx:
-        cap = CAP_BASE
-        for name in cfg.ept_vpid_cap:
-            cap |= CAP_BITS[name]
-        if cap & (
-            CAP_INVVPID_ADDR | CAP_INVVPID_SINGLE | CAP_INVVPID_ALL | CAP_INVVPID_SINGLE_GLOBALS
-        ):
-            cap |= CAP_INVVPID
+        cap = ept_vpid_cap(cfg.ept_vpid_cap)
         if not cap & CAP_INVEPT_ALL:
             raise ScenarioError(
                 scenario.path,
