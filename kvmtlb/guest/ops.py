@@ -56,7 +56,7 @@ class MovCr3Op(NamedTuple):
 
 
 class SetCr4Op(NamedTuple):
-    bit: str  # "pge" | "pcide"
+    bit: str  # "pge" | "pcide" | "smep"
     value: int
     line: int = 0
 

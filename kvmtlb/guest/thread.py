@@ -38,7 +38,7 @@ from kvmtlb.guest.ops import (
     SetCr4Op,
     UnmapOp,
 )
-from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
+from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE, CR4_SMEP
 from kvmtlb.hw.outcomes import EptViolation, NestedPageFault, PageFault, VmExit
 from kvmtlb.hw.paging import make_pte
 from kvmtlb.hw.svm import SvmExitEvent
@@ -219,7 +219,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> None:
         value = cfg.guest_root | pcid | (CR3_NOFLUSH if op.noflush else 0)
         _insn(k, pol, v, MovToCr3(value), EXIT_CR3_WRITE, (value,))
     elif isinstance(op, SetCr4Op):
-        bit = CR4_PGE if op.bit == "pge" else CR4_PCIDE
+        bit = {"pge": CR4_PGE, "pcide": CR4_PCIDE, "smep": CR4_SMEP}[op.bit]
         cr4 = _guest_regs(k, v).cr4
         value = cr4 | bit if op.value else cr4 & ~bit
         _insn(k, pol, v, MovToCr4(value), EXIT_CR4_WRITE, (value,))

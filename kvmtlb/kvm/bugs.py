@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from kvmtlb.hw.cpu import CR4_SMEP
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import register
 from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH_GUEST, kvm_make_request
@@ -240,3 +241,17 @@ class SvmAsidWrapNoFlushAll(Kvm618):
         vcpu.asid = sd.next_asid
         sd.next_asid += 1
         k.note(f"new_asid: ASID {vcpu.asid}", f"pCPU{sd.id} generation {sd.asid_generation}")
+
+
+@register
+class PostSetCr4IgnoresSmep(Kvm618):
+    name = "bug-post-set-cr4-ignores-smep"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_post_set_cr4 overlooks CR4.SMEP (no MMU reset, no flush request): setting it, "
+        "which must invalidate the current PCID's entries, leaves them (KVM intercepts the write)"
+    )
+
+    def kvm_post_set_cr4(self, k: Step, vcpu: Vcpu, old: int, cr4: int) -> None:
+        super().kvm_post_set_cr4(k, vcpu, old, cr4 & ~CR4_SMEP | old & CR4_SMEP)

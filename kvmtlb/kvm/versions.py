@@ -66,11 +66,6 @@ class Kvm58(Kvm618):
         if changed & MMU_ROLE_BITS or (changed & CR4_PCIDE and not cr4 & CR4_PCIDE):
             self.kvm_mmu_reset_context(k, vcpu)
 
-    def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
-        """mmu.c:kvm_mmu_reset_context @ v5.8: unload the roots (kvm_mmu_unload)."""
-        vcpu.root_valid = False
-        k.note("kvm_mmu_reset_context", "the current root is unloaded")
-
     def kvm_invalidate_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
         """x86.c:kvm_set_cr3 @ v5.8 (with TDP): kvm_mmu_new_pgd with skip_tlb_flush unless the
         no-flush bit; a TLB flush request for the current context."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_SMEP
+from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
 from kvmtlb.hw.layout import Format
 from kvmtlb.hw.outcomes import Fault
 from kvmtlb.hw.svm import SvmExitEvent
@@ -64,6 +64,11 @@ EXIT_NAMES = {
     EXIT_EMULATION: "emulation",
     EXIT_CR0_WRITE: "CR0 write",
 }
+
+
+# mmu.h:KVM_MMU_CR4_ROLE_BITS @ v6.18 (LA57 is not modelled; PGE left the role in v5.x's
+# successors, its toggle is a KVM_REQ_TLB_FLUSH_GUEST instead).
+KVM_MMU_CR4_ROLE_BITS = CR4_PSE | CR4_PAE | CR4_SMEP | CR4_SMAP | CR4_PKE
 
 
 class X86:
@@ -244,16 +249,25 @@ class X86:
         self.kvm_post_set_cr4(k, vcpu, old, cr4)
 
     def kvm_post_set_cr4(self, k: Step, vcpu: Vcpu, old: int, cr4: int) -> None:
-        """x86.c:kvm_post_set_cr4 @ v6.18: a PGE toggle or clearing PCIDE needs a flush of the
-        guest's TLB (KVM_REQ_TLB_FLUSH_GUEST); a PAE toggle or setting SMEP a flush of the
-        current context (KVM_REQ_TLB_FLUSH_CURRENT)."""
+        """x86.c:kvm_post_set_cr4 @ v6.18: a change of an MMU role bit resets the MMU context
+        (the root is reloaded, and kvm_mmu_load flushes the current context); a PGE toggle or
+        clearing PCIDE needs a flush of the guest's TLB (KVM_REQ_TLB_FLUSH_GUEST); else a PAE
+        toggle or setting SMEP a flush of the current context (KVM_REQ_TLB_FLUSH_CURRENT)."""
         changed = old ^ cr4
+        if changed & KVM_MMU_CR4_ROLE_BITS:
+            self.kvm_mmu_reset_context(k, vcpu)
         if changed & CR4_PGE or (changed & CR4_PCIDE and not cr4 & CR4_PCIDE):
             kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_GUEST)
             k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_GUEST)", "kvm_post_set_cr4")
         elif changed & CR4_PAE or (changed & CR4_SMEP and cr4 & CR4_SMEP):
             kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_CURRENT)
             k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_CURRENT)", "kvm_post_set_cr4")
+
+    def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_reset_context @ v6.18 (and v5.8): kvm_mmu_unload; the next entry loads a
+        new root (kvm_mmu_reload)."""
+        vcpu.root_valid = False
+        k.note("kvm_mmu_reset_context", "the current root is unloaded")
 
     def kvm_set_cr3(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
         """x86.c:kvm_set_cr3 @ v6.18 (with TDP): load CR3; unless the no-flush bit is set,

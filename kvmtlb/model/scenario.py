@@ -576,13 +576,13 @@ class _Parser:
                     )
             return MovCr3Op(pcid, noflush, line)
         if op == "set_cr4":
-            need(1, "pge=0|1 or pcide=0|1")
-            m = re.fullmatch(r"(pge|pcide)=([01])", args[0])
+            need(1, "pge=0|1, pcide=0|1 or smep=0|1")
+            m = re.fullmatch(r"(pge|pcide|smep)=([01])", args[0])
             if not m:
                 raise self.err(
                     line,
                     f"bad set_cr4 argument {args[0]!r}",
-                    "write: set_cr4 pge=0 (or pge=1, pcide=0, pcide=1)",
+                    "write: set_cr4 pge=0 (or pge=1, pcide=0, pcide=1, smep=0, smep=1)",
                 )
             return SetCr4Op(m.group(1), int(m.group(2)), line)
         if op == "invpcid":
