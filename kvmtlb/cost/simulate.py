@@ -42,11 +42,7 @@ from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR4_DEFAULT,
-    CR4_PAE,
-    CR4_PCIDE,
-    CR4_PGE,
     VMX_ROOT,
-    Capabilities,
     Cpu,
     Regs,
 )
@@ -56,15 +52,9 @@ from kvmtlb.hw.outcomes import EptMisconfig, EptViolation, NestedPageFault, Page
 from kvmtlb.hw.paging import E_ALL, E_R, E_W, G_W, make_ept, make_npt, make_pte
 from kvmtlb.hw.svm import AmdArch
 from kvmtlb.hw.universe import Universe
-from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu
-from kvmtlb.hw.vmx import (
-    CAP_INVVPID,
-    CAP_INVVPID_ALL,
-    CAP_INVVPID_SINGLE,
-    ept_vpid_cap,
-)
+from kvmtlb.hw.vmcb import SVM_HOST, SvmCpu
 from kvmtlb.hw.walk import NotPresent, Stage2Fault
-from kvmtlb.kvm.context import KvmConfig
+from kvmtlb.kvm.context import KvmConfig, hardware_setup, initial_guest_cr4
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.kvm.x86 import EXIT_TDP_FAULT
@@ -149,22 +139,11 @@ class Simulation:
         layout = b.build()
         memory = WorkloadMemory(layout)
         # -- KVM's configuration (as kvmtlb.model.system.build) ---------------------------------
-        caps: Capabilities | SvmCapabilities
-        if vmx:
-            cap = ept_vpid_cap(config.ept_vpid_cap)
-            caps = Capabilities(cap)
-            # vmx.c:vmx_hardware_setup @ v6.18: VPID needs INVVPID single- or all-context.
-            enable_vpid = (
-                config.vpid
-                and bool(cap & CAP_INVVPID)
-                and bool(cap & (CAP_INVVPID_SINGLE | CAP_INVVPID_ALL))
-            )
-            arch: Any = IntelArch()
-        else:
-            caps = SvmCapabilities(flush_by_asid=config.flush_by_asid, nasid=config.max_asid + 1)
-            enable_vpid = False
-            arch = AmdArch()
-        guest_cr4 = CR4_PAE | (CR4_PGE if config.pge else 0) | (CR4_PCIDE if config.pcid else 0)
+        caps, enable_vpid = hardware_setup(
+            config.vendor, config.vpid, config.ept_vpid_cap, config.flush_by_asid, config.max_asid
+        )
+        arch: Any = IntelArch() if vmx else AmdArch()
+        guest_cr4 = initial_guest_cr4(config.pge, config.pcid)
         host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
         kvm_config = KvmConfig(
             vendor=config.vendor,

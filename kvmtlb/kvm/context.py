@@ -16,16 +16,46 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from kvmtlb.hw.cpu import Capabilities, Regs
+from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, Capabilities, Regs
 from kvmtlb.hw.effect import Event
 from kvmtlb.hw.layout import Layout
 from kvmtlb.hw.machine import Machine
 from kvmtlb.hw.outcomes import Outcome
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SvmCapabilities
+from kvmtlb.hw.vmx import (
+    CAP_INVVPID,
+    CAP_INVVPID_ALL,
+    CAP_INVVPID_SINGLE,
+    ept_vpid_cap,
+)
 from kvmtlb.kvm.state import Kvm, Pcpu, Vcpu
 
 T = TypeVar("T")
+
+
+def hardware_setup(
+    vendor: str,
+    vpid: bool,
+    ept_caps: tuple[str, ...] | list[str],
+    flush_by_asid: bool,
+    max_asid: int,
+) -> tuple[Capabilities | SvmCapabilities, bool]:
+    """The processor's capabilities and KVM's enable_vpid, as vmx.c:vmx_hardware_setup /
+    svm.c:svm_hardware_setup @ v6.18 derive them: VPID needs INVVPID single- or all-context;
+    SVM has max_asid + 1 ASIDs (ASID 0 is the host's)."""
+    if vendor != "intel":
+        return SvmCapabilities(flush_by_asid=flush_by_asid, nasid=max_asid + 1), False
+    cap = ept_vpid_cap(ept_caps)
+    enable_vpid = (
+        vpid and bool(cap & CAP_INVVPID) and bool(cap & (CAP_INVVPID_SINGLE | CAP_INVVPID_ALL))
+    )
+    return Capabilities(cap), enable_vpid
+
+
+def initial_guest_cr4(pge: bool, pcid: bool) -> int:
+    """The guest's CR4 at start: PAE (4-level paging), and PGE / PCIDE as configured."""
+    return CR4_PAE | (CR4_PGE if pge else 0) | (CR4_PCIDE if pcid else 0)
 
 
 @dataclass(frozen=True)

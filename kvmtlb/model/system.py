@@ -24,9 +24,6 @@ from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR4_DEFAULT,
-    CR4_PAE,
-    CR4_PCIDE,
-    CR4_PGE,
     VMX_ROOT,
     Capabilities,
     Cpu,
@@ -40,17 +37,20 @@ from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept, make_npt, make_pte
 from kvmtlb.hw.svm import AmdArch
 from kvmtlb.hw.tags import AmdTags, IntelEptTags
 from kvmtlb.hw.universe import Universe
-from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu
+from kvmtlb.hw.vmcb import SVM_HOST, SvmCpu
 from kvmtlb.hw.vmx import (
     CAP_ALL,
     CAP_INVEPT_ALL,
-    CAP_INVVPID,
-    CAP_INVVPID_ALL,
-    CAP_INVVPID_SINGLE,
-    ept_vpid_cap,
 )
 from kvmtlb.hw.walk import WalkContext
-from kvmtlb.kvm.context import KvmConfig, Step, Thawed, World
+from kvmtlb.kvm.context import (
+    KvmConfig,
+    Step,
+    Thawed,
+    World,
+    hardware_setup,
+    initial_guest_cr4,
+)
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.model.scenario import Scenario, ScenarioError
@@ -157,29 +157,19 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     universe = Universe(layout, contexts)
     native_universe = Universe(layout, native_contexts(guest_root, tuple(pcids)))
     # -- configuration ---------------------------------------------------------------------------
-    if vmx:
-        cap = ept_vpid_cap(cfg.ept_vpid_cap)
-        if not cap & CAP_INVEPT_ALL:
-            raise ScenarioError(
-                scenario.path,
-                0,
-                "KVM disables EPT without all-context INVEPT "
-                "(vmx_hardware_setup), and shadow paging is not modelled",
-                'keep "invept-all" in ept_vpid_cap',
-            )
-        caps: Capabilities | SvmCapabilities = Capabilities(cap)
-        # vmx.c:vmx_hardware_setup @ v6.18: VPID needs INVVPID single- or all-context.
-        enable_vpid = (
-            cfg.vpid
-            and bool(cap & CAP_INVVPID)
-            and bool(cap & (CAP_INVVPID_SINGLE | CAP_INVVPID_ALL))
+    caps, enable_vpid = hardware_setup(
+        cfg.vendor, cfg.vpid, cfg.ept_vpid_cap, cfg.flush_by_asid, cfg.max_asid
+    )
+    if isinstance(caps, Capabilities) and not caps.ept_vpid_cap & CAP_INVEPT_ALL:
+        raise ScenarioError(
+            scenario.path,
+            0,
+            "KVM disables EPT without all-context INVEPT "
+            "(vmx_hardware_setup), and shadow paging is not modelled",
+            'keep "invept-all" in ept_vpid_cap',
         )
-        arch = None
-    else:
-        caps = SvmCapabilities(flush_by_asid=cfg.flush_by_asid, nasid=cfg.max_asid + 1)
-        enable_vpid = False
-        arch = AmdArch()
-    guest_cr4 = CR4_PAE | (CR4_PGE if cfg.pge else 0) | (CR4_PCIDE if cfg.pcid else 0)
+    arch = None if vmx else AmdArch()
+    guest_cr4 = initial_guest_cr4(cfg.pge, cfg.pcid)
     host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
     kvm = KvmConfig(
         vendor=cfg.vendor,
