@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmtlb.cost.tlb import KIND_BY_NAME
+from kvmtlb.errors import InputFileError
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
 
 BUILTIN = Path(__file__).parent / "workloads"
@@ -31,16 +32,8 @@ GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
 MAX_FRAMES = 1 << 18  # guest frames (1 GiB of guest RAM): keeps the layout quick to build
 
 
-class WorkloadError(Exception):
+class WorkloadError(InputFileError):
     """An input error in a workload file: the file, the line (0 if unknown) and the fix."""
-
-    def __init__(self, path: str, line: int, message: str, fix: str) -> None:
-        self.path = path
-        self.line = line
-        self.message = message
-        self.fix = fix
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {message}\n  fix: {fix}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from kvmtlb.errors import InputFileError
 from kvmtlb.guest.ops import (
     FLUSH_ALL,
     FLUSH_MM,
@@ -48,16 +49,8 @@ CAP_NAMES = INVALIDATION_CAP_NAMES
 PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
 
 
-class ScenarioError(Exception):
+class ScenarioError(InputFileError):
     """An input error in a scenario file: the file, the line (0 if unknown) and the fix."""
-
-    def __init__(self, path: str, line: int, message: str, fix: str) -> None:
-        self.path = path
-        self.line = line
-        self.message = message
-        self.fix = fix
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {message}\n  fix: {fix}")
 
 
 @dataclass(frozen=True)
