@@ -13,8 +13,6 @@ into exit code 2.
 from __future__ import annotations
 
 import itertools
-import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,9 @@ from typing import Any
 from kvmtlb.cost.tlb import KIND_BY_NAME
 from kvmtlb.errors import InputFileError
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
+from kvmtlb.tomlfile import Lines, check_header, loads
 
 BUILTIN = Path(__file__).parent / "workloads"
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 CAP_NAMES = INVALIDATION_CAP_NAMES
 RATE_KEYS = ("pte_change", "mm_flush", "full_flush", "preempt", "migrate", "zap", "remap")
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
@@ -164,43 +162,12 @@ def load(path: str | Path) -> Workload:
 
 
 def parse(text: str, path: str = "<workload>") -> Workload:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"line (\d+)", str(e))
-        raise WorkloadError(
-            path,
-            int(m.group(1)) if m else 0,
-            f"not valid TOML: {e}",
-            "fix the TOML syntax (see docs/cost-model.md for the format)",
-        ) from None
+    data = loads(
+        text,
+        lambda line, message, fix: WorkloadError(path, line, message, fix),
+        "fix the TOML syntax (see docs/cost-model.md for the format)",
+    )
     return _Parser(path, text, data).workload()
-
-
-class _Lines:
-    """Finds the line a key stands on, for error messages."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    def section(self, name: str) -> int:
-        for i, line in enumerate(self.lines):
-            if line.strip().startswith(f"[{name}]"):
-                return i + 1
-        return 0
-
-    def key(self, section: str | None, key: str) -> int:
-        start = self.section(section) if section else 0
-        if section and not start:
-            return 0
-        pat = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=')
-        for i in range(start, len(self.lines)):
-            line = self.lines[i]
-            if re.match(r"^\s*\[[A-Za-z_]", line):
-                break
-            if pat.match(line):
-                return i + 1
-        return start
 
 
 def _kind(value: Any, want: type) -> bool:
@@ -214,7 +181,7 @@ def _kind(value: Any, want: type) -> bool:
 class _Parser:
     def __init__(self, path: str, text: str, data: dict[str, Any]) -> None:
         self.path = path
-        self.lines = _Lines(text)
+        self.lines = Lines(text)
         self.data = data
 
     def err(self, line: int, message: str, fix: str) -> WorkloadError:
@@ -250,23 +217,7 @@ class _Parser:
 
     def workload(self) -> Workload:
         allowed = ("name", "doc", "config", "workload", "rates", "tlb")
-        for key in self.data:
-            if key not in allowed:
-                raise self.err(
-                    self.lines.key(None, key) or self.lines.section(key),
-                    f"unknown top-level key or table {key!r}",
-                    f"use only {', '.join(allowed)}",
-                )
-        name = self.data.get("name")
-        if not isinstance(name, str) or not NAME.match(name):
-            raise self.err(
-                self.lines.key(None, "name"),
-                f"bad or missing name {name!r}",
-                'add name = "my-workload" (lowercase letters, digits, dashes)',
-            )
-        doc = self.data.get("doc", "")
-        if not isinstance(doc, str):
-            raise self.err(self.lines.key(None, "doc"), "doc must be a string", 'doc = "..."')
+        name, doc = check_header(self.data, self.lines, allowed, self.err, "my-workload")
         configs = self.configs()
         w = self.table("workload", required=True)
         self.check_keys(

@@ -10,7 +10,6 @@ until shadow paging is modelled.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,9 +41,9 @@ from kvmtlb.host.ops import (
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
+from kvmtlb.tomlfile import Lines, check_header, loads
 
 LIMIT = 1 << 32
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 CAP_NAMES = INVALIDATION_CAP_NAMES
 PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
 
@@ -149,32 +148,6 @@ class Scenario:
         )
 
 
-class _Lines:
-    """Finds the line a key or an op stands on, for error messages."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    def section(self, name: str) -> int:
-        for i, line in enumerate(self.lines):
-            if line.strip().startswith(f"[{name}]"):
-                return i + 1
-        return 0
-
-    def key(self, section: str | None, key: str) -> int:
-        start = self.section(section) if section else 0
-        pat = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=')
-        for i in range(start, len(self.lines)):
-            line = self.lines[i]
-            if section is None and line.strip().startswith("["):
-                break
-            if i > start and line.strip().startswith("[") and section is not None:
-                break
-            if pat.match(line):
-                return i + 1
-        return start
-
-
 def load(path: str | Path, known_policies: set[str] | None = None) -> Scenario:
     """Read and validate a scenario file."""
     p = str(path)
@@ -191,33 +164,17 @@ def load(path: str | Path, known_policies: set[str] | None = None) -> Scenario:
 
 
 def parse(text: str, path: str = "<scenario>", known_policies: set[str] | None = None) -> Scenario:
-    lines = _Lines(text)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"line (\d+)", str(e))
-        raise ScenarioError(
-            path,
-            int(m.group(1)) if m else _unclosed_line(text.splitlines()),
-            f"not valid TOML: {e}",
-            "fix the TOML syntax (see scenario-format.md)",
-        ) from None
-    return _Parser(path, lines, data, text, known_policies).scenario()
-
-
-def _unclosed_line(lines: list[str]) -> int:
-    """tomllib reports an unterminated multi-line string "at end of document": name the line
-    where the last unclosed one opens instead (or the last line)."""
-    opened = 0
-    for n, line in enumerate(lines, 1):
-        for _ in range(line.count('"""') + line.count("'''")):
-            opened = 0 if opened else n
-    return opened or len(lines)
+    data = loads(
+        text,
+        lambda line, message, fix: ScenarioError(path, line, message, fix),
+        "fix the TOML syntax (see scenario-format.md)",
+    )
+    return _Parser(path, Lines(text), data, text, known_policies).scenario()
 
 
 class _Parser:
     def __init__(
-        self, path: str, lines: _Lines, data: dict[str, Any], text: str, known: set[str] | None
+        self, path: str, lines: Lines, data: dict[str, Any], text: str, known: set[str] | None
     ) -> None:
         self.path = path
         self.lines = lines
@@ -230,24 +187,8 @@ class _Parser:
 
     # -- top level ------------------------------------------------------------------------------
     def scenario(self) -> Scenario:
-        allowed = {"name", "doc", "config", "guest", "host", "placement", "threads", "expect"}
-        for key in self.data:
-            if key not in allowed:
-                raise self.err(
-                    self.lines.key(None, key) or self.lines.section(key),
-                    f"unknown top-level key or table {key!r}",
-                    f"use only {', '.join(sorted(allowed))}",
-                )
-        name = self.data.get("name")
-        if not isinstance(name, str) or not NAME.match(name):
-            raise self.err(
-                self.lines.key(None, "name"),
-                f"bad or missing name {name!r}",
-                'add name = "my-scenario" (lowercase letters, digits, dashes)',
-            )
-        doc = self.data.get("doc", "")
-        if not isinstance(doc, str):
-            raise self.err(self.lines.key(None, "doc"), "doc must be a string", 'doc = "..."')
+        allowed = ("config", "doc", "expect", "guest", "host", "name", "placement", "threads")
+        name, doc = check_header(self.data, self.lines, allowed, self.err, "my-scenario")
         config = self.config()
         host = self.host_map()
         guest = self.guest_map(host)
