@@ -17,12 +17,12 @@ every canonical state instead.
 from __future__ import annotations
 
 import time
-import traceback
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmtlb.errors import where
 from kvmtlb.kvm.context import Record, World
 from kvmtlb.model.actions import Action, apply, describe, enabled, unfinished
 from kvmtlb.model.canonical import Canonicalizer
@@ -337,15 +337,10 @@ def _crash(
     """A step raised: a bug in the policy or the model, not a verdict on the scenario. Return the
     path to the state it was taken from and the step itself, so that it can be debugged."""
     path = table.path(index) if index > 0 else []
-    where = "".join(traceback.format_exception_only(e)).strip()
-    frames = traceback.extract_tb(e.__traceback__)
-    if frames:
-        f = frames[-1]
-        where += f" (at {f.filename}:{f.lineno} in {f.name})"
     res = Result(
         "error",
         None,
-        f"step {len(path) + 1}, {a.actor}: {describe(system, w, a)} raised {where}",
+        f"step {len(path) + 1}, {a.actor}: {describe(system, w, a)} raised {where(e)}",
         len(table),
         transitions,
         depth,

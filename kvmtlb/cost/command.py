@@ -29,6 +29,7 @@ from kvmtlb.cost import report
 from kvmtlb.cost.costs import CostTableError
 from kvmtlb.cost.simulate import CostError, Simulation
 from kvmtlb.cost.workload import Workload, WorkloadError, builtin_workloads, resolve
+from kvmtlb.errors import where
 from kvmtlb.kvm.policy import KvmPolicy, upstream
 
 Resolver = Callable[[str], type[KvmPolicy]]
@@ -58,7 +59,7 @@ def run_job(job: Job) -> dict[str, Any]:
         return {
             "workload": job.workload,
             "policy": job.policy,
-            "error": f"{job.policy} raised {type(e).__name__}: {e}",
+            "error": f"{job.policy} raised {where(e)}",
         }
 
 

@@ -66,7 +66,7 @@ class CostStep(Step):
         cm = self.concrete
         before = cm.cpus[pcpu]
         eff = cm.step(pcpu, event)
-        self._follow(pcpu, before)
+        self.follow_control(pcpu, before, self.concrete.cpus[pcpu])
         if self.tracing:
             self.note(f"{event.describe()}{' (' + why + ')' if why else ''}", f"pCPU{pcpu}")
         return eff.outcome
@@ -76,19 +76,8 @@ class CostStep(Step):
         cm = self.concrete
         before = cm.cpus[pcpu]
         cm.fault(pcpu, outcome, name)
-        self._follow(pcpu, before)
+        self.follow_control(pcpu, before, self.concrete.cpus[pcpu])
         self.note(outcome.describe(), f"pCPU{pcpu}")
-
-    def _follow(self, pcpu: int, before: Any) -> None:
-        """As Step.hw: KVM's copy of the VMCS/VMCB follows the hardware's only when the hardware
-        changed it (VMPTRLD, VM entry or exit, VMWRITE)."""
-        after = self.concrete.cpus[pcpu]
-        if self.config.vmx:
-            changed = after.vmcs is not before.vmcs and after.vmcs != before.vmcs
-        else:
-            changed = after.vmcb is not before.vmcb and after.vmcb != before.vmcb
-        if changed:
-            self.sync_control(pcpu)
 
     def write_slot(self, slot: int, value: int, what: str) -> None:
         self.concrete.memory.write(slot, value)

@@ -224,16 +224,7 @@ class Step:
         before = self.machine.cpus[pcpu]
         st = self.machine.step(pcpu, event)
         self.machine = st.machine
-        # KVM's copy follows the hardware's only when the hardware changed its VMCS/VMCB (VMPTRLD,
-        # VM entry or exit, VMWRITE): after INVLPGA, say, KVM's copy keeps its own edits (the
-        # TLB_CONTROL that svm_vcpu_run reset after the last VMRUN).
-        after = st.machine.cpus[pcpu]
-        if self.config.vmx:
-            changed = after.vmcs is not before.vmcs and after.vmcs != before.vmcs
-        else:
-            changed = after.vmcb is not before.vmcb and after.vmcb != before.vmcb
-        if changed:
-            self.sync_control(pcpu)
+        self.follow_control(pcpu, before, st.machine.cpus[pcpu])
         if not self.tracing:
             return st.outcome
         removed = bin(st.removed).count("1")
@@ -247,6 +238,18 @@ class Step:
             detail += f" [{rules}]"
         self.note(f"{event.describe()}{' (' + why + ')' if why else ''}", detail)
         return st.outcome
+
+    def follow_control(self, pcpu: int, before: Any, after: Any) -> None:
+        """After an event on `pcpu`: KVM's copy of the VMCS/VMCB follows the hardware's only when
+        the hardware changed it (VMPTRLD, VM entry or exit, VMWRITE). After INVLPGA, say, KVM's
+        copy keeps its own edits (the TLB_CONTROL that svm_vcpu_run reset after the last
+        VMRUN)."""
+        if self.config.vmx:
+            changed = after.vmcs is not before.vmcs and after.vmcs != before.vmcs
+        else:
+            changed = after.vmcb is not before.vmcb and after.vmcb != before.vmcb
+        if changed:
+            self.sync_control(pcpu)
 
     def sync_control(self, pcpu: int) -> None:
         """KVM's copy of the running vCPU's VMCS/VMCB follows the hardware's current one."""

@@ -13,10 +13,10 @@ not marked preempted. TLBs and native references start empty, then the fill rule
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmtlb.errors import where
 from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
 from kvmtlb.guest.thread import GuestThread
 from kvmtlb.host.ops import RemapOp, WrprotectOp, ZapOp
@@ -208,7 +208,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     except Exception as e:  # a policy's bug: reported with where it happened, not a traceback
         raise BootError(
             f"{scenario.path}: policy {policy.name or type(policy).__name__} failed while "
-            f"booting the scenario: {_where(e)}"
+            f"booting the scenario: {where(e)}"
         ) from e
     return System(scenario, policy, kvm, native_config, initial)
 
@@ -222,15 +222,6 @@ def _pte(gpa: int, flags: str) -> int:
 class BootError(Exception):
     """The policy raised, or looped, while the scenario's vCPUs were created, loaded and entered
     for the first time."""
-
-
-def _where(e: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(e)).strip()
-    frames = traceback.extract_tb(e.__traceback__)
-    if frames:
-        f = frames[-1]
-        text += f" (at {f.filename}:{f.lineno} in {f.name})"
-    return text
 
 
 def _boot(
