@@ -200,7 +200,7 @@ def explore(
                     try:
                         out = apply(system, w, a, tracing=False)
                     except Exception as e:  # a policy or model bug: reported with its path
-                        return _crash(system, table, w, idx, ai, a, e, transitions, depth, t0)
+                        return _crash(system, table, w, idx, a, e, transitions, depth, t0)
                     transitions += 1
                     order += 1
                     if out.observations:
@@ -327,7 +327,6 @@ def _crash(
     table: FingerprintTable,
     w: World,
     index: int,
-    ai: int,
     a: Action,
     e: Exception,
     transitions: int,
@@ -349,7 +348,6 @@ def _crash(
         store_bytes=table.bytes_used(),
     )
     res.trace = replay(system, path)
-    del ai
     return res
 
 

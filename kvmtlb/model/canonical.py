@@ -79,14 +79,14 @@ class Canonicalizer:
     def key(self, w: World, exact: bool = False) -> tuple[Any, ...]:
         m = w.machine
         h = w.host
-        base = min(p[PCPU_GEN] for p in w.pcpus) - 1
+        base = _generation_base(w.pcpus)
         return (
             m.memory.values,
             tuple(self._cpu(c, self.keep, exact) for c in m.cpus),
             tuple(self._cpu(c, self.native_keep, exact) for c in w.native.cpus),
             w.kvm,
             tuple(self._vcpu(v, base) for v in w.vcpus),
-            tuple((*p[:PCPU_GEN], p[PCPU_GEN] - base, *p[PCPU_GEN + 1 :]) for p in w.pcpus),
+            _pcpus(w.pcpus, base),
             w.guests,
             (h[0], label_code(h[1]), *h[2:]),
         )
@@ -110,7 +110,7 @@ class Canonicalizer:
             nh = machines[n] = hash(
                 (1, tuple(self._cpu(c, self.native_keep, False) for c in n.cpus))
             )
-        base = min(p[PCPU_GEN] for p in w.pcpus) - 1
+        base = _generation_base(w.pcpus)
         vcpus = self._vcpus
         vh = []
         for v in w.vcpus:
@@ -129,14 +129,22 @@ class Canonicalizer:
                     nh,
                     w.kvm,
                     tuple(vh),
-                    w.pcpus
-                    if base == 0
-                    else tuple(
-                        (*p[:PCPU_GEN], p[PCPU_GEN] - base, *p[PCPU_GEN + 1 :]) for p in w.pcpus
-                    ),
+                    _pcpus(w.pcpus, base),
                     w.guests,
                     (host[0], label_code(host[1]), *host[2:]),
                 )
             )
             & 0xFFFF_FFFF_FFFF_FFFF
         )
+
+
+def _generation_base(pcpus: tuple[tuple[Any, ...], ...]) -> int:
+    """What every ASID generation is shifted by: the lowest pCPU generation becomes 1."""
+    return int(min(p[PCPU_GEN] for p in pcpus)) - 1
+
+
+def _pcpus(pcpus: tuple[tuple[Any, ...], ...], base: int) -> tuple[tuple[Any, ...], ...]:
+    """The pCPU records with their ASID generations shifted by `base` (as is when 0)."""
+    if base == 0:
+        return pcpus
+    return tuple((*p[:PCPU_GEN], p[PCPU_GEN] - base, *p[PCPU_GEN + 1 :]) for p in pcpus)
