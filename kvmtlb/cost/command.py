@@ -20,19 +20,20 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from kvmtlb.cost import report
-from kvmtlb.cost.costs import CostTableError
-from kvmtlb.cost.simulate import CostError, Simulation
-from kvmtlb.cost.workload import Workload, WorkloadError, builtin_workloads, resolve
 from kvmtlb.errors import where
-from kvmtlb.kvm.policy import KvmPolicy, upstream
 
-Resolver = Callable[[str], type[KvmPolicy]]
+if TYPE_CHECKING:
+    from kvmtlb.cost.workload import Workload
+    from kvmtlb.kvm.policy import KvmPolicy
+
+# The simulator, the workloads and the KVM port are imported where a run needs them: this module
+# is imported by every `kvmtlb` command (to register `cost`), and they were half its start-up.
+Resolver = Callable[[str], "type[KvmPolicy]"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class Job:
 
 def run_job(job: Job) -> dict[str, Any]:
     """One run; a JSON-ready record, or one with an "error"."""
+    from kvmtlb.cost.costs import CostTableError
+    from kvmtlb.cost.simulate import CostError, Simulation
+    from kvmtlb.cost.workload import WorkloadError, resolve
+
     try:
         w = resolve(job.workload).with_overrides(job.accesses, job.seed)
         cls = job.resolve(job.policy)
@@ -69,6 +74,8 @@ def _version_key(cls: type[KvmPolicy]) -> tuple[int, ...]:
 
 def default_policies() -> list[str]:
     """Every upstream version, oldest first."""
+    from kvmtlb.kvm.policy import upstream
+
     return [c.name for c in sorted(upstream(), key=_version_key)]
 
 
@@ -113,6 +120,9 @@ def make_cost_command(resolve_policy: Resolver) -> Callable[..., None]:
 
         Exit 0 after the report, 2 on an input error.
         """
+        from kvmtlb.cost import report
+        from kvmtlb.cost.workload import WorkloadError, builtin_workloads, resolve
+
         console = _console()
 
         def fail(message: str) -> None:
