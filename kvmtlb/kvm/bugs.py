@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kvmtlb.hw.cpu import CR4_SMEP
+from kvmtlb.hw.paging import make_ept, make_npt
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import register
 from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH_GUEST, kvm_make_request
@@ -255,3 +256,18 @@ class PostSetCr4IgnoresSmep(Kvm618):
 
     def kvm_post_set_cr4(self, k: Step, vcpu: Vcpu, old: int, cr4: int) -> None:
         super().kvm_post_set_cr4(k, vcpu, old, cr4 & ~CR4_SMEP | old & CR4_SMEP)
+
+
+@register
+class MakeSpteNoDirtyLog(Kvm618):
+    name = "bug-make-spte-no-dirty-log"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "make_spte installs a writable SPTE in a slot with dirty logging on without marking the "
+        "page dirty: writes through it never fault and are never logged"
+    )
+
+    def make_spte(self, k: Step, gpa: int, hpa: int, rights: int) -> int:
+        """spte.c:make_spte @ v6.18 without its mark_page_dirty_in_slot."""
+        return make_ept(hpa, rights) if k.config.vmx else make_npt(hpa, rights)

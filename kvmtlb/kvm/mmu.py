@@ -30,9 +30,22 @@ class Mmu:
     def spte_slot(self, k: Step, gpa: int) -> int:
         return k.config.layout.slot(k.config.tdp_root, gpa)
 
-    def make_spte(self, k: Step, hpa: int, rights: int) -> int:
-        """mmu/spte.c:make_spte @ v6.18, for a 4 KiB leaf: an EPT or NPT entry."""
+    def make_spte(self, k: Step, gpa: int, hpa: int, rights: int) -> int:
+        """mmu/spte.c:make_spte @ v6.18 (mmu.c:set_spte @ v5.7/v5.8), for a 4 KiB leaf: an EPT or
+        NPT entry. A writable SPTE in a slot with dirty logging on marks the page dirty at once
+        (mark_page_dirty_in_slot; kvm_vcpu_mark_page_dirty in v5.x): writes through it will not
+        fault, so they must be logged now."""
+        if rights & E_W and self.kvm_slot_dirty_track_enabled(k, gpa):
+            self.mark_page_dirty_in_slot(k, gpa)
         return make_ept(hpa, rights) if k.config.vmx else make_npt(hpa, rights)
+
+    def kvm_slot_dirty_track_enabled(self, k: Step, gpa: int) -> bool:
+        """kvm_host.h:kvm_slot_dirty_track_enabled @ v6.18: the frame's memslot logs dirty pages."""
+        return bool(k.kvm.log_dirty >> k.config.gpa_index(gpa) & 1)
+
+    def mark_page_dirty_in_slot(self, k: Step, gpa: int) -> None:
+        """kvm_main.c:mark_page_dirty_in_slot @ v6.18: set the frame's bit in the dirty bitmap."""
+        k.kvm.set_dirty(k.config.gpa_index(gpa), True)
 
     def spte(self, k: Step, gpa: int) -> tuple[int, int]:
         """The frame's SPTE as (host page or -1, rights)."""
@@ -43,7 +56,7 @@ class Mmu:
         return (pte_addr(value), rights)
 
     def set_spte(self, k: Step, gpa: int, hpa: int, rights: int, why: str) -> None:
-        value = self.make_spte(k, hpa, rights) if hpa >= 0 else 0
+        value = self.make_spte(k, gpa, hpa, rights) if hpa >= 0 else 0
         what = f"SPTE[{gpa:#x}] = " + (f"{hpa:#x} ({_rights(rights)})" if hpa >= 0 else "0")
         k.write_slot(self.spte_slot(k, gpa), value, f"{why}: {what}")
 
@@ -87,14 +100,14 @@ class Mmu:
         permission; no TLB flush (a stale read-only entry only causes another fault)."""
         if not (write and hpa >= 0 and self.host_rights(k, gpa) & E_W):
             return False
-        k.kvm.set_dirty(k.config.gpa_index(gpa), True)
+        self.mark_page_dirty_in_slot(k, gpa)
         self.set_spte(k, gpa, hpa, rights | E_W, "fast_page_fault: mark dirty, restore W")
         return True
 
     def kvm_tdp_page_fault_map(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_tdp_page_fault @ v6.18 under mmu_lock: is_page_fault_stale
         (mmu_invalidate_retry_gfn) makes the vCPU retry; else the SPTE is installed."""
-        gpa, write, mmu_seq, pfn = vcpu.frame
+        gpa, _write, mmu_seq, pfn = vcpu.frame
         vcpu.frame = ()
         vcpu.pc = "vcpu_enter_guest"
         if self.mmu_invalidate_retry_gfn(k, mmu_seq):  # type: ignore[attr-defined]
@@ -103,10 +116,7 @@ class Mmu:
         if self.spte(k, gpa)[0] >= 0:
             k.note(f"kvm_tdp_page_fault({gpa:#x}): another vCPU mapped it")
             return
-        rights = self.host_rights(k, gpa)
-        if write and rights & E_W:
-            k.kvm.set_dirty(k.config.gpa_index(gpa), True)
-        self.set_spte(k, gpa, pfn, rights, "kvm_tdp_mmu_map")
+        self.set_spte(k, gpa, pfn, self.host_rights(k, gpa), "kvm_tdp_mmu_map")
 
     # -- the host's changes ----------------------------------------------------------------------
     def kvm_unmap_gfn_range(self, k: Step, gpa: int) -> None:
@@ -114,11 +124,13 @@ class Mmu:
         self.set_spte(k, gpa, -1, 0, "kvm_unmap_gfn_range")
 
     def kvm_tdp_mmu_write_protect(self, k: Step, gpa: int) -> bool:
-        """tdp_mmu.c:kvm_tdp_mmu_clear_dirty_slot / write-protect for dirty logging @ v6.18: clear
-        the frame's dirty bit and its SPTE's write permission. Returns whether the caller must
-        flush remote TLBs (kvm_flush_remote_tlbs_memslot), which it must whenever write
-        permission may be cached."""
+        """tdp_mmu.c:kvm_tdp_mmu_clear_dirty_slot / write-protect for dirty logging @ v6.18: dirty
+        logging is on for the frame's memslot from now on; clear the frame's dirty bit and its
+        SPTE's write permission. Returns whether the caller must flush remote TLBs
+        (kvm_flush_remote_tlbs_memslot), which it must whenever write permission may be
+        cached."""
         hpa, rights = self.spte(k, gpa)
+        k.kvm.log_dirty |= 1 << k.config.gpa_index(gpa)
         k.kvm.set_dirty(k.config.gpa_index(gpa), False)
         if hpa >= 0:
             self.set_spte(k, gpa, hpa, rights & ~E_W, "write-protect for dirty logging")

@@ -85,6 +85,7 @@ class Kvm:
     backing: tuple[int, ...] = ()  # host page currently backing each guest frame (-1: none)
     fresh: tuple[int, ...] = ()  # how many fresh pages each guest frame has been given
     dirty: tuple[bool, ...] = ()  # the dirty bitmap (dirty logging), per guest frame
+    log_dirty: int = 0  # frames whose memslot has dirty logging on (KVM_MEM_LOG_DIRTY_PAGES)
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)
