@@ -228,6 +228,63 @@ def test_preemption_inside_the_entry_path(name: str, reported: bool) -> None:
     assert vcpu.st_preempted is reported
 
 
+@pytest.mark.parametrize(
+    ("name", "cleared"), [("kvm-6.18", True), ("kvm-5.8", False), ("kvm-5.7", False)]
+)
+def test_record_steal_time_clears_st_preempted(name: str, cleared: bool) -> None:
+    """record_steal_time @ v6.18 clears vcpu->arch.st.preempted right after the exchange (since
+    7e2175ebd695, v5.16); v5.7/v5.8 clear it only after the flush."""
+    k, pol = in_host(name)
+    vcpu = k.vcpus[0]
+    pv_flush_pending(k, pol)
+    assert vcpu.st_preempted
+    pol.step(k, vcpu)  # vcpu_enter_guest: STEAL_UPDATE, the exchange
+    assert vcpu.pc == "record_steal_time:flush"
+    assert vcpu.st_preempted is not cleared
+    pol.step(k, vcpu)  # the flush
+    assert not vcpu.st_preempted
+
+
+def _clear_then_flush(base: type) -> type:
+    class ClearFirst(base):  # type: ignore[misc, valid-type]
+        def record_steal_time(self, k: Any, vcpu: Any) -> None:
+            super().record_steal_time(k, vcpu)
+            vcpu.st_preempted = False
+
+        def record_steal_time_clear_preempted(self, k: Any, vcpu: Any) -> None:
+            pass  # already cleared at the exchange
+
+    return ClearFirst
+
+
+@pytest.mark.parametrize(
+    ("name", "clear_first", "flushed"),
+    [("kvm-5.8", False, False), ("kvm-5.7", False, False), ("kvm-5.8", True, True)],
+)
+def test_steal_time_window_of_v5(name: str, clear_first: bool, flushed: bool) -> None:
+    """The window the built-in pv-flush-preempted-target finds in v5.7/v5.8: the exchange reads 0;
+    preempted before the flush step (reported: no at_instruction_boundary), the guest sets
+    FLUSH_TLB; the flush step clears st.preempted; preempted again, kvm_steal_time_set_preempted's
+    plain store of PREEMPTED wipes FLUSH_TLB, and no flush happens before the guest runs. With the
+    clear moved before the flush (7e2175ebd695), the second store is skipped and the flush runs."""
+    k, pol = in_host(name)
+    if clear_first:
+        pol = _clear_then_flush(type(pol))()
+    vcpu = k.vcpus[0]
+    kvm_make_request(vcpu, KVM_REQ_STEAL_UPDATE)
+    pol.step(k, vcpu)  # the exchange reads 0
+    assert vcpu.pc == "record_steal_time:flush" and vcpu.frame == (0,)
+    preempt(k, pol, 0)
+    assert vcpu.st_byte == KVM_VCPU_PREEMPTED
+    vcpu.st_byte |= KVM_VCPU_FLUSH_TLB  # the guest's cmpxchg: no IPI
+    pol.vcpu_load(k, vcpu, 0)
+    pol.step(k, vcpu)  # the flush step: nothing was asked for at the exchange
+    preempt(k, pol, 0)
+    pol.vcpu_load(k, vcpu, 0)
+    run_to_guest(k, pol, vcpu)
+    assert bool(flushes(k)) is flushed
+
+
 # -- the kick protocol ---------------------------------------------------------------------------
 @pytest.mark.parametrize("version", VERSIONS)
 def test_request_before_in_guest_mode_is_seen_at_recheck(version: str) -> None:

@@ -24,6 +24,7 @@ from kvmtlb.kvm.requests import (
     request_names,
 )
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
+from kvmtlb.kvm.x86 import steal_byte_names
 
 # x86.c:kvm_set_cr4 @ v5.7/v5.8: a change of these bits resets the MMU context (new root, and
 # kvm_mmu_load flushes the current context before the next entry).
@@ -55,10 +56,6 @@ class Kvm58(Kvm618):
         vcpu.st_preempted = True
         k.note(f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): st->preempted = KVM_VCPU_PREEMPTED")
 
-    def vmx_cr4_guest_owned_bits(self, k: Step) -> int:
-        """vmx.c @ v5.8: CR4.PGE is not guest-owned; a toggle exits to kvm_set_cr4."""
-        return 0
-
     def kvm_post_set_cr4(self, k: Step, vcpu: Vcpu, old: int, cr4: int) -> None:
         """x86.c:kvm_set_cr4 @ v5.8: a change of a paging-role bit, or clearing PCIDE, resets the
         MMU context; the next entry loads a new root and flushes the current context."""
@@ -87,7 +84,36 @@ class Kvm58(Kvm618):
         if old & KVM_VCPU_FLUSH_TLB:
             k.note("record_steal_time: KVM_VCPU_FLUSH_TLB set", "kvm_x86_ops.tlb_flush_guest")
             self.kvm_x86_call(k, "flush_tlb_guest", vcpu)
+        self.record_steal_time_clear_preempted(k, vcpu)
         vcpu.pc = "vcpu_enter_guest:mode"
+
+    def record_steal_time(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:record_steal_time @ v5.7/v5.8, first half: the exchange of 0 into the guest's
+        preempted byte. Unlike v6.18, KVM's own copy (vcpu->arch.st.preempted) is cleared only
+        after the flush (`record_steal_time_flush`), so a preemption in between is not reported
+        to the guest (kvm_steal_time_set_preempted sees it already set)."""
+        if not k.config.pv_tlb_flush:
+            super().record_steal_time(k, vcpu)
+            return
+        old = vcpu.st_byte
+        vcpu.st_byte = 0
+        k.note("record_steal_time: xchg(&st->preempted, 0)", f"read {steal_byte_names(old)}")
+        vcpu.frame = (old,)
+        vcpu.pc = "record_steal_time:flush"
+
+    def record_steal_time_clear_preempted(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:record_steal_time @ v5.7/v5.8: vcpu->arch.st.preempted = 0 after the flush."""
+        vcpu.st_preempted = False
+
+    def svm_set_guest_cr4(self, k: Step, vcpu: Vcpu, value: int) -> None:
+        """svm.c:svm_set_cr4 @ v5.7/v5.8: with NPT, a change of CR4.PGE flushes the ASID at once
+        (svm_flush_tlb(vcpu, true) in v5.7, svm_flush_tlb(vcpu) in v5.8: both FlushByAsid or a
+        new ASID), then the VMCB's guest CR4."""
+        old = self.kvm_read_cr4(k, vcpu)
+        if k.config.tdp and (old ^ value) & CR4_PGE:
+            k.note("svm_set_cr4: CR4.PGE changed with NPT", "svm_flush_tlb")
+            self.svm_flush_tlb_asid(k, vcpu)
+        super().svm_set_guest_cr4(k, vcpu, value)
 
     def vmx_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
         """vmx.c:vmx_flush_tlb_guest @ v5.8: vpid_sync_context(to_vmx(vcpu)->vpid)."""
@@ -133,6 +159,7 @@ class Kvm57(Kvm58):
         if old & KVM_VCPU_FLUSH_TLB:
             k.note("record_steal_time: KVM_VCPU_FLUSH_TLB set", "kvm_vcpu_flush_tlb(false)")
             self.kvm_vcpu_flush_tlb(k, vcpu, False)
+        self.record_steal_time_clear_preempted(k, vcpu)
         vcpu.pc = "vcpu_enter_guest:mode"
 
     def kvm_mmu_load(self, k: Step, vcpu: Vcpu) -> None:

@@ -187,8 +187,9 @@ class Vmx:
         )
 
     def vmx_cr4_guest_owned_bits(self, k: Step) -> int:
-        """vmx.c:vmx_setup_cr4_guest_owned_bits @ v6.18: with EPT the guest owns CR4.PGE
-        (KVM_POSSIBLE_CR4_GUEST_BITS), so PGE toggles run natively; PCIDE stays host-owned."""
+        """vmx.c:vmx_setup_cr4_guest_owned_bits @ v6.18 (set_cr4_guest_host_mask @ v5.7/v5.8,
+        which adds X86_CR4_PGE to KVM_CR4_GUEST_OWNED_BITS when enable_ept): with EPT the guest
+        owns CR4.PGE, so PGE toggles run natively; PCIDE stays host-owned."""
         return CR4_PGE if k.config.tdp else 0
 
     def vmx_vcpu_load_vmcs(self, k: Step, vcpu: Vcpu, cpu: int) -> None:

@@ -131,7 +131,7 @@ class X86:
         old = vcpu.st_byte
         vcpu.st_byte = 0
         vcpu.st_preempted = False
-        k.note("record_steal_time: xchg(&st->preempted, 0)", f"read {_st(old)}")
+        k.note("record_steal_time: xchg(&st->preempted, 0)", f"read {steal_byte_names(old)}")
         vcpu.frame = (old,)
         vcpu.pc = "record_steal_time:flush"
 
@@ -357,7 +357,7 @@ class X86:
         vcpu.pc = "vcpu_enter_guest"
 
 
-def _st(byte: int) -> str:
+def steal_byte_names(byte: int) -> str:
     names = [
         n
         for b, n in ((KVM_VCPU_PREEMPTED, "PREEMPTED"), (KVM_VCPU_FLUSH_TLB, "FLUSH_TLB"))
