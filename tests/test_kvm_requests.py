@@ -402,14 +402,19 @@ def test_requester_waits_for_acknowledgement(name: str, waits: bool) -> None:
 
 
 def test_remote_flush_through_the_explorer_actions() -> None:
-    """kvm_flush_remote_tlbs as the host thread runs it (kvmtlb/host/thread.py): set the request,
-    read the mode (IN_GUEST_MODE: kick pCPU0), kick, then blocked until pCPU0 takes the IPI; it
+    """kvm_flush_remote_tlbs as the host thread runs it (the policy's HOST_STEPS, called from
+    kvmtlb/host/thread.py): set the request, read the mode (IN_GUEST_MODE: kick pCPU0), kick,
+    then blocked until pCPU0 takes the IPI; it
     returns only after that, and the vCPU serves KVM_REQ_TLB_FLUSH before it re-enters."""
     sys_ = system("kvm-6.18", "intel", vcpus=1, pcpus=1, host="flush_remote_tlbs")
     w = sys_.initial
     host = actions.Action("host", "host")
     ipi = actions.Action("pcpu0", "ipi")
-    for phase in ("flush:req", "flush:ipi", "flush:kick", "flush:wait"):
+    for phase in (
+        "kvm_flush_remote_tlbs:mode",
+        "kvm_flush_remote_tlbs:kick",
+        "kvm_flush_remote_tlbs:wait",
+    ):
         assert host in actions.enabled(sys_, w)
         w = actions.apply(sys_, w, host).world
         assert w.host.phase == phase

@@ -107,8 +107,23 @@ def vcpu_labels() -> dict[str, type[KvmPolicy]]:
 
 
 def host_phases() -> set[str]:
-    """The phases of the host thread's ops (HostThread.phase; "" is an op's start)."""
-    return _field_values(_tree(PKG / "host" / "thread.py"), "phase", "") - {""}
+    """The host kernel's own phases of the host thread's ops (HostThread.phase; "" is an op's
+    start), and the continuations it calls KVM with."""
+    tree = _tree(PKG / "host" / "thread.py")
+    found = _field_values(tree, "phase", "")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _names(node.func) == ["_call"] and len(node.args) > 5:
+            found.update(_strings(node.args[5]))
+    return {p for p in found if p.startswith("mm:")} - {"mm:done"}
+
+
+def host_labels() -> dict[str, type[KvmPolicy]]:
+    """Every KVM host-task label, with the first policy class whose HOST_STEPS maps it."""
+    found: dict[str, type[KvmPolicy]] = {}
+    for cls in policies():
+        for label in cls.HOST_STEPS:
+            found.setdefault(label, cls)
+    return found
 
 
 def guest_flush_phases() -> set[str]:
@@ -172,6 +187,28 @@ def test_every_vcpu_label_has_a_row_that_matches_the_code() -> None:
         assert row[irqs].split()[0].strip(":,") == want, f"{label}: IRQs should be {want}"
     stale = set(rows) - set(labels)
     assert not stale, f"docs/policies.md: rows for labels the code no longer has: {stale}"
+
+
+def test_every_host_label_has_a_row_that_matches_the_code() -> None:
+    rows = table_rows()
+    start = next(
+        i
+        for i, r in enumerate(rows)
+        if r[:2] == ["label", "method"] and "next label" in r and "preemptible" not in r
+    )
+    documented = {}
+    for r in rows[start + 2 :]:
+        m = re.fullmatch(r"`([^`]+)`", r[0])
+        if m is None or len(r) != len(rows[start]):
+            break
+        documented[m.group(1)] = r
+    labels = host_labels()
+    assert {"kvm_flush_remote_tlbs", "kvm_mmu_notifier_invalidate_range_start"} <= set(labels)
+    for label, cls in labels.items():
+        assert label in documented, f"docs/policies.md: no row for host label {label!r}"
+        assert documented[label][1] == f"`{cls.HOST_STEPS[label]}`", f"{label}: method column"
+    stale = set(documented) - set(labels)
+    assert not stale, f"docs/policies.md: rows for host labels the code no longer has: {stale}"
 
 
 @pytest.mark.parametrize(

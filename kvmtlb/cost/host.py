@@ -69,8 +69,8 @@ def run_host_op(sim: Simulation, op: HostOp) -> None:
         h: HostThread = k.host
         if h.op >= len(program):
             return
-        if h.phase == "flush:wait":
-            mask = h.frame[0]
+        if h.phase == "kvm_flush_remote_tlbs:wait":
+            (mask,) = h.frame
             pending = [p.id for p in k.pcpus if mask >> p.id & 1 and p.kicks & HOST_SENDER]
             if pending:
                 for p in pending:

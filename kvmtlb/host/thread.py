@@ -1,21 +1,30 @@
 """The host: its thread of operations (scheduling, MMU-notifier zaps, page migration, dirty
-logging) and the remote TLB flush each of them ends with.
+logging) as the host kernel runs them, calling into KVM.
 
-Models the host kernel and KVM's host-side paths at the granularity of their race windows:
+The host kernel's side is fixed here; KVM's side is the policy's (`KvmPolicy.HOST_STEPS`): each
+call into KVM is a `HostTask` whose steps are policy methods with labels, as a vCPU's are, so a
+variant may override, reorder or split them. `HostThread.phase` holds either a KVM label or one
+of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
 
-- `zap GPA` follows the MMU notifier (virt/kvm/kvm_main.c @ v6.18): invalidate_range_start
-  (kvm_mmu_invalidate_begin, then KVM zaps the SPTE: kvm_unmap_gfn_range), kvm_flush_remote_tlbs,
-  the primary MMU drops its mapping, invalidate_range_end (kvm_mmu_invalidate_end), and the old
-  page is freed. A fault meanwhile retries (mmu_invalidate_retry_gfn) and then maps a fresh page.
-- `remap GPA -> HPA` is page migration: the same window, the copy to the new page, then the SPTE
-  of the new page.
-- `wrprotect GPA` is dirty logging: the SPTE loses write permission, then the remote flush.
-- `flush_remote_tlbs` is kvm_flush_remote_tlbs alone.
+- `zap GPA` (an MMU-notifier invalidation: munmap, MADV_DONTNEED, reclaim): the primary MMU calls
+  KVM's invalidate_range_start (kvm_main.c @ v6.18: invalidate_begin, zap the SPTE,
+  kvm_flush_remote_tlbs), then clears its own mapping and frees the page (`mm:unmap`: the page
+  may be freed before invalidate_range_end, as a full mmu_gather batch is), then calls KVM's
+  invalidate_range_end (`mm:end`). A fault meanwhile retries (mmu_invalidate_retry_gfn) and then
+  maps a fresh page.
+- `remap GPA -> HPA` (page migration): the same window; `mm:migrate` copies the page to HPA and
+  maps it in the primary MMU, and from then on the old page is no longer the guest's; after
+  invalidate_range_end, KVM maps the new page (`mm:map`: kvm_set_spte_gfn).
+- `wrprotect GPA` (dirty logging switched on, or the log cleared: an ioctl): KVM write-protects
+  the frame and flushes (kvm_mmu_slot_remove_write_access); when the ioctl returns, userspace
+  relies on the log.
+- `flush_remote_tlbs`: kvm_flush_remote_tlbs alone.
 
-kvm_flush_remote_tlbs is taken in its steps (kvm/kvm_main.py): set the request on every vCPU, read
-each vCPU's mode, send the kicks, wait for them. A host change counts as complete when its flush
-returns: from then on the checker requires every guest access to the GPA to use its current page
-and rights (ept-coherence: `changed` and `protected`).
+What the checker holds the host to (model/properties.py): a host page the kernel freed, or whose
+data it migrated away, is `released`, and no guest access may reach it from that step on
+(host-isolation: a use after free); a frame whose write protection for dirty logging returned to
+userspace is `protected` (dirty-logging). Both are set by the kernel's steps, never by KVM's, so a
+policy cannot switch them off; a policy whose flush comes too late (after the free) is caught.
 
 `preempt` and `resume` schedule a vCPU out and in (vcpu_put, vcpu_load); a vCPU preempted by a
 host op stays out (`held`) until a `resume`.
@@ -37,20 +46,22 @@ from kvmtlb.host.ops import (
 from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.vmx import VmExitEvent
 from kvmtlb.kvm.context import Step, World
+from kvmtlb.kvm.kvm_main import HOST_SENDER
 from kvmtlb.kvm.policy import KvmPolicy
-from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH
-from kvmtlb.kvm.state import Vcpu
+from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
 
-HOST_SENDER = 1  # the host thread's bit in Pcpu.kicks
+DONE = "mm:done"  # the continuation that ends the op (a KVM task returning to it ends it at once)
 
 
 class HostThread(NamedTuple):
     op: int = 0  # index of the op it runs or will run next
-    phase: str = ""  # progress within that op ("" before it starts)
-    frame: tuple[int, ...] = ()  # locals across the op's steps
-    changed: int = 0  # guest frames (by index) whose zap or migration has completed
-    protected: int = 0  # guest frames whose write protection has completed
+    phase: str = ""  # progress within that op: "" before it starts, a KVM label or an mm: label
+    ret: tuple[str, ...] = ()  # the KVM task's return stack
+    frame: tuple[int, ...] = ()  # the KVM task's locals across its steps
+    page: int = -1  # the host page the op takes away from the guest (zap, remap)
+    released: tuple[int, ...] = ()  # host pages freed or migrated away, sorted
+    protected: int = 0  # guest frames (by index) whose write protection returned to userspace
     held: int = 0  # vCPUs a host op preempted and no resume has brought back
     home: tuple[int, ...] = ()  # the pCPU each vCPU runs on when the scheduler picks it
 
@@ -78,10 +89,8 @@ def host_actions(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> list[
         if occupant >= 0 and not preemptible(pol, w.vcpus[occupant]):
             return []
         return ["step"]
-    if h.phase == "flush:wait":
-        mask = h.frame[0]
-        pending = any(w.pcpus[p][2] & HOST_SENDER for p in range(len(w.pcpus)) if mask >> p & 1)
-        return [] if pending else ["step"]
+    if h.phase in pol.HOST_STEPS:
+        return ["step"] if pol.host_step_enabled(w, h.phase, h.frame) else []
     return ["step"]
 
 
@@ -108,10 +117,7 @@ def host_step(k: Step, pol: KvmPolicy, program: tuple[HostOp, ...]) -> None:
         home[op.vcpu] = target
         k.host = h._replace(op=h.op + 1, held=h.held & ~(1 << op.vcpu), home=tuple(home))
         return
-    if h.phase.startswith("flush:"):
-        _flush_step(k, pol, op, h)
-        return
-    k.host = _mm_step(k, pol, op, h)
+    k.host = _op_step(k, pol, op, h)
 
 
 def preempt(k: Step, pol: KvmPolicy, v: int) -> None:
@@ -124,84 +130,64 @@ def preempt(k: Step, pol: KvmPolicy, v: int) -> None:
     pol.vcpu_put(k, vcpu)
 
 
-def _mm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
-    if isinstance(op, ZapOp | RemapOp):
-        i = k.config.gpa_index(op.gpa)
-        if h.phase == "":
-            pol.kvm_mmu_invalidate_begin(k)
-            pol.kvm_unmap_gfn_range(k, op.gpa)
-            return h._replace(phase="flush:req", frame=())
-        if h.phase == "after-flush":
-            if isinstance(op, RemapOp):
-                k.kvm.set_backing(i, op.hpa)
-                k.note(f"migrate_pages: copy to {op.hpa:#x}; the primary MMU maps it")
-            else:
-                k.kvm.set_backing(i, -1)
-                k.note(f"the primary MMU drops its mapping of {op.gpa:#x}")
-            return h._replace(phase="end")
-        if h.phase == "end":
-            old = h.frame[0] if h.frame else -1
-            pol.kvm_mmu_invalidate_end(k)
-            if old >= 0:
-                k.note(f"free the old host page {old:#x}")
-            if isinstance(op, RemapOp):
-                return h._replace(phase="map", frame=())
-            return _op_done(h)
-        if h.phase == "map":
-            assert isinstance(op, RemapOp)
-            pol.kvm_tdp_mmu_map_page(k, op.gpa, op.hpa)
-            return _op_done(h)
-    if isinstance(op, WrprotectOp):
-        if pol.kvm_tdp_mmu_write_protect(k, op.gpa):
-            return h._replace(phase="flush:req", frame=())
-        k.note("no remote TLB flush after write protection")
-        protected = h.protected | 1 << k.config.gpa_index(op.gpa)
-        return _op_done(h._replace(protected=protected))
-    if isinstance(op, FlushRemoteOp):
-        return h._replace(phase="flush:req", frame=())
+def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
+    """One step of a zap, remap, wrprotect or flush_remote_tlbs: a step of KVM's task, or one of
+    the host kernel's own."""
+    if h.phase in pol.HOST_STEPS:
+        return _kvm_step(k, pol, op, h)
+    if h.phase == "":
+        if isinstance(op, ZapOp | RemapOp):
+            page = k.kvm.backing[k.config.gpa_index(op.gpa)]
+            then = "mm:unmap" if isinstance(op, ZapOp) else "mm:migrate"
+            return _call(
+                k, pol, op, h._replace(page=page), "kvm_mmu_notifier_invalidate_range_start", then
+            )
+        if isinstance(op, WrprotectOp):
+            return _call(k, pol, op, h, "kvm_mmu_slot_remove_write_access", DONE)
+        assert isinstance(op, FlushRemoteOp)
+        return _call(k, pol, op, h, "kvm_flush_remote_tlbs", DONE)
+    assert isinstance(op, ZapOp | RemapOp), f"host op {op!r} in phase {h.phase!r}"
+    i = k.config.gpa_index(op.gpa)
+    if h.phase == "mm:unmap":
+        k.kvm.set_backing(i, -1)
+        k.note(f"the primary MMU drops its mapping of {op.gpa:#x}")
+        return _release(k, h, "mm:end", "is freed")
+    if h.phase == "mm:migrate":
+        assert isinstance(op, RemapOp)
+        k.kvm.set_backing(i, op.hpa)
+        k.note(f"migrate_pages: copy to {op.hpa:#x}; the primary MMU maps it")
+        return _release(k, h, "mm:end", "no longer holds the guest's data")
+    if h.phase == "mm:end":
+        then = "mm:map" if isinstance(op, RemapOp) else DONE
+        return _call(k, pol, op, h, "kvm_mmu_notifier_invalidate_range_end", then)
+    if h.phase == "mm:map":
+        return _call(k, pol, op, h, "kvm_set_spte_gfn", DONE)
     raise AssertionError(f"host op {op!r} in phase {h.phase!r}")
 
 
-def _op_done(h: HostThread) -> HostThread:
-    return h._replace(op=h.op + 1, phase="", frame=())
+def _call(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread, label: str, then: str) -> HostThread:
+    """The kernel calls into KVM at `label`, to continue at `then`; KVM's first step runs now."""
+    return _kvm_step(k, pol, op, h._replace(phase=label, ret=(*h.ret, then), frame=()))
 
 
-def _flush_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> None:
-    """kvm_main.c:kvm_flush_remote_tlbs @ v6.18, one step at a time."""
-    if h.phase == "flush:req":
-        # kvm_make_vcpu_request for vCPU i: first its request bit (one step), then its mode
-        i, mask, old = h.frame if h.frame else (0, 0, -1)
-        if i == 0 and isinstance(op, ZapOp | RemapOp):
-            old = _old_page(k, op.gpa)
-        pol.kvm_make_vcpu_request(k, k.vcpus[i], KVM_REQ_TLB_FLUSH)
-        k.host = h._replace(phase="flush:ipi", frame=(i, mask, old))
-        return
-    if h.phase == "flush:ipi":
-        i, mask, old = h.frame
-        target = pol.kvm_request_needs_ipi(k, k.vcpus[i], KVM_REQ_TLB_FLUSH)
-        if target >= 0:
-            mask |= 1 << target
-        nxt = "flush:req" if i + 1 < len(k.vcpus) else "flush:kick"
-        k.host = h._replace(phase=nxt, frame=(i + 1, mask, old))
-        return
-    if h.phase == "flush:kick":
-        _, mask, old = h.frame
-        pol.kvm_kick_many_cpus(k, mask, HOST_SENDER, wait=True)
-        k.host = h._replace(phase="flush:wait", frame=(mask, old))
-        return
-    # flush:wait, with every kick taken: kvm_flush_remote_tlbs returns
-    mask, old = h.frame
-    k.note("kvm_flush_remote_tlbs returns")
-    changed, protected = h.changed, h.protected
-    if isinstance(op, ZapOp | RemapOp):
-        changed |= 1 << k.config.gpa_index(op.gpa)
-        k.host = h._replace(phase="after-flush", frame=(old,), changed=changed)
-    elif isinstance(op, WrprotectOp):
-        protected |= 1 << k.config.gpa_index(op.gpa)
-        k.host = _op_done(h._replace(protected=protected))
-    else:
-        k.host = _op_done(h)
+def _kvm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
+    gpa = getattr(op, "gpa", -1)
+    task = HostTask(h.phase, h.frame, h.ret, gpa, getattr(op, "hpa", -1))
+    pol.host_step(k, task)
+    h = h._replace(phase=task.pc, frame=task.frame, ret=task.ret)
+    if h.phase != DONE:
+        return h
+    if isinstance(op, WrprotectOp):
+        h = h._replace(protected=h.protected | 1 << k.config.gpa_index(gpa))
+    return h._replace(op=h.op + 1, phase="", ret=(), frame=(), page=-1)
 
 
-def _old_page(k: Step, gpa: int) -> int:
-    return k.kvm.backing[k.config.gpa_index(gpa)]
+def _release(k: Step, h: HostThread, then: str, what: str) -> HostThread:
+    """The kernel lets go of the op's old page: from now on no guest access may reach it."""
+    if h.page < 0:
+        return h._replace(phase=then)
+    k.note(f"the old host page {h.page:#x} {what}", "no guest access may reach it from now on")
+    return h._replace(phase=then, released=tuple(sorted({*h.released, h.page})))
+
+
+__all__ = ["DONE", "HOST_SENDER", "HostThread", "describe", "host_actions", "host_step", "preempt"]

@@ -14,7 +14,7 @@ from kvmtlb.hw.paging import make_ept, make_npt
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import register
 from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH_GUEST, kvm_make_request
-from kvmtlb.kvm.state import KVM_VCPU_PREEMPTED, Pcpu, Vcpu
+from kvmtlb.kvm.state import KVM_VCPU_PREEMPTED, HostTask, Pcpu, Vcpu
 from kvmtlb.kvm.versions import Kvm618
 
 
@@ -271,3 +271,33 @@ class MakeSpteNoDirtyLog(Kvm618):
     def make_spte(self, k: Step, gpa: int, hpa: int, rights: int) -> int:
         """spte.c:make_spte @ v6.18 without its mark_page_dirty_in_slot."""
         return make_ept(hpa, rights) if k.config.vmx else make_npt(hpa, rights)
+
+
+@register
+class NotifierFlushAtRangeEnd(Kvm618):
+    name = "bug-notifier-flush-at-range-end"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "the MMU notifier's invalidate_range_start zaps the SPTE but leaves kvm_flush_remote_tlbs "
+        "to invalidate_range_end: the primary MMU frees the page in between, while a TLB still "
+        "maps it"
+    )
+    HOST_STEPS: ClassVar[dict[str, str]] = {
+        **Kvm618.HOST_STEPS,
+        "kvm_mmu_notifier_invalidate_range_end:end": "kvm_mmu_invalidate_end_step",
+    }
+
+    def kvm_mmu_notifier_invalidate_range_start(self, k: Step, task: HostTask) -> None:
+        """invalidate_begin and the zap, but no flush before returning to the primary MMU."""
+        self.kvm_mmu_invalidate_begin(k)
+        self.kvm_unmap_gfn_range(k, task.gpa)
+        task.return_()
+
+    def kvm_mmu_notifier_invalidate_range_end(self, k: Step, task: HostTask) -> None:
+        """The flush happens here, after the primary MMU let go of the page."""
+        task.call("kvm_flush_remote_tlbs", "kvm_mmu_notifier_invalidate_range_end:end")
+
+    def kvm_mmu_invalidate_end_step(self, k: Step, task: HostTask) -> None:
+        self.kvm_mmu_invalidate_end(k)
+        task.return_()

@@ -1,26 +1,33 @@
 """Generic KVM: vCPU load and put, remote TLB flushes with kicks, the MMU-notifier window.
 
 Ports virt/kvm/kvm_main.c @ v6.18. kvm_flush_remote_tlbs is split where other processors can
-interleave: the requests are set on every vCPU, then each vCPU's mode is read (and moved from
+interleave: for each vCPU in turn its request is set, then its mode is read (and moved from
 IN_GUEST_MODE to EXITING_GUEST_MODE), then the IPIs are sent, then the sender waits until every
 IPI was taken (KVM_REQUEST_WAIT). Paired with the re-check of requests in vcpu_enter_guest after
 IN_GUEST_MODE, this guarantees that a vCPU cannot run guest code with a TLB older than the
 request: either the sender sees it in guest mode and kicks it, or it sees the request.
 
-The caller (the host thread, kvmtlb.host) keeps the sender's locals between the steps.
+The host-side paths (the MMU notifier's invalidate_range_start/end, kvm_flush_remote_tlbs) are
+step methods on a `HostTask`, labelled in `KvmPolicy.HOST_STEPS` as the vCPU's steps are in
+`STEPS`: the host thread (kvmtlb.host) calls them from the host kernel's operations and keeps the
+task's label and locals between the steps, so a variant can override, reorder or split them.
 """
 
 from __future__ import annotations
 
-from kvmtlb.kvm.context import Step
-from kvmtlb.kvm.requests import WAIT_REQUESTS, kvm_make_request, request_names
+from kvmtlb.kvm.context import Step, World
+from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH, WAIT_REQUESTS, kvm_make_request, request_names
 from kvmtlb.kvm.state import (
     EXITING_GUEST_MODE,
     IN_GUEST_MODE,
     MODE_NAMES,
     OUTSIDE_GUEST_MODE,
+    HostTask,
     Vcpu,
 )
+
+HOST_SENDER = 1  # the host thread's bit in Pcpu.kicks
+P_KICKS = 2  # position of Pcpu.kicks in the frozen Pcpu tuple
 
 
 class KvmMain:
@@ -93,6 +100,68 @@ class KvmMain:
             k.pcpus[cpu].kicks = 0
             k.note(f"pCPU{cpu} takes the IPI (ack_kick)")
 
+    # -- kvm_flush_remote_tlbs, as host-task steps -------------------------------------------
+    def kvm_flush_remote_tlbs(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_flush_remote_tlbs @ v6.18 (kvm_make_all_cpus_request_except): the
+        request of vCPU `frame[0]` (0 on entry); its mode is read in the next step."""
+        i, mask = task.frame if task.frame else (0, 0)
+        self.kvm_make_vcpu_request(k, k.vcpus[i], KVM_REQ_TLB_FLUSH)
+        task.frame = (i, mask)
+        task.goto("kvm_flush_remote_tlbs:mode")
+
+    def kvm_flush_remote_tlbs_mode(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_vcpu_request @ v6.18, second half, for vCPU `frame[0]`; then the
+        next vCPU's request, or the kicks after the last."""
+        i, mask = task.frame
+        target = self.kvm_request_needs_ipi(k, k.vcpus[i], KVM_REQ_TLB_FLUSH)
+        if target >= 0:
+            mask |= 1 << target
+        if i + 1 < len(k.vcpus):
+            task.frame = (i + 1, mask)
+            task.goto("kvm_flush_remote_tlbs")
+        else:
+            task.frame = (mask,)
+            task.goto("kvm_flush_remote_tlbs:kick")
+
+    def kvm_flush_remote_tlbs_kick(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_all_cpus_request_except @ v6.18: kick the collected pCPUs and
+        wait (KVM_REQ_TLB_FLUSH is a KVM_REQUEST_WAIT request)."""
+        (mask,) = task.frame
+        self.kvm_kick_many_cpus(k, mask, HOST_SENDER, wait=True)
+        task.goto("kvm_flush_remote_tlbs:wait")
+
+    def kvm_flush_remote_tlbs_wait(self, k: Step, task: HostTask) -> None:
+        """smp_call_function_many's wait is over (`host_step_enabled`): kvm_flush_remote_tlbs
+        returns."""
+        k.note("kvm_flush_remote_tlbs returns")
+        task.frame = ()
+        task.return_()
+
+    def host_step_enabled(self, w: World, pc: str, frame: tuple[int, ...]) -> bool:
+        """Whether the host task at label `pc` may step in world `w`: the wait of
+        kvm_flush_remote_tlbs blocks until every kicked pCPU took its IPI."""
+        if pc == "kvm_flush_remote_tlbs:wait":
+            (mask,) = frame
+            return not any(
+                w.pcpus[p][P_KICKS] & HOST_SENDER for p in range(len(w.pcpus)) if mask >> p & 1
+            )
+        return True
+
+    # -- the MMU notifier, as host-task steps --------------------------------------------------
+    def kvm_mmu_notifier_invalidate_range_start(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_mmu_notifier_invalidate_range_start @ v6.18 (kvm_handle_hva_range with
+        on_lock = kvm_mmu_invalidate_begin, handler kvm_unmap_gfn_range, flush_on_ret): faults
+        on the range retry from here on, the SPTE is zapped, and since something was zapped,
+        kvm_flush_remote_tlbs runs before the callback returns to the primary MMU."""
+        self.kvm_mmu_invalidate_begin(k)
+        self.kvm_unmap_gfn_range(k, task.gpa)  # type: ignore[attr-defined]
+        task.goto("kvm_flush_remote_tlbs")
+
+    def kvm_mmu_notifier_invalidate_range_end(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_mmu_notifier_invalidate_range_end @ v6.18: kvm_mmu_invalidate_end."""
+        self.kvm_mmu_invalidate_end(k)
+        task.return_()
+
     # -- the MMU-notifier window ---------------------------------------------------------------
     def kvm_mmu_invalidate_begin(self, k: Step) -> None:
         """kvm_main.c:kvm_mmu_invalidate_begin @ v6.18: faults on the range must retry."""
@@ -114,4 +183,4 @@ class KvmMain:
         return bool(k.kvm.mmu_invalidate_in_progress) or k.kvm.mmu_invalidate_seq != mmu_seq
 
 
-__all__ = ["KvmMain"]
+__all__ = ["HOST_SENDER", "KvmMain"]

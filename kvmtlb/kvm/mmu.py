@@ -20,7 +20,7 @@ from __future__ import annotations
 from kvmtlb.hw.paging import E_ALL, E_W, ept_rights, make_ept, make_npt, pte_addr
 from kvmtlb.hw.walk import _npt_rights
 from kvmtlb.kvm.context import Step
-from kvmtlb.kvm.state import Vcpu
+from kvmtlb.kvm.state import HostTask, Vcpu
 
 
 class Mmu:
@@ -135,6 +135,23 @@ class Mmu:
         if hpa >= 0:
             self.set_spte(k, gpa, hpa, rights & ~E_W, "write-protect for dirty logging")
         return True
+
+    # -- host-task steps (KvmPolicy.HOST_STEPS) ------------------------------------------------
+    def kvm_mmu_slot_remove_write_access(self, k: Step, task: HostTask) -> None:
+        """x86.c:kvm_mmu_slot_apply_flags -> mmu.c:kvm_mmu_slot_remove_write_access, then
+        kvm_flush_remote_tlbs_memslot @ v6.18 (dirty logging switched on, or the dirty log
+        cleared): write-protect the frame, and flush if write permission may be cached."""
+        if self.kvm_tdp_mmu_write_protect(k, task.gpa):
+            task.goto("kvm_flush_remote_tlbs")
+        else:
+            k.note("no remote TLB flush after write protection")
+            task.return_()
+
+    def kvm_set_spte_gfn(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_set_spte_gfn @ v5.7/v5.8 (the change_pte notifier): the SPTE of the migrated
+        page. (v6.18 dropped change_pte: the next fault maps the new page, to the same effect.)"""
+        self.kvm_tdp_mmu_map_page(k, task.gpa, task.hpa)
+        task.return_()
 
     def kvm_tdp_mmu_map_page(self, k: Step, gpa: int, hpa: int) -> None:
         """The SPTE of a migrated page: the new host page, with the memslot's rights."""

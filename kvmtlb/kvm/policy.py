@@ -17,7 +17,7 @@ from typing import ClassVar
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.kvm_main import KvmMain
 from kvmtlb.kvm.mmu import Mmu
-from kvmtlb.kvm.state import Vcpu
+from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.svm import Svm
 from kvmtlb.kvm.vmx import Vmx
 from kvmtlb.kvm.x86 import X86
@@ -42,6 +42,17 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu):
         "kvm_tdp_page_fault:map": "kvm_tdp_page_fault_map",
         "x86_emulate_insn:complete": "x86_emulate_insn_complete",
     }
+    # The host thread's KVM code (kvmtlb.host calls it from the host kernel's operations).
+    HOST_STEPS: ClassVar[dict[str, str]] = {
+        "kvm_mmu_notifier_invalidate_range_start": "kvm_mmu_notifier_invalidate_range_start",
+        "kvm_flush_remote_tlbs": "kvm_flush_remote_tlbs",
+        "kvm_flush_remote_tlbs:mode": "kvm_flush_remote_tlbs_mode",
+        "kvm_flush_remote_tlbs:kick": "kvm_flush_remote_tlbs_kick",
+        "kvm_flush_remote_tlbs:wait": "kvm_flush_remote_tlbs_wait",
+        "kvm_mmu_notifier_invalidate_range_end": "kvm_mmu_notifier_invalidate_range_end",
+        "kvm_mmu_slot_remove_write_access": "kvm_mmu_slot_remove_write_access",
+        "kvm_set_spte_gfn": "kvm_set_spte_gfn",
+    }
     NOT_PREEMPTIBLE: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
     IRQS_OFF: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
 
@@ -51,6 +62,13 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu):
         if method is None:
             raise KeyError(f"{self.name}: no step for label {vcpu.pc!r}")
         getattr(self, method)(k, vcpu)
+
+    def host_step(self, k: Step, task: HostTask) -> None:
+        """Run the host task's next atomic step (the method `HOST_STEPS[task.pc]` names)."""
+        method = self.HOST_STEPS.get(task.pc)
+        if method is None:
+            raise KeyError(f"{self.name}: no host step for label {task.pc!r}")
+        getattr(self, method)(k, task)
 
     def step_name(self, pc: str) -> str:
         return self.STEPS.get(pc, pc)

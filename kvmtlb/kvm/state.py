@@ -36,6 +36,34 @@ KVM_VCPU_FLUSH_TLB = 1 << 1
 
 
 @dataclass(slots=True)
+class HostTask:
+    """KVM code that the host thread runs (the MMU notifier's callbacks, dirty logging,
+    kvm_flush_remote_tlbs), as a vCPU's code runs: `pc` is the step label (KvmPolicy.HOST_STEPS),
+    `frame` the locals carried across the race window at it, `ret` the labels to return to
+    (innermost last; the host kernel's own continuation at the bottom). `gpa` and `hpa` are the
+    operands of the host op."""
+
+    pc: str
+    frame: tuple[int, ...] = ()
+    ret: tuple[str, ...] = ()
+    gpa: int = -1
+    hpa: int = -1
+
+    def call(self, label: str, then: str) -> None:
+        """Continue at `label`; when that code returns, continue at `then`."""
+        self.ret = (*self.ret, then)
+        self.pc = label
+
+    def goto(self, label: str) -> None:
+        """The next step runs at `label` (a tail call: it returns where this code would)."""
+        self.pc = label
+
+    def return_(self) -> None:
+        """Return to the caller's continuation."""
+        self.pc, self.ret = self.ret[-1], self.ret[:-1]
+
+
+@dataclass(slots=True)
 class Vcpu:
     """struct kvm_vcpu and its vendor part: only the fields the TLB-flush port reads."""
 

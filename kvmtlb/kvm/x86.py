@@ -40,6 +40,7 @@ from kvmtlb.kvm.requests import (
     request_names,
 )
 from kvmtlb.kvm.state import (
+    EXITING_GUEST_MODE,
     IN_GUEST_MODE,
     KVM_VCPU_FLUSH_TLB,
     KVM_VCPU_PREEMPTED,
@@ -153,10 +154,12 @@ class X86:
         vcpu.pc = "vcpu_enter_guest:recheck"
 
     def vcpu_enter_guest_recheck(self, k: Step, vcpu: Vcpu) -> None:
-        """x86.c:vcpu_enter_guest @ v6.18: kvm_vcpu_exit_request re-reads the requests after
-        setting IN_GUEST_MODE (pairs with kvm_flush_remote_tlbs setting the request before reading
-        the mode); if any arrived, back out: mode = OUTSIDE_GUEST_MODE. Else VM entry."""
-        if kvm_request_pending(vcpu):
+        """x86.c:vcpu_enter_guest @ v6.18, with preemption and interrupts off: the re-check of
+        requests after IN_GUEST_MODE (pairs with kvm_flush_remote_tlbs setting the request
+        before reading the mode); if it says exit, back out; else VM entry, and a kick that
+        arrived while interrupts were off exits at once. One atomic step of three methods, each
+        of which a variant may override alone."""
+        if self.kvm_vcpu_exit_request(k, vcpu):
             vcpu.mode = OUTSIDE_GUEST_MODE
             k.note(
                 "kvm_vcpu_exit_request: requests pending, cancel entry",
@@ -164,17 +167,31 @@ class X86:
             )
             vcpu.pc = "vcpu_enter_guest"
             return
+        self.vcpu_enter_guest_run(k, vcpu)
+        self.vcpu_enter_guest_pending_kick(k, vcpu)
+
+    def kvm_vcpu_exit_request(self, k: Step, vcpu: Vcpu) -> bool:
+        """x86.c:kvm_vcpu_exit_request @ v6.18: a sender moved the mode to EXITING_GUEST_MODE, or
+        a request is pending."""
+        return vcpu.mode == EXITING_GUEST_MODE or kvm_request_pending(vcpu)
+
+    def vcpu_enter_guest_run(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:vcpu_enter_guest @ v6.18: the vcpu_run hook (VM entry)."""
         vcpu.at_instruction_boundary = False
         running = self.kvm_x86_call(k, "vcpu_run", vcpu)
         if not running:
             raise AssertionError("VM entry failed")
         vcpu.pc = "guest"
-        if k.pcpus[vcpu.cpu].kicks:
-            # Interrupts were disabled since the mode change; the pending IPI exits at once.
-            event = VmExitEvent("IPI") if k.config.vmx else SvmExitEvent("IPI")
-            k.hw(vcpu.cpu, event)
-            self.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="pending IPI")
-            self.ack_kicks(k, vcpu.cpu)  # type: ignore[attr-defined]
+
+    def vcpu_enter_guest_pending_kick(self, k: Step, vcpu: Vcpu) -> None:
+        """A kick sent while interrupts were off is taken right after the VM entry: an exit for
+        an external interrupt, and the IPI is acknowledged."""
+        if vcpu.pc != "guest" or not k.pcpus[vcpu.cpu].kicks:
+            return
+        event = VmExitEvent("IPI") if k.config.vmx else SvmExitEvent("IPI")
+        k.hw(vcpu.cpu, event)
+        self.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="pending IPI")
+        self.ack_kicks(k, vcpu.cpu)  # type: ignore[attr-defined]
 
     def kvm_mmu_reload(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.h:kvm_mmu_reload @ v6.18: load a root if the current one is invalid."""

@@ -88,7 +88,7 @@ class Canonicalizer:
             tuple(self._vcpu(v, base) for v in w.vcpus),
             _pcpus(w.pcpus, base),
             w.guests,
-            (h[0], label_code(h[1]), *h[2:]),
+            (h[0], label_code(h[1]), tuple(map(label_code, h[2])), *h[3:]),
         )
 
     def fingerprint(self, w: World) -> int:
@@ -131,7 +131,7 @@ class Canonicalizer:
                     tuple(vh),
                     _pcpus(w.pcpus, base),
                     w.guests,
-                    (host[0], label_code(host[1]), *host[2:]),
+                    (host[0], label_code(host[1]), tuple(map(label_code, host[2])), *host[3:]),
                 )
             )
             & 0xFFFF_FFFF_FFFF_FFFF

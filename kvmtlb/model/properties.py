@@ -5,10 +5,11 @@
   allows (a translation to (GPA, guest rights), or a #PF) must be one the vCPU's native reference
   allows. EPT violations and #NPFs are not guest-visible (KVM handles them). An access KVM
   emulated is checked when it completes, against the reference at that moment.
-- ept-coherence: once the host's change of a guest frame has completed (its
-  kvm_flush_remote_tlbs returned), every translation of that frame a vCPU in guest mode may use
-  must reach its current host page (else host-isolation), and a write through it must be logged
-  in the dirty bitmap if write protection for dirty logging completed (else dirty-logging).
+- ept-coherence, in two parts. host-isolation is use-after-free: once the host kernel freed a
+  host page, or migrated its data away (`HostThread.released`, set by the kernel's own step, not
+  by KVM's), no translation a vCPU in guest mode may use may reach it. dirty-logging: once write
+  protection of a frame for dirty logging returned to userspace (its kvm_flush_remote_tlbs
+  returned), a write through any translation of that frame must be logged in the dirty bitmap.
 
 When several properties fail in one world, the first in PRECEDENCE is reported.
 """
@@ -20,8 +21,8 @@ from typing import NamedTuple
 
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.outcomes import Access, PageFault
-from kvmtlb.hw.paging import E_W, ept_rights, pte_addr
-from kvmtlb.hw.walk import ACCESS_KINDS, _npt_rights
+from kvmtlb.hw.paging import E_W
+from kvmtlb.hw.walk import ACCESS_KINDS
 from kvmtlb.kvm.context import World
 from kvmtlb.model.system import System
 
@@ -42,7 +43,7 @@ def check(system: System, w: World) -> Violation | None:
     Guest-transparency depends only on the two machines and on which vCPU runs where, and many
     worlds share those (they differ in KVM's or the host's state): it is memoized per system."""
     h: HostThread = w.host
-    watched = h.changed | h.protected
+    watched = h.released or h.protected
     running = tuple(
         (v, vc[V_CPU]) for v, vc in enumerate(w.vcpus) if vc[V_PC] == "guest" and vc[V_CPU] >= 0
     )
@@ -128,21 +129,20 @@ def _coherence(
     kvm = system.kvm
     out: list[Violation] = []
     for o in model:
-        if not isinstance(o, Access) or o.gpa not in kvm.gpas:
+        if not isinstance(o, Access):
+            continue
+        page = o.frame & ~0xFFF
+        if page in h.released:
+            out.append(
+                Violation(
+                    "host-isolation",
+                    f"vcpu{v} {access} {gva:#x} may reach host page {o.frame:#x} through GPA "
+                    f"{o.gpa:#x}, which the host freed or migrated away: a use after free",
+                )
+            )
+        if o.gpa not in kvm.gpas:
             continue
         i = kvm.gpa_index(o.gpa)
-        page = o.gpa & ~0xFFF
-        if h.changed >> i & 1:
-            hpa, _ = _spte(system, w, page)
-            if hpa != (o.frame & ~0xFFF):
-                now = f"{hpa:#x}" if hpa >= 0 else "no page (zapped)"
-                out.append(
-                    Violation(
-                        "host-isolation",
-                        f"vcpu{v} {access} {gva:#x} may reach host page {o.frame:#x} through GPA "
-                        f"{o.gpa:#x}, whose current page is {now}: the host's change completed",
-                    )
-                )
         if h.protected >> i & 1 and access == "write" and not w.kvm[K_DIRTY][i]:
             out.append(
                 Violation(
@@ -152,15 +152,6 @@ def _coherence(
                 )
             )
     return out
-
-
-def _spte(system: System, w: World, gpa: int) -> tuple[int, int]:
-    kvm = system.kvm
-    value = w.machine.memory.values[kvm.layout.slot(kvm.tdp_root, gpa)]
-    rights = ept_rights(value) if kvm.vmx else _npt_rights(value)
-    if not rights:
-        return (-1, 0)
-    return (pte_addr(value), rights)
 
 
 __all__ = ["E_W", "PRECEDENCE", "Violation", "check"]
