@@ -440,3 +440,43 @@ def test_help_has_no_type_labels(command: list[str]) -> None:
     if command == ["check"]:
         for label in ("FILE", "NAME|PATH.py:Class", " N ", "SECONDS", "MB"):
             assert label in r.stdout, label
+
+
+# -- the README says what the tool does ------------------------------------------------------------
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_readme_exit_codes_are_the_tools() -> None:
+    from kvmtlb import jobs
+
+    text = README.read_text().split("### Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d) \| (.*)$", text, re.M)}
+    assert sorted(rows) == [
+        jobs.EXIT_OK,
+        jobs.EXIT_DIFFERS,
+        jobs.EXIT_INPUT,
+        jobs.EXIT_STOPPED,
+        jobs.EXIT_INTERNAL,
+    ]
+    assert "stopped" in rows[jobs.EXIT_STOPPED] and "traceback" in rows[jobs.EXIT_INTERNAL]
+
+
+def test_readme_zap_while_away_trace_is_what_check_prints() -> None:
+    text = README.read_text()
+    assert "with a 17-step trace" in text and "at step 15" in text and "step 17" in text
+    r = cli(
+        "check",
+        str(BUILTIN / "zap-while-away.toml"),
+        "--policy",
+        "bug-vmx-migration-flush-guest-only",
+        "--json",
+    )
+    [rec] = json_records(r)
+    assert rec["label"] == "violation:host-isolation"
+    assert len(rec["trace"]) == 17
+    step15 = rec["trace"][14]["detail"]
+    assert "INVVPID single-context" in step15
+    assert "[intel.invvpid.single, intel.invvpid.no-guest-physical]" in step15
+    assert "KVM_REQ_TLB_FLUSH_GUEST" in step15
+    assert "VMRESUME" in rec["trace"][16]["detail"]
+    assert "0x80000" in rec["detail"]
