@@ -223,20 +223,30 @@ def _guarded(owner: str, name: str, fn: Callable[..., Any]) -> Callable[..., Any
     return guarded
 
 
+_VCPU_FIELDS = tuple(f.name for f in fields(Vcpu))
+
+
 def _check_vcpu(where_: str, owner: str, method: str, v: Vcpu) -> None:
+    frame = v.frame
+    if type(frame) is tuple and all(type(x) is int for x in frame) and type(v.pc) is str:
+        try:
+            hash(tuple(getattr(v, name) for name in _VCPU_FIELDS))
+            return  # the common case, checked cheaply: the wrapper runs on every call
+        except TypeError:
+            pass
     problem = ""
-    if not isinstance(v.frame, tuple) or not all(isinstance(x, int) for x in v.frame):
-        problem = f"vcpu{v.id}.frame = {v.frame!r}: `frame` holds a tuple of ints only"
+    if not isinstance(frame, tuple) or not all(isinstance(x, int) for x in frame):
+        problem = f"vcpu{v.id}.frame = {frame!r}: `frame` holds a tuple of ints only"
     elif not isinstance(v.pc, str):
         problem = f"vcpu{v.id}.pc = {v.pc!r}: `pc` is a step label (a string)"
     else:
-        for f in fields(v):
-            value = getattr(v, f.name)
+        for name in _VCPU_FIELDS:
+            value = getattr(v, name)
             try:
                 hash(value)
             except TypeError:
                 problem = (
-                    f"vcpu{v.id}.{f.name} = {value!r}: vCPU fields hold immutable values "
+                    f"vcpu{v.id}.{name} = {value!r}: vCPU fields hold immutable values "
                     "(ints, bools, strings, tuples)"
                 )
                 break
