@@ -305,7 +305,7 @@ def check(
     if interrupted or stopped:
         typer.echo(
             f"stopped: {report.stopped_summary(results, len(job_list), interrupted)}; "
-            "what finished is printed above",
+            "what finished is printed",
             err=True,
         )
     raise typer.Exit(report.exit_code(results, interrupted))
