@@ -401,7 +401,7 @@ def _wide_console() -> Console:
     help="Re-run a saved trace deterministically and print it.",
     epilog="Exit codes: 0 every record gives the same outcome; 1 one gives another; 2 an input "
     "error (an unreadable or malformed trace, a missing scenario file, a policy file not named "
-    "with --policy); 4 an internal error.",
+    "with --policy); 3 stopped by Ctrl-C; 4 an internal error.",
 )
 def replay(
     trace_file: Annotated[
