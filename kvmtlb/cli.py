@@ -1,34 +1,144 @@
-"""The `kvmtlb` command line."""
+"""The `kvmtlb` command line.
+
+Every command ends with one of the exit codes of kvmtlb/jobs.py (README.md, "Exit codes"):
+0 as expected, 1 a verdict other than expected, 2 an input error, 3 stopped by Ctrl-C or a limit
+(what finished is printed), 4 an internal error (a one-line message; the traceback in a file it
+names). `_Command` gives every command the last two: Ctrl-C outside a search is 3, and an
+exception that escapes a command is 4, never a traceback on the terminal.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
+from kvmtlb import jobs
 from kvmtlb.hw.rules import Rule, all_rules
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="An executable model of KVM's x86 TLB-flush machinery on SDM/APM-exact TLBs.",
+if TYPE_CHECKING:
+    from kvmtlb.check.explorer import Progress
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every verdict as expected; 1 a verdict other than expected (a violation or a "
+    "deadlock where safe is expected); 2 an input error (a file, an option, or a step of a "
+    "PATH.py:Class policy that raised); 3 stopped by Ctrl-C, --max-states, --timeout or "
+    "--max-memory (what finished is printed); 4 an internal error (the traceback is written to "
+    "a file the message names)."
 )
 
 
+def _no_type(ctx: object) -> None:
+    return None
+
+
+def _plain_labels(params: list[Any]) -> list[Any]:
+    """Help labels a user reads (FILE, N, SECONDS) instead of typer's `<list[str]>`/`<bool>`:
+    flags show none, arguments and options their metavar."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+        if getattr(p, "param_type_name", "") == "argument" and p.metavar is not None:
+            setattr(p, "display_type_rich", _no_type)  # noqa: B010 (typer ignores an argument's metavar)
+    return params
+
+
+def _stopped_or_crashed(e: BaseException, where: str) -> typer.Exit:
+    """Ctrl-C outside a search (exit 3), the reader of stdout gone (exit 3, quietly), or an
+    exception no command handled (exit 4)."""
+    if isinstance(e, KeyboardInterrupt):
+        typer.echo("stopped: interrupted by the user", err=True)
+        return typer.Exit(jobs.EXIT_STOPPED)
+    if isinstance(e, BrokenPipeError):  # `kvmtlb check --json | head`: the reader had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return typer.Exit(jobs.EXIT_STOPPED)
+    path = jobs.crash_report(e, where)
+    typer.echo(f"error: {jobs.internal_error_message(e, path)}", err=True)
+    return typer.Exit(jobs.EXIT_INTERNAL)
+
+
+def _control_flow(e: BaseException) -> bool:
+    """click's and typer's own exceptions (Exit, Abort, usage errors) pass through."""
+    return type(e).__module__.split(".")[0] in ("click", "typer")
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_labels(super().get_params(ctx))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (Exception, KeyboardInterrupt) as e:
+            if _control_flow(e):
+                raise
+            raise _stopped_or_crashed(e, f"kvmtlb {self.name}") from None
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_labels(super().get_params(ctx))
+
+
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    help="An executable model of KVM's x86 TLB-flush machinery on SDM/APM-exact TLBs.",
+    epilog="Exit codes: 0 as expected; 1 a verdict other than expected; 2 an input error; "
+    "3 stopped by Ctrl-C or a limit; 4 an internal error. Each command's --help says more.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kvmtlb {version()}")
+        raise typer.Exit(0)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("kvmtlb")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
     """An executable model of KVM's x86 TLB-flush machinery on SDM/APM-exact TLBs."""
 
 
-@app.command()
+SIMPLE_EXIT_CODES = "Exit codes: 0 done; 2 an input error; 4 an internal error."
+
+
+@app.command(cls=_Command, epilog=SIMPLE_EXIT_CODES)
 def rules(
     json_out: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
     vendor: Annotated[
-        str | None, typer.Option(help="Only rules of this vendor: intel or amd.")
+        str | None,
+        typer.Option(metavar="intel|amd", help="Only rules of this vendor: intel or amd."),
     ] = None,
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print the registry as a Markdown table.")
@@ -37,7 +147,7 @@ def rules(
     """Print the hardware rules the model implements, with their manual sections."""
     if vendor is not None and vendor not in ("intel", "amd"):
         typer.echo(f"error: --vendor must be 'intel' or 'amd', not {vendor!r}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(jobs.EXIT_INPUT)
     selected = all_rules(vendor)
     if markdown:
         typer.echo(rules_markdown(selected), nl=False)
@@ -69,15 +179,21 @@ def rules(
     _wide_console().print(table)
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    help="Explore every interleaving of scenarios under policies; print verdicts and traces.",
+    epilog=EXIT_CODES_HELP,
+)
 def check(
     files: Annotated[
-        list[Path] | None, typer.Argument(help="Scenario files (default: the built-in suite).")
+        list[Path] | None,
+        typer.Argument(metavar="FILE", help="Scenario files (default: the built-in suite)."),
     ] = None,
     policy: Annotated[
         list[str] | None,
         typer.Option(
             "--policy",
+            metavar="NAME|PATH.py:Class",
             help="A policy name or PATH.py:Class (repeatable; default: every upstream version).",
         ),
     ] = None,
@@ -88,68 +204,88 @@ def check(
     exact: Annotated[
         bool, typer.Option("--exact", help="Store full states instead of fingerprints.")
     ] = False,
-    max_states: Annotated[int, typer.Option(help="Stop a search after this many states.")] = 0,
-    jobs: Annotated[int, typer.Option(help="Worker processes (default: CPU count).")] = 0,
+    max_states: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Stop each search after N states: verdict stopped:max-states (0: no limit).",
+            show_default=False,
+        ),
+    ] = 0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="Stop each search after SECONDS: verdict stopped:timeout (0: no limit).",
+            show_default=False,
+        ),
+    ] = 0.0,
+    max_memory: Annotated[
+        int,
+        typer.Option(
+            metavar="MB",
+            help="Stop a search when the process running it holds more than MB MiB of resident "
+            "memory: verdict stopped:max-memory (0: no limit).",
+            show_default=False,
+        ),
+    ] = 0,
+    jobs_: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            metavar="N",
+            help="Worker processes (0, the default: one per core).",
+            show_default=False,
+        ),
+    ] = 0,
 ) -> None:
-    """Explore every interleaving of scenarios under policies; print verdicts and traces.
-
-    Exit 0 when every verdict equals its expectation, 1 when one differs, 2 on an input error
-    (including a policy whose step raises an exception: verdict "error", with the path to it).
-    """
-    import json
-    import os
-    import time
-
+    """Explore every interleaving of scenarios under policies; print verdicts and traces (the
+    exit codes: EXIT_CODES_HELP)."""
     from kvmtlb.check import report
     from kvmtlb.check.runner import (
         InputError,
         Job,
         builtin_scenarios,
         configurations,
+        distinct_names,
         known_policies,
         load_policy,
+        run_all,
     )
     from kvmtlb.kvm.policy import upstream
     from kvmtlb.model.scenario import ScenarioError, load
 
+    _check_limits(max_states=max_states, jobs=jobs_, timeout=timeout, max_memory=max_memory)
     console = _wide_console()
     paths = [str(f) for f in files] if files else [str(p) for p in builtin_scenarios()]
-    specs = policy or [c.name for c in upstream()]
+    specs = list(dict.fromkeys(policy or [c.name for c in upstream()]))
     try:
         classes = [load_policy(sp) for sp in specs]
+        distinct_names(specs, classes)
         names = [c.name for c in classes]
         known = known_policies(names)
         scenarios = [load(p, known) for p in paths]
     except (InputError, ScenarioError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(jobs.EXIT_INPUT) from None
     job_list: list[Job] = []
-    labels: dict[int, str] = {}
     for path, sc in zip(paths, scenarios, strict=True):
         for sp in specs:
-            job_list.append(Job(path, sp, None, exact, max_states))
+            job_list.append(Job(path, sp, None, exact, max_states, timeout, max_memory))
             if matrix:
                 for cfg in configurations(sc):
-                    labels[len(job_list)] = cfg.label()
-                    job_list.append(Job(path, sp, cfg, exact, max_states))
-    workers = jobs or min(len(job_list), os.cpu_count() or 1)
+                    job_list.append(Job(path, sp, cfg, exact, max_states, timeout, max_memory))
+    workers = jobs_ or min(len(job_list), os.cpu_count() or 1)
     t0 = time.perf_counter()
-    try:
-        if len(job_list) == 1:
-            results = [_run_one_with_progress(job_list[0], console, json_out)]
-        else:
-            results = _run_all_with_progress(job_list, workers)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(1) from None
-    spec_name = dict(zip(specs, names, strict=True))
-    for i, r in enumerate(results):
-        if i in labels:
-            r["config_label"] = labels[i]
-        if "error" in r:
-            r["policy"] = spec_name.get(str(r["policy"]), r["policy"])
+    with _Ticker(len(job_list)) as ticker:
+        results, interrupted = run_all(
+            job_list,
+            workers,
+            done=ticker.done,
+            tick=ticker.many,
+            show=ticker.one if workers <= 1 or len(job_list) <= 1 else None,
+        )
     seconds = time.perf_counter() - t0
-    errors = [r for r in results if "error" in r]
     if json_out:
         for r in results:
             typer.echo(json.dumps(r))
@@ -157,127 +293,179 @@ def check(
         report.matrix(console, results, names)
         explicit = files is not None
         for r in results:
-            if "error" in r:
+            if r["verdict"] == "error":
                 continue
             if not report.matches(r) or (explicit and r["verdict"] != "safe"):
                 report.trace(console, r)
         console.print(report.summary(results, seconds))
-    for r in errors:
-        typer.echo(f"error: {r['error']}", err=True)
-    crashed = [r for r in results if r.get("verdict") == "error"]
-    for r in crashed:
-        typer.echo(f"error: {r['scenario']} / {r['policy']}: {r['detail']}", err=True)
-    if errors or crashed:
-        raise typer.Exit(2)
-    if not all(report.matches(r) for r in results):
-        raise typer.Exit(1)
+    for r in results:
+        if r["verdict"] == "error":
+            typer.echo(f"error: {r['message']}", err=True)
+    stopped = [r for r in results if r["verdict"] == "stopped"]
+    if interrupted or stopped:
+        typer.echo(
+            f"stopped: {report.stopped_summary(results, len(job_list), interrupted)}; "
+            "what finished is printed",
+            err=True,
+        )
+    raise typer.Exit(report.exit_code(results, interrupted))
 
 
-def _run_all_with_progress(job_list: list[Any], workers: int) -> list[dict[str, Any]]:
-    """Many jobs on `workers` processes, with a progress bar on stderr when it is a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+def _check_limits(**limits: float) -> None:
+    """Refuse a negative --max-states, --jobs, --timeout or --max-memory (exit 2)."""
+    for name, value in limits.items():
+        if value < 0:
+            flag = "--" + name.replace("_", "-")
+            typer.echo(
+                f"error: {flag} {value:g}: give a number >= 0 (0: "
+                + ("one worker per core" if name == "jobs" else "no limit")
+                + ")",
+                err=True,
+            )
+            raise typer.Exit(jobs.EXIT_INPUT)
 
-    from kvmtlb.check.runner import run_all
 
-    err = Console(stderr=True)
-    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("runs", total=len(job_list))
-        return run_all(job_list, workers, done=lambda _r: bar.advance(task))
+class _Ticker:
+    """Progress on stderr for long runs: on a terminal a live line (rich), elsewhere (a log, a
+    pipe, CI) one line every KVMTLB_PROGRESS_SECONDS (default 5) seconds, once a run has taken
+    that long. `one` is the hook of a search in this process, `many` the pool's tick."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.err = Console(stderr=True)
+        self.live = self.err.is_terminal
+        self.every = float(os.environ.get("KVMTLB_PROGRESS_SECONDS", "5"))
+        self.total = total
+        self.finished = 0
+        self.t0 = time.monotonic()
+        self.last_line = self.t0
+        columns: list[Any] = [TextColumn("{task.description}")]
+        if total > 1:
+            columns += [BarColumn(), MofNCompleteColumn()]
+        columns.append(TimeElapsedColumn())
+        self.bar = Progress(*columns, console=self.err, transient=True, disable=not self.live)
+        self.task = self.bar.add_task("", total=total)
+
+    def __enter__(self) -> _Ticker:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def _say(self, text: str) -> None:
+        now = time.monotonic()
+        if self.live:
+            self.bar.update(self.task, description=text)
+        elif now - self.last_line >= self.every and now - self.t0 >= self.every:
+            self.last_line = now
+            elapsed = int(now - self.t0)
+            runs = f"{self.finished}/{self.total} runs done; " if self.total > 1 else ""
+            print(f"progress: {runs}{text}; {elapsed}s", file=sys.stderr, flush=True)
+
+    def done(self, _r: dict[str, Any]) -> None:
+        self.finished += 1
+        self.bar.advance(self.task)
+
+    def one(self, p: Progress, rss: float) -> None:
+        rate = p.states / p.seconds if p.seconds > 0 else 0.0
+        self._say(f"{p.states:,} states, {rate:,.0f} states/s, depth {p.depth}, {rss:,.0f} MB")
+
+    def many(self, t: jobs.Tick) -> None:
+        self.finished = t.done
+        states = sum(int(i["states"]) for i in t.running.values())
+        rate = sum(i["states"] / i["seconds"] for i in t.running.values() if i["seconds"] > 0)
+        depth = max((int(i["depth"]) for i in t.running.values()), default=0)
+        self._say(
+            f"running: {states:,} states, {rate:,.0f} states/s, depth {depth}; "
+            f"{t.workers_rss_mb:,.0f} MB in workers"
+        )
 
 
 def _wide_console() -> Console:
     """Rich assumes 80 columns when the output is not a terminal, which squeezes the matrix to
     nothing in a log file or a pipe: there, be wide and let the reader's pager wrap."""
-    console = Console()
-    return console if console.is_terminal else Console(width=240)
+    console = Console(emoji=False)
+    return console if console.is_terminal else Console(width=240, emoji=False)
 
 
-def _run_one_with_progress(job: object, console: Console, quiet: bool) -> dict[str, object]:
-    """One job in this process, with a progress line when it runs for more than a second."""
-    from rich.progress import Progress, TextColumn, TimeElapsedColumn
-
-    from kvmtlb.check.explorer import explore
-    from kvmtlb.check.runner import InputError, Job, known_policies, load_policy, record
-    from kvmtlb.model.scenario import ScenarioError, load
-    from kvmtlb.model.system import BootError, build
-
-    assert isinstance(job, Job)
-    try:
-        cls = load_policy(job.policy)
-        scenario = load(job.scenario, known_policies([cls.name]))
-        system = build(scenario, cls())
-    except (ScenarioError, InputError, BootError) as e:
-        return {"scenario": job.scenario, "policy": job.policy, "error": str(e)}
-    columns = (TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
-        task = bar.add_task("exploring", start=True, visible=False)
-
-        def show(states: int, transitions: int, depth: int, secs: float) -> None:
-            if secs > 1.0:
-                bar.update(
-                    task,
-                    visible=True,
-                    description=(
-                        f"{scenario.name} / {cls.name}: {states:,} states, {transitions:,} "
-                        f"transitions, depth {depth}, {states / secs:,.0f} states/s"
-                    ),
-                )
-
-        result = explore(system, exact=job.exact, max_states=job.max_states, progress=show)
-    if result.verdict == "interrupted":
-        # on stderr: with --json, stdout holds one JSON object per run and nothing else
-        typer.echo(
-            f"interrupted after {result.states:,} states, {result.transitions:,} "
-            f"transitions, depth {result.depth}, {result.seconds:.1f}s",
-            err=True,
-        )
-    return record(scenario, cls.name, job.policy, result, scenario.expect.get(cls.name, "safe"))
-
-
-@app.command()
+@app.command(
+    cls=_Command,
+    help="Re-run a saved trace deterministically and print it.",
+    epilog="Exit codes: 0 every record gives the same outcome; 1 one gives another; 2 an input "
+    "error (an unreadable or malformed trace, a missing scenario file, a policy file not named "
+    "with --policy); 3 stopped by Ctrl-C; 4 an internal error.",
+)
 def replay(
-    trace_file: Annotated[Path, typer.Argument(help="A result saved by `kvmtlb check --json`.")],
+    trace_file: Annotated[
+        Path,
+        typer.Argument(metavar="TRACE.json", help="A result saved by `kvmtlb check --json`."),
+    ],
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            metavar="PATH.py:Class",
+            help="The policy file a trace was made with (repeatable). A trace names its policy "
+            "file, but replay never imports code because a data file names it: name it again.",
+        ),
+    ] = None,
 ) -> None:
     """Re-run a saved trace deterministically and print it."""
-    import json
-
     from kvmtlb.check import report
-    from kvmtlb.check.runner import InputError, replay_record
+    from kvmtlb.check.runner import InputError, load_policy, replay_record
     from kvmtlb.model.scenario import ScenarioError
     from kvmtlb.model.system import BootError
 
     console = _wide_console()
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(jobs.EXIT_INPUT)
+
+    try:
+        given = [(sp, load_policy(sp)) for sp in policy or ()]
+    except InputError as e:
+        raise fail(str(e)) from None
     try:
         lines = [ln for ln in trace_file.read_text().splitlines() if ln.strip()]
         recs = [json.loads(ln) for ln in lines]
-    except (OSError, json.JSONDecodeError) as e:
-        typer.echo(
-            f"error: {trace_file}: not a `kvmtlb check --json` output ({e}); save one "
-            "with `kvmtlb check FILE --json > trace.json`",
-            err=True,
-        )
-        raise typer.Exit(2) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise fail(
+            f"{trace_file}: not a `kvmtlb check --json` output ({e}); save one "
+            "with `kvmtlb check FILE --json > trace.json`"
+        ) from None
     if not recs:
-        typer.echo(
-            f"error: {trace_file}: holds no trace record; save one with "
-            "`kvmtlb check FILE --json > trace.json`",
-            err=True,
+        raise fail(
+            f"{trace_file}: holds no trace record; save one with "
+            "`kvmtlb check FILE --json > trace.json`"
         )
-        raise typer.Exit(2)
-    status = 0
-    for rec in recs:
+    base = trace_file.resolve().parent
+    status = jobs.EXIT_OK
+    for n, rec in enumerate(recs, 1):
         try:
-            trace, prop = replay_record(rec)
+            trace, prop = replay_record(rec, base, given)
         except (InputError, ScenarioError, BootError, ValueError) as e:
-            typer.echo(f"error: {trace_file}: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise fail(f"{trace_file}: record {n}: {e}") from None
         shown = dict(rec)
         shown["trace"] = [{"step": t.step, "actor": t.actor, "action": t.action} for t in trace]
         shown["records"] = [
             [{"actor": r.actor, "action": r.action, "detail": r.detail} for r in t.records]
             for t in trace
         ]
+        shown.setdefault("states", 0)
+        shown.setdefault("transitions", 0)
+        shown.setdefault("depth", len(trace))
+        shown.setdefault("seconds", 0.0)
+        shown.setdefault("label", str(rec.get("verdict")))
+        shown.setdefault("scenario", Path(str(rec["file"])).stem)
         report.trace(console, shown)
         same = prop == rec.get("property")
         console.print(
@@ -286,14 +474,15 @@ def replay(
                 "the same outcome"
                 if same
                 else f"different outcome ({prop} instead of {rec.get('property')})"
-            )
+            ),
+            markup=False,
         )
         if not same:
-            status = 1
+            status = jobs.EXIT_DIFFERS
     raise typer.Exit(status)
 
 
-@app.command()
+@app.command(cls=_Command, epilog=SIMPLE_EXIT_CODES)
 def policies(
     json_out: Annotated[bool, typer.Option("--json", help="Print the policies as JSON.")] = False,
 ) -> None:
@@ -364,6 +553,9 @@ def _cost_policy(spec: str) -> type:
     return load_policy(spec)
 
 
+from kvmtlb.cost.command import COST_EXIT_CODES, COST_HELP  # noqa: E402
 from kvmtlb.cost.command import make_cost_command as _make_cost_command  # noqa: E402
 
-app.command(name="cost")(_make_cost_command(_cost_policy))
+app.command(name="cost", cls=_Command, help=COST_HELP, epilog=COST_EXIT_CODES)(
+    _make_cost_command(_cost_policy)
+)

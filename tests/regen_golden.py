@@ -114,7 +114,7 @@ def sweep(workers: int) -> dict[str, list[tuple[str, str, int]]]:
     caught: dict[str, list[tuple[str, str, int]]] = {c.name: [] for c in bug_policies()}
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for policy, name, verdict, prop, length, states in pool.map(_sweep_job, jobs, chunksize=1):
-            if verdict == "interrupted":
+            if verdict == "stopped":
                 print(f"warning: {name} / {policy}: stopped at {states:,} states", file=sys.stderr)
             elif verdict == "violation":
                 assert prop is not None

@@ -20,7 +20,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import Record, World
@@ -123,9 +123,30 @@ class TraceStep:
     records: list[Record]
 
 
+class Progress(NamedTuple):
+    """How far a search got, for a progress hook (called about four times a second)."""
+
+    states: int
+    transitions: int
+    depth: int  # the level being expanded
+    seconds: float
+
+
+# Why a search stopped before it finished (Result.stopped): Ctrl-C, --max-states, or whatever
+# reason string a progress hook returned ("timeout", "max-memory" from the runner).
+INTERRUPTED = "interrupted"
+MAX_STATES = "max-states"
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class Result:
-    verdict: str  # "safe" | "deadlock" | "violation" | "interrupted" | "error"
+    verdict: str  # "safe" | "deadlock" | "violation" | "stopped" | "error"
     prop: str | None
     detail: str
     states: int
@@ -136,11 +157,15 @@ class Result:
     trace: list[TraceStep] = field(default_factory=list)
     exact: bool = False
     store_bytes: int = 0
+    stopped: str = ""  # verdict "stopped": why (INTERRUPTED, MAX_STATES, or a hook's reason)
+    error: BaseException | None = field(default=None, repr=False, compare=False)  # "error"
 
     @property
     def label(self) -> str:
         if self.verdict == "violation":
             return f"violation:{self.prop}"
+        if self.verdict == "stopped":
+            return f"stopped:{self.stopped}"
         return self.verdict
 
     @property
@@ -153,10 +178,16 @@ def explore(
     *,
     exact: bool = False,
     max_states: int = 0,
-    progress: Callable[[int, int, int, float], None] | None = None,
+    progress: Callable[[Progress], str | None] | None = None,
+    explain: Callable[[BaseException], str] = where,
 ) -> Result:
     """Explore every interleaving of `system`; returns the verdict and, for a violation or a
-    deadlock, the shortest path to it."""
+    deadlock, the shortest path to it.
+
+    The search stops early, with verdict "stopped" and the counts so far, on Ctrl-C
+    (KeyboardInterrupt), after `max_states` states, or when `progress` (called about every
+    0.25 s) returns a reason. A step that raises gives verdict "error": the path to the state it
+    was taken from, `explain(exception)` in the detail, and the exception in `Result.error`."""
     u = system.kvm.universe
     canon = Canonicalizer(
         u.full & ~u.static_mask(),
@@ -200,7 +231,7 @@ def explore(
                     try:
                         out = apply(system, w, a, tracing=False)
                     except Exception as e:  # a policy or model bug: reported with its path
-                        return _crash(system, table, w, idx, a, e, transitions, depth, t0)
+                        return _crash(system, table, w, idx, a, e, explain, transitions, depth, t0)
                     transitions += 1
                     order += 1
                     if out.observations:
@@ -229,9 +260,11 @@ def explore(
                     now = time.perf_counter()
                     if now - last_report > 0.25:
                         last_report = now
-                        progress(len(table), transitions, depth + 1, now - t0)
+                        reason = progress(Progress(len(table), transitions, depth + 1, now - t0))
+                        if reason:
+                            raise _Stop(reason)
                 if max_states and len(table) >= max_states:
-                    raise KeyboardInterrupt
+                    raise _Stop(MAX_STATES)
             depth += 1
             if found:
                 _, _, hit = min(found, key=lambda f: (f[0], f[1]))
@@ -244,17 +277,20 @@ def explore(
                     system, table, "deadlock", dv, transitions, depth - 1, idx, t0, exact
                 )
             frontier = nxt
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop) as e:
+        reason = e.reason if isinstance(e, _Stop) else INTERRUPTED
         return Result(
-            "interrupted",
+            "stopped",
             None,
-            "interrupted: the search did not finish",
+            f"stopped ({STOP_WHY.get(reason, reason)}): the search did not finish, nothing is "
+            "proven",
             len(table),
             transitions,
             depth,
             time.perf_counter() - t0,
             exact=exact,
             store_bytes=table.bytes_used(),
+            stopped=reason,
         )
     if not finished:
         # Every execution cycles before all threads are done (e.g. a policy that never serves a
@@ -322,6 +358,14 @@ def _result(
     return res
 
 
+STOP_WHY = {
+    INTERRUPTED: "interrupted by the user",
+    MAX_STATES: "--max-states reached",
+    "timeout": "--timeout reached",
+    "max-memory": "--max-memory reached",
+}
+
+
 def _crash(
     system: System,
     table: FingerprintTable,
@@ -329,6 +373,7 @@ def _crash(
     index: int,
     a: Action,
     e: Exception,
+    explain: Callable[[BaseException], str],
     transitions: int,
     depth: int,
     t0: float,
@@ -339,13 +384,14 @@ def _crash(
     res = Result(
         "error",
         None,
-        f"step {len(path) + 1}, {a.actor}: {describe(system, w, a)} raised {where(e)}",
+        f"step {len(path) + 1}, {a.actor}: {describe(system, w, a)} raised {explain(e)}",
         len(table),
         transitions,
         depth,
         time.perf_counter() - t0,
         path,
         store_bytes=table.bytes_used(),
+        error=e,
     )
     res.trace = replay(system, path)
     return res
