@@ -20,7 +20,7 @@ from typing import Any
 from kvmtlb.cost.tlb import KIND_BY_NAME
 from kvmtlb.errors import InputFileError
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
-from kvmtlb.tomlfile import Lines, check_header, loads
+from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 BUILTIN = Path(__file__).parent / "workloads"
 CAP_NAMES = INVALIDATION_CAP_NAMES
@@ -28,6 +28,33 @@ RATE_KEYS = ("pte_change", "mm_flush", "full_flush", "preempt", "migrate", "zap"
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
 MAX_FRAMES = 1 << 18  # guest frames (1 GiB of guest RAM): keeps the layout quick to build
+# The parser's tables: every key a workload file may set, with its type.
+TOP_LEVEL = ("name", "doc", "config", "workload", "rates", "tlb")
+CONFIG_LISTABLE: dict[str, type] = {
+    "vendor": str,
+    "vpid": bool,
+    "flush_by_asid": bool,
+    "pcid": bool,
+    "pv_tlb_flush": bool,
+}
+CONFIG_SCALAR: dict[str, type] = {
+    "pge": bool,
+    "vcpus": int,
+    "pcpus": int,
+    "max_asid": int,
+    "ept_vpid_cap": list,
+}
+CONFIG_KEYS: dict[str, type] = {**CONFIG_LISTABLE, **CONFIG_SCALAR}
+WORKLOAD_KEYS: dict[str, type] = {
+    "accesses": int,
+    "seed": int,
+    "working_set": int,
+    "guest_frames": int,
+    "write_fraction": float,
+    "locality": float,
+    "preempted_for": float,
+}
+TLB_KEYS = tuple(KIND_BY_NAME)
 
 
 class WorkloadError(InputFileError):
@@ -152,12 +179,9 @@ def resolve(arg: str) -> Workload:
 
 def load(path: str | Path) -> Workload:
     p = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise WorkloadError(
-            p, 0, f"cannot read the file ({e.strerror})", "give the path of a workload .toml file"
-        ) from None
+    text = read(
+        path, lambda line, message, fix: WorkloadError(p, line, message, fix), "a workload file"
+    )
     return parse(text, p)
 
 
@@ -205,7 +229,7 @@ class _Parser:
             if key not in kinds:
                 raise self.err(
                     line,
-                    f"unknown key {key!r} in [{section}]",
+                    f"unknown key {shown(key)} in [{section}]",
                     f"use one of: {', '.join(kinds)}",
                 )
             want = kinds[key]
@@ -216,23 +240,10 @@ class _Parser:
                 raise self.err(line, f"{section}.{key} must be a {name}", f"give {key} a {name}")
 
     def workload(self) -> Workload:
-        allowed = ("name", "doc", "config", "workload", "rates", "tlb")
-        name, doc = check_header(self.data, self.lines, allowed, self.err, "my-workload")
+        name, doc = check_header(self.data, self.lines, TOP_LEVEL, self.err, "my-workload")
         configs = self.configs()
         w = self.table("workload", required=True)
-        self.check_keys(
-            "workload",
-            w,
-            {
-                "accesses": int,
-                "seed": int,
-                "working_set": int,
-                "guest_frames": int,
-                "write_fraction": float,
-                "locality": float,
-                "preempted_for": float,
-            },
-        )
+        self.check_keys("workload", w, WORKLOAD_KEYS)
         for key in ("accesses", "working_set"):
             if key not in w:
                 raise self.err(
@@ -309,9 +320,8 @@ class _Parser:
     # -- [config] -------------------------------------------------------------------------------
     def configs(self) -> tuple[RunConfig, ...]:
         t = self.table("config", required=True)
-        listable = {"vendor": str, "vpid": bool, "flush_by_asid": bool, "pcid": bool}
-        listable["pv_tlb_flush"] = bool
-        scalar = {"pge": bool, "vcpus": int, "pcpus": int, "max_asid": int, "ept_vpid_cap": list}
+        listable = CONFIG_LISTABLE
+        scalar = CONFIG_SCALAR
         values: dict[str, list[Any]] = {}
         for key, value in t.items():
             line = self.lines.key("config", key)
@@ -333,7 +343,7 @@ class _Parser:
             else:
                 raise self.err(
                     line,
-                    f"unknown config key {key!r}",
+                    f"unknown config key {shown(key)}",
                     f"use one of: {', '.join([*listable, *scalar])}",
                 )
         vendors = values.get("vendor")
@@ -347,7 +357,7 @@ class _Parser:
             if v not in ("intel", "amd"):
                 raise self.err(
                     self.lines.key("config", "vendor"),
-                    f'vendor must be "intel" or "amd", not {v!r}',
+                    f'vendor must be "intel" or "amd", not {shown(v)}',
                     'use vendor = "intel", "amd" or ["intel", "amd"]',
                 )
         vcpus = self.bounded("config", t, "vcpus", 1, 64, 2)
@@ -358,7 +368,7 @@ class _Parser:
             if c not in CAP_NAMES:
                 raise self.err(
                     self.lines.key("config", "ept_vpid_cap"),
-                    f"unknown capability {c!r}",
+                    f"unknown capability {shown(c)}",
                     f"use names from {list(CAP_NAMES)}",
                 )
         if "invept-all" not in caps:
