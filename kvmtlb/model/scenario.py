@@ -198,6 +198,20 @@ def load(path: str | Path, known_policies: set[str] | None = None) -> Scenario:
     return parse(text, p, known_policies)
 
 
+def reconfigure(s: Scenario, config: Config) -> Scenario:
+    """`s` under another configuration (--matrix, replay): the file's data with its [config]
+    replaced by `config`, validated again, so ops the new configuration does not allow raise
+    ScenarioError. The file's text is not rewritten: its [config] may be an inline table or
+    dotted keys, and its strings may hold any character."""
+
+    def err(line: int, message: str, fix: str) -> ScenarioError:
+        return ScenarioError(s.path, line, message, fix)
+
+    data = loads(s.text, err, "fix the TOML syntax (see scenario-format.md)")
+    data["config"] = config.as_dict()
+    return _Parser(s.path, Lines(s.text), data, s.text, None).scenario()
+
+
 def parse(text: str, path: str = "<scenario>", known_policies: set[str] | None = None) -> Scenario:
     data = loads(
         text,
