@@ -162,10 +162,15 @@ class Scenario:
         seen: dict[int, None] = dict.fromkeys(self.guest)
         for prog in self.programs:
             for op in prog:
-                gva = getattr(op, "gva", None)
-                if isinstance(gva, int) and gva and not isinstance(op, InvpcidOp):
-                    seen.setdefault(gva)
-                if isinstance(op, InvpcidOp) and op.type == 0:
+                # GVA 0 is a page like any other; only a flush of the mm or of everything, and
+                # INVPCID types 1 to 3, carry no GVA.
+                if isinstance(op, FlushTlbOp):
+                    if op.scope == FLUSH_PAGE:
+                        seen.setdefault(op.gva)
+                elif isinstance(op, InvpcidOp):
+                    if op.type == 0:
+                        seen.setdefault(op.gva)
+                elif isinstance(op, AccessOp | MapOp | UnmapOp | InvlpgOp | EmulatedReadOp):
                     seen.setdefault(op.gva)
         return tuple(seen)
 
