@@ -13,6 +13,7 @@ into exit code 2.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,14 @@ WORKLOAD_KEYS: dict[str, type] = {
     "preempted_for": float,
 }
 TLB_KEYS = tuple(KIND_BY_NAME)
+# Limits of the knobs that set how long a run takes (docs/cost-model.md, "Limits").
+MAX_ACCESSES = 10**9
+MAX_PREEMPTED_FOR = 10**6  # guest accesses: a long preemption (milliseconds of guest time)
+MAX_TLB_ENTRIES = 1 << 20  # per kind and pCPU; real TLBs hold a few thousand
+MAX_SEED = (1 << 64) - 1
+# While every vCPU is preempted the schedule still draws each event (a zap may fall there), one
+# by one: about accesses x preempt/1000 x preempted_for x (sum of rates)/1000 draws in all.
+MAX_IDLE_DRAWS = 2_000_000
 
 
 class WorkloadError(InputFileError):
@@ -238,6 +247,12 @@ class _Parser:
                     want, want.__name__
                 )
                 raise self.err(line, f"{section}.{key} must be a {name}", f"give {key} a {name}")
+            if want is float and not math.isfinite(value):
+                raise self.err(
+                    line,
+                    f"{section}.{key} = {value} is not a finite number",
+                    f"give {key} a number",
+                )
 
     def workload(self) -> Workload:
         name, doc = check_header(self.data, self.lines, TOP_LEVEL, self.err, "my-workload")
@@ -251,16 +266,18 @@ class _Parser:
                     f"[workload] needs {key}",
                     f"add {key} = N to [workload]",
                 )
-        accesses = self.bounded("workload", w, "accesses", 1, 10**9)
+        accesses = self.bounded("workload", w, "accesses", 1, MAX_ACCESSES)
         working_set = self.bounded("workload", w, "working_set", 1, MAX_FRAMES)
-        frames = self.bounded("workload", w, "guest_frames", 1, MAX_FRAMES, 2 * working_set)
+        frames = self.bounded(
+            "workload", w, "guest_frames", 1, MAX_FRAMES, min(2 * working_set, MAX_FRAMES)
+        )
         if frames < working_set:
             raise self.err(
                 self.lines.key("workload", "guest_frames"),
                 f"guest_frames ({frames}) is smaller than working_set ({working_set})",
                 "give at least one guest frame per page of the working set",
             )
-        seed = w.get("seed", 1)
+        seed = self.bounded("workload", w, "seed", 0, MAX_SEED, 1)
         write_fraction = float(w.get("write_fraction", 0.25))
         if not 0.0 <= write_fraction <= 1.0:
             raise self.err(
@@ -276,13 +293,24 @@ class _Parser:
                 "use 0 (every page equally likely) to 4 (a few pages take almost every access)",
             )
         preempted_for = float(w.get("preempted_for", 1000))
-        if preempted_for < 1:
+        if not 1 <= preempted_for <= MAX_PREEMPTED_FOR:
             raise self.err(
                 self.lines.key("workload", "preempted_for"),
-                "preempted_for must be at least 1 (guest accesses)",
-                "set preempted_for = 1000 or more",
+                f"preempted_for = {preempted_for:g} is out of range (guest accesses)",
+                f"use 1 <= preempted_for <= {MAX_PREEMPTED_FOR:,}",
             )
         rates = self.rates(configs)
+        idle = (
+            accesses * rates.preempt / 1000 * preempted_for * sum(rates.as_dict().values()) / 1000
+        )
+        if idle > MAX_IDLE_DRAWS:
+            raise self.err(
+                self.lines.key("workload", "preempted_for"),
+                f"with every vCPU preempted for long, the schedule would draw about {idle:,.0f} "
+                "events one by one (accesses x preempt/1000 x preempted_for x the sum of the "
+                f"rates/1000; the limit is {MAX_IDLE_DRAWS:,})",
+                "lower preempted_for, the preempt rate, the other rates or accesses",
+            )
         if rates.pte_change and frames <= working_set:
             raise self.err(
                 self.lines.key("rates", "pte_change"),
@@ -440,6 +468,12 @@ class _Parser:
                     self.lines.key("tlb", key),
                     f"TLB capacity {key} = {value} must be at least 1",
                     f"give {key} a positive number of entries",
+                )
+            if value > MAX_TLB_ENTRIES:
+                raise self.err(
+                    self.lines.key("tlb", key),
+                    f"TLB capacity {key} = {value} is above the limit of {MAX_TLB_ENTRIES:,}",
+                    f"give {key} at most {MAX_TLB_ENTRIES:,} entries (real TLBs hold thousands)",
                 )
         return dict(t)
 

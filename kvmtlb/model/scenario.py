@@ -64,6 +64,12 @@ CONFIG_KEYS: dict[str, type] = {
     "ept_vpid_cap": list,
     "unrestricted_guest": bool,
 }
+# Upper limits of the knobs besides vcpus and pcpus (at most 8 each).
+LIMITS = (
+    ("vpids", 1 << 16, "VPIDs are 16 bits: KVM's bitmap has VMX_NR_VPIDS = 65,536"),
+    ("max_asid", 1 << 20, "real processors have at most 32,767"),
+)
+MAX_ZAPS = 16  # zaps of one guest frame (each takes a fresh host page from the frame's pool)
 INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest")
 AMD_ONLY = ("flush_by_asid", "max_asid")
 GUEST_OPS = {
@@ -235,6 +241,7 @@ class _Parser:
         self.data = data
         self.text = text
         self.known = known
+        self.zaps: dict[int, int] = {}  # zaps per GPA so far
 
     def err(self, line: int, message: str, fix: str) -> ScenarioError:
         return ScenarioError(self.path, line, message, fix)
@@ -322,6 +329,13 @@ class _Parser:
                     self.lines.key("config", key),
                     f"{key} above {high} is out of reach of an exhaustive search",
                     f"use {key} <= {high}",
+                )
+        for key, high, why in LIMITS:
+            if key in t and t[key] > high:
+                raise self.err(
+                    self.lines.key("config", key),
+                    f"{key} = {t[key]} is above the limit of {high:,} ({why})",
+                    f"use {key} <= {high:,}",
                 )
         caps = tuple(t.get("ept_vpid_cap", CAP_NAMES))
         for c in caps:
@@ -648,7 +662,16 @@ class _Parser:
                 raise self.err(
                     line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
                 )
-            return ZapOp(gpa, line) if op == "zap" else WrprotectOp(gpa, line)
+            if op == "zap":
+                self.zaps[gpa] = self.zaps.get(gpa, 0) + 1
+                if self.zaps[gpa] > MAX_ZAPS:
+                    raise self.err(
+                        line,
+                        f"more than {MAX_ZAPS} zaps of {gpa:#x}",
+                        f"zap a guest frame at most {MAX_ZAPS} times",
+                    )
+                return ZapOp(gpa, line)
+            return WrprotectOp(gpa, line)
         if op == "remap" and len(args) == 3 and args[1] == "->":
             gpa = self.addr(args[0], line, "GPA")
             hpa = self.addr(args[2], line, "HPA")
