@@ -72,7 +72,10 @@ def rules(
 @app.command()
 def check(
     files: Annotated[
-        list[Path] | None, typer.Argument(help="Scenario files (default: the built-in suite).")
+        list[Path] | None,
+        typer.Argument(
+            help="Scenario files, directories or built-in names (default: the built-in suite)."
+        ),
     ] = None,
     policy: Annotated[
         list[str] | None,
@@ -113,7 +116,9 @@ def check(
     from kvmtlb.model.scenario import ScenarioError, load
 
     console = _wide_console()
-    paths = [str(f) for f in files] if files else [str(p) for p in builtin_scenarios()]
+    from kvmtlb.check.inputs import scenario_paths_or_exit  # files, directories, names
+
+    paths = scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios()]
     specs = policy or [c.name for c in upstream()]
     try:
         classes = [load_policy(sp) for sp in specs]
@@ -354,6 +359,11 @@ def rules_markdown(selected: list[Rule]) -> str:
 
 def main() -> None:
     app()
+
+
+from kvmtlb.check.lint import lint_command as _lint_command  # noqa: E402
+
+app.command(name="lint")(_lint_command)
 
 
 # -- kvmtlb cost (kvmtlb/cost/command.py) ----------------------------------------------------------

@@ -418,7 +418,7 @@ def check_header(
     if not isinstance(name, str) or not NAME.match(name):
         raise err(
             lines.key(None, "name"),
-            f"bad or missing name {shown(name)}",
+            f"bad or missing name {shown(name)}" if "name" in data else "missing name",
             f'add name = "{example}" (lowercase letters, digits, dashes)',
         )
     doc = data.get("doc", "")
