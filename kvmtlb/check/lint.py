@@ -28,6 +28,15 @@ from typing import Annotated
 
 import typer
 
+KINDS = (
+    "flush-no-target",
+    "never-mapped",
+    "resume-without-preempt",
+    "preempt-twice",
+    "unreachable",
+    "never-resumed",
+    "knob",
+)
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
 REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
 
@@ -90,6 +99,7 @@ def warnings(scenario: object) -> list[LintWarning]:
     out: list[LintWarning] = []
 
     def warn(line: int, kind: str, message: str) -> None:
+        assert kind in KINDS, kind
         out.append(LintWarning(s.path, line, kind, message))
 
     # -- guest threads ---------------------------------------------------------------------------
@@ -232,4 +242,4 @@ def lint_command(
         raise typer.Exit(2)
 
 
-__all__ = ["LintWarning", "lint", "lint_command", "warnings"]
+__all__ = ["KINDS", "LintWarning", "lint", "lint_command", "warnings"]
