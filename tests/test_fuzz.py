@@ -25,8 +25,8 @@ from kvmtlb.cli import app
 from kvmtlb.cost.workload import builtin_workloads
 from kvmtlb.model.scenario import CONFIG_KEYS, GUEST_OPS, HOST_OPS, ScenarioError, parse
 
-SCENARIO_MUTANTS = 240
-WORKLOAD_MUTANTS = 120
+SCENARIO_MUTANTS = 1000
+WORKLOAD_MUTANTS = 300
 
 
 def mutants(kind: str, n: int, seed: int) -> list[bytes]:
