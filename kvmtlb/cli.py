@@ -187,7 +187,10 @@ def rules(
 def check(
     files: Annotated[
         list[Path] | None,
-        typer.Argument(metavar="FILE", help="Scenario files (default: the built-in suite)."),
+        typer.Argument(
+            metavar="FILE|DIR|NAME",
+            help="Scenario files, directories or built-in names (default: the built-in suite).",
+        ),
     ] = None,
     policy: Annotated[
         list[str] | None,
@@ -257,7 +260,9 @@ def check(
 
     _check_limits(max_states=max_states, jobs=jobs_, timeout=timeout, max_memory=max_memory)
     console = _wide_console()
-    paths = [str(f) for f in files] if files else [str(p) for p in builtin_scenarios()]
+    from kvmtlb.check.inputs import scenario_paths_or_exit  # files, directories, names
+
+    paths = scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios()]
     specs = list(dict.fromkeys(policy or [c.name for c in upstream()]))
     try:
         classes = [load_policy(sp) for sp in specs]
@@ -543,6 +548,11 @@ def rules_markdown(selected: list[Rule]) -> str:
 
 def main() -> None:
     app()
+
+
+from kvmtlb.check.lint import lint_command as _lint_command  # noqa: E402
+
+app.command(name="lint", cls=_Command)(_lint_command)
 
 
 # -- kvmtlb cost (kvmtlb/cost/command.py) ----------------------------------------------------------

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).parent.parent / "kvmtlb"
-ORDER = ["hw", "kvm", "guest", "host", "model", "check", "cost", "reports", "cli"]
+ORDER = ["hw", "kvm", "guest", "host", "model", "check", "cost", "reports", "fuzz", "cli"]
 RANK = {
     "hw": 0,
     "kvm": 1,
@@ -16,6 +16,7 @@ RANK = {
     "check": 4,
     "cost": 4,
     "reports": 5,
+    "fuzz": 5,  # kvmtlb/fuzz.py drives both the checker and the cost model
     "cli": 6,
 }
 

@@ -36,7 +36,7 @@ from kvmtlb.errors import where
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, registry
 from kvmtlb.kvm.state import Vcpu
-from kvmtlb.model.scenario import Config, Scenario, ScenarioError, load
+from kvmtlb.model.scenario import Config, Scenario, ScenarioError, load, reconfigure
 from kvmtlb.model.system import BootError, build
 
 BUILTIN = Path(__file__).parent.parent / "scenarios"
@@ -413,32 +413,7 @@ def _watch(
 
 def _reconfigure(s: Scenario, c: Config) -> Scenario:
     """The scenario under configuration `c`; its ops are re-validated there."""
-    from kvmtlb.model.scenario import parse
-
-    text = s.text
-    lines = text.splitlines()
-    out, skip = [], False
-    for line in lines:
-        if line.strip().startswith("["):
-            skip = line.strip().startswith("[config]")
-            if skip:
-                out.append("[config]")
-                for k, v in c.as_dict().items():
-                    out.append(f"{k} = {_toml(v)}")
-                continue
-        if not skip:
-            out.append(line)
-    return parse("\n".join(out), s.path, None)
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return str(v)
+    return reconfigure(s, c)
 
 
 RECORD_KEYS = (
