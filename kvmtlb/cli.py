@@ -554,6 +554,14 @@ from kvmtlb.check.lint import lint_command as _lint_command  # noqa: E402
 
 app.command(name="lint", cls=_Command)(_lint_command)
 
+from kvmtlb.check.mutation import mutate_command as _mutate_command  # noqa: E402
+
+app.command(name="mutate", cls=_Command)(_mutate_command)
+
+from kvmtlb.advise import advise_command as _advise_command  # noqa: E402
+
+app.command(name="advise", cls=_Command)(_advise_command)
+
 
 # -- kvmtlb cost (kvmtlb/cost/command.py) ----------------------------------------------------------
 def _cost_policy(spec: str) -> type:

@@ -17,6 +17,7 @@ RANK = {
     "cost": 4,
     "reports": 5,
     "fuzz": 5,  # kvmtlb/fuzz.py drives both the checker and the cost model
+    "advise": 5,  # kvmtlb/advise.py: the mutants of check, priced by the cost model
     "cli": 6,
 }
 

@@ -56,6 +56,8 @@ def load_policy(spec: str) -> type[KvmPolicy]:
         return reg[spec]
     if spec in _USER:
         return _USER[spec]
+    if spec.startswith("mutant:"):
+        return _USER.setdefault(spec, _mutant(spec))
     if ":" not in spec:
         raise InputError(
             f"unknown policy {spec!r}; use one of {', '.join(reg)} "
@@ -117,9 +119,20 @@ def load_policy(spec: str) -> type[KvmPolicy]:
     return cls
 
 
+def _mutant(spec: str) -> type[KvmPolicy]:
+    """A mutant by its id (`kvmtlb mutate` prints them): the base policy with one change."""
+    from kvmtlb.check.mutate import make_mutant, parse_id
+
+    try:
+        base, mutation = parse_id(spec)
+    except ValueError as e:
+        raise InputError(f"{e}; copy a mutant id from `kvmtlb mutate POLICY`'s report") from None
+    return make_mutant(load_policy(base), mutation)
+
+
 def is_user_spec(spec: str) -> bool:
     """A policy given as PATH.py:Class (not a registry name)."""
-    return spec not in registry()
+    return spec not in registry() and not spec.startswith("mutant:")
 
 
 def distinct_names(specs: list[str], classes: list[type[KvmPolicy]]) -> None:
