@@ -224,8 +224,8 @@ class Instrumented(KvmPolicy):
     def change_hw(self, k: Step, pcpu: int, event: Any, site: Site) -> Any:
         return event
 
-    def change_vcpu(self, k: Step, vcpu: int, site: Site) -> None:
-        pass
+    def change_vcpu(self, k: Step, vcpu: int, site: Site, old: tuple[int, int, int]) -> None:
+        """`old`: the vCPU's (requests, TLB_CONTROL, ASID generation) before the operation."""
 
 
 def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -289,7 +289,7 @@ def _settle(pol: Instrumented, k: Step, tracker: Tracker) -> None:
     for v, op in _changes(before, _vcpu_state(k)):
         site = Site(path, op)
         pol.on_op(k, site, v)
-        pol.change_vcpu(k, v, site)
+        pol.change_vcpu(k, v, site, before[v])
     tracker.snapshots[-1] = (depth, _vcpu_state(k))
 
 
@@ -411,7 +411,9 @@ def make_mutant(base: type[KvmPolicy], m: Mutation) -> type[KvmPolicy]:
             FIRED[m.id] = FIRED.get(m.id, 0) + 1
         return weaker
 
-    def change_vcpu(self: Instrumented, k: Step, v: int, site: Site) -> None:
+    def change_vcpu(
+        self: Instrumented, k: Step, v: int, site: Site, old: tuple[int, int, int]
+    ) -> None:
         if site != m.site:
             return
         vcpu = k.vcpus[v]
@@ -423,10 +425,10 @@ def make_mutant(base: type[KvmPolicy], m: Mutation) -> type[KvmPolicy]:
             if m.change != NOTHING:
                 vcpu.requests |= next(r for r in FLUSH_REQUESTS if REQUEST_NAMES[r] == m.change)
         elif op.startswith("TLB_CONTROL") and vcpu.vmcb is not None:
-            weaker = TLB_CONTROL_DO_NOTHING if m.change == NOTHING else TLB_CONTROL_FLUSH_ASID
+            weaker = old[1] if m.change == NOTHING else TLB_CONTROL_FLUSH_ASID
             vcpu.vmcb = vcpu.vmcb._replace(tlb_control=weaker)
         elif op == NEW_ASID:
-            vcpu.asid_generation += 1
+            vcpu.asid_generation = old[2]  # the generation stays: pre_svm_run keeps the ASID
         if (vcpu.requests, vcpu.vmcb, vcpu.asid_generation) != before:
             FIRED[m.id] = FIRED.get(m.id, 0) + 1
         k.note(f"(mutant) {op} -> {m.change}", site.describe())
