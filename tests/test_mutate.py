@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from kvmtlb.advise import COST_KEYS, advise, measure
 from kvmtlb.check import mutate
 from kvmtlb.check.mutation import MutantJob, RecordJob, Run, mutant_run, record_run, run_campaign
-from kvmtlb.check.runner import load_policy
+from kvmtlb.check.runner import configurations, load_policy
 from kvmtlb.cli import app
 from kvmtlb.kvm.versions import Kvm57
-from kvmtlb.model.scenario import Config
+from kvmtlb.kvm.policy import registry
+from kvmtlb.model.scenario import Config, load
 
 SCENARIOS = Path(__file__).parent.parent / "kvmtlb" / "scenarios"
 SEED_PATH = (
@@ -128,3 +129,27 @@ def test_user_policy_gets_its_own_sites(tmp_path: Path) -> None:
     spec = f"{f}:ExtraFlush"
     found = sites(spec, "vpid-off-pv-flush")
     assert any(s.path[-2:] == ("my_extra_invept", "ept_sync_global") for s in found), found
+
+
+def test_mutate_and_advise_commands_on_a_small_suite() -> None:
+    runner = CliRunner()
+    out = runner.invoke(app, ["mutate", "kvm-5.7", "vpid-off-pv-flush", "--json", "--jobs", "1"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    own = load(SCENARIOS / "vpid-off-pv-flush.toml", set(registry()))
+    assert report["runs"] == 1 + len(configurations(own))
+    seed = next(m for m in report["mutants"] if m["id"] == mutate.Mutation(SEED, "nothing").id)
+    assert seed["status"] == "survived" and seed["same_space"]
+    out = runner.invoke(
+        app,
+        ["advise", "kvm-5.7", "vpid-off-pv-flush", "--json", "--jobs", "1", "--accesses", "5000"],
+    )
+    assert out.exit_code == 0, out.output
+    advice = json.loads(out.stdout)
+    site = next(s for s in advice["sites"] if s["site"] == " > ".join(SEED_PATH))
+    assert site["advice"] == "nothing"
+    saved = site["saved"][COST_KEYS[0][0]]
+    assert saved["advised"] < saved["policy"]
+    assert "only as good as the suite" in advice["caveat"]
+    bad = runner.invoke(app, ["mutate", "no-such-policy"])
+    assert bad.exit_code == 2 and "unknown policy" in bad.output
