@@ -45,7 +45,7 @@ from typing import Any
 
 import jinja2
 
-from kvmtlb.check.explorer import Result, explore
+from kvmtlb.check.explorer import explore
 from kvmtlb.hw.machine import Machine
 from kvmtlb.hw.mappings import PSC_KINDS, Entry
 from kvmtlb.hw.outcomes import Access, PageFault
@@ -57,7 +57,7 @@ from kvmtlb.kvm.context import Record, World
 from kvmtlb.kvm.requests import REQUEST_NAMES
 from kvmtlb.kvm.state import MODE_NAMES, Vcpu
 from kvmtlb.model.actions import Action, apply, describe, enabled
-from kvmtlb.model.properties import PRECEDENCE, check, check_observations
+from kvmtlb.model.properties import PRECEDENCE
 from kvmtlb.model.system import System
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -183,7 +183,6 @@ def rule_ref(rule_id: str) -> RuleRef:
     return RuleRef(r.id, f"{vendor} {r.section}", r.summary, r.section_current)
 
 
-
 def _record_rules(detail: str) -> list[RuleRef]:
     m = _RULES.search(detail)
     return [rule_ref(x) for x in m.group(1).split(", ")] if m else []
@@ -236,7 +235,15 @@ def decode(bit: int, e: Entry, fixed: bool, status: str = "held") -> Row:
         if d.get("gpa", -1) >= 0:
             gpa = f"{d['gpa']:#x}"
     return Row(
-        bit, _KIND_NAMES.get(name, name), psc, TAG_SEPARATOR.join(tags), address, gpa, hpa, rights, fixed,
+        bit,
+        _KIND_NAMES.get(name, name),
+        psc,
+        TAG_SEPARATOR.join(tags),
+        address,
+        gpa,
+        hpa,
+        rights,
+        fixed,
         status,
     )
 
@@ -321,8 +328,8 @@ def _op_line(system: System, w: World, a: Action) -> int:
     """The scenario line of the op the action executes (0 for KVM's and the scheduler's own)."""
     sc = system.scenario
     if a.actor == "host":
-        prog = sc.host_program
-        return int(getattr(prog[w.host.op], "line", 0)) if w.host.op < len(prog) else 0
+        host = sc.host_program
+        return int(getattr(host[w.host.op], "line", 0)) if w.host.op < len(host) else 0
     if a.actor.startswith("guest"):
         v = int(a.actor[5:])
         g = w.guests[v]
@@ -484,8 +491,10 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 gva,
                                 access,
                                 o,
-                                lambda x, page=page: isinstance(x, Access)  # type: ignore[misc]
-                                and x.frame & ~0xFFF == page,
+                                lambda x, page=page: (
+                                    isinstance(x, Access)  # type: ignore[misc]
+                                    and x.frame & ~0xFFF == page
+                                ),
                                 lambda x, page=page: page in x.host.released,  # type: ignore[misc]
                                 f"the host freed or migrated away host page {page:#x}: no "
                                 "guest access may reach it",
@@ -505,8 +514,10 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 gva,
                                 access,
                                 o,
-                                lambda x, gpa=gpa: isinstance(x, Access)  # type: ignore[misc]
-                                and x.gpa == gpa,
+                                lambda x, gpa=gpa: (
+                                    isinstance(x, Access)  # type: ignore[misc]
+                                    and x.gpa == gpa
+                                ),
                                 lambda x, i=i: bool(  # type: ignore[misc]
                                     x.host.protected >> i & 1 and not x.kvm[K_DIRTY][i]
                                 ),
@@ -526,8 +537,10 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 access,
                                 o,
                                 lambda x, seen=seen: _visible(x) == seen,  # type: ignore[misc]
-                                lambda x, v=v, gva=gva, a=access, seen=seen: seen  # type: ignore[misc]
-                                not in {_visible(n) for n in x.native.outcomes(v, gva, a)},
+                                lambda x, v=v, gva=gva, a=access, seen=seen: (
+                                    seen  # type: ignore[misc]
+                                    not in {_visible(n) for n in x.native.outcomes(v, gva, a)}
+                                ),
                                 "a native processor running the same guest code could not "
                                 "produce this outcome",
                             )
@@ -544,7 +557,9 @@ def stale_entries(m: Machine, bad: _Bad) -> list[int]:
     impossible (bits, in universe order)."""
 
     def still(remove: int) -> bool:
-        return any(bad.matches(o) for o in _outcomes_without(m, bad.cpu, remove, bad.gva, bad.access))
+        return any(
+            bad.matches(o) for o in _outcomes_without(m, bad.cpu, remove, bad.gva, bad.access)
+        )
 
     held = list(iter_bits(m.cpus[bad.cpu].may))
     alone = [b for b in held if not still(1 << b)]
@@ -655,7 +670,13 @@ def _mark(trace: Trace, ex: Explanation) -> None:
 
 
 # -- coverage (safe pages) ----------------------------------------------------------------------
-_PORT_FILES = {"x86": "x86.c", "vmx": "vmx.c", "svm": "svm.c", "kvm_main": "kvm_main.c", "mmu": "mmu.c"}
+_PORT_FILES = {
+    "x86": "x86.c",
+    "vmx": "vmx.c",
+    "svm": "svm.c",
+    "kvm_main": "kvm_main.c",
+    "mmu": "mmu.c",
+}
 
 
 def _port_functions(policy: Any, vendor: str) -> dict[str, str]:
@@ -734,15 +755,19 @@ def trace_page(trace: Trace, rec: dict[str, Any]) -> str:
     ex = explain(trace, prop, str(rec.get("detail", "")))
     _mark(trace, ex)
     sc = system.scenario
-    return _env().get_template("trace.html.j2").render(
-        **_common(f"{sc.name} / {rec['policy']}: {rec.get('label', prop)}"),
-        rec=rec,
-        scenario=sc,
-        config_label=rec.get("config_label") or sc.config.label(),
-        lanes=lanes_of(system),
-        steps=trace.steps,
-        ex=ex,
-        lines=_scenario_lines(system),
+    return (
+        _env()
+        .get_template("trace.html.j2")
+        .render(
+            **_common(f"{sc.name} / {rec['policy']}: {rec.get('label', prop)}"),
+            rec=rec,
+            scenario=sc,
+            config_label=rec.get("config_label") or sc.config.label(),
+            lanes=lanes_of(system),
+            steps=trace.steps,
+            ex=ex,
+            lines=_scenario_lines(system),
+        )
     )
 
 
@@ -762,15 +787,19 @@ def summary_page(
             armed.insert(0, "host-isolation")
         if "WrprotectOp" in kinds:
             armed.insert(len(armed) - 1, "dirty-logging")
-    return _env().get_template("summary.html.j2").render(
-        **_common(f"{rec['scenario']} / {rec['policy']}: {rec.get('label', rec['verdict'])}"),
-        rec=rec,
-        lines=_scenario_lines(system) if system is not None else [],
-        armed=armed,
-        calls=calls or {},
-        files=files or {},
-        reached=reached,
-        unreached=unreached,
+    return (
+        _env()
+        .get_template("summary.html.j2")
+        .render(
+            **_common(f"{rec['scenario']} / {rec['policy']}: {rec.get('label', rec['verdict'])}"),
+            rec=rec,
+            lines=_scenario_lines(system) if system is not None else [],
+            armed=armed,
+            calls=calls or {},
+            files=files or {},
+            reached=reached,
+            unreached=unreached,
+        )
     )
 
 
@@ -793,14 +822,46 @@ def page_name(rec: dict[str, Any]) -> str:
 
 
 def index_page(entries: Iterable[tuple[str, dict[str, Any]]]) -> str:
-    return _env().get_template("index.html.j2").render(
-        **_common("kvmtlb check"), entries=list(entries)
+    return (
+        _env()
+        .get_template("index.html.j2")
+        .render(**_common("kvmtlb check"), entries=list(entries))
     )
 
 
-def render_result(system: System, result: Result, rec: dict[str, Any]) -> str:
-    """A page straight from an explorer result (for tests and scripts)."""
-    return page_for(system, {**rec, "path": result.path})
+def write_check_pages(
+    records: Sequence[dict[str, Any]],
+    directory: Path,
+    given: Sequence[tuple[str, type[Any]]] = (),
+) -> list[Path]:
+    """`kvmtlb check --html DIR`: one page per record (a counterexample page for a violation or
+    a deadlock, a summary page otherwise) and an index.html linking them. `given` holds the
+    (spec, class) of the PATH.py:Class policies the run loaded. Returns the pages written."""
+    from kvmtlb.check.runner import record_system
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    names: list[tuple[str, dict[str, Any]]] = []
+    for rec in records:
+        system = None
+        if rec.get("verdict") != "error":
+            system = record_system(rec, Path.cwd(), list(given))
+        name = page_name(rec)
+        path = directory / name
+        path.write_text(page_for(system, rec), encoding="utf-8")
+        written.append(path)
+        names.append((name, rec))
+    index = directory / "index.html"
+    index.write_text(index_page(names), encoding="utf-8")
+    return [index, *written]
+
+
+def replay_page_paths(target: Path, count: int) -> list[Path]:
+    """`kvmtlb replay --html FILE`: FILE for one record; FILE-1.html, FILE-2.html, ... for
+    several."""
+    if count == 1:
+        return [target]
+    return [target.with_name(f"{target.stem}-{n}{target.suffix}") for n in range(1, count + 1)]
 
 
 __all__ = [
@@ -808,16 +869,16 @@ __all__ = [
     "Row",
     "StepView",
     "Trace",
-    "check",
-    "check_observations",
     "coverage",
     "decode",
     "explain",
     "index_page",
     "page_for",
     "page_name",
+    "replay_page_paths",
     "run_trace",
     "stale_entries",
     "summary_page",
     "trace_page",
+    "write_check_pages",
 ]
