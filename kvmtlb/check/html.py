@@ -600,7 +600,20 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
     if prop not in PRECEDENCE:
         return ex
     bad = _find_bad(system, last, prop)
-    if bad is None:  # an emulated access (checked on its step), or nothing to point at
+    if bad is None:  # an access KVM's emulator completed (checked on the step that did it)
+        if trace.observations[-1]:
+            v, gva, gpa, _ = trace.observations[-1][0]
+            ex.access = f"vcpu{v}'s emulated read of {gva:#x} (KVM's emulator walked it)"
+            ex.outcome = f"{gva:#x} -> GPA {gpa:#x}"
+            ex.native = [_guest_view(n) for n in last.native.outcomes(v, gva, "read")]
+            ex.why_forbidden = (
+                "the guest's shootdown had completed: a native processor could not use this "
+                "translation any more"
+            )
+            ex.culprit_why = (
+                "none pointed at automatically: KVM's emulator completed the access, not a "
+                "cached entry of a pCPU; read the steps before it"
+            )
         return ex
     ex.access = f"vcpu{bad.v} {bad.access} {bad.gva:#x} on pCPU{bad.cpu}"
     ex.outcome = bad.outcome.describe()
@@ -613,6 +626,16 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
     ex.forbidden_since = s
     bits = stale_entries(last.machine, bad)
     if not bits:
+        # The current paging structures themselves allow the outcome (a KVM bug in an SPTE,
+        # not a stale TLB entry): the culprit is the last step that wrote them.
+        for j in range(len(worlds) - 1, 0, -1):
+            if worlds[j].machine.memory != worlds[j - 1].machine.memory:
+                ex.culprit = j
+                ex.culprit_why = (
+                    "no cached entry is needed: the current page tables (guest or EPT/NPT) "
+                    "allow the outcome, and this is the last step that wrote them"
+                )
+                break
         return ex
     u = system.kvm.universe
     static = u.static_mask()
@@ -648,7 +671,8 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
     if ex.culprit < 0:
         ex.culprit = max(s, births[root])
         ex.culprit_why = (
-            "the entry became stale here, while the guest ran, and nothing removed it since"
+            f"the outcome became forbidden here with the entry held on pCPU{bad.cpu}, and no "
+            f"invalidation on pCPU{bad.cpu} removed it since"
         )
     return ex
 
@@ -748,9 +772,23 @@ def _scenario_lines(system: System) -> list[str]:
     return system.scenario.text.splitlines()
 
 
+def _full(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record with every key of runner.RECORD_KEYS (None where it has none)."""
+    from kvmtlb.check.runner import RECORD_KEYS
+
+    out = {**dict.fromkeys(RECORD_KEYS), **rec}
+    if not out["label"]:
+        verdict = str(out["verdict"] or "")
+        out["label"] = f"violation:{out['property']}" if verdict == "violation" else verdict
+    for key in ("states", "transitions", "depth", "store_bytes"):
+        out[key] = out[key] or 0
+    return out
+
+
 def trace_page(trace: Trace, rec: dict[str, Any]) -> str:
     """The counterexample page of a record (`runner.RECORD_KEYS`) whose path `trace` re-ran."""
     system = trace.system
+    rec = _full(rec)
     prop = rec.get("property") or ("deadlock" if rec.get("verdict") == "deadlock" else "")
     ex = explain(trace, prop, str(rec.get("detail", "")))
     _mark(trace, ex)
@@ -759,7 +797,7 @@ def trace_page(trace: Trace, rec: dict[str, Any]) -> str:
         _env()
         .get_template("trace.html.j2")
         .render(
-            **_common(f"{sc.name} / {rec['policy']}: {rec.get('label', prop)}"),
+            **_common(f"{sc.name} / {rec['policy']}: {rec['label']}"),
             rec=rec,
             scenario=sc,
             config_label=rec.get("config_label") or sc.config.label(),
@@ -778,6 +816,7 @@ def summary_page(
     files: dict[str, str] | None = None,
 ) -> str:
     """The page of a run without a trace: safe, stopped (or an error)."""
+    rec = _full(rec)
     reached = sorted(n for n, c in (calls or {}).items() if c)
     unreached = sorted(n for n, c in (calls or {}).items() if not c)
     armed = ["guest-transparency"]
@@ -791,7 +830,7 @@ def summary_page(
         _env()
         .get_template("summary.html.j2")
         .render(
-            **_common(f"{rec['scenario']} / {rec['policy']}: {rec.get('label', rec['verdict'])}"),
+            **_common(f"{rec['scenario']} / {rec['policy']}: {rec['label']}"),
             rec=rec,
             lines=_scenario_lines(system) if system is not None else [],
             armed=armed,
@@ -837,7 +876,7 @@ def write_check_pages(
     """`kvmtlb check --html DIR`: one page per record (a counterexample page for a violation or
     a deadlock, a summary page otherwise) and an index.html linking them. `given` holds the
     (spec, class) of the PATH.py:Class policies the run loaded. Returns the pages written."""
-    from kvmtlb.check.runner import record_system
+    from kvmtlb.check.runner import record_system  # runner imports nothing of this module
 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -95,4 +95,5 @@
     else if (e.key === "p") { toggle.checked = !toggle.checked; body.classList.toggle("hide-psc", !toggle.checked); }
   });
   select(fromHash(), false);
+  body.dataset.readyMs = String(Math.round(performance.now()));  // for the render-time test
 })();
