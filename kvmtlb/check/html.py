@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from kvmtlb.check.explorer import explore
 from kvmtlb.hw.machine import Machine
@@ -291,7 +292,7 @@ def _lane_states(system: System, w: World) -> dict[str, LaneState]:
             continue
         vc = Vcpu(*w.vcpus[v])
         mode = MODE_NAMES.get(vc.mode, str(vc.mode))
-        where = "guest code" if vc.pc == "guest" else f"KVM at {vc.pc}"
+        where = "in guest code" if vc.pc == "guest" else f"at {vc.pc}"
         css = {"IN_GUEST_MODE": "in", "EXITING_GUEST_MODE": "exiting"}.get(mode, "outside")
         if vc.pc == "guest":
             css = "guest"
@@ -752,7 +753,14 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["wbr"] = _wbr
     return env
+
+
+def _wbr(text: object) -> markupsafe.Markup:
+    """Escaped text with line-break opportunities after '_' and ':' (KVM's long names)."""
+    escaped = markupsafe.escape(str(text))
+    return markupsafe.Markup(re.sub(r"([_:])", r"\1<wbr>", str(escaped)))
 
 
 def _asset(name: str) -> str:
