@@ -310,8 +310,9 @@ def check(
             if not report.matches(r) or (explicit and r["verdict"] != "safe"):
                 report.trace(console, r)
         console.print(report.summary(results, seconds))
-    if html is not None:
-        _write_html(lambda: _html_pages(results, html, specs, classes), html, console)
+    if html is not None:  # with --json, stdout holds only the records: say it on stderr
+        say = Console(stderr=True) if json_out else console
+        _write_html(lambda: _html_pages(results, html, specs, classes), html, say)
     for r in results:
         if r["verdict"] == "error":
             typer.echo(f"error: {r['message']}", err=True)
@@ -333,7 +334,8 @@ def _html_pages(
 
     given = [(sp, c) for sp, c in zip(specs, classes, strict=True) if is_user_spec(sp)]
     pages = write_check_pages(results, html, given)
-    return f"HTML: {len(pages) - 1} pages in {html}, listed in {pages[0]}"
+    n = len(pages) - 1
+    return f"HTML: {n} page{'' if n == 1 else 's'} in {html}, listed in {pages[0]}"
 
 
 def _write_html(write: Any, target: Path, console: Console) -> None:

@@ -144,3 +144,15 @@ def test_replay_html_pages_per_record(tmp_path: Path) -> None:
     assert 'id="culprit-link"' in second
     recs = [json.loads(line) for line in (tmp_path / "t.json").read_text().splitlines()]
     assert [r["verdict"] for r in recs] == ["safe", "violation"]
+
+
+def test_check_json_html_keeps_stdout_for_records(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app,
+        ["check", str(SCENARIOS / "zap-while-away.toml"), "--policy", "kvm-6.18", "--json",
+         "--html", str(tmp_path / "pages")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["verdict"] for line in res.stdout.splitlines()] == ["safe"]
+    assert "HTML: 1 page in" in res.stderr
+    assert (tmp_path / "pages" / "zap-while-away--kvm-6.18.html").is_file()
