@@ -41,9 +41,13 @@ CULPRITS = [
 
 @pytest.mark.parametrize(("scenario", "policy", "step", "why"), CULPRITS)
 def test_culprit(scenario: str, policy: str, step: int, why: str) -> None:
-    _, ex = _trace(scenario, policy)
+    trace, ex = _trace(scenario, policy)
     assert ex.culprit == step
     assert why in ex.culprit_why
+    html.trace_page(trace, {"policy": policy, "verdict": "violation", "property": ex.prop})
+    survived = [r for s in trace.steps for t in s.tables for r in t.rows if "survived" in r.marks]
+    # only an invalidation that left the stale entry in place marks it "survived"
+    assert len(survived) == (ex.culprit_kind == "invalidation")
 
 
 def test_zap_while_away_explained() -> None:

@@ -168,6 +168,9 @@ class Explanation:
     culprit: int = -1  # the culprit step (-1: none)
     culprit_why: str = ""
     culprit_rules: list[RuleRef] = field(default_factory=list)
+    # which rule of docs/html-viewer.md chose it: "invalidation" (it left the root entry in
+    # place), "entry" (a VM entry), "stale" (the outcome became forbidden), "memory"
+    culprit_kind: str = ""
 
 
 # -- the rules registry -------------------------------------------------------------------------
@@ -632,6 +635,7 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
         for j in range(len(worlds) - 1, 0, -1):
             if worlds[j].machine.memory != worlds[j - 1].machine.memory:
                 ex.culprit = j
+                ex.culprit_kind = "memory"
                 ex.culprit_why = (
                     "no cached entry is needed: the current page tables (guest or EPT/NPT) "
                     "allow the outcome, and this is the last step that wrote them"
@@ -655,6 +659,7 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
         held_before = worlds[j - 1].machine.cpus[bad.cpu].may >> root & 1
         if ops and held and held_before:
             ex.culprit = j
+            ex.culprit_kind = "invalidation"
             ex.culprit_rules = list(dict.fromkeys(r for op in ops for r in op.rules))
             names = "; ".join(op.action for op in ops)
             ex.culprit_why = f"{names} on pCPU{bad.cpu} left the stale entry in place"
@@ -664,6 +669,7 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
             before, after = worlds[j - 1].vcpus[bad.v], worlds[j].vcpus[bad.v]
             if before[V_PC] != "guest" and after[V_PC] == "guest" and after[V_CPU] == bad.cpu:
                 ex.culprit = j
+                ex.culprit_kind = "entry"
                 ex.culprit_why = (
                     f"KVM entered vcpu{bad.v}'s guest on pCPU{bad.cpu} with the stale entry "
                     "held and no invalidation since the outcome became forbidden"
@@ -671,6 +677,7 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
                 break
     if ex.culprit < 0:
         ex.culprit = max(s, births[root])
+        ex.culprit_kind = "stale"
         ex.culprit_why = (
             f"the outcome became forbidden here with the entry held on pCPU{bad.cpu}, and no "
             f"invalidation on pCPU{bad.cpu} removed it since"
@@ -683,12 +690,16 @@ def _mark(trace: Trace, ex: Explanation) -> None:
     if ex.pcpu < 0:
         return
     stale = {r.bit for r, _ in ex.stale}
+    for step in trace.steps:  # idempotent: a trace may be rendered twice
+        for table in step.tables:
+            for row in table.rows:
+                row.marks.clear()
     for row in trace.steps[-1].tables[ex.pcpu].rows:
         if row.bit in stale:
             row.marks.append("stale")
         if row.bit == ex.root:
             row.marks.append("root")
-    if ex.culprit > 0:
+    if ex.culprit > 0 and ex.culprit_kind == "invalidation":
         for row in trace.steps[ex.culprit].tables[ex.pcpu].rows:
             if row.bit == ex.root:
                 row.marks.append("survived")
