@@ -212,7 +212,7 @@ def decode(bit: int, e: Entry, fixed: bool, status: str = "held") -> Row:
     name = type(e).__name__
     d = e._asdict()
     tags = []
-    for tag in ("vpid", "pcid", "ep4ta", "asid"):
+    for tag in ("vpid", "asid", "pcid", "ep4ta"):
         if tag in d:
             v = d[tag]
             tags.append(f"{tag.upper()} {v:#x}" if tag == "ep4ta" else f"{tag.upper()} {v}")
