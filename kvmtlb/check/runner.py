@@ -37,7 +37,7 @@ from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, registry
 from kvmtlb.kvm.state import Vcpu
 from kvmtlb.model.scenario import Config, Scenario, ScenarioError, load, reconfigure
-from kvmtlb.model.system import BootError, build
+from kvmtlb.model.system import BootError, System, build
 
 BUILTIN = Path(__file__).parent.parent / "scenarios"
 
@@ -740,20 +740,7 @@ def replay_record(
 
     rec = check_record(rec)
     path = rec["path"]
-    cls = replay_policy(rec, list(given))
-    scenario = load(str(scenario_file(rec["file"], base)), known_policies() | {cls.name})
-    if scenario.config.as_dict() != rec["config"]:
-        scenario = _reconfigure(
-            scenario,
-            Config(
-                **{
-                    **rec["config"],
-                    "ept_vpid_cap": tuple(rec["config"].get("ept_vpid_cap", ()))
-                    or Config("intel").ept_vpid_cap,
-                }
-            ),
-        )
-    system = build(scenario, cls())
+    system = record_system(rec, base, given)
     trace = replay(system, path)
     from kvmtlb.model.actions import apply, enabled
     from kvmtlb.model.properties import check_observations
@@ -768,3 +755,26 @@ def replay_record(
             system, w
         )
     return trace, (v.prop if v is not None else None)
+
+
+def record_system(
+    rec: dict[str, Any],
+    base: Path,
+    given: list[tuple[str, type[KvmPolicy]]] = (),  # type: ignore[assignment]
+) -> System:
+    """The system a checked record ran: its scenario (found as `scenario_file` says) in the
+    record's configuration, under its policy (`replay_policy`)."""
+    cls = replay_policy(rec, list(given))
+    scenario = load(str(scenario_file(rec["file"], base)), known_policies() | {cls.name})
+    if scenario.config.as_dict() != rec["config"]:
+        scenario = _reconfigure(
+            scenario,
+            Config(
+                **{
+                    **rec["config"],
+                    "ept_vpid_cap": tuple(rec["config"].get("ept_vpid_cap", ()))
+                    or Config("intel").ept_vpid_cap,
+                }
+            ),
+        )
+    return build(scenario, cls())
