@@ -15,8 +15,8 @@ from kvmtlb.check import mutate
 from kvmtlb.check.mutation import MutantJob, RecordJob, Run, mutant_run, record_run, run_campaign
 from kvmtlb.check.runner import configurations, load_policy
 from kvmtlb.cli import app
-from kvmtlb.kvm.versions import Kvm57
 from kvmtlb.kvm.policy import registry
+from kvmtlb.kvm.versions import Kvm57
 from kvmtlb.model.scenario import Config, load
 
 SCENARIOS = Path(__file__).parent.parent / "kvmtlb" / "scenarios"
