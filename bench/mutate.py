@@ -19,6 +19,7 @@ from kvmtlb.check import mutate
 from kvmtlb.check.explorer import explore
 from kvmtlb.check.mutation import run_campaign, suite_runs
 from kvmtlb.check.runner import builtin_scenarios, load_policy
+from kvmtlb.kvm.policy import registry
 from kvmtlb.model.scenario import load
 from kvmtlb.model.system import build
 
@@ -28,7 +29,7 @@ def overhead(policy: str, sample: int = 12) -> float:
     base = load_policy(policy)
     plain = wrapped = 0.0
     for path in builtin_scenarios()[:sample]:
-        s = load(path, {base.name})
+        s = load(path, set(registry()))
         t = time.perf_counter()
         explore(build(s, base()))
         plain += time.perf_counter() - t
