@@ -27,7 +27,7 @@ from rich.table import Table
 
 from kvmtlb import jobs
 from kvmtlb.check import mutate
-from kvmtlb.check.mutation import MutantResult, Report, run_campaign
+from kvmtlb.check.mutation import MutantResult, Report, run_campaign, suite_or_exit
 
 # What a weakening saves, as sums of the cost model's counters (by name prefix).
 COST_KEYS = (
@@ -137,18 +137,10 @@ def advise_command(
     import json
     import os
 
-    from kvmtlb.check.inputs import scenario_paths_or_exit
-    from kvmtlb.check.runner import InputError, builtin_scenarios, load_policy
-
-    if accesses <= 0 or jobs_ < 0:
-        typer.echo("error: --accesses takes a number > 0, --jobs one >= 0", err=True)
+    if accesses <= 0:
+        typer.echo("error: --accesses takes a number > 0", err=True)
         raise typer.Exit(jobs.EXIT_INPUT)
-    try:
-        load_policy(policy)
-    except InputError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(jobs.EXIT_INPUT) from None
-    paths = scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios()]
+    paths = suite_or_exit(policy, files, jobs_)
     err = Console(stderr=True)
     report = run_campaign(
         policy,

@@ -46,10 +46,10 @@ from typing import Any
 import jinja2
 import markupsafe
 
-from kvmtlb.check.explorer import explore
+from kvmtlb.check.explorer import explore, walk
 from kvmtlb.hw.machine import Machine
 from kvmtlb.hw.mappings import PSC_KINDS, Entry
-from kvmtlb.hw.outcomes import Access, PageFault
+from kvmtlb.hw.outcomes import Access
 from kvmtlb.hw.paging import format_ept_rights, format_guest_rights
 from kvmtlb.hw.rules import Rule, all_rules
 from kvmtlb.hw.universe import iter_bits
@@ -57,8 +57,8 @@ from kvmtlb.hw.walk import ACCESS_KINDS
 from kvmtlb.kvm.context import Record, World
 from kvmtlb.kvm.requests import REQUEST_NAMES
 from kvmtlb.kvm.state import MODE_NAMES, Vcpu
-from kvmtlb.model.actions import Action, apply, describe, enabled
-from kvmtlb.model.properties import PRECEDENCE
+from kvmtlb.model.actions import Action
+from kvmtlb.model.properties import PRECEDENCE, visible
 from kvmtlb.model.system import System
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -412,16 +412,7 @@ def run_trace(system: System, path: Sequence[int]) -> Trace:
             _pointers(system, w),
         )
     ]
-    for n, ai in enumerate(path, 1):
-        acts = enabled(system, w)
-        if ai >= len(acts):
-            raise ValueError(
-                f"step {n}: the trace does not match this scenario and policy "
-                f"(action {ai} of {len(acts)})"
-            )
-        a = acts[ai]
-        text = describe(system, w, a)
-        out = apply(system, w, a)
+    for n, a, text, w, out in walk(system, path):
         hw = _hw_ops(out.records)
         steps.append(
             StepView(
@@ -439,8 +430,7 @@ def run_trace(system: System, path: Sequence[int]) -> Trace:
         )
         actions.append(a)
         observations.append(out.observations)
-        w = out.world
-        worlds.append(w)
+        worlds.append(out.world)
     return Trace(system, worlds, actions, steps, observations)
 
 
@@ -458,14 +448,6 @@ class _Bad:
     matches: Matcher  # an outcome that is (the same kind of) forbidden outcome
     forbidden: Callable[[World], bool]  # whether a world forbids it
     why: str
-
-
-def _visible(o: object) -> tuple[object, ...] | None:
-    if isinstance(o, Access):
-        return ("access", o.gpa, o.rights)
-    if isinstance(o, PageFault):
-        return ("#PF",)
-    return None
 
 
 def _guest_view(o: Any) -> str:
@@ -529,10 +511,10 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 "userspace: a write must fault and be logged",
                             )
                     if prop == "guest-transparency":
-                        seen = _visible(o)
+                        seen = visible(o)
                         if seen is None:
                             continue
-                        native = {_visible(n) for n in w.native.outcomes(v, gva, access)}
+                        native = {visible(n) for n in w.native.outcomes(v, gva, access)}
                         if seen not in native:
                             return _Bad(
                                 v,
@@ -540,10 +522,10 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 gva,
                                 access,
                                 o,
-                                lambda x, seen=seen: _visible(x) == seen,  # type: ignore[misc]
+                                lambda x, seen=seen: visible(x) == seen,  # type: ignore[misc]
                                 lambda x, v=v, gva=gva, a=access, seen=seen: (
                                     seen  # type: ignore[misc]
-                                    not in {_visible(n) for n in x.native.outcomes(v, gva, a)}
+                                    not in {visible(n) for n in x.native.outcomes(v, gva, a)}
                                 ),
                                 "a native processor running the same guest code could not "
                                 "produce this outcome",

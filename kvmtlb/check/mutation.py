@@ -385,18 +385,10 @@ def mutate_command(
     import json
     import os
 
-    from kvmtlb.check.inputs import scenario_paths_or_exit
-    from kvmtlb.check.runner import InputError, builtin_scenarios, load_policy
-
-    if max_states < 0 or jobs_ < 0:
-        typer.echo("error: --max-states and --jobs take a number >= 0", err=True)
+    if max_states < 0:
+        typer.echo("error: --max-states takes a number >= 0", err=True)
         raise typer.Exit(jobs.EXIT_INPUT)
-    try:
-        load_policy(policy)
-    except InputError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(jobs.EXIT_INPUT) from None
-    paths = scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios()]
+    paths = suite_or_exit(policy, files, jobs_)
     workers = jobs_ or (os.cpu_count() or 1)
     err = Console(stderr=True)
     last = [0.0]
@@ -419,6 +411,23 @@ def mutate_command(
     if report.interrupted:
         typer.echo("interrupted: the report covers what finished", err=True)
         raise typer.Exit(jobs.EXIT_STOPPED)
+
+
+def suite_or_exit(policy: str, files: list[str] | None, jobs_: int) -> list[str]:
+    """The command-line prologue of mutate and advise: the policy must load and --jobs be >= 0
+    (else exit 2); the scenario paths (default: the built-in suite)."""
+    from kvmtlb.check.inputs import scenario_paths_or_exit
+    from kvmtlb.check.runner import InputError, builtin_scenarios, load_policy
+
+    if jobs_ < 0:
+        typer.echo("error: --jobs takes a number >= 0", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT)
+    try:
+        load_policy(policy)
+    except InputError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT) from None
+    return scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios()]
 
 
 def print_report(report: Report) -> None:
@@ -448,4 +457,12 @@ def print_report(report: Report) -> None:
     )
 
 
-__all__ = ["Report", "Run", "mutate_command", "run_campaign", "suite_runs", "to_json"]
+__all__ = [
+    "Report",
+    "Run",
+    "mutate_command",
+    "run_campaign",
+    "suite_or_exit",
+    "suite_runs",
+    "to_json",
+]
