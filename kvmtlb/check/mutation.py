@@ -123,7 +123,7 @@ def mutant_run(job: MutantJob) -> dict[str, Any]:
 class MutantResult:
     mutation: mutate.Mutation
     runs: list[Run]  # where its site was reached and the policy was safe
-    status: str = "survived"  # killed | survived | equivalent | inconclusive | error
+    status: str = "survived"  # killed | survived | equivalent | inconclusive | error | unfinished
     killed_by: str = ""  # "scenario [config]"
     prop: str = ""
     trace: int = 0
@@ -268,6 +268,9 @@ def _run_mutants(
                 m.same_counts = False
         if out.interrupted:
             report.interrupted = True
+            for m in alive:
+                if m.status not in ("killed", "error"):
+                    m.status = "unfinished"  # stopped before every run it needed
             return
         still = []
         for m in alive:
