@@ -80,6 +80,15 @@ class Lines:
             return line
         return self.section(section) if section else 0
 
+    def nested(self, *path: str) -> int:
+        """The line of the key at `path` (e.g. table, subtable, key), else of the closest
+        enclosing table that has one."""
+        for n in range(len(path), 0, -1):
+            line = self._keys.get(path[:n])
+            if line is not None:
+                return line
+        return 0
+
     def string_lines(self, section: str, key: str, value: str) -> list[int] | None:
         """For the string `value` of `key` in `section`: the line each character of it stands on
         (and one more entry for the end), or None when the file does not hold it as scanned."""

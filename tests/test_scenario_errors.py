@@ -177,9 +177,24 @@ CASES: list[Case] = [
         config=f'vendor = "intel"\nmax_asid = 4  {MARK}',
     ),
     err(
-        "tdp-false",
-        r"tdp = false .*not modelled",
-        config=f'vendor = "intel"\ntdp = false  {MARK}',
+        "map-unknown-root",
+        r"no guest page table named 'b'\s+fix: declare it as \[guest\.b\]",
+        vcpu0=f"map 0x1000 -> 0x11000 w root=b  {MARK}",
+    ),
+    err(
+        "mov-cr3-unknown-root",
+        r"unknown mov_cr3 argument 'other'\s+fix: .*ROOT one of default",
+        vcpu0=f"mov_cr3 other  {MARK}",
+    ),
+    err(
+        "guest-root-bad-name",
+        r"bad page-table name 'Upper'",
+        extra=f'[guest.Upper]  {MARK}\n"0x1000" = "0x10000 w"',
+    ),
+    err(
+        "guest-root-bad-entry",
+        r"bad guest mapping",
+        extra=f'[guest.b]\n"0x1000" = 5  {MARK}',
     ),
     err("pcpus-zero", r"pcpus must be at least 1", config=f'vendor = "intel"\npcpus = 0  {MARK}'),
     err("vcpus-too-many", r"vcpus above 8", config=f'vendor = "intel"\nvcpus = 9  {MARK}'),

@@ -58,7 +58,7 @@ from kvmtlb.kvm.context import Record, World
 from kvmtlb.kvm.requests import REQUEST_NAMES
 from kvmtlb.kvm.state import MODE_NAMES, Vcpu
 from kvmtlb.model.actions import Action
-from kvmtlb.model.properties import PRECEDENCE, visible
+from kvmtlb.model.properties import PRECEDENCE, outcome_gpa, shadow_frames, visible
 from kvmtlb.model.system import System
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -464,6 +464,7 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
         (v, vc[V_CPU]) for v, vc in enumerate(w.vcpus) if vc[V_PC] == "guest" and vc[V_CPU] >= 0
     ]
     kvm = system.kvm
+    shadow = shadow_frames(system)
     for v, cpu in running:
         for gva in system.scenario.gvas:
             for access in ACCESS_KINDS:
@@ -489,11 +490,11 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                         prop == "dirty-logging"
                         and access == "write"
                         and isinstance(o, Access)
-                        and o.gpa in kvm.gpas
+                        and outcome_gpa(o, shadow) in kvm.gpas
                     ):
-                        i = kvm.gpa_index(o.gpa)
+                        gpa = outcome_gpa(o, shadow)
+                        i = kvm.gpa_index(gpa)
                         if h.protected >> i & 1 and not w.kvm[K_DIRTY][i]:
-                            gpa = o.gpa
                             return _Bad(
                                 v,
                                 cpu,
@@ -502,7 +503,7 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 o,
                                 lambda x, gpa=gpa: (
                                     isinstance(x, Access)  # type: ignore[misc]
-                                    and x.gpa == gpa
+                                    and outcome_gpa(x, shadow) == gpa
                                 ),
                                 lambda x, i=i: bool(  # type: ignore[misc]
                                     x.host.protected >> i & 1 and not x.kvm[K_DIRTY][i]
@@ -511,10 +512,10 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 "userspace: a write must fault and be logged",
                             )
                     if prop == "guest-transparency":
-                        seen = visible(o)
+                        seen = visible(o, shadow)
                         if seen is None:
                             continue
-                        native = {visible(n) for n in w.native.outcomes(v, gva, access)}
+                        native = {visible(n, shadow) for n in w.native.outcomes(v, gva, access)}
                         if seen not in native:
                             return _Bad(
                                 v,
@@ -522,10 +523,12 @@ def _find_bad(system: System, w: World, prop: str) -> _Bad | None:
                                 gva,
                                 access,
                                 o,
-                                lambda x, seen=seen: visible(x) == seen,  # type: ignore[misc]
+                                lambda x, seen=seen: visible(x, shadow) == seen,  # type: ignore[misc]
                                 lambda x, v=v, gva=gva, a=access, seen=seen: (
                                     seen  # type: ignore[misc]
-                                    not in {visible(n) for n in x.native.outcomes(v, gva, a)}
+                                    not in {
+                                        visible(n, shadow) for n in x.native.outcomes(v, gva, a)
+                                    }
                                 ),
                                 "a native processor running the same guest code could not "
                                 "produce this outcome",

@@ -334,7 +334,13 @@ def configurations(s: Scenario) -> list[Config]:
     for vendor, flag, pcid, pv in itertools.product(
         ("intel", "amd"), (True, False), (False, True), (False, True)
     ):
-        base = Config(vendor=vendor, pge=s.config.pge, pcpus=s.config.pcpus, vcpus=s.config.vcpus)
+        base = Config(
+            vendor=vendor,
+            tdp=s.config.tdp,
+            pge=s.config.pge,
+            pcpus=s.config.pcpus,
+            vcpus=s.config.vcpus,
+        )
         c = replace(base, pcid=pcid, pv_tlb_flush=pv)
         c = replace(c, vpid=flag) if vendor == "intel" else replace(c, flush_by_asid=flag)
         if vendor == s.config.vendor:

@@ -19,22 +19,31 @@ class AccessOp(NamedTuple):
         return f"{self.kind} {self.gva:#x}"
 
 
+DEFAULT_ROOT = "default"  # the page table of the plain [guest] table
+
+
 class MapOp(NamedTuple):
     gva: int
     gpa: int
     flags: str  # subset of "wuxg"
     line: int = 0
+    root: str = DEFAULT_ROOT  # the page table written ([guest] or [guest.NAME])
 
     def describe(self) -> str:
-        return f"map {self.gva:#x} -> {self.gpa:#x} {self.flags}".rstrip()
+        return f"map {self.gva:#x} -> {self.gpa:#x} {self.flags}{_root(self.root)}".rstrip()
 
 
 class UnmapOp(NamedTuple):
     gva: int
     line: int = 0
+    root: str = DEFAULT_ROOT
 
     def describe(self) -> str:
-        return f"unmap {self.gva:#x}"
+        return f"unmap {self.gva:#x}{_root(self.root)}"
+
+
+def _root(name: str) -> str:
+    return "" if name == DEFAULT_ROOT else f" root={name}"
 
 
 class InvlpgOp(NamedTuple):
@@ -49,10 +58,12 @@ class MovCr3Op(NamedTuple):
     pcid: int  # -1: keep the current PCID
     noflush: bool
     line: int = 0
+    root: str = ""  # the page table loaded ("": the current one)
 
     def describe(self) -> str:
+        r = f" {self.root}" if self.root else ""
         p = f" pcid={self.pcid}" if self.pcid >= 0 else ""
-        return f"mov_cr3{p}{' noflush' if self.noflush else ''}"
+        return f"mov_cr3{r}{p}{' noflush' if self.noflush else ''}"
 
 
 class SetCr4Op(NamedTuple):

@@ -21,6 +21,7 @@ never inside an emulated instruction or a CR4.PGE toggle (interrupts are off the
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, NamedTuple
 
 from kvmtlb.guest.ops import (
@@ -43,17 +44,25 @@ from kvmtlb.hw.outcomes import EptViolation, NestedPageFault, PageFault, VmExit
 from kvmtlb.hw.paging import make_pte
 from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.vmx import VmExitEvent
+from kvmtlb.hw.walk import ACCESS_KINDS
 from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
 from kvmtlb.kvm.context import Step, World
 from kvmtlb.kvm.policy import KvmPolicy
-from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED
+from kvmtlb.kvm.shadow import injected_exit
+from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
 from kvmtlb.kvm.x86 import (
     EXIT_CR3_WRITE,
     EXIT_CR4_WRITE,
     EXIT_EMULATION,
     EXIT_INVLPG,
+    EXIT_INVPCID,
+    EXIT_PT_WRITE,
+    EXIT_SHADOW_PF,
     EXIT_TDP_FAULT,
 )
+
+# The position of Vcpu.pf_injected in the frozen vCPU tuple.
+V_PF_INJECTED = [f.name for f in fields(Vcpu)].index("pf_injected")
 
 # flush_tlb phases (GuestThread.sub while the op runs)
 _LOCAL_1, _LOCAL_2, _TARGETS, _CMPXCHG, _SEND, _WAIT = 1, 2, 3, 4, 5, 6
@@ -95,6 +104,8 @@ def guest_actions(
         return acts
     op = program[g.op]
     if isinstance(op, AccessOp):
+        if w.vcpus[v][V_PF_INJECTED] >= 0:
+            return [("access", (-1,))]  # the #PF KVM injected is delivered first
         outcomes = w.machine.outcomes(pcpu, op.gva, op.kind)
         acts.extend(("access", (i,)) for i in range(len(outcomes)))
     elif isinstance(op, FlushTlbOp) and g.sub == _WAIT:
@@ -113,6 +124,8 @@ def describe(
         h = g.handler or (g.inbox[0] if g.inbox else ())
         return f"IPI handler from vcpu{h[0]}: flush {FLUSH_NAMES[h[1]]}" if h else "IPI handler"
     op = program[g.op]
+    if name == "access" and args == (-1,):
+        return f"{op.describe()}: takes the #PF KVM injected"
     return op.describe()
 
 
@@ -135,6 +148,14 @@ def _guest_regs(k: Step, v: int) -> Any:
     return k.machine.cpus[k.vcpus[v].cpu].regs
 
 
+def guest_cr3(k: Step, v: int) -> int:
+    """The CR3 the guest sees: the hardware's with TDP; with shadow paging KVM's vcpu->arch.cr3
+    (the hardware holds the shadow root, and CR3 reads exit)."""
+    if k.config.tdp:
+        return int(_guest_regs(k, v).cr3)
+    return k.vcpus[v].cr3
+
+
 def _local_flush(k: Step, pol: KvmPolicy, v: int, scope: int, gva: int, step: int) -> bool:
     """One instruction of the local flush of `scope` (step 1 or 2); returns whether another
     instruction follows (the second CR4 write of a PGE toggle)."""
@@ -143,11 +164,11 @@ def _local_flush(k: Step, pol: KvmPolicy, v: int, scope: int, gva: int, step: in
         return False
     regs = _guest_regs(k, v)
     if scope == FLUSH_MM:
-        cr3 = regs.cr3 & ~CR3_NOFLUSH
+        cr3 = guest_cr3(k, v) & ~CR3_NOFLUSH
         _insn(k, pol, v, MovToCr3(cr3), EXIT_CR3_WRITE, (cr3,))
         return False
     if regs.cr4 & CR4_PCIDE and k.config.caps.invpcid and step == 1:
-        _insn(k, pol, v, Invpcid(2), 0, ())
+        _insn(k, pol, v, Invpcid(2), EXIT_INVPCID, (2, 0, 0))
         return False
     value = regs.cr4 ^ CR4_PGE  # native_flush_tlb_global: toggle CR4.PGE twice
     _insn(k, pol, v, MovToCr4(value), EXIT_CR4_WRITE, (value,))
@@ -167,8 +188,7 @@ def guest_step(
         k.guests[v] = _access(k, pol, v, g, op, args[0])
     elif isinstance(op, FlushTlbOp):
         k.guests[v] = _flush_tlb(k, pol, v, g, op)
-    else:
-        _simple(k, pol, v, op)
+    elif _simple(k, pol, v, op):
         k.guests[v] = g._replace(op=g.op + 1, sub=0)
 
 
@@ -180,6 +200,10 @@ def _access(
     k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: AccessOp, choice: int
 ) -> GuestThread:
     vcpu = k.vcpus[v]
+    if choice < 0:
+        vcpu.pf_injected = -1
+        k.note(f"{op.kind} {op.gva:#x}", "the guest takes the #PF KVM injected")
+        return _done(g)
     outcome, succ = k.machine.access(vcpu.cpu, op.gva, op.kind)[choice]
     k.machine = succ
     k.sync_control(vcpu.cpu)
@@ -187,36 +211,55 @@ def _access(
     if isinstance(outcome, EptViolation | NestedPageFault):
         pol.vcpu_exit(k, vcpu, EXIT_TDP_FAULT, (outcome.gpa, int(op.kind == "write")))
         return g  # retried once KVM has handled the fault
+    if isinstance(outcome, PageFault) and not k.config.tdp:
+        # with shadow paging every #PF exits (the fault effect above was the VM exit): KVM
+        # fixes its shadow table (the access is retried) or injects the fault
+        pol.vcpu_exit(k, vcpu, EXIT_SHADOW_PF, (op.gva, ACCESS_KINDS.index(op.kind)))
+        return g
     if isinstance(outcome, PageFault):
         k.note("the guest takes the #PF", "the access completes as faulted")
     return _done(g)
 
 
-def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> None:
+def _pt_write_traps(k: Step, pol: KvmPolicy, v: int, root: int, gva: int) -> bool:
+    """With shadow paging, a store to a guest page table whose shadow page is synced (the table
+    is write-protected) exits to KVM instead; the guest retries it. Returns whether it exited."""
+    if k.config.tdp or pol.sp_unsync(k, root, gva):
+        return False
+    vcpu = k.vcpus[v]
+    k.hw(vcpu.cpu, injected_exit(k.config.vmx), "store to a write-protected guest page table")
+    pol.vcpu_exit(k, vcpu, EXIT_PT_WRITE, (root, gva))
+    return True
+
+
+def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
+    """Run a one-step op; returns False when it must be retried (a store that exited)."""
     cfg = k.config
-    if isinstance(op, MapOp):
-        pte = make_pte(
-            op.gpa,
-            writable="w" in op.flags,
-            user="u" in op.flags,
-            executable="x" in op.flags,
-            glob="g" in op.flags,
-        )
-        k.write_slot(
-            cfg.layout.slot(cfg.guest_root, op.gva),
-            pte,
-            f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}".rstrip(),
-        )
-    elif isinstance(op, UnmapOp):
-        k.write_slot(
-            cfg.layout.slot(cfg.guest_root, op.gva), 0, f"guest PTE {op.gva:#x}: not present"
-        )
+    if isinstance(op, MapOp | UnmapOp):
+        root = cfg.root_names.index(op.root)
+        if _pt_write_traps(k, pol, v, root, op.gva):
+            return False
+        slot = cfg.layout.slot(cfg.roots[root], op.gva)
+        where = "" if root == 0 else f" (page table {op.root})"
+        if isinstance(op, MapOp):
+            pte = make_pte(
+                op.gpa,
+                writable="w" in op.flags,
+                user="u" in op.flags,
+                executable="x" in op.flags,
+                glob="g" in op.flags,
+            )
+            k.write_slot(slot, pte, f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}{where}")
+        else:
+            k.write_slot(slot, 0, f"guest PTE {op.gva:#x}: not present{where}")
     elif isinstance(op, InvlpgOp):
         _insn(k, pol, v, Invlpg(op.gva), EXIT_INVLPG, (op.gva,))
     elif isinstance(op, MovCr3Op):
         regs = _guest_regs(k, v)
-        pcid = op.pcid if op.pcid >= 0 else (regs.pcid if regs.cr4 & CR4_PCIDE else 0)
-        value = cfg.guest_root | pcid | (CR3_NOFLUSH if op.noflush else 0)
+        cur = guest_cr3(k, v)
+        pcid = op.pcid if op.pcid >= 0 else (cur & 0xFFF if regs.cr4 & CR4_PCIDE else 0)
+        root = cfg.roots[cfg.root_names.index(op.root)] if op.root else cur & ~0xFFF & ~CR3_NOFLUSH
+        value = root | pcid | (CR3_NOFLUSH if op.noflush else 0)
         _insn(k, pol, v, MovToCr3(value), EXIT_CR3_WRITE, (value,))
     elif isinstance(op, SetCr4Op):
         bit = {"pge": CR4_PGE, "pcide": CR4_PCIDE, "smep": CR4_SMEP}[op.bit]
@@ -224,7 +267,9 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> None:
         value = cr4 | bit if op.value else cr4 & ~bit
         _insn(k, pol, v, MovToCr4(value), EXIT_CR4_WRITE, (value,))
     elif isinstance(op, InvpcidOp):
-        _insn(k, pol, v, Invpcid(op.type, op.pcid, op.gva), 0, ())
+        _insn(
+            k, pol, v, Invpcid(op.type, op.pcid, op.gva), EXIT_INVPCID, (op.type, op.pcid, op.gva)
+        )
     elif isinstance(op, EmulatedReadOp):
         vcpu = k.vcpus[v]
         exit_event = VmExitEvent("emulation") if cfg.vmx else SvmExitEvent("emulation")
@@ -232,6 +277,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> None:
         pol.vcpu_exit(k, vcpu, EXIT_EMULATION, (op.gva,))
     else:
         raise AssertionError(f"unknown guest op {op!r}")
+    return True
 
 
 def _flush_tlb(k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: FlushTlbOp) -> GuestThread:

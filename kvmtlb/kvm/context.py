@@ -32,6 +32,7 @@ from kvmtlb.hw.vmx import (
 from kvmtlb.kvm.state import Kvm, Pcpu, Vcpu
 
 T = TypeVar("T")
+PHYS_ROOT_MASK = ((1 << 52) - 1) & ~0xFFF  # CR3 bits 51:12
 
 
 def hardware_setup(
@@ -82,6 +83,16 @@ class KvmConfig:
     host_regs: Regs  # the host's control registers (no host page tables are modelled)
     rights: tuple[int, ...]  # what the memslot allows for each guest frame (E_R | E_W | E_X)
     fresh_stride: int = 16  # fresh pages per guest frame before the pool repeats (never)
+    # The guest's page tables: root GPAs, [guest] first; the scenario's GVAs.
+    roots: tuple[int, ...] = ()
+    root_names: tuple[str, ...] = ("default",)
+    gvas: tuple[int, ...] = ()
+    # Shadow paging (tdp false; kvm/shadow.py): the shadow hierarchy (its root HPA) of each guest
+    # root, and the shadow page (a bit of Kvm.unsync) holding each (root, GVA)'s last-level SPTE.
+    shadow_roots: tuple[int, ...] = ()
+    spt_bit: tuple[tuple[int, ...], ...] = ()
+    # Every host page a guest frame may be given, to its frame (an SPTE names the host page only).
+    frame_of: dict[int, int] = field(default_factory=dict, compare=False)
 
     @property
     def vmx(self) -> bool:
@@ -89,6 +100,10 @@ class KvmConfig:
 
     def gpa_index(self, gpa: int) -> int:
         return self.gpas.index(gpa)
+
+    def root_index(self, cr3: int) -> int:
+        """Which guest page table a CR3 value (root GPA | PCID, maybe the no-flush bit) loads."""
+        return self.roots.index(cr3 & PHYS_ROOT_MASK)
 
     def fresh_page(self, gpa: int, n: int) -> int:
         """The `n`-th fresh host page given to guest frame `gpa` (n >= 1): a function of the

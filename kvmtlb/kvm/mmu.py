@@ -120,7 +120,11 @@ class Mmu:
 
     # -- the host's changes ----------------------------------------------------------------------
     def kvm_unmap_gfn_range(self, k: Step, gpa: int) -> None:
-        """mmu.c:kvm_unmap_gfn_range @ v6.18: zap the SPTE (the caller flushes remote TLBs)."""
+        """mmu.c:kvm_unmap_gfn_range @ v6.18: zap the SPTE (the caller flushes remote TLBs); with
+        shadow paging, every SPTE the rmap has for the frame (kvm_zap_rmap)."""
+        if not k.config.tdp:
+            self.kvm_zap_rmap(k, gpa)  # type: ignore[attr-defined]
+            return
         self.set_spte(k, gpa, -1, 0, "kvm_unmap_gfn_range")
 
     def kvm_tdp_mmu_write_protect(self, k: Step, gpa: int) -> bool:
@@ -129,9 +133,12 @@ class Mmu:
         SPTE's write permission. Returns whether the caller must flush remote TLBs
         (kvm_flush_remote_tlbs_memslot), which it must whenever write permission may be
         cached."""
-        hpa, rights = self.spte(k, gpa)
         k.kvm.log_dirty |= 1 << k.config.gpa_index(gpa)
         k.kvm.set_dirty(k.config.gpa_index(gpa), False)
+        if not k.config.tdp:
+            self.rmap_write_protect(k, gpa)  # type: ignore[attr-defined]
+            return True
+        hpa, rights = self.spte(k, gpa)
         if hpa >= 0:
             self.set_spte(k, gpa, hpa, rights & ~E_W, "write-protect for dirty logging")
         return True
@@ -154,7 +161,12 @@ class Mmu:
         task.return_()
 
     def kvm_tdp_mmu_map_page(self, k: Step, gpa: int, hpa: int) -> None:
-        """The SPTE of a migrated page: the new host page, with the memslot's rights."""
+        """The SPTE of a migrated page: the new host page, with the memslot's rights. With shadow
+        paging (mmu.c:kvm_set_pte_rmapp @ v5.x) the frame's SPTEs are dropped: the next fault
+        maps the new page with the guest PTE's rights."""
+        if not k.config.tdp:
+            self.kvm_zap_rmap(k, gpa)  # type: ignore[attr-defined]
+            return
         self.set_spte(k, gpa, hpa, self.host_rights(k, gpa), "map the migrated page")
 
 

@@ -17,13 +17,14 @@ from typing import ClassVar
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.kvm_main import KvmMain
 from kvmtlb.kvm.mmu import Mmu
+from kvmtlb.kvm.shadow import ShadowMmu
 from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.svm import Svm
 from kvmtlb.kvm.vmx import Vmx
 from kvmtlb.kvm.x86 import X86
 
 
-class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu):
+class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
     """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
 
     name: ClassVar[str] = ""
@@ -40,6 +41,7 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu):
         "vcpu_enter_guest:recheck": "vcpu_enter_guest_recheck",
         "handle_exit": "handle_exit",
         "kvm_tdp_page_fault:map": "kvm_tdp_page_fault_map",
+        "FNAME(page_fault):fetch": "fname_page_fault_fetch",
         "x86_emulate_insn:complete": "x86_emulate_insn_complete",
     }
     # The host thread's KVM code (kvmtlb.host calls it from the host kernel's operations).

@@ -84,6 +84,12 @@ class Vcpu:
     asid: int = 0  # SVM: svm->asid
     asid_generation: int = 0  # SVM: current_vmcb->asid_generation
     vmcb: Vmcb | None = None  # SVM: the vCPU's VMCB
+    # Shadow paging (kvm/shadow.py). The guest's CR3 (vcpu->arch.cr3: its root GPA | PCID) and
+    # the cached roots (mmu->prev_roots[].pgd, most recent first; -1: invalid); the root's
+    # shadow hierarchy follows from the guest root (shadow pages are keyed by guest frame).
+    cr3: int = 0
+    prev_roots: tuple[int, ...] = ()
+    pf_injected: int = -1  # the GVA of a #PF KVM injected, for the guest to take; -1: none
 
     @property
     def loaded(self) -> bool:
@@ -114,6 +120,7 @@ class Kvm:
     fresh: tuple[int, ...] = ()  # how many fresh pages each guest frame has been given
     dirty: tuple[bool, ...] = ()  # the dirty bitmap (dirty logging), per guest frame
     log_dirty: int = 0  # frames whose memslot has dirty logging on (KVM_MEM_LOG_DIRTY_PAGES)
+    unsync: int = 0  # shadow paging: the last-level shadow pages marked sp->unsync (bitmask)
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)

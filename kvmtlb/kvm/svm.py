@@ -70,17 +70,27 @@ class Svm:
 
     def svm_vcpu_create(self, k: Step, vcpu: Vcpu) -> None:
         """svm.c:svm_vcpu_create / init_vmcb @ v6.18: nested paging on, CR4 writes intercepted
-        (every CR4 write exits on SVM), INVLPG and CR3 writes not intercepted with NPT."""
+        (every CR4 write exits on SVM), INVLPG and CR3 writes not intercepted with NPT. Without NPT
+        (init_vmcb's !npt_enabled branch) #PF, INVLPG, INVPCID and CR3 writes are intercepted and
+        the guest runs on the shadow root (svm_load_mmu_pgd)."""
+        tdp = k.config.tdp
+        vcpu.cr3 = k.config.guest_root
         vcpu.vmcb = Vmcb(
             ident=0x1000 * (vcpu.id + 1),
             asid=0,
-            np_enable=k.config.tdp,
-            ncr3=k.config.tdp_root,
-            intercept_invlpg=not k.config.tdp,
-            intercept_cr3_write=not k.config.tdp,
+            np_enable=tdp,
+            ncr3=k.config.tdp_root if tdp else 0,
+            intercept_invlpg=not tdp,
+            intercept_invpcid=not tdp,
+            intercept_cr3_write=not tdp,
             intercept_cr4_write=True,
             intercept_cr0_write=True,
-            guest=Regs(CR0_DEFAULT, k.config.guest_root, k.config.guest_cr4),
+            intercept_pf=not tdp,
+            guest=Regs(
+                CR0_DEFAULT,
+                k.config.guest_root if tdp else k.config.shadow_roots[0],
+                k.config.guest_cr4,
+            ),
         )
         vcpu.asid_generation = 0
 

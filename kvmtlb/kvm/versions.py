@@ -17,12 +17,15 @@ from kvmtlb.hw.vmx import Invvpid
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, register
 from kvmtlb.kvm.requests import (
+    KVM_REQ_MMU_SYNC,
     KVM_REQ_STEAL_UPDATE,
     KVM_REQ_TLB_FLUSH,
     KVM_REQ_TLB_FLUSH_CURRENT,
     kvm_check_request,
+    kvm_make_request,
     request_names,
 )
+from kvmtlb.kvm.shadow import NOFLUSH
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
 from kvmtlb.kvm.x86 import steal_byte_names
 
@@ -123,6 +126,57 @@ class Kvm58(Kvm618):
         """v5.8 has no at_instruction_boundary: every preemption is reported."""
         return True
 
+    # -- shadow paging @ v5.8 ------------------------------------------------------------------
+    def kvm_mmu_sync_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:mmu_sync_children -> kvm_mmu_flush_or_zap @ v5.8: a local flush only
+        (KVM_REQ_TLB_FLUSH_CURRENT); the remote flush came with v5.16."""
+        kvm_make_request(vcpu, self.LOCAL_FLUSH_REQUEST)
+        k.note(f"kvm_make_request({request_names(self.LOCAL_FLUSH_REQUEST)})", "sync changed SPTEs")
+
+    LOCAL_FLUSH_REQUEST = KVM_REQ_TLB_FLUSH_CURRENT
+
+    def kvm_set_cr3_shadow(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
+        """x86.c:kvm_set_cr3 @ v5.8 (v5.7 alike): the same CR3 with a flush syncs the current
+        root and flushes it; a new CR3 goes through kvm_mmu_new_pgd, whose fast switch to a
+        cached root syncs and flushes the new root unless no-flush. No cached root is synced or
+        freed: a cached root with the PCID keeps its unsync pages (fixed by 21823fbda552,
+        v5.14)."""
+        pcide = bool(self.kvm_read_cr4(k, vcpu) & CR4_PCIDE)
+        noflush = pcide and bool(cr3 & NOFLUSH)
+        cr3 &= ~NOFLUSH
+        k.note(f"kvm_set_cr3({cr3:#x}{', no flush' if noflush else ''})")
+        if cr3 == vcpu.cr3:
+            if not noflush:
+                self.kvm_mmu_sync_roots(k, vcpu)
+                kvm_make_request(vcpu, self.LOCAL_FLUSH_REQUEST)
+                k.note(f"kvm_make_request({request_names(self.LOCAL_FLUSH_REQUEST)})")
+            return
+        hit = cr3 in vcpu.prev_roots
+        self.kvm_mmu_new_pgd(k, vcpu, cr3)
+        vcpu.cr3 = cr3
+        if hit and not noflush:
+            kvm_make_request(vcpu, KVM_REQ_MMU_SYNC | self.LOCAL_FLUSH_REQUEST)
+            k.note(
+                f"kvm_make_request(KVM_REQ_MMU_SYNC, {request_names(self.LOCAL_FLUSH_REQUEST)})",
+                "fast_pgd_switch",
+            )
+
+    def kvm_handle_invpcid(self, k: Step, vcpu: Vcpu, kind: int, pcid: int, gva: int) -> None:
+        """vmx.c:handle_invpcid @ v5.8 (v5.7 alike): single context syncs and flushes the
+        current root if it has the PCID and frees the cached roots that have it; all contexts
+        (types 2 and 3) unload the MMU (kvm_mmu_unload; the reload syncs and flushes)."""
+        if kind == 1:
+            k.note(f"handle_invpcid(type 1, pcid {pcid})")
+            if self.kvm_get_active_pcid(k, vcpu) == pcid:
+                self.kvm_mmu_sync_roots(k, vcpu)
+                kvm_make_request(vcpu, self.LOCAL_FLUSH_REQUEST)
+            self.free_prev_roots_with_pcid(k, vcpu, pcid)
+        elif kind in (2, 3):
+            k.note(f"handle_invpcid(type {kind})")
+            self.kvm_mmu_unload(k, vcpu)
+        else:
+            super().kvm_handle_invpcid(k, vcpu, kind, pcid, gva)
+
 
 @register
 class Kvm57(Kvm58):
@@ -141,10 +195,11 @@ class Kvm57(Kvm58):
             self.svm_flush_tlb(k, vcpu, invalidate_gpa)
 
     def vcpu_enter_guest(self, k: Step, vcpu: Vcpu) -> None:
-        """x86.c:vcpu_enter_guest @ v5.7: KVM_REQ_TLB_FLUSH -> kvm_vcpu_flush_tlb(vcpu, true);
-        then KVM_REQ_STEAL_UPDATE."""
+        """x86.c:vcpu_enter_guest @ v5.7: KVM_REQ_MMU_SYNC, KVM_REQ_LOAD_MMU_PGD, then
+        KVM_REQ_TLB_FLUSH -> kvm_vcpu_flush_tlb(vcpu, true); then KVM_REQ_STEAL_UPDATE."""
         if vcpu.requests:
             k.note("vcpu_enter_guest: requests", request_names(vcpu.requests))
+        self.kvm_service_mmu_requests(k, vcpu)
         if kvm_check_request(vcpu, KVM_REQ_TLB_FLUSH):
             self.kvm_vcpu_flush_tlb(k, vcpu, True)
         if kvm_check_request(vcpu, KVM_REQ_STEAL_UPDATE):
@@ -163,10 +218,15 @@ class Kvm57(Kvm58):
         vcpu.pc = "vcpu_enter_guest:mode"
 
     def kvm_mmu_load(self, k: Step, vcpu: Vcpu) -> None:
-        """mmu.c:kvm_mmu_load @ v5.7: kvm_x86_ops->tlb_flush(vcpu, true) after the new root."""
+        """mmu.c:kvm_mmu_load @ v5.7: the new root (shadow paging: kvm_mmu_sync_roots and the
+        PGD), then kvm_x86_ops->tlb_flush(vcpu, true)."""
         vcpu.root_valid = True
         k.note("kvm_mmu_load: new root")
+        self.kvm_mmu_sync_roots(k, vcpu)
+        self.kvm_mmu_load_pgd(k, vcpu)
         self.kvm_vcpu_flush_tlb(k, vcpu, True)
+
+    LOCAL_FLUSH_REQUEST = KVM_REQ_TLB_FLUSH  # v5.7 has no KVM_REQ_TLB_FLUSH_CURRENT
 
     def kvm_invalidate_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
         """x86.c:kvm_set_cr3 @ v5.7 (with TDP): kvm_mmu_new_cr3 requests a full TLB flush unless

@@ -168,21 +168,30 @@ class Vmx:
 
     def vmx_vcpu_create(self, k: Step, vcpu: Vcpu) -> None:
         """vmx.c:vmx_vcpu_create / init_vmcs @ v6.18: a VPID, and a VMCS that owns CR0.PG and
-        CR4.PCIDE and lets the guest own CR4.PGE; with VPID 0 'enable VPID' is cleared."""
+        CR4.PCIDE and lets the guest own CR4.PGE; with VPID 0 'enable VPID' is cleared. Without
+        EPT the guest runs on the shadow root (vmx_load_mmu_pgd) and KVM intercepts what changes
+        translations (enable_unrestricted_guest needs EPT)."""
         vcpu.vpid = self.allocate_vpid(k)
         cr4 = k.config.guest_cr4
+        tdp = k.config.tdp
+        vcpu.cr3 = k.config.guest_root
         vcpu.vmcs = Vmcs(
             ident=0x1000 * (vcpu.id + 1),
             vpid=vcpu.vpid,
             enable_vpid=vcpu.vpid != 0,
-            enable_ept=k.config.tdp,
-            eptp=self.construct_eptp(k, vcpu),
-            unrestricted_guest=k.config.unrestricted_guest,
+            enable_ept=tdp,
+            eptp=self.construct_eptp(k, vcpu) if tdp else 0,
+            unrestricted_guest=k.config.unrestricted_guest and tdp,
+            # without EPT, KVM intercepts #PF, INVLPG (and so INVPCID) and CR3 loads (init_vmcs:
+            # exec_controls / the exception bitmap, vmx_update_exception_bitmap)
+            invlpg_exiting=not tdp,
+            cr3_load_exiting=not tdp,
+            pf_exiting=not tdp,
             cr0_guest_host_mask=CR0_PG,
             cr0_read_shadow=CR0_DEFAULT,
             cr4_guest_host_mask=CR4_MODELLED & ~self.vmx_cr4_guest_owned_bits(k),
             cr4_read_shadow=cr4,
-            guest=Regs(CR0_DEFAULT, k.config.guest_root, cr4),
+            guest=Regs(CR0_DEFAULT, k.config.guest_root if tdp else k.config.shadow_roots[0], cr4),
             host=k.config.host_regs,
         )
 

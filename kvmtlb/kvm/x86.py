@@ -29,6 +29,8 @@ from kvmtlb.hw.vmx import VmExitEvent
 from kvmtlb.hw.walk import Translated, WalkContext, Walker
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.requests import (
+    KVM_REQ_LOAD_MMU_PGD,
+    KVM_REQ_MMU_SYNC,
     KVM_REQ_STEAL_UPDATE,
     KVM_REQ_TLB_FLUSH,
     KVM_REQ_TLB_FLUSH_CURRENT,
@@ -56,6 +58,9 @@ EXIT_INVLPG = 4
 EXIT_TDP_FAULT = 5  # EPT violation / #NPF
 EXIT_EMULATION = 6  # an instruction KVM emulates (MMIO, emulated_read)
 EXIT_CR0_WRITE = 7
+EXIT_SHADOW_PF = 8  # a guest #PF KVM intercepts (shadow paging): frame (gva, access kind)
+EXIT_PT_WRITE = 9  # a guest store to a write-protected guest page table: frame (root, gva)
+EXIT_INVPCID = 10  # frame (type, pcid, gva)
 EXIT_NAMES = {
     EXIT_EXTERNAL_INTERRUPT: "external interrupt",
     EXIT_CR4_WRITE: "CR4 write",
@@ -64,6 +69,9 @@ EXIT_NAMES = {
     EXIT_TDP_FAULT: "EPT violation / #NPF",
     EXIT_EMULATION: "emulation",
     EXIT_CR0_WRITE: "CR0 write",
+    EXIT_SHADOW_PF: "#PF",
+    EXIT_PT_WRITE: "#PF on a write-protected guest page table",
+    EXIT_INVPCID: "INVPCID",
 }
 
 
@@ -93,7 +101,12 @@ class X86:
         self.kvm_x86_call(k, "flush_tlb_current", vcpu)
 
     def kvm_vcpu_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
-        """x86.c:kvm_vcpu_flush_tlb_guest @ v6.18 (with TDP no shadow roots need a sync)."""
+        """x86.c:kvm_vcpu_flush_tlb_guest @ v6.18: without TDP, the guest's flush must also sync
+        the unsync shadow pages of every root, current and cached (b53e84eed08b unloaded the
+        MMU for this; later commits sync instead); then the vendor's flush_tlb_guest."""
+        if not k.config.tdp:
+            self.kvm_mmu_sync_roots(k, vcpu)  # type: ignore[attr-defined]
+            self.kvm_mmu_sync_prev_roots(k, vcpu)  # type: ignore[attr-defined]
         self.kvm_x86_call(k, "flush_tlb_guest", vcpu)
 
     def kvm_service_local_tlb_flush_requests(self, k: Step, vcpu: Vcpu) -> None:
@@ -112,6 +125,7 @@ class X86:
         vcpu.at_instruction_boundary = False
         if vcpu.requests:
             k.note("vcpu_enter_guest: requests", request_names(vcpu.requests))
+        self.kvm_service_mmu_requests(k, vcpu)
         if kvm_check_request(vcpu, KVM_REQ_TLB_FLUSH):
             self.kvm_vcpu_flush_tlb_all(k, vcpu)
         self.kvm_service_local_tlb_flush_requests(k, vcpu)
@@ -119,6 +133,14 @@ class X86:
             self.record_steal_time(k, vcpu)
             return
         vcpu.pc = "vcpu_enter_guest:mode"
+
+    def kvm_service_mmu_requests(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:vcpu_enter_guest @ v6.18 (and v5.x): KVM_REQ_MMU_SYNC (kvm_mmu_sync_roots), then
+        KVM_REQ_LOAD_MMU_PGD, both before the TLB flush requests."""
+        if kvm_check_request(vcpu, KVM_REQ_MMU_SYNC):
+            self.kvm_mmu_sync_roots(k, vcpu)  # type: ignore[attr-defined]
+        if kvm_check_request(vcpu, KVM_REQ_LOAD_MMU_PGD):
+            self.kvm_mmu_load_pgd(k, vcpu)  # type: ignore[attr-defined]
 
     def record_steal_time(self, k: Step, vcpu: Vcpu) -> None:
         """x86.c:record_steal_time @ v6.18, first half: with the PV TLB flush, an atomic exchange
@@ -199,10 +221,14 @@ class X86:
             self.kvm_mmu_load(k, vcpu)
 
     def kvm_mmu_load(self, k: Step, vcpu: Vcpu) -> None:
-        """mmu.c:kvm_mmu_load @ v6.18: a new root's provenance is unknown, so flush the current
-        context right after loading it (freeing a root then needs no flush)."""
+        """mmu.c:kvm_mmu_load @ v6.18: a new root (for shadow paging, the guest CR3's shadow
+        root, whose unsync pages are synced: kvm_mmu_sync_roots, then kvm_mmu_load_pgd); its
+        provenance is unknown, so flush the current context right after loading it (freeing a
+        root then needs no flush)."""
         vcpu.root_valid = True
         k.note("kvm_mmu_load: new root")
+        self.kvm_mmu_sync_roots(k, vcpu)  # type: ignore[attr-defined]
+        self.kvm_mmu_load_pgd(k, vcpu)  # type: ignore[attr-defined]
         self.kvm_x86_call(k, "flush_tlb_current", vcpu)
 
     # -- exits ------------------------------------------------------------------------------------
@@ -242,11 +268,17 @@ class X86:
         elif reason == EXIT_CR3_WRITE:
             self.kvm_set_cr3(k, vcpu, args[0])
         elif reason == EXIT_INVLPG:
-            self.kvm_mmu_invlpg(k, vcpu, args[0])
+            self.kvm_mmu_invlpg(k, vcpu, args[0])  # type: ignore[attr-defined]
         elif reason == EXIT_TDP_FAULT:
             self.kvm_mmu_page_fault(k, vcpu, args[0], bool(args[1]))  # type: ignore[attr-defined]
         elif reason == EXIT_EMULATION:
             self.x86_emulate_insn_walk(k, vcpu, args[0])
+        elif reason == EXIT_SHADOW_PF:
+            self.kvm_mmu_page_fault_shadow(k, vcpu, args[0], args[1])  # type: ignore[attr-defined]
+        elif reason == EXIT_PT_WRITE:
+            self.kvm_mmu_track_write_fault(k, vcpu, args[0], args[1])  # type: ignore[attr-defined]
+        elif reason == EXIT_INVPCID:
+            self.kvm_handle_invpcid(k, vcpu, *args)  # type: ignore[attr-defined]
         else:
             raise AssertionError(f"unhandled exit {reason}")
 
@@ -273,6 +305,10 @@ class X86:
         changed = old ^ cr4
         if changed & KVM_MMU_CR4_ROLE_BITS:
             self.kvm_mmu_reset_context(k, vcpu)
+        if not k.config.tdp and changed & CR4_PCIDE and cr4 & CR4_PCIDE:
+            # cached roots could come back on a no-flush MOV CR3 though the guest never
+            # flushed them under PCIDs
+            self.kvm_mmu_unload(k, vcpu)  # type: ignore[attr-defined]
         if changed & CR4_PGE or (changed & CR4_PCIDE and not cr4 & CR4_PCIDE):
             kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_GUEST)
             k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_GUEST)", "kvm_post_set_cr4")
@@ -284,24 +320,28 @@ class X86:
         """mmu.c:kvm_mmu_reset_context @ v6.18 (and v5.8): kvm_mmu_unload; the next entry loads a
         new root (kvm_mmu_reload)."""
         vcpu.root_valid = False
-        k.note("kvm_mmu_reset_context", "the current root is unloaded")
+        vcpu.prev_roots = ()
+        k.note("kvm_mmu_reset_context", "the current and cached roots are unloaded")
 
     def kvm_set_cr3(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
         """x86.c:kvm_set_cr3 @ v6.18 (with TDP): load CR3; unless the no-flush bit is set,
-        kvm_invalidate_pcid."""
+        kvm_invalidate_pcid. Without TDP, `kvm_set_cr3_shadow` (kvm/shadow.py)."""
+        if not k.config.tdp:
+            self.kvm_set_cr3_shadow(k, vcpu, cr3)  # type: ignore[attr-defined]
+            return
         noflush = bool(cr3 >> 63) and bool(self.kvm_read_cr4(k, vcpu) & CR4_PCIDE)
         if not noflush:
             self.kvm_invalidate_pcid(k, vcpu, cr3 & 0xFFF)
 
     def kvm_invalidate_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
         """x86.c:kvm_invalidate_pcid @ v6.18: with TDP, the guest's TLB entries for the PCID are
-        hardware's, and KVM flushes them all (KVM_REQ_TLB_FLUSH_GUEST)."""
+        hardware's, and KVM flushes them all (KVM_REQ_TLB_FLUSH_GUEST). Without TDP,
+        `kvm_invalidate_pcid_shadow` (kvm/shadow.py)."""
+        if not k.config.tdp:
+            self.kvm_invalidate_pcid_shadow(k, vcpu, pcid)  # type: ignore[attr-defined]
+            return
         kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_GUEST)
         k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_GUEST)", f"kvm_invalidate_pcid({pcid})")
-
-    def kvm_mmu_invlpg(self, k: Step, vcpu: Vcpu, gva: int) -> None:
-        """mmu.c:kvm_mmu_invlpg @ v6.18 (kvm_mmu_invalidate_addr): flush_tlb_gva."""
-        self.kvm_x86_call(k, "flush_tlb_gva", vcpu, gva)
 
     # -- vCPU load and put ----------------------------------------------------------------------
     def kvm_arch_vcpu_load(self, k: Step, vcpu: Vcpu, cpu: int) -> None:

@@ -46,7 +46,7 @@ _PCPU = [f.name for f in fields(Pcpu)]
 PCPU_GEN = _PCPU.index("asid_generation")
 MEMO_LIMIT = 1 << 17  # remembered machine and vCPU hashes; cleared when full
 assert (_VCPU.index("pc"), _VCPU.index("vmcs"), _VCPU.index("asid_generation")) == (1, 13, 15)
-assert _VCPU.index("vmcb") == len(_VCPU) - 1 == 16
+assert _VCPU.index("vmcb") == 16  # the shadow-paging fields follow it
 
 
 def label_code(label: str) -> int:
@@ -74,7 +74,7 @@ class Canonicalizer:
         """A vCPU (kvm/state.py Vcpu): field 1 is the step label, 13 and 16 the VMCS/VMCB, 15
         the ASID generation (shifted by `base`)."""
         gen = v[15] - base if v[15] > base else 0
-        return (v[0], label_code(v[1]), *v[2:13], v[13] or (), v[14], gen, v[16] or ())
+        return (v[0], label_code(v[1]), *v[2:13], v[13] or (), v[14], gen, v[16] or (), *v[17:])
 
     def key(self, w: World, exact: bool = False) -> tuple[Any, ...]:
         m = w.machine

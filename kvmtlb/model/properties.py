@@ -71,17 +71,18 @@ def _transparency(
     system: System, w: World, running: tuple[tuple[int, int], ...]
 ) -> tuple[Violation, ...]:
     found: list[Violation] = []
+    shadow = shadow_frames(system)
     for v, cpu in running:
         for gva in system.scenario.gvas:
             for access in ACCESS_KINDS:
                 model = w.machine.outcomes(cpu, gva, access)
                 native = None
                 for o in model:
-                    seen = visible(o)
+                    seen = visible(o, shadow)
                     if seen is None:
                         continue
                     if native is None:
-                        native = {visible(n) for n in w.native.outcomes(v, gva, access)}
+                        native = {visible(n, shadow) for n in w.native.outcomes(v, gva, access)}
                     if seen not in native:
                         found.append(
                             Violation(
@@ -99,7 +100,17 @@ def check_observations(
 ) -> Violation | None:
     """Accesses KVM's emulator completed in the step that produced `w`, against the native
     reference of the vCPU at that moment."""
-    for v, gva, gpa, _rights in observations:
+    for v, gva, gpa, rights in observations:
+        if gpa < 0:  # a #PF KVM injected (shadow paging): `rights` is the access kind
+            access = ACCESS_KINDS[rights]
+            native_outs = w.native.outcomes(v, gva, access)
+            if not any(isinstance(n, PageFault) for n in native_outs):
+                return Violation(
+                    "guest-transparency",
+                    f"KVM injected a #PF into vcpu{v} for a {access} of {gva:#x}, which a native "
+                    f"processor could not take: native outcomes are {_list(native_outs)}",
+                )
+            continue
         native_outs = w.native.outcomes(v, gva, "read")
         if not any(isinstance(n, Access) and n.gpa == gpa for n in native_outs):
             return Violation(
@@ -110,12 +121,32 @@ def check_observations(
     return None
 
 
-def visible(o: object) -> tuple[object, ...] | None:
+def visible(o: object, shadow: dict[int, int] | None = None) -> tuple[object, ...] | None:
+    """What the guest sees of an outcome: the GPA and guest rights of a translation, or a #PF.
+    With shadow paging (`shadow` maps host pages to guest frames, `shadow_frames`) a translation
+    is judged by its guest frame alone (an SPTE's rights are the guest's cut by KVM's, and each
+    access kind is checked on its own), and a #PF is not seen: it exits to KVM, which injects
+    the guest's own faults (checked as observations)."""
     if isinstance(o, Access):
-        return ("access", o.gpa, o.rights)
-    if isinstance(o, PageFault):
+        if shadow is None:
+            return ("access", o.gpa, o.rights)
+        return ("access", outcome_gpa(o, shadow))
+    if isinstance(o, PageFault) and shadow is None:
         return ("#PF",)
     return None
+
+
+def shadow_frames(system: System) -> dict[int, int] | None:
+    """Host page -> guest frame with shadow paging (hardware outcomes name no GPA); None with
+    TDP."""
+    return None if system.kvm.tdp else system.kvm.frame_of
+
+
+def outcome_gpa(o: Access, shadow: dict[int, int] | None) -> int:
+    """The guest frame of a translation (through `shadow` when the hardware names none)."""
+    if o.gpa >= 0 or shadow is None:
+        return o.gpa
+    return shadow.get(o.frame & ~0xFFF, -1)
 
 
 def _list(outcomes: list[object]) -> str:
@@ -127,10 +158,12 @@ def _coherence(
 ) -> list[Violation]:
     h: HostThread = w.host
     kvm = system.kvm
+    shadow = shadow_frames(system)
     out: list[Violation] = []
     for o in model:
         if not isinstance(o, Access):
             continue
+        gpa = outcome_gpa(o, shadow)
         page = o.frame & ~0xFFF
         if page in h.released:
             out.append(
@@ -140,14 +173,14 @@ def _coherence(
                     f"{o.gpa:#x}, which the host freed or migrated away: a use after free",
                 )
             )
-        if o.gpa not in kvm.gpas:
+        if gpa not in kvm.gpas:
             continue
-        i = kvm.gpa_index(o.gpa)
+        i = kvm.gpa_index(gpa)
         if h.protected >> i & 1 and access == "write" and not w.kvm[K_DIRTY][i]:
             out.append(
                 Violation(
                     "dirty-logging",
-                    f"vcpu{v} may write {gva:#x} (GPA {o.gpa:#x}) without the write being logged: "
+                    f"vcpu{v} may write {gva:#x} (GPA {gpa:#x}) without the write being logged: "
                     "write protection for dirty logging completed",
                 )
             )

@@ -3,8 +3,7 @@
 Every input error raises `ScenarioError`, whose message names the file, the line and the fix; the
 CLI turns it into exit code 2. Besides the contract's checks, ops the ISA forbids statically are
 rejected (INVPCID types 0/1 with a non-zero PCID or MOV to CR3 no-flush while the issuing vCPU's
-CR4.PCIDE is off, an `exec` of a GVA that is never mapped executable), and so is `tdp = false`
-until shadow paging is modelled.
+CR4.PCIDE is off, an `exec` of a GVA that is never mapped executable).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Any
 
 from kvmtlb.errors import InputFileError
 from kvmtlb.guest.ops import (
+    DEFAULT_ROOT,
     FLUSH_ALL,
     FLUSH_MM,
     FLUSH_PAGE,
@@ -44,6 +44,8 @@ from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
 from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
+ROOT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+MAX_ROOTS = 4  # guest page tables per scenario, [guest] included
 CAP_NAMES = INVALIDATION_CAP_NAMES
 PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
 # The parser's tables: what a file may say. docs/scenarios.md documents each entry, and
@@ -161,11 +163,24 @@ class Scenario:
     host_program: tuple[HostOp, ...]
     expect: dict[str, str] = field(default_factory=dict)
     text: str = ""
+    # Further guest page tables ([guest.NAME]): name -> GVA -> (GPA, flags). The plain [guest]
+    # table is the page table named DEFAULT_ROOT, which CR3 points at when the vCPUs start.
+    roots: dict[str, dict[int, tuple[int, str]]] = field(default_factory=dict)
+
+    @property
+    def root_names(self) -> tuple[str, ...]:
+        return (DEFAULT_ROOT, *self.roots)
+
+    def root_map(self, name: str) -> dict[int, tuple[int, str]]:
+        return self.guest if name == DEFAULT_ROOT else self.roots[name]
 
     @cached_property
     def gvas(self) -> tuple[int, ...]:
         """Every GVA the scenario names, in order of first mention."""
         seen: dict[int, None] = dict.fromkeys(self.guest)
+        for table in self.roots.values():
+            for gva in table:
+                seen.setdefault(gva)
         for prog in self.programs:
             for op in prog:
                 # GVA 0 is a page like any other; only a flush of the mm or of everything, and
@@ -197,6 +212,7 @@ class Scenario:
             self.host_program,
             self.expect,
             self.text,
+            self.roots,
         )
 
 
@@ -251,9 +267,9 @@ class _Parser:
         name, doc = check_header(self.data, self.lines, TOP_LEVEL, self.err, "my-scenario")
         config = self.config()
         host = self.host_map()
-        guest = self.guest_map(host)
+        guest, roots = self.guest_map(host)
         placement = self.placement(config)
-        programs, host_program = self.threads(config, guest, host)
+        programs, host_program = self.threads(config, guest, host, roots)
         expect = self.expect()
         return Scenario(
             self.path,
@@ -267,6 +283,7 @@ class _Parser:
             host_program,
             expect,
             self.text,
+            roots,
         )
 
     def _table(self, name: str) -> dict[str, Any]:
@@ -310,12 +327,6 @@ class _Parser:
                     f"{key} does not apply to vendor {vendor}",
                     f"remove {key}, or set the other vendor",
                 )
-        if t.get("tdp", True) is False:
-            raise self.err(
-                self.lines.key("config", "tdp"),
-                "tdp = false (shadow paging) is not modelled yet",
-                "use tdp = true (EPT on Intel, NPT on AMD)",
-            )
         for key, low in (("pcpus", 1), ("vcpus", 1), ("vpids", 1), ("max_asid", 1)):
             if key in t and t[key] < low:
                 raise self.err(
@@ -345,16 +356,17 @@ class _Parser:
                     f"unknown capability {shown(c)}",
                     f"use names from {list(CAP_NAMES)}",
                 )
-        if vendor == "intel" and "invept-all" not in caps:
+        tdp = t.get("tdp", True)
+        if vendor == "intel" and tdp and "invept-all" not in caps:
             raise self.err(
                 self.lines.key("config", "ept_vpid_cap"),
-                "KVM disables EPT without all-context INVEPT (vmx_hardware_setup), and shadow "
-                "paging is not modelled",
-                'keep "invept-all" in ept_vpid_cap',
+                "KVM disables EPT without all-context INVEPT (vmx_hardware_setup): the VM would "
+                "run with shadow paging, not with tdp = true",
+                'keep "invept-all" in ept_vpid_cap, or set tdp = false',
             )
         return Config(
             vendor=vendor,
-            tdp=True,
+            tdp=tdp,
             vpid=t.get("vpid", True),
             flush_by_asid=t.get("flush_by_asid", True),
             pcid=t.get("pcid", False),
@@ -422,31 +434,65 @@ class _Parser:
             )
         return out
 
-    def guest_map(self, host: dict[int, tuple[int, str]]) -> dict[int, tuple[int, str]]:
+    def guest_map(
+        self, host: dict[int, tuple[int, str]]
+    ) -> tuple[dict[int, tuple[int, str]], dict[str, dict[int, tuple[int, str]]]]:
+        """The default page table ([guest]) and the named ones ([guest.NAME])."""
         out: dict[int, tuple[int, str]] = {}
+        roots: dict[str, dict[int, tuple[int, str]]] = {}
         for key, value in self._table("guest").items():
-            line = self.lines.key("guest", key)
-            gva = self.addr(key, line, "GVA")
-            parts = str(value).split()
-            if not parts:
-                raise self.err(
-                    line,
-                    f"bad guest mapping {shown(value)}",
-                    'write "GPA FLAGS", flags from w, u, x, g, e.g. "0x10000 w"',
-                )
-            gpa = self.addr(parts[0], line, "GPA")
-            flags = "".join(parts[1:])
-            self.flags(flags, line)
-            if gpa not in host:
-                raise self.err(
-                    line,
-                    f"GPA {gpa:#x} of GVA {gva:#x} is not mapped in [host]",
-                    f'add "{gpa:#x}" = "HPA rwx" to [host]',
-                )
-            if gva in out:
-                raise self.err(line, f"GVA {gva:#x} is mapped twice", "keep one mapping per GVA")
-            out[gva] = (gpa, flags)
-        return out
+            if isinstance(value, dict):
+                line = self.lines.nested("guest", key)
+                if not ROOT_NAME.fullmatch(key) or key == DEFAULT_ROOT:
+                    raise self.err(
+                        line,
+                        f"bad page-table name {shown(key)}",
+                        "name it with lowercase letters, digits and dashes, starting with a "
+                        f'letter, other than "{DEFAULT_ROOT}": [guest.b]',
+                    )
+                if len(roots) >= MAX_ROOTS - 1:
+                    raise self.err(
+                        line,
+                        f"more than {MAX_ROOTS} guest page tables",
+                        f"use at most {MAX_ROOTS - 1} [guest.NAME] tables",
+                    )
+                table: dict[int, tuple[int, str]] = {}
+                for gkey, gvalue in value.items():
+                    gline = self.lines.nested("guest", key, gkey)
+                    self.guest_entry(gkey, gvalue, gline, host, table)
+                roots[key] = table
+                continue
+            self.guest_entry(key, value, self.lines.key("guest", key), host, out)
+        return out, roots
+
+    def guest_entry(
+        self,
+        key: str,
+        value: Any,
+        line: int,
+        host: dict[int, tuple[int, str]],
+        out: dict[int, tuple[int, str]],
+    ) -> None:
+        gva = self.addr(key, line, "GVA")
+        parts = str(value).split() if isinstance(value, str) else []
+        if not parts:
+            raise self.err(
+                line,
+                f"bad guest mapping {shown(value)}",
+                'write "GPA FLAGS", flags from w, u, x, g, e.g. "0x10000 w"',
+            )
+        gpa = self.addr(parts[0], line, "GPA")
+        flags = "".join(parts[1:])
+        self.flags(flags, line)
+        if gpa not in host:
+            raise self.err(
+                line,
+                f"GPA {gpa:#x} of GVA {gva:#x} is not mapped in [host]",
+                f'add "{gpa:#x}" = "HPA rwx" to [host]',
+            )
+        if gva in out:
+            raise self.err(line, f"GVA {gva:#x} is mapped twice", "keep one mapping per GVA")
+        out[gva] = (gpa, flags)
 
     def flags(self, flags: str, line: int) -> None:
         if not set(flags) <= set("wuxg") or len(set(flags)) != len(flags):
@@ -487,7 +533,11 @@ class _Parser:
 
     # -- [threads] -------------------------------------------------------------------------------
     def threads(
-        self, config: Config, guest: dict[int, tuple[int, str]], host: dict[int, tuple[int, str]]
+        self,
+        config: Config,
+        guest: dict[int, tuple[int, str]],
+        host: dict[int, tuple[int, str]],
+        roots: dict[str, dict[int, tuple[int, str]]],
     ) -> tuple[tuple[tuple[GuestOp, ...], ...], tuple[HostOp, ...]]:
         programs: list[list[GuestOp]] = [[] for _ in range(config.vcpus)]
         host_ops: list[HostOp] = []
@@ -515,12 +565,18 @@ class _Parser:
                 if key == "host":
                     host_ops.append(self.host_op(text, line, config, host, remapped))
                 else:
-                    programs[v].append(self.guest_op(text, line, config, host, v))
-        self.static_checks(config, guest, programs)
+                    programs[v].append(self.guest_op(text, line, config, host, v, roots))
+        self.static_checks(config, guest, programs, roots)
         return tuple(tuple(p) for p in programs), tuple(host_ops)
 
     def guest_op(
-        self, text: str, line: int, config: Config, host: dict[int, tuple[int, str]], v: int
+        self,
+        text: str,
+        line: int,
+        config: Config,
+        host: dict[int, tuple[int, str]],
+        v: int,
+        roots: dict[str, dict[int, tuple[int, str]]],
     ) -> GuestOp:
         words = text.replace("->", " -> ").split()
         op = words[0]
@@ -533,7 +589,15 @@ class _Parser:
         if op in ("read", "write", "exec"):
             need(1, "GVA")
             return AccessOp(op, self.addr(args[0], line, "GVA"), line)
+
+        def root_arg() -> str:
+            """A trailing root=NAME of map and unmap: the page table written."""
+            if args and args[-1].startswith("root="):
+                return self.root_name(args.pop()[5:], line, roots)
+            return DEFAULT_ROOT
+
         if op == "map":
+            root = root_arg()
             if len(args) < 3 or args[1] != "->":
                 raise self.err(line, "map takes GVA -> GPA FLAGS", "write: map 0x1000 -> 0x12000 w")
             gpa = self.addr(args[2], line, "GPA")
@@ -545,27 +609,32 @@ class _Parser:
                     f"GPA {gpa:#x} is not mapped in [host]",
                     f'add "{gpa:#x}" = "HPA rwx" to [host]',
                 )
-            return MapOp(self.addr(args[0], line, "GVA"), gpa, flags, line)
+            return MapOp(self.addr(args[0], line, "GVA"), gpa, flags, line, root)
         if op == "unmap":
-            need(1, "GVA")
-            return UnmapOp(self.addr(args[0], line, "GVA"), line)
+            root = root_arg()
+            need(1, "GVA [root=NAME]")
+            return UnmapOp(self.addr(args[0], line, "GVA"), line, root)
         if op == "invlpg":
             need(1, "GVA")
             return InvlpgOp(self.addr(args[0], line, "GVA"), line)
         if op == "mov_cr3":
-            pcid, noflush = -1, False
-            for a in args:
+            pcid, noflush, root = -1, False, ""
+            for i, a in enumerate(args):
                 if a == "noflush":
                     noflush = True
                 elif a.startswith("pcid="):
                     pcid = self.small(a[5:], line, "pcid", 4095)
+                elif i == 0 and (a == DEFAULT_ROOT or a in roots):
+                    root = a
                 else:
+                    names = ", ".join([DEFAULT_ROOT, *roots])
                     raise self.err(
                         line,
                         f"unknown mov_cr3 argument {shown(a)}",
-                        "write: mov_cr3 [pcid=N] [noflush]",
+                        f"write: mov_cr3 [ROOT] [pcid=N] [noflush], ROOT one of {names} (the "
+                        "page tables [guest] and [guest.NAME])",
                     )
-            return MovCr3Op(pcid, noflush, line)
+            return MovCr3Op(pcid, noflush, line, root)
         if op == "set_cr4":
             need(1, "pge=0|1, pcide=0|1 or smep=0|1")
             m = re.fullmatch(r"(pge|pcide|smep)=([01])", args[0])
@@ -609,6 +678,16 @@ class _Parser:
             "use read, write, exec, map, unmap, invlpg, mov_cr3, set_cr4, invpcid, "
             "flush_tlb or emulated_read",
         )
+
+    def root_name(self, name: str, line: int, roots: dict[str, dict[int, tuple[int, str]]]) -> str:
+        if name != DEFAULT_ROOT and name not in roots:
+            known = ", ".join([DEFAULT_ROOT, *roots])
+            raise self.err(
+                line,
+                f"no guest page table named {shown(name)}",
+                f"declare it as [guest.{name}] or use one of: {known}",
+            )
+        return name
 
     def small(self, s: str, line: int, what: str, high: int) -> int:
         try:
@@ -697,9 +776,15 @@ class _Parser:
         )
 
     def static_checks(
-        self, config: Config, guest: dict[int, tuple[int, str]], programs: list[list[GuestOp]]
+        self,
+        config: Config,
+        guest: dict[int, tuple[int, str]],
+        programs: list[list[GuestOp]],
+        roots: dict[str, dict[int, tuple[int, str]]],
     ) -> None:
         executable = {gva for gva, (_, f) in guest.items() if "x" in f}
+        for table in roots.values():
+            executable |= {gva for gva, (_, f) in table.items() if "x" in f}
         for prog in programs:
             executable |= {op.gva for op in prog if isinstance(op, MapOp) and "x" in op.flags}
         for prog in programs:

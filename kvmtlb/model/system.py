@@ -30,12 +30,12 @@ from kvmtlb.hw.cpu import (
     Regs,
 )
 from kvmtlb.hw.effect import DEFAULT_READINGS, Readings
-from kvmtlb.hw.layout import FRESH_HPA_BASE, LayoutBuilder
+from kvmtlb.hw.layout import FRESH_HPA_BASE, Format, LayoutBuilder
 from kvmtlb.hw.machine import Machine, MachineConfig
 from kvmtlb.hw.native import NativeCpu, native_contexts
-from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept, make_npt, make_pte
+from kvmtlb.hw.paging import E_R, E_W, E_X, RW, P, make_ept, make_npt, make_pte, pte_addr
 from kvmtlb.hw.svm import AmdArch
-from kvmtlb.hw.tags import AmdTags, IntelEptTags
+from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SVM_HOST, SvmCpu
 from kvmtlb.hw.vmx import (
@@ -52,6 +52,7 @@ from kvmtlb.kvm.context import (
     initial_guest_cr4,
 )
 from kvmtlb.kvm.policy import KvmPolicy
+from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.model.scenario import MAX_ZAPS, Scenario, ScenarioError
 
@@ -86,27 +87,34 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     cfg = scenario.config
     vmx = cfg.vendor == "intel"
     b = LayoutBuilder()
-    tdp_root = b.ept_root() if vmx else b.npt_root()
-    guest_root = b.guest_root([tdp_root])
+    tdp_root = (b.ept_root() if vmx else b.npt_root()) if cfg.tdp else -1
+    root_names = scenario.root_names
+    roots = tuple(b.guest_root([tdp_root] if cfg.tdp else []) for _ in root_names)
+    guest_root = roots[0]
     gvas = scenario.gvas
     gpas = scenario.gpas
-    # -- guest page table: initial PTEs and every value the ops write ------------------------
-    pte_values: dict[int, list[int]] = {gva: [] for gva in gvas}
-    for gva, (gpa, flags) in scenario.guest.items():
-        b.map(guest_root, gva, _pte(gpa, flags))
+    # -- guest page tables: initial PTEs and every value the ops write -----------------------
+    pte_values: dict[tuple[int, int], list[int]] = {}
+    for r, name in enumerate(root_names):
+        for gva, (gpa, flags) in scenario.root_map(name).items():
+            b.map(roots[r], gva, _pte(gpa, flags))
+            pte_values[(r, gva)] = [_pte(gpa, flags)]
     for prog in scenario.programs:
         for op in prog:
-            if isinstance(op, MapOp):
-                pte_values[op.gva].append(_pte(op.gpa, op.flags))
-            elif isinstance(op, UnmapOp):
-                pte_values[op.gva].append(0)
-    for gva in gvas:
-        if gva not in scenario.guest:
-            b.name(guest_root, gva)
-        b.allow(guest_root, gva, pte_values[gva])
-    # -- EPT/NPT leaves: first page, remap targets, fresh pages, write-protected variants ------
+            if isinstance(op, MapOp | UnmapOp):
+                r = root_names.index(op.root)
+                value = _pte(op.gpa, op.flags) if isinstance(op, MapOp) else 0
+                pte_values.setdefault((r, op.gva), [0]).append(value)
+    for r, name in enumerate(root_names):
+        for gva in gvas:
+            if gva not in scenario.root_map(name):
+                b.name(roots[r], gva)
+            b.allow(roots[r], gva, pte_values.get((r, gva), [0]))
+    # -- EPT/NPT leaves (or the host pages shadow SPTEs may name): first page, remap targets,
+    # fresh pages, write-protected variants -----------------------------------------------------
     kvm_config_base = dict(gpas=gpas, fresh_base=FRESH_HPA_BASE)
     rights = tuple(_rights(scenario.host[g][1]) for g in gpas)
+    host_pages: dict[int, tuple[list[int], bool]] = {}
     for i, gpa in enumerate(gpas):
         hpa = scenario.host[gpa][0]
         r = rights[i]
@@ -124,14 +132,23 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         ]
         protect = any(isinstance(op, WrprotectOp) and op.gpa == gpa for op in scenario.host_program)
         fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
+        pages = [hpa, *targets, *fresh]
+        host_pages[gpa] = (pages, protect)
+        if not cfg.tdp:
+            continue
         leaf = make_ept if vmx else make_npt
         b.map(tdp_root, gpa, leaf(hpa, r))
-        pages = [hpa, *targets, *fresh]
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
         if targets or fresh:
             values.append(0)
         b.allow(tdp_root, gpa, values)
+    shadow_roots: tuple[int, ...] = ()
+    spt_bit: tuple[tuple[int, ...], ...] = ()
+    if not cfg.tdp:
+        shadow_roots = tuple(b.linear_root() for _ in roots)
+        spt_bit = _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
     layout = b.build()
+    frame_of = {h: gpa for gpa, (pages, _) in host_pages.items() for h in pages}
     # -- tags the run can reach ----------------------------------------------------------------
     pcid_set = {0}
     for prog in scenario.programs:
@@ -142,27 +159,35 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
                 pcid_set.add(op.pcid)
     pcids = sorted(pcid_set)
     contexts: list[WalkContext] = []
-    tags: list[IntelEptTags | AmdTags]
-    if vmx:
-        tags = [
-            IntelEptTags(v, p, tdp_root)
-            for v in range(0, min(cfg.vcpus, cfg.vpids - 1) + 1)
-            for p in sorted(pcids)
-        ]
+    tags: list[IntelEptTags | IntelLinearTags | AmdTags]
+    vpids = range(0, min(cfg.vcpus, cfg.vpids - 1) + 1)
+    asids = range(1, reachable_asids(scenario) + 1)
+    if cfg.tdp:
+        if vmx:
+            tags = [IntelEptTags(v, p, tdp_root) for v in vpids for p in pcids]
+        else:
+            tags = [AmdTags(a, p, True) for a in asids for p in pcids]
+        walked = roots
     else:
-        tags = [AmdTags(a, p, True) for a in range(1, reachable_asids(scenario) + 1) for p in pcids]
+        if vmx:
+            tags = [IntelLinearTags(v, p) for v in vpids for p in pcids]
+        else:
+            tags = [AmdTags(a, p, False) for a in asids for p in pcids]
+        walked = shadow_roots
+    fmt = Format.EPT if vmx else Format.NPT
     for t in tags:
-        for pge in (True, False):
-            contexts.append(
-                WalkContext(t, guest_root, tdp_root, layout.hierarchies[tdp_root].fmt, True, pge)
-            )
+        for root in walked:
+            for pge in (True, False):
+                contexts.append(WalkContext(t, root, tdp_root, fmt, True, pge))
     universe = Universe(layout, contexts)
-    native_universe = Universe(layout, native_contexts(guest_root, tuple(pcids)))
+    native_universe = Universe(
+        layout, [c for root in roots for c in native_contexts(root, tuple(pcids))]
+    )
     # -- configuration ---------------------------------------------------------------------------
     caps, enable_vpid = hardware_setup(
         cfg.vendor, cfg.vpid, cfg.ept_vpid_cap, cfg.flush_by_asid, cfg.max_asid
     )
-    if isinstance(caps, Capabilities) and not caps.ept_vpid_cap & CAP_INVEPT_ALL:
+    if cfg.tdp and isinstance(caps, Capabilities) and not caps.ept_vpid_cap & CAP_INVEPT_ALL:
         raise ScenarioError(
             scenario.path,
             0,
@@ -175,7 +200,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
     kvm = KvmConfig(
         vendor=cfg.vendor,
-        tdp=True,
+        tdp=cfg.tdp,
         enable_vpid=enable_vpid,
         caps=caps,
         unrestricted_guest=cfg.unrestricted_guest,
@@ -191,6 +216,12 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         guest_cr4=guest_cr4,
         host_regs=host_regs,
         rights=rights,
+        roots=roots,
+        root_names=root_names,
+        gvas=gvas,
+        shadow_roots=shadow_roots,
+        spt_bit=spt_bit,
+        frame_of=frame_of,
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
@@ -239,6 +270,45 @@ def reachable_asids(scenario: Scenario) -> int:
         ops = sum(len(p) for p in scenario.programs) + len(scenario.host_program)
         allocations += FLUSHES_PER_OP * (ops + 1) * cfg.vcpus
     return min(cfg.max_asid, allocations)
+
+
+def _shadow_layout(
+    b: LayoutBuilder,
+    scenario: Scenario,
+    shadow_roots: tuple[int, ...],
+    pte_values: dict[tuple[int, int], list[int]],
+    host_pages: dict[int, tuple[list[int], bool]],
+    rights: tuple[int, ...],
+) -> tuple[tuple[int, ...], ...]:
+    """The shadow page tables KVM builds for each guest page table (kvm/shadow.py): one linear
+    hierarchy per guest root, its upper levels present from the start (KVM created the shadow
+    pages of every table the scenario names before the run), and for each GVA a last-level SPTE
+    whose values are every guest PTE value combined with every host page of its frame, with
+    write permission or without (dirty logging, or a read-only guest PTE). Returns, per root and
+    GVA, the bit of Kvm.unsync of the last-level shadow page holding the SPTE."""
+    bits: dict[tuple[int, int], int] = {}
+    out: list[tuple[int, ...]] = []
+    gpas = scenario.gpas
+    for r, sroot in enumerate(shadow_roots):
+        row = []
+        for gva in scenario.gvas:
+            values: list[int] = [0]
+            for pte in pte_values.get((r, gva), [0]):
+                if not pte & P:
+                    continue
+                gpa = pte_addr(pte)
+                pages, _ = host_pages[gpa]
+                host_w = bool(rights[gpas.index(gpa)] & E_W)
+                for hpa in pages:
+                    for w in (True, False) if pte & RW and host_w else (False,):
+                        v = spte_from_gpte(pte, hpa, w)
+                        if v not in values:
+                            values.append(v)
+            b.name(sroot, gva)
+            b.allow(sroot, gva, values)
+            row.append(bits.setdefault((r, gva >> 21), len(bits)))
+        out.append(tuple(row))
+    return tuple(out)
 
 
 def _pte(gpa: int, flags: str) -> int:

@@ -1,0 +1,404 @@
+"""KVM's shadow MMU (EPT/NPT off), as far as translation and flushing need it.
+
+Ports arch/x86/kvm/mmu/mmu.c, paging_tmpl.h and spte.c @ v6.18 for 4-level guests with 4 KiB
+pages. KVM keeps a shadow page table per guest page table (shadow pages are keyed by the guest
+table's frame and role): the processor walks the shadow tables (hardware CR3 = the shadow root),
+whose last-level SPTEs map a GVA straight to the host page of the guest frame the guest's PTE
+names. The model's shadow hierarchies (kvmtlb.model.system builds them) mirror the guest's tables
+one for one:
+
+- upper-level shadow entries are present from the start and never change (the guest's non-leaf
+  entries are not written by scenarios);
+- each last-level shadow page is synced (its guest table write-protected: a guest store to it
+  exits and KVM unsyncs the page, mmu_try_to_unsync_pages) or unsync (`Kvm.unsync`: the guest
+  writes its PTEs freely, and the SPTEs may be stale until a sync point: INVLPG, MOV CR3 with
+  flush, INVPCID, a guest TLB flush, kvm_mmu_load);
+- the rmap (a GFN to the SPTEs that map it) is the reverse of the SPTE values: every host page
+  belongs to one guest frame (`KvmConfig.frame_of`).
+
+What is not modelled: the guest's own mapping of its page-table pages (a store to a synced guest
+table is an exit, not an access through a translation), so write protection's remote flush in
+mmu_sync_children and a store racing it are out of reach; huge pages; guest A/D bits; the shadow
+page lifecycle (pages are never zapped or reallocated, so a root KVM "frees" comes back with its
+unsync pages, which kvm_mmu_load syncs, as KVM's hash lookup finds them).
+"""
+
+from __future__ import annotations
+
+from kvmtlb.hw.cpu import CR4_PCIDE, CR4_SMEP
+from kvmtlb.hw.paging import E_W, RW, US, XD, P, make_pte, pte_addr
+from kvmtlb.hw.svm import SvmExitEvent
+from kvmtlb.hw.vmx import VmExitEvent, Vmwrite
+from kvmtlb.hw.walk import ACCESS_KINDS
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.requests import (
+    KVM_REQ_LOAD_MMU_PGD,
+    KVM_REQ_MMU_SYNC,
+    KVM_REQ_TLB_FLUSH,
+    KVM_REQ_TLB_FLUSH_CURRENT,
+    KVM_REQ_TLB_FLUSH_GUEST,
+    kvm_make_request,
+)
+from kvmtlb.kvm.state import EXITING_GUEST_MODE, IN_GUEST_MODE, Vcpu
+
+KVM_MMU_NUM_PREV_ROOTS = 3  # kvm_host.h @ v6.18 (and v5.7/v5.8)
+CR3_PCID_MASK = 0xFFF
+NOFLUSH = 1 << 63
+
+
+def spte_from_gpte(gpte: int, hpa: int, writable: bool) -> int:
+    """spte.c:make_spte @ v6.18 (mmu.c:set_spte @ v5.x) for a 4 KiB shadow SPTE: the host page,
+    the guest PTE's U/S and XD, write permission only when `writable`; never G: KVM does not mark
+    global entries in shadow page tables (the reason kvm_handle_invpcid treats a non-global flush
+    as a global one)."""
+    return make_pte(hpa, writable=writable, user=bool(gpte & US), executable=not gpte & XD)
+
+
+def vcpu_sender(vcpu: Vcpu) -> int:
+    """A vCPU's bit in Pcpu.kicks (bit 0 is the host thread's)."""
+    return 1 << (vcpu.id + 1)
+
+
+class ShadowMmu:
+    """mmu.c / paging_tmpl.h: shadow pages, their sync, and the intercepted guest operations."""
+
+    # -- where things are ------------------------------------------------------------------------
+    def kvm_get_active_pcid(self, k: Step, vcpu: Vcpu) -> int:
+        """x86.h:kvm_get_active_pcid @ v6.18: the PCID of the guest's CR3 when CR4.PCIDE."""
+        return self.kvm_get_pcid(k, vcpu, vcpu.cr3)
+
+    def kvm_get_pcid(self, k: Step, vcpu: Vcpu, cr3: int) -> int:
+        """x86.h:kvm_get_pcid @ v6.18."""
+        cr4: int = self.kvm_read_cr4(k, vcpu)  # type: ignore[attr-defined]
+        return cr3 & CR3_PCID_MASK if cr4 & CR4_PCIDE else 0
+
+    def sptep(self, k: Step, root: int, gva: int) -> int:
+        """The slot of the last-level SPTE of `gva` in guest root `root`'s shadow table."""
+        return k.config.layout.slot(k.config.shadow_roots[root], gva)
+
+    def gpte(self, k: Step, root: int, gva: int) -> int:
+        """The guest's current PTE for `gva` in its page table `root` (guest memory)."""
+        slot = k.config.layout.slot(k.config.roots[root], gva)
+        return int(k.machine.memory.values[slot])
+
+    def sp_unsync(self, k: Step, root: int, gva: int) -> bool:
+        return bool(k.kvm.unsync >> self.sp_bit(k, root, gva) & 1)
+
+    def sp_bit(self, k: Step, root: int, gva: int) -> int:
+        return k.config.spt_bit[root][k.config.gvas.index(gva)]
+
+    def sp_gvas(self, k: Step, root: int, bit: int) -> list[int]:
+        """The GVAs whose SPTEs live in last-level shadow page `bit` of root `root`."""
+        return [g for i, g in enumerate(k.config.gvas) if k.config.spt_bit[root][i] == bit]
+
+    def root_pages(self, k: Step, root: int) -> set[int]:
+        return set(k.config.spt_bit[root])
+
+    def set_shadow_spte(self, k: Step, root: int, gva: int, value: int, why: str) -> None:
+        slot = self.sptep(k, root, gva)
+        if k.machine.memory.values[slot] == value:
+            return
+        what = f"{pte_addr(value):#x}{' rw' if value & RW else ' ro'}" if value & P else "0"
+        k.write_slot(slot, value, f"{why}: SPTE[{gva:#x}] = {what}")
+
+    # -- guest page-table writes: write tracking and unsync ---------------------------------------
+    def kvm_mmu_track_write_fault(self, k: Step, vcpu: Vcpu, root: int, gva: int) -> None:
+        """The guest stored to a write-protected (synced) guest page table: the #PF exit's
+        FNAME(page_fault) -> make_spte -> mmu_try_to_unsync_pages @ v6.18 (mmu_need_write_protect
+        @ v5.x): a last-level shadow page may go unsync (kvm_unsync_page), and the guest's store,
+        retried, goes through without exiting."""
+        self.mmu_try_to_unsync_pages(k, root, gva)
+
+    def mmu_try_to_unsync_pages(self, k: Step, root: int, gva: int) -> None:
+        """mmu.c:mmu_try_to_unsync_pages @ v6.18: mark the shadow page unsync."""
+        bit = self.sp_bit(k, root, gva)
+        k.kvm.unsync |= 1 << bit
+        k.note(
+            f"mmu_try_to_unsync_pages: the shadow page for {gva:#x} is unsync",
+            "the guest writes that page table without exits until it is synced",
+        )
+
+    # -- sync -------------------------------------------------------------------------------------
+    def kvm_sync_spte(self, k: Step, root: int, gva: int) -> bool:
+        """paging_tmpl.h:FNAME(sync_spte) @ v6.18: bring one SPTE of an unsync page in line with
+        its guest PTE: drop it if the guest PTE is not present or names another frame, else keep
+        the page and take the guest's rights (write only if the SPTE had it). Returns whether the
+        SPTE changed (the caller flushes)."""
+        slot = self.sptep(k, root, gva)
+        spte = int(k.machine.memory.values[slot])
+        if not spte & P:
+            return False
+        gpte = self.gpte(k, root, gva)
+        hpa = pte_addr(spte)
+        if not gpte & P or k.config.frame_of.get(hpa) != pte_addr(gpte):
+            self.set_shadow_spte(k, root, gva, 0, "FNAME(sync_spte): guest PTE changed, drop")
+            return True
+        new = spte_from_gpte(gpte, hpa, bool(spte & RW) and bool(gpte & RW))
+        if new == spte:
+            return False
+        self.set_shadow_spte(k, root, gva, new, "FNAME(sync_spte): new access rights")
+        return True
+
+    def kvm_sync_page(self, k: Step, root: int, bit: int) -> bool:
+        """mmu.c:kvm_sync_page / __kvm_sync_page @ v6.18: the page is synced again (its guest
+        table write-protected), each SPTE through FNAME(sync_spte). Returns whether to flush."""
+        k.kvm.unsync &= ~(1 << bit)
+        flush = False
+        for gva in self.sp_gvas(k, root, bit):
+            flush |= self.kvm_sync_spte(k, root, gva)
+        return flush
+
+    def mmu_sync_children(self, k: Step, vcpu: Vcpu, root: int) -> None:
+        """mmu.c:mmu_sync_children @ v6.18: sync every unsync page under the root; flush if an
+        SPTE changed (kvm_mmu_remote_flush_or_zap)."""
+        flush = False
+        for bit in sorted(self.root_pages(k, root)):
+            if k.kvm.unsync >> bit & 1:
+                k.note(f"mmu_sync_children: sync the shadow page of root {root}, page {bit}")
+                flush |= self.kvm_sync_page(k, root, bit)
+        if flush:
+            self.kvm_mmu_sync_flush(k, vcpu)
+
+    def kvm_mmu_sync_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_remote_flush_or_zap @ v6.18: SPTEs changed, flush every vCPU."""
+        self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
+
+    def kvm_mmu_sync_roots(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_sync_roots @ v6.18: sync the unsync pages under the current root."""
+        if k.config.tdp or not vcpu.root_valid:
+            return
+        self.mmu_sync_children(k, vcpu, k.config.root_index(vcpu.cr3))
+
+    def kvm_mmu_sync_prev_roots(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_sync_prev_roots @ v6.18: the same for every cached root."""
+        if k.config.tdp:
+            return
+        for pgd in vcpu.prev_roots:
+            self.mmu_sync_children(k, vcpu, k.config.root_index(pgd))
+
+    def kvm_flush_remote_tlbs_vcpu(self, k: Step, vcpu: Vcpu, why: str) -> None:
+        """kvm_main.c:kvm_flush_remote_tlbs @ v6.18 called by a vCPU's own KVM code: the request
+        on every vCPU and a kick for those in guest mode. The caller does not wait here: what a
+        sync drops is also stale natively until the guest's own flush, which other vCPUs run
+        themselves."""
+        for other in k.vcpus:
+            kvm_make_request(other, KVM_REQ_TLB_FLUSH)
+            if other.mode == IN_GUEST_MODE and other.cpu >= 0:
+                other.mode = EXITING_GUEST_MODE
+                k.pcpus[other.cpu].kicks |= vcpu_sender(vcpu)
+        k.note("kvm_flush_remote_tlbs: KVM_REQ_TLB_FLUSH to every vCPU", why)
+
+    # -- INVLPG and INVPCID -----------------------------------------------------------------------
+    def kvm_mmu_invalidate_addr(self, k: Step, vcpu: Vcpu, gva: int, roots: list[int]) -> None:
+        """mmu.c:kvm_mmu_invalidate_addr @ v6.18: flush_tlb_gva, then in each of `roots` (guest
+        root indices) the SPTE of `gva` if its shadow page is unsync (kvm_sync_spte; a change is
+        flushed on every vCPU, kvm_flush_remote_tlbs_sptep)."""
+        self.kvm_x86_call(k, "flush_tlb_gva", vcpu, gva)  # type: ignore[attr-defined]
+        if k.config.tdp:
+            return
+        changed = False
+        for r in roots:
+            if self.sp_unsync(k, r, gva):
+                changed |= self.kvm_sync_spte(k, r, gva)
+        if changed:
+            self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_flush_remote_tlbs_sptep")
+
+    def valid_roots(self, k: Step, vcpu: Vcpu) -> list[int]:
+        """The guest-root indices of the current root (if valid) and of every cached root."""
+        cur = [k.config.root_index(vcpu.cr3)] if vcpu.root_valid else []
+        return cur + [k.config.root_index(p) for p in vcpu.prev_roots]
+
+    def kvm_mmu_invlpg(self, k: Step, vcpu: Vcpu, gva: int) -> None:
+        """mmu.c:kvm_mmu_invlpg @ v6.18: INVLPG invalidates the address in every PCID, so every
+        root, current and cached (KVM_MMU_ROOTS_ALL)."""
+        self.kvm_mmu_invalidate_addr(k, vcpu, gva, self.valid_roots(k, vcpu))
+
+    def kvm_mmu_invpcid_gva(self, k: Step, vcpu: Vcpu, gva: int, pcid: int) -> None:
+        """mmu.c:kvm_mmu_invpcid_gva @ v6.18: the roots whose PCID is `pcid`."""
+        roots = []
+        if vcpu.root_valid and pcid == self.kvm_get_active_pcid(k, vcpu):
+            roots.append(k.config.root_index(vcpu.cr3))
+        for pgd in vcpu.prev_roots:
+            if self.kvm_get_pcid(k, vcpu, pgd) == pcid:
+                roots.append(k.config.root_index(pgd))
+        if roots:
+            self.kvm_mmu_invalidate_addr(k, vcpu, gva, roots)
+
+    def kvm_handle_invpcid(self, k: Step, vcpu: Vcpu, kind: int, pcid: int, gva: int) -> None:
+        """x86.c:kvm_handle_invpcid @ v6.18: individual address (type 0) through
+        kvm_mmu_invpcid_gva; single context (1) as kvm_invalidate_pcid; all contexts, with or
+        without globals (2, 3), a guest TLB flush (shadow SPTEs are never global, so type 3 is
+        type 2)."""
+        k.note(f"kvm_handle_invpcid(type {kind}, pcid {pcid})")
+        if kind == 0:
+            self.kvm_mmu_invpcid_gva(k, vcpu, gva, pcid)
+        elif kind == 1:
+            self.kvm_invalidate_pcid(k, vcpu, pcid)  # type: ignore[attr-defined]
+        else:
+            kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_GUEST)
+            k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_GUEST)", "INVPCID all contexts")
+
+    # -- CR3 and roots ----------------------------------------------------------------------------
+    def kvm_mmu_new_pgd(self, k: Step, vcpu: Vcpu, new_pgd: int) -> None:
+        """mmu.c:kvm_mmu_new_pgd / fast_pgd_switch / cached_root_find_and_keep_current @ v6.18:
+        the current root goes to the front of prev_roots; a cached root for the new PGD becomes
+        current (KVM_REQ_LOAD_MMU_PGD, no sync and no flush here); without one, the least
+        recently used root is freed and the next entry loads a new root (kvm_mmu_load)."""
+        if k.config.tdp:
+            return
+        old = [vcpu.cr3] if vcpu.root_valid else []
+        cached = [*old, *vcpu.prev_roots]
+        if new_pgd in cached:
+            cached.remove(new_pgd)
+            vcpu.prev_roots = tuple(cached[:KVM_MMU_NUM_PREV_ROOTS])
+            kvm_make_request(vcpu, KVM_REQ_LOAD_MMU_PGD)
+            k.note(f"kvm_mmu_new_pgd({new_pgd:#x}): fast switch to a cached root")
+            return
+        vcpu.prev_roots = tuple(cached[:KVM_MMU_NUM_PREV_ROOTS])
+        vcpu.root_valid = False
+        k.note(f"kvm_mmu_new_pgd({new_pgd:#x}): no cached root, free the current one")
+
+    def kvm_set_cr3_shadow(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
+        """x86.c:kvm_set_cr3 @ v6.18: with CR4.PCIDE the no-flush bit skips the flush; a new CR3
+        switches roots (kvm_mmu_new_pgd); unless no-flush, kvm_invalidate_pcid."""
+        pcide = bool(self.kvm_read_cr4(k, vcpu) & CR4_PCIDE)  # type: ignore[attr-defined]
+        noflush = pcide and bool(cr3 & NOFLUSH)
+        cr3 &= ~NOFLUSH
+        pcid = cr3 & CR3_PCID_MASK if pcide else 0
+        k.note(f"kvm_set_cr3({cr3:#x}{', no flush' if noflush else ''})")
+        if cr3 != vcpu.cr3:
+            self.kvm_mmu_new_pgd(k, vcpu, cr3)
+        vcpu.cr3 = cr3
+        if not noflush:
+            self.kvm_invalidate_pcid(k, vcpu, pcid)  # type: ignore[attr-defined]
+
+    def kvm_invalidate_pcid_shadow(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
+        """x86.c:kvm_invalidate_pcid @ v6.18, without TDP: the current root is synced and flushed
+        if it uses the PCID; cached roots with the PCID are freed (21823fbda552: they would
+        otherwise come back unsynced on a no-flush switch)."""
+        if self.kvm_get_active_pcid(k, vcpu) == pcid:
+            kvm_make_request(vcpu, KVM_REQ_MMU_SYNC)
+            kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_CURRENT)
+            k.note("kvm_make_request(KVM_REQ_MMU_SYNC, KVM_REQ_TLB_FLUSH_CURRENT)")
+        if not self.kvm_read_cr4(k, vcpu) & CR4_PCIDE:  # type: ignore[attr-defined]
+            return
+        self.free_prev_roots_with_pcid(k, vcpu, pcid)
+
+    def free_prev_roots_with_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
+        keep = tuple(p for p in vcpu.prev_roots if self.kvm_get_pcid(k, vcpu, p) != pcid)
+        if keep != vcpu.prev_roots:
+            k.note(f"kvm_mmu_free_roots: the cached roots with PCID {pcid}")
+            vcpu.prev_roots = keep
+
+    def kvm_mmu_load_pgd(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.h:kvm_mmu_load_pgd @ v6.18: the vendor's load_mmu_pgd puts the shadow root, with
+        the guest's active PCID, in the hardware CR3 the next VM entry loads."""
+        if k.config.tdp:
+            return
+        hw_cr3 = k.config.shadow_roots[k.config.root_index(vcpu.cr3)]
+        hw_cr3 |= self.kvm_get_active_pcid(k, vcpu)
+        if k.config.vmx:
+            assert vcpu.vmcs is not None
+            if vcpu.vmcs.guest.cr3 != hw_cr3:
+                guest = vcpu.vmcs.guest._replace(cr3=hw_cr3)
+                k.hw(vcpu.cpu, Vmwrite("guest", guest), "vmx_load_mmu_pgd: GUEST_CR3")
+        else:
+            assert vcpu.vmcb is not None
+            if vcpu.vmcb.guest.cr3 != hw_cr3:
+                vcpu.vmcb = vcpu.vmcb._replace(guest=vcpu.vmcb.guest._replace(cr3=hw_cr3))
+                k.note(f"svm_load_mmu_pgd: vmcb->save.cr3 = {hw_cr3:#x}")
+
+    def kvm_mmu_unload(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_unload @ v6.18: free the current and every cached root."""
+        vcpu.root_valid = False
+        vcpu.prev_roots = ()
+        k.note("kvm_mmu_unload", "current and cached roots freed")
+
+    # -- the shadow page fault --------------------------------------------------------------------
+    def kvm_mmu_page_fault_shadow(self, k: Step, vcpu: Vcpu, gva: int, kind: int) -> None:
+        """paging_tmpl.h:FNAME(page_fault) @ v6.18, up to kvm_faultin_pfn: FNAME(walk_addr) walks
+        the guest's page table in memory; a fault there is the guest's own, injected
+        (kvm_inject_emulated_page_fault); else the host page is looked up with the
+        mmu_invalidate_seq snapshot, and FNAME(fetch) is the next step."""
+        root = k.config.root_index(vcpu.cr3)
+        gpte = self.gpte(k, root, gva)
+        access = ACCESS_KINDS[kind]
+        if not self.guest_permits(k, vcpu, gpte, access):
+            vcpu.pf_injected = gva
+            k.observe(vcpu.id, gva, -1, kind)
+            k.note(f"FNAME(walk_addr)({gva:#x}): the guest's PTE faults", "inject #PF")
+            return
+        gpa = pte_addr(gpte)
+        mmu_seq = k.kvm.mmu_invalidate_seq
+        pfn = self.gfn_to_pfn(k, gpa)  # type: ignore[attr-defined]
+        k.note(f"FNAME(walk_addr)({gva:#x}) = {gpa:#x}; kvm_faultin_pfn = {pfn:#x}")
+        vcpu.frame = (gva, kind, mmu_seq, pfn, gpte)
+        vcpu.pc = "FNAME(page_fault):fetch"
+
+    def guest_permits(self, k: Step, vcpu: Vcpu, gpte: int, access: str) -> bool:
+        """mmu.h:permission_fault @ v6.18 for a supervisor access with CR0.WP = 1: a present PTE,
+        write permission for a write, no XD for a fetch, and no fetch from a user page under
+        SMEP."""
+        if not gpte & P:
+            return False
+        if access == "write":
+            return bool(gpte & RW)
+        if access == "exec":
+            smep = bool(self.kvm_read_cr4(k, vcpu) & CR4_SMEP)  # type: ignore[attr-defined]
+            return not gpte & XD and not (smep and gpte & US)
+        return True
+
+    def fname_page_fault_fetch(self, k: Step, vcpu: Vcpu) -> None:
+        """paging_tmpl.h:FNAME(page_fault) @ v6.18 under mmu_lock: is_page_fault_stale retries;
+        FNAME(fetch) retries if the guest PTE changed since the walk (FNAME(gpte_changed)); else
+        the SPTE is made (make_spte: writable if the guest PTE and the memslot allow it, marking
+        the page dirty under dirty logging)."""
+        gva, _kind, mmu_seq, pfn, gpte = vcpu.frame
+        vcpu.frame = ()
+        vcpu.pc = "vcpu_enter_guest"
+        if self.mmu_invalidate_retry_gfn(k, mmu_seq):  # type: ignore[attr-defined]
+            k.note(f"FNAME(page_fault)({gva:#x}): mmu_invalidate_retry_gfn, retry")
+            return
+        root = k.config.root_index(vcpu.cr3)
+        if self.gpte(k, root, gva) != gpte:
+            k.note(f"FNAME(fetch)({gva:#x}): FNAME(gpte_changed), retry")
+            return
+        gpa = pte_addr(gpte)
+        writable = bool(gpte & RW) and bool(self.host_rights(k, gpa) & E_W)  # type: ignore[attr-defined]
+        if writable and self.kvm_slot_dirty_track_enabled(k, gpa):  # type: ignore[attr-defined]
+            self.mark_page_dirty_in_slot(k, gpa)  # type: ignore[attr-defined]
+        value = spte_from_gpte(gpte, pfn, writable)
+        self.set_shadow_spte(k, root, gva, value, "FNAME(fetch)")
+
+    # -- the host's changes, through the rmap -----------------------------------------------------
+    def rmap_sptes(self, k: Step, gpa: int) -> list[tuple[int, int]]:
+        """The rmap of a guest frame: every (root, GVA) whose present SPTE maps one of its host
+        pages."""
+        out = []
+        values = k.machine.memory.values
+        for r in range(len(k.config.shadow_roots)):
+            for gva in k.config.gvas:
+                spte = int(values[self.sptep(k, r, gva)])
+                if spte & P and k.config.frame_of.get(pte_addr(spte)) == gpa:
+                    out.append((r, gva))
+        return out
+
+    def kvm_zap_rmap(self, k: Step, gpa: int) -> None:
+        """mmu.c:kvm_zap_rmap (kvm_unmap_gfn_range's shadow-MMU part) @ v6.18."""
+        for r, gva in self.rmap_sptes(k, gpa):
+            self.set_shadow_spte(k, r, gva, 0, f"kvm_zap_rmap({gpa:#x})")
+
+    def rmap_write_protect(self, k: Step, gpa: int) -> None:
+        """mmu.c:rmap_write_protect (kvm_mmu_slot_remove_write_access's shadow part) @ v6.18."""
+        values = k.machine.memory.values
+        for r, gva in self.rmap_sptes(k, gpa):
+            spte = int(values[self.sptep(k, r, gva)])
+            self.set_shadow_spte(k, r, gva, spte & ~RW, f"rmap_write_protect({gpa:#x})")
+
+
+def injected_exit(vmx: bool) -> VmExitEvent | SvmExitEvent:
+    """The VM exit of a guest #PF KVM intercepts (exception bitmap / INTERCEPT_PF)."""
+    return VmExitEvent("#PF") if vmx else SvmExitEvent("#PF")
+
+
+__all__ = ["KVM_MMU_NUM_PREV_ROOTS", "ShadowMmu", "injected_exit", "spte_from_gpte"]
