@@ -337,6 +337,7 @@ def configurations(s: Scenario) -> list[Config]:
         base = Config(
             vendor=vendor,
             tdp=s.config.tdp,
+            flush_order=s.config.flush_order,
             pge=s.config.pge,
             pcpus=s.config.pcpus,
             vcpus=s.config.vcpus,

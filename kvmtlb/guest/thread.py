@@ -12,7 +12,9 @@ Models what a Linux guest does for a scenario's ops, on the vCPU's processor in 
   target's steal-time byte; if it says PREEMPTED, cmpxchg FLUSH_TLB in, and no IPI) or an IPI whose
   handler runs the same local flush on the target; the op completes when every IPI'd target has
   acknowledged. A shootdown counts as done on a PV-flagged target at the cmpxchg: the target's
-  native reference is invalidated there;
+  native reference is invalidated there. That is flush order "local-first" (Linux before
+  4ce94eabac16, v5.13); with "concurrent" (flush_tlb_multi since) the PV checks and IPIs go out
+  first and the local flush runs while the targets run theirs;
 - `emulated_read`, an access KVM emulates (see kvm/x86.py).
 
 The guest handles IPIs at instruction boundaries (between ops, and while it spins in a shootdown),
@@ -66,6 +68,7 @@ V_PF_INJECTED = [f.name for f in fields(Vcpu)].index("pf_injected")
 
 # flush_tlb phases (GuestThread.sub while the op runs)
 _LOCAL_1, _LOCAL_2, _TARGETS, _CMPXCHG, _SEND, _WAIT = 1, 2, 3, 4, 5, 6
+_LATE_1, _LATE_2 = 7, 8  # the local flush after the IPIs went out (flush order "concurrent")
 
 
 class GuestThread(NamedTuple):
@@ -97,7 +100,7 @@ def guest_actions(
     acts: list[tuple[str, tuple[int, ...]]] = []
     if g.handler:
         return [("ipi", ())]
-    in_toggle = g.sub == _LOCAL_2
+    in_toggle = g.sub in (_LOCAL_2, _LATE_2)
     if g.inbox and not in_toggle:
         acts.append(("ipi", ()))
     if g.op >= len(program):
@@ -282,6 +285,16 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
 
 def _flush_tlb(k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: FlushTlbOp) -> GuestThread:
     cfg = k.config
+    if g.sub == 0 and cfg.flush_order == "concurrent":
+        # x86/mm/tlb.c:flush_tlb_multi since 4ce94eabac16: the PV check and the IPIs first,
+        # the local flush while the targets run theirs
+        return g._replace(
+            sub=_TARGETS if cfg.pv_tlb_flush and op.targets else _SEND,
+            mask=0 if cfg.pv_tlb_flush else _bits(op.targets),
+        )
+    if g.sub in (_LATE_1, _LATE_2):
+        more = _local_flush(k, pol, v, op.scope, op.gva, 2 if g.sub == _LATE_2 else 1)
+        return g._replace(sub=_LATE_2 if more else _WAIT)
     if g.sub in (0, _LOCAL_1, _LOCAL_2):
         step = 2 if g.sub == _LOCAL_2 else 1
         more = _local_flush(k, pol, v, op.scope, op.gva, step)
@@ -321,7 +334,8 @@ def _flush_tlb(k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: FlushTlbOp) 
                 )
         sent = ",".join(f"vcpu{t}" for t in op.targets if g.mask & (1 << t)) or "nobody"
         k.note("native_flush_tlb_multi: send IPIs", sent)
-        return g._replace(sub=_WAIT, awaiting=g.mask)
+        late = cfg.flush_order == "concurrent"
+        return g._replace(sub=_LATE_1 if late else _WAIT, awaiting=g.mask)
     # _WAIT, with every IPI acknowledged
     k.note("flush_tlb: every target acknowledged")
     return _done(g)

@@ -301,3 +301,72 @@ class NotifierFlushAtRangeEnd(Kvm618):
     def kvm_mmu_invalidate_end_step(self, k: Step, task: HostTask) -> None:
         self.kvm_mmu_invalidate_end(k)
         task.return_()
+
+
+# -- shadow paging ------------------------------------------------------------------------------
+@register
+class GuestFlushNoShadowSync(Kvm618):
+    name = "bug-guest-flush-no-shadow-sync"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "b53e84eed08b"
+    summary = (
+        "without TDP, the guest's own TLB flush (PV flush, CR4.PGE toggle, INVPCID all-context) "
+        "flushes the hardware but does not sync unsync shadow pages: the SPTEs keep the guest's "
+        "old mappings"
+    )
+
+    def kvm_vcpu_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:kvm_vcpu_flush_tlb_guest before b53e84eed08b (v5.13): the vendor hook only."""
+        self.kvm_x86_call(k, "flush_tlb_guest", vcpu)
+
+
+@register
+class InvalidatePcidKeepsCachedRoots(Kvm618):
+    name = "bug-invalidate-pcid-keeps-cached-roots"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "21823fbda552"
+    summary = (
+        "MOV CR3 with a flush of a PCID syncs the current root only: a cached root with the same "
+        "PCID keeps its unsync shadow pages, and a no-flush switch to it uses them"
+    )
+
+    def free_prev_roots_with_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
+        """x86.c:kvm_invalidate_pcid without freeing the cached roots of the PCID (as kvm_set_cr3
+        was before 21823fbda552, v5.14)."""
+
+
+@register
+class InvlpgCurrentRootOnly(Kvm618):
+    name = "bug-invlpg-current-root-only"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "the emulated INVLPG syncs the address in the current root only: INVLPG invalidates it in "
+        "every PCID, so a cached root's unsync SPTE comes back on a no-flush switch"
+    )
+
+    def kvm_mmu_invlpg(self, k: Step, vcpu: Vcpu, gva: int) -> None:
+        """mmu.c:kvm_mmu_invlpg with KVM_MMU_ROOT_CURRENT instead of KVM_MMU_ROOTS_ALL."""
+        current = [k.config.root_index(vcpu.cr3)] if vcpu.root_valid else []
+        self.kvm_mmu_invalidate_addr(k, vcpu, gva, current)
+
+
+@register
+class ZapRmapCurrentRootOnly(Kvm618):
+    name = "bug-zap-rmap-current-roots-only"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "a host zap of a guest frame drops the SPTEs of the shadow pages that vCPUs run on but "
+        "not those of cached roots, as if the rmap held only the current roots' SPTEs: a no-flush "
+        "switch reaches the freed page"
+    )
+
+    def kvm_zap_rmap(self, k: Step, gpa: int) -> None:
+        """mmu.c:kvm_zap_rmap restricted to the shadow pages under some vCPU's current root."""
+        current = {k.config.root_index(v.cr3) for v in k.vcpus if v.root_valid}
+        for r, gva in self.rmap_sptes(k, gpa):
+            if r in current:
+                self.set_shadow_spte(k, r, gva, 0, f"kvm_zap_rmap({gpa:#x})")

@@ -84,6 +84,8 @@ class KvmConfig:
     rights: tuple[int, ...]  # what the memslot allows for each guest frame (E_R | E_W | E_X)
     fresh_stride: int = 16  # fresh pages per guest frame before the pool repeats (never)
     # The guest's page tables: root GPAs, [guest] first; the scenario's GVAs.
+    # The guest kernel's shootdown order: "local-first" or "concurrent" (kvmtlb.guest).
+    flush_order: str = "local-first"
     roots: tuple[int, ...] = ()
     root_names: tuple[str, ...] = ("default",)
     gvas: tuple[int, ...] = ()

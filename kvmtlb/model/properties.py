@@ -87,8 +87,8 @@ def _transparency(
                         found.append(
                             Violation(
                                 "guest-transparency",
-                                f"vcpu{v} {access} {gva:#x} may see {o.describe()}, which a native "
-                                f"processor could not: native outcomes are "
+                                f"vcpu{v} {access} {gva:#x} may see {_shown(o, shadow)}, which a "
+                                f"native processor could not: native outcomes are "
                                 f"{_list(w.native.outcomes(v, gva, access))}",
                             )
                         )
@@ -147,6 +147,14 @@ def outcome_gpa(o: Access, shadow: dict[int, int] | None) -> int:
     if o.gpa >= 0 or shadow is None:
         return o.gpa
     return shadow.get(o.frame & ~0xFFF, -1)
+
+
+def _shown(o: object, shadow: dict[int, int] | None) -> str:
+    """An outcome in a message; a shadow translation with the guest frame of its host page."""
+    text: str = o.describe()  # type: ignore[attr-defined]
+    if shadow is not None and isinstance(o, Access) and o.gpa < 0:
+        text += f" (the host page of GPA {outcome_gpa(o, shadow):#x})"
+    return text
 
 
 def _list(outcomes: list[object]) -> str:

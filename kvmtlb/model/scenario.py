@@ -45,6 +45,7 @@ from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
 ROOT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+FLUSH_ORDERS = ("local-first", "concurrent")
 MAX_ROOTS = 4  # guest page tables per scenario, [guest] included
 CAP_NAMES = INVALIDATION_CAP_NAMES
 PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
@@ -65,6 +66,7 @@ CONFIG_KEYS: dict[str, type] = {
     "max_asid": int,
     "ept_vpid_cap": list,
     "unrestricted_guest": bool,
+    "flush_order": str,
 }
 # Upper limits of the knobs besides vcpus and pcpus (at most 8 each).
 LIMITS = (
@@ -116,6 +118,7 @@ class Config:
     max_asid: int = 16
     ept_vpid_cap: tuple[str, ...] = CAP_NAMES
     unrestricted_guest: bool = True
+    flush_order: str = "local-first"  # the guest kernel's shootdown: see kvmtlb.guest.thread
 
     def label(self) -> str:
         """A short name for the configuration (for --matrix and reports)."""
@@ -137,6 +140,7 @@ class Config:
             "pv_tlb_flush": self.pv_tlb_flush,
             "pcpus": self.pcpus,
             "vcpus": self.vcpus,
+            "flush_order": self.flush_order,
         }
         if self.vendor == "intel":
             d.update(
@@ -357,6 +361,13 @@ class _Parser:
                     f"use names from {list(CAP_NAMES)}",
                 )
         tdp = t.get("tdp", True)
+        flush_order = t.get("flush_order", "local-first")
+        if flush_order not in FLUSH_ORDERS:
+            raise self.err(
+                self.lines.key("config", "flush_order"),
+                f"unknown flush_order {shown(flush_order)}",
+                'use "local-first" (Linux before v5.13) or "concurrent" (flush_tlb_multi)',
+            )
         if vendor == "intel" and tdp and "invept-all" not in caps:
             raise self.err(
                 self.lines.key("config", "ept_vpid_cap"),
@@ -378,6 +389,7 @@ class _Parser:
             max_asid=t.get("max_asid", 16),
             ept_vpid_cap=caps,
             unrestricted_guest=t.get("unrestricted_guest", True),
+            flush_order=flush_order,
         )
 
     # -- addresses --------------------------------------------------------------------------------

@@ -216,6 +216,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         guest_cr4=guest_cr4,
         host_regs=host_regs,
         rights=rights,
+        flush_order=cfg.flush_order,
         roots=roots,
         root_names=root_names,
         gvas=gvas,
