@@ -343,8 +343,9 @@ class InvlpgCurrentRootOnly(Kvm618):
     kind = "bug"
     based_on = "kvm-6.18"
     summary = (
-        "the emulated INVLPG syncs the address in the current root only: INVLPG invalidates it in "
-        "every PCID, so a cached root's unsync SPTE comes back on a no-flush switch"
+        "the emulated INVLPG syncs the address in the current root only: INVLPG invalidates "
+        "global translations in every PCID, so a cached root's unsync SPTE comes back on a "
+        "no-flush switch"
     )
 
     def kvm_mmu_invlpg(self, k: Step, vcpu: Vcpu, gva: int) -> None:
@@ -360,8 +361,8 @@ class ZapRmapCurrentRootOnly(Kvm618):
     based_on = "kvm-6.18"
     summary = (
         "a host zap of a guest frame drops the SPTEs of the shadow pages that vCPUs run on but "
-        "not those of cached roots, as if the rmap held only the current roots' SPTEs: a no-flush "
-        "switch reaches the freed page"
+        "not those of cached roots, as if the rmap held only the current roots' SPTEs: switching "
+        "back to such a root reaches the freed page"
     )
 
     def kvm_zap_rmap(self, k: Step, gpa: int) -> None:
