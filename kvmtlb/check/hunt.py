@@ -8,6 +8,10 @@ every step. Walkers run on every core, with different seeds (walker i of a hunt 
 seed s * 1000 + i), so a hunt is reproducible for a given seed and worker count up to which
 walker finds first.
 
+With two workers or more, the first runs the plain breadth-first search instead of walks (a
+portfolio): on a space small enough for it to finish within the hunt's time, its verdict (a
+proven shortest trace, or safe) is taken as it is.
+
 A found trace is then shrunk by replay, which keeps it a real trace of the system:
 
 1. loops are cut: when a world repeats along the path (equal fingerprints), the steps between
@@ -23,12 +27,14 @@ violation the trace is proven shortest; if it finds one, that one is reported in
 by construction); if it runs out of states, the trace is reported as not proven shortest, with
 the depth up to which no shorter one exists.
 
-A hunt that finds nothing within its time budget proves nothing; the caller then runs the full
+A hunt that finds nothing within its time budget (and whose breadth-first search did not
+finish) proves nothing; the caller then runs the full
 breadth-first search (kvmtlb check --hunt does).
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue
@@ -80,6 +86,18 @@ def walk_until(
 ) -> Found | None:
     """Random swarm walks from the initial world until one breaks a property (its path) or
     `deadline` (time.perf_counter()) passes or `stop()` is true (polled between walks)."""
+    was = gc.isenabled()
+    gc.disable()  # as explore does: worlds are trees of tuples
+    try:
+        return _walks(system, seed, deadline, stop, walker)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _walks(
+    system: System, seed: int, deadline: float, stop: Callable[[], bool], walker: int
+) -> Found | None:
     rng = random.Random(seed)
     steps = 0
     first = check(system, system.initial)
@@ -117,6 +135,46 @@ def _walker(
         out.put(None)
 
 
+@dataclass
+class Searched:
+    """The verdict of the breadth-first search run beside the walkers."""
+
+    verdict: str
+    prop: str | None
+    detail: str
+    path: list[int]
+    states: int
+    transitions: int
+    depth: int
+    store_bytes: int
+
+
+def _searcher(system: System, deadline: float, out: queue.Queue[object]) -> None:
+    try:
+        r = explore(
+            system,
+            progress=lambda _p: "timeout" if time.perf_counter() >= deadline else None,
+        )
+    except Exception:
+        out.put(None)
+        return
+    if r.verdict in ("safe", "violation", "deadlock"):
+        out.put(
+            Searched(
+                r.verdict,
+                r.prop,
+                r.detail,
+                r.path,
+                r.states,
+                r.transitions,
+                r.depth,
+                r.store_bytes,
+            )
+        )
+    else:
+        out.put(None)
+
+
 def swarm(
     system: System,
     *,
@@ -124,9 +182,12 @@ def swarm(
     workers: int = 0,
     seed: int = 0,
     stop: Callable[[], bool] = lambda: False,
-) -> Found | None:
+    bfs: bool = True,
+) -> Found | Searched | None:
     """Walk on `workers` processes (0: one per core; 1: in this process) for at most `seconds`;
-    the first violation found, or None."""
+    the first violation found, or None. With `bfs` and two workers or more, the first worker
+    runs the breadth-first search instead (a portfolio: on a small space it finishes first, with
+    a proven verdict), and its verdict is returned if it finishes in time."""
     workers = workers or os.cpu_count() or 1
     deadline = time.perf_counter() + seconds
     if workers <= 1:
@@ -135,11 +196,13 @@ def swarm(
     q: multiprocessing.Queue[object] = ctx.Queue()
     procs = [
         ctx.Process(target=_walker, args=(system, seed * 1000 + i, deadline, i, q), daemon=True)
-        for i in range(workers)
+        for i in range(1 if bfs else 0, workers)
     ]
+    if bfs:
+        procs.append(ctx.Process(target=_searcher, args=(system, deadline, q), daemon=True))
     for p in procs:
         p.start()
-    found: Found | None = None
+    found: Found | Searched | None = None
     try:
         pending = len(procs)
         while pending and found is None:
@@ -150,7 +213,7 @@ def swarm(
                     break
                 continue
             pending -= 1
-            if isinstance(got, Found):
+            if isinstance(got, (Found, Searched)):
                 found = got
     finally:
         for p in procs:
@@ -256,6 +319,25 @@ def hunt(
     if found is None:
         return None
     found_at = time.perf_counter() - t0
+    if isinstance(found, Searched):  # the breadth-first search beside the walkers finished
+        res = Result(
+            found.verdict,
+            found.prop,
+            found.detail,
+            found.states,
+            found.transitions,
+            found.depth,
+            found_at,
+            found.path,
+            store_bytes=found.store_bytes,
+        )
+        res.trace = replay(system, found.path)
+        if res.verdict != "safe":
+            res.search = "hunt"
+            res.proved_depth = max(len(found.path) - 1, 0)
+            res.found_seconds = found_at
+            res.found_length = len(found.path)
+        return res
     path, v = shrink(system, found.path)
     if len(path) <= 1:  # nothing shorter but the initial world, which was checked
         bounded = Result("stopped", None, "", 1, 0, 0, 0.0, stopped=MAX_DEPTH)
