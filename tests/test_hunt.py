@@ -87,6 +87,20 @@ def test_no_find_on_a_safe_scenario() -> None:
     assert hunt(s, seconds=0.3, workers=2) is None
 
 
+def test_portfolio_search_proves_a_small_space_safe() -> None:
+    s = system("vpid-off-pv-flush", "kvm-6.18")
+    r = hunt(s, seconds=120, workers=2)
+    assert r is not None and r.verdict == "safe" and r.search == "bfs"
+    assert r.states == explore(s).states
+
+
+def test_portfolio_search_gives_the_shortest_trace() -> None:
+    s = system("pv-flush-preempted-target", "kvm-5.8")
+    r = hunt(s, seconds=120, workers=2, seed=5)
+    assert r is not None and r.verdict == "violation" and r.shortest
+    assert len(r.path) == len(explore(s).path)
+
+
 def test_max_depth_bounds_the_breadth_first_search() -> None:
     s = system("pv-flush-preempted-target", "kvm-5.8")
     r = explore(s, max_depth=5)
