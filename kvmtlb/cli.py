@@ -9,6 +9,7 @@ exception that escapes a command is 4, never a traceback on the terminal.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -250,6 +251,26 @@ def check(
             "viewer for a counterexample, a summary for a safe run; DIR/index.html lists them.",
         ),
     ] = None,
+    hunt: Annotated[
+        bool,
+        typer.Option(
+            "--hunt",
+            help="Hunt bugs first: random swarm walks on --jobs cores, the trace found shrunk "
+            "and, within a bounded search, proven shortest; without a find, the full search.",
+        ),
+    ] = False,
+    hunt_seconds: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="With --hunt: how long the walks look before the full search (default 30).",
+            show_default=False,
+        ),
+    ] = 30.0,
+    seed: Annotated[
+        int,
+        typer.Option(metavar="N", help="With --hunt: the walks' seed.", show_default=False),
+    ] = 0,
 ) -> None:
     """Explore every interleaving of scenarios under policies; print verdicts and traces (the
     exit codes: EXIT_CODES_HELP)."""
@@ -267,7 +288,22 @@ def check(
     from kvmtlb.kvm.policy import upstream
     from kvmtlb.model.scenario import ScenarioError, load
 
-    _check_limits(max_states=max_states, jobs=jobs_, timeout=timeout, max_memory=max_memory)
+    _check_limits(
+        max_states=max_states,
+        jobs=jobs_,
+        timeout=timeout,
+        max_memory=max_memory,
+        hunt_seconds=hunt_seconds,
+        seed=seed,
+    )
+    if (hunt_seconds != 30.0 or seed) and not hunt:
+        typer.echo("error: --hunt-seconds and --seed go with --hunt", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT)
+    if hunt and exact:
+        typer.echo(
+            "error: --hunt and --exact do not go together: a hunt's walks keep no states", err=True
+        )
+        raise typer.Exit(jobs.EXIT_INPUT)
     if html is not None and html.exists() and not html.is_dir():
         typer.echo(f"error: --html {html}: is a file; give a directory for the pages", err=True)
         raise typer.Exit(jobs.EXIT_INPUT)
@@ -286,13 +322,17 @@ def check(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(jobs.EXIT_INPUT) from None
     job_list: list[Job] = []
+    hunting = functools.partial(
+        Job, hunt=hunt_seconds if hunt else 0.0, hunt_workers=jobs_, seed=seed
+    )
     for path, sc in zip(paths, scenarios, strict=True):
         for sp in specs:
-            job_list.append(Job(path, sp, None, exact, max_states, timeout, max_memory))
+            job_list.append(hunting(path, sp, None, exact, max_states, timeout, max_memory))
             if matrix:
                 for cfg in configurations(sc):
-                    job_list.append(Job(path, sp, cfg, exact, max_states, timeout, max_memory))
-    workers = jobs_ or min(len(job_list), os.cpu_count() or 1)
+                    job_list.append(hunting(path, sp, cfg, exact, max_states, timeout, max_memory))
+    # a hunt uses every core for one run's walks: runs go one after the other
+    workers = 1 if hunt else jobs_ or min(len(job_list), os.cpu_count() or 1)
     t0 = time.perf_counter()
     with _Ticker(len(job_list)) as ticker:
         results, interrupted = run_all(

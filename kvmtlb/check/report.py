@@ -137,3 +137,18 @@ def trace(console: Console, r: dict[str, Any]) -> None:
         f"  ({r['states']:,} states, {r['transitions']:,} transitions, depth "
         f"{r['depth']}, {r['seconds']:.2f}s)"
     )
+    h = r.get("hunt")
+    if h:
+        console.print(
+            f"  found by --hunt in {h['found_seconds']:.2f}s (a walk of {h['walk_length']} "
+            f"steps, shrunk to {len(r['path'])}); "
+            + (
+                "proven shortest"
+                if h["shortest"]
+                else f"not proven shortest: no trace of at most {h['proved_depth']} steps "
+                "breaks a property (bounded search)"
+            ),
+            markup=False,
+            emoji=False,
+            highlight=False,
+        )

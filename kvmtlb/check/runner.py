@@ -32,6 +32,7 @@ from typing import Any
 
 from kvmtlb import jobs
 from kvmtlb.check.explorer import INTERRUPTED, Progress, Result, TraceStep, explore, replay
+from kvmtlb.check.hunt import PROVE_STATES, hunt
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, registry
@@ -326,6 +327,9 @@ class Job:
     max_states: int = 0  # 0: no limit
     timeout: float = 0.0  # seconds of search; 0: no limit
     max_memory: int = 0  # MiB of resident memory of the process running the search; 0: none
+    hunt: float = 0.0  # seconds of swarm walks before the breadth-first search; 0: no hunt
+    hunt_workers: int = 0  # walker processes of a hunt (0: one per core)
+    seed: int = 0  # the hunt's seed
 
 
 def configurations(s: Scenario) -> list[Config]:
@@ -375,13 +379,25 @@ def run(job: Job, show: Callable[[Progress, float], None] | None = None) -> dict
         if job.config is not None:
             scenario = _reconfigure(scenario, job.config)
         system = build(scenario, cls())
-        result = explore(
-            system,
-            exact=job.exact,
-            max_states=job.max_states,
-            progress=_watch(job, show),
-            explain=user_where(job.policy) if user else where,
-        )
+        result = None
+        if job.hunt:
+            result = hunt(
+                system,
+                seconds=job.hunt,
+                workers=job.hunt_workers,
+                seed=job.seed,
+                prove_states=job.max_states or PROVE_STATES,
+                stop=jobs.stop_requested,
+                progress=_watch(job, show),
+            )
+        if result is None:
+            result = explore(
+                system,
+                exact=job.exact,
+                max_states=job.max_states,
+                progress=_watch(job, show),
+                explain=user_where(job.policy) if user else where,
+            )
     except (ScenarioError, InputError) as e:
         return error_record(job, scenario, cls, "input", str(e))
     except Exception as e:  # BootError (the policy raised while booting) or a bug of ours
@@ -459,6 +475,7 @@ RECORD_KEYS = (
     "collision_bound",
     "store_bytes",
     "stopped",
+    "hunt",
     "cause",
     "message",
     "traceback_file",
@@ -504,6 +521,14 @@ def record(
         "collision_bound": r.collision_bound,
         "store_bytes": r.store_bytes,
         "stopped": r.stopped or None,
+        "hunt": None
+        if r.search != "hunt"
+        else {
+            "found_seconds": round(r.found_seconds, 3),
+            "walk_length": r.found_length,
+            "shortest": r.shortest,
+            "proved_depth": r.proved_depth,
+        },
         "cause": None,
         "message": None,
         "traceback_file": None,
@@ -547,6 +572,7 @@ def error_record(
         "collision_bound": 0.0,
         "store_bytes": 0,
         "stopped": None,
+        "hunt": None,
         "cause": cause,
         "message": message,
         "traceback_file": traceback_file,
@@ -644,6 +670,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "collision_bound": (int, float),
     "store_bytes": (int,),
     "stopped": (str, type(None)),
+    "hunt": (dict, type(None)),
     "cause": (str, type(None)),
     "message": (str, type(None)),
     "traceback_file": (str, type(None)),
