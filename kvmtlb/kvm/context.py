@@ -103,6 +103,15 @@ class KvmConfig:
     def gpa_index(self, gpa: int) -> int:
         return self.gpas.index(gpa)
 
+    def frame_of_page(self, hpa: int) -> int:
+        """The guest frame a host page backs (-1 if none): the scenario's pages, or a fresh page
+        handed out after a zap (`fresh_page`), whose frame follows from its address."""
+        gpa = self.frame_of.get(hpa)
+        if gpa is not None:
+            return gpa
+        n = (hpa - self.fresh_base) // 0x1000 // self.fresh_stride
+        return self.gpas[n] if hpa >= self.fresh_base and n < len(self.gpas) else -1
+
     def root_index(self, cr3: int) -> int:
         """Which guest page table a CR3 value (root GPA | PCID, maybe the no-flush bit) loads."""
         return self.roots.index(cr3 & PHYS_ROOT_MASK)

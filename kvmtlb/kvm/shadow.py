@@ -130,7 +130,7 @@ class ShadowMmu:
             return False
         gpte = self.gpte(k, root, gva)
         hpa = pte_addr(spte)
-        if not gpte & P or k.config.frame_of.get(hpa) != pte_addr(gpte):
+        if not gpte & P or k.config.frame_of_page(hpa) != pte_addr(gpte):
             self.set_shadow_spte(k, root, gva, 0, "FNAME(sync_spte): guest PTE changed, drop")
             return True
         new = spte_from_gpte(gpte, hpa, bool(spte & RW) and bool(gpte & RW))
@@ -379,7 +379,7 @@ class ShadowMmu:
         for r in range(len(k.config.shadow_roots)):
             for gva in k.config.gvas:
                 spte = int(values[self.sptep(k, r, gva)])
-                if spte & P and k.config.frame_of.get(pte_addr(spte)) == gpa:
+                if spte & P and k.config.frame_of_page(pte_addr(spte)) == gpa:
                     out.append((r, gva))
         return out
 
