@@ -1,0 +1,339 @@
+"""The shadow MMU (kvmtlb/kvm/shadow.py) hook by hook, per version and vendor.
+
+Each test boots a tiny `tdp = false` scenario with two guest page tables (`default` and `b`, both
+mapping GVA 0x1000), takes vCPU0 out of guest mode and calls the policy's methods as the explorer's
+steps do, then looks at what KVM's state and the shadow tables hold. The expected values come
+from the KVM sources the docstrings cite (v6.18, and the v5.x behaviour verified for historical
+bugs #6 and #7), not from the port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kvmsetups import exit_to_host, run_to_guest
+
+from kvmtlb.check.explorer import explore
+from kvmtlb.hw.paging import RW, P, make_pte, pte_addr
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.policy import KvmPolicy, registry
+from kvmtlb.kvm.requests import (
+    KVM_REQ_LOAD_MMU_PGD,
+    KVM_REQ_MMU_SYNC,
+    KVM_REQ_TLB_FLUSH,
+    KVM_REQ_TLB_FLUSH_CURRENT,
+    KVM_REQ_TLB_FLUSH_GUEST,
+)
+from kvmtlb.kvm.shadow import NOFLUSH, spte_from_gpte
+from kvmtlb.kvm.state import Vcpu
+from kvmtlb.model.properties import check_observations
+from kvmtlb.model.scenario import ScenarioError, parse
+from kvmtlb.model.system import System, build
+
+VERSIONS = ("kvm-6.18", "kvm-5.8", "kvm-5.7")
+GVA = 0x1000
+OLD, NEW = 0x10000, 0x11000  # guest frames
+OLD_HPA, NEW_HPA = 0x80000, 0x81000
+
+TEXT = """
+name = "shadow-unit"
+[config]
+vendor = "VENDOR"
+tdp = false
+vcpus = 1
+pcpus = 1
+pcid = true
+[guest]
+"0x1000" = "0x10000 w"
+[guest.b]
+"0x1000" = "0x10000 w"
+[host]
+"0x10000" = "0x80000 rwx"
+"0x11000" = "0x81000 rwx"
+[threads]
+vcpu0 = '''
+read 0x1000
+map 0x1000 -> 0x11000 w
+map 0x1000 -> 0x11000 w root=b
+mov_cr3 b pcid=1
+read 0x1000
+unmap 0x1000
+'''
+host = "zap 0x10000"
+"""
+
+
+def booted(version: str, vendor: str = "intel") -> tuple[System, Step, KvmPolicy, Vcpu]:
+    sys_ = build(parse(TEXT.replace("VENDOR", vendor), "<unit>"), registry()[version]())
+    k = Step.thaw(sys_.kvm, sys_.initial, "test")
+    vcpu = k.vcpus[0]
+    exit_to_host(k, sys_.policy, vcpu)
+    return sys_, k, sys_.policy, vcpu
+
+
+def spte(k: Step, pol: Any, root: int) -> int:
+    return int(k.machine.memory.values[pol.sptep(k, root, GVA)])
+
+
+def fault_in(k: Step, pol: Any, vcpu: Vcpu, kind: int = 0) -> None:
+    """A shadow #PF for GVA, both steps."""
+    pol.kvm_mmu_page_fault_shadow(k, vcpu, GVA, kind)
+    if vcpu.pc == "FNAME(page_fault):fetch":
+        pol.fname_page_fault_fetch(k, vcpu)
+
+
+def guest_write(k: Step, pol: Any, root: int, gpa: int) -> None:
+    """The guest's store to its PTE, after KVM unsynced the page (the first store exits)."""
+    pol.kvm_mmu_track_write_fault(k, k.vcpus[0], root, GVA)
+    slot = k.config.layout.slot(k.config.roots[root], GVA)
+    k.write_slot(slot, make_pte(gpa, executable=False), "guest store")
+
+
+# -- the fault path ------------------------------------------------------------------------------
+@pytest.mark.parametrize("vendor", ["intel", "amd"])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fault_installs_the_host_page_of_the_guest_frame(version: str, vendor: str) -> None:
+    _, k, pol, vcpu = booted(version, vendor)
+    assert not spte(k, pol, 0) & P
+    fault_in(k, pol, vcpu)
+    value = spte(k, pol, 0)
+    assert value & P and pte_addr(value) == OLD_HPA and value & RW
+    assert vcpu.pc == "vcpu_enter_guest" and vcpu.pf_injected == -1
+
+
+def test_fault_on_a_not_present_guest_pte_is_injected_and_checked() -> None:
+    """FNAME(walk_addr) faults: KVM injects the guest's #PF, observed for guest-transparency."""
+    sys_, k, pol, vcpu = booted("kvm-6.18")
+    slot = k.config.layout.slot(k.config.roots[0], GVA)
+    k.write_slot(slot, 0, "guest unmaps")
+    fault_in(k, pol, vcpu, kind=1)
+    assert vcpu.pf_injected == GVA and not spte(k, pol, 0) & P
+    assert k.observations == [(0, GVA, -1, 1)]
+    # natively a write of an unmapped page faults too: no violation
+    assert check_observations(sys_, k.freeze(), k.observations) is None
+
+
+def test_injected_pf_the_native_reference_cannot_take_is_a_violation() -> None:
+    sys_, k, _pol, _vcpu = booted("kvm-6.18")
+    k.observe(0, GVA, -1, 0)  # a #PF on a read of a page the native reference maps
+    v = check_observations(sys_, k.freeze(), k.observations)
+    assert v is not None and v.prop == "guest-transparency" and "injected a #PF" in v.detail
+
+
+def test_fetch_retries_when_the_guest_pte_changed_since_the_walk() -> None:
+    """FNAME(gpte_changed): the SPTE must not be built from a guest PTE that is gone."""
+    _, k, pol, vcpu = booted("kvm-6.18")
+    pol.kvm_mmu_page_fault_shadow(k, vcpu, GVA, 0)
+    slot = k.config.layout.slot(k.config.roots[0], GVA)
+    k.write_slot(slot, make_pte(NEW, executable=False), "another vCPU store")
+    pol.fname_page_fault_fetch(k, vcpu)
+    assert not spte(k, pol, 0) & P and vcpu.pc == "vcpu_enter_guest"
+
+
+# -- unsync and sync ------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sync_drops_an_spte_whose_guest_pte_names_another_frame(version: str) -> None:
+    _, k, pol, vcpu = booted(version)
+    fault_in(k, pol, vcpu)
+    guest_write(k, pol, 0, NEW)
+    assert pol.sp_unsync(k, 0, GVA)
+    assert pte_addr(spte(k, pol, 0)) == OLD_HPA  # stale until a sync point
+    pol.kvm_mmu_sync_roots(k, vcpu)
+    assert not pol.sp_unsync(k, 0, GVA)
+    assert not spte(k, pol, 0) & P
+
+
+def test_sync_flush_is_remote_in_618_and_local_in_5x() -> None:
+    """mmu_sync_children: kvm_mmu_remote_flush_or_zap (v5.16+) against kvm_mmu_flush_or_zap's
+    local request (KVM_REQ_TLB_FLUSH_CURRENT in v5.8, KVM_REQ_TLB_FLUSH in v5.7)."""
+    for version, want in (
+        ("kvm-6.18", KVM_REQ_TLB_FLUSH),
+        ("kvm-5.8", KVM_REQ_TLB_FLUSH_CURRENT),
+        ("kvm-5.7", KVM_REQ_TLB_FLUSH),
+    ):
+        _, k, pol, vcpu = booted(version)
+        fault_in(k, pol, vcpu)
+        guest_write(k, pol, 0, NEW)
+        vcpu.requests = 0
+        pol.kvm_mmu_sync_roots(k, vcpu)
+        assert vcpu.requests == want, version
+
+
+def test_sync_of_an_unchanged_spte_flushes_nothing() -> None:
+    _, k, pol, vcpu = booted("kvm-6.18")
+    fault_in(k, pol, vcpu)
+    guest_write(k, pol, 0, OLD)  # the same frame: nothing to drop
+    vcpu.requests = 0
+    pol.kvm_mmu_sync_roots(k, vcpu)
+    assert vcpu.requests == 0 and pte_addr(spte(k, pol, 0)) == OLD_HPA
+
+
+@pytest.mark.parametrize(("version", "syncs"), [("kvm-6.18", True), ("kvm-5.8", False)])
+def test_guest_flush_syncs_only_from_5_13_on(version: str, syncs: bool) -> None:
+    """Historical bug #6 (b53e84eed08b, v5.13): v5.8's PV flush calls the vendor hook only."""
+    _, k, pol, vcpu = booted(version)
+    fault_in(k, pol, vcpu)
+    guest_write(k, pol, 0, NEW)
+    if version == "kvm-6.18":
+        pol.kvm_vcpu_flush_tlb_guest(k, vcpu)
+    else:
+        vcpu.frame = (3,)  # record_steal_time read PREEMPTED | FLUSH_TLB
+        pol.record_steal_time_flush(k, vcpu)
+    assert pol.sp_unsync(k, 0, GVA) is not syncs
+    assert bool(spte(k, pol, 0) & P) is not syncs
+
+
+# -- INVLPG, INVPCID, MOV CR3 --------------------------------------------------------------------
+def switch_to_b_and_back(k: Step, pol: Any, vcpu: Vcpu) -> None:
+    """vCPU0 loads b (PCID 1), faults GVA in there, and comes back to default (PCID 0) with a
+    flush: b is then a cached root holding a present SPTE for GVA."""
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[1] | 1)
+    run_to_guest(k, pol, vcpu)
+    exit_to_host(k, pol, vcpu)
+    fault_in(k, pol, vcpu)
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[0])
+    run_to_guest(k, pol, vcpu)
+    exit_to_host(k, pol, vcpu)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_invlpg_syncs_the_address_in_cached_roots(version: str) -> None:
+    _, k, pol, vcpu = booted(version)
+    switch_to_b_and_back(k, pol, vcpu)
+    assert vcpu.prev_roots and k.config.root_index(vcpu.prev_roots[0]) == 1
+    assert spte(k, pol, 1) & P
+    guest_write(k, pol, 1, NEW)
+    pol.kvm_mmu_invlpg(k, vcpu, GVA)
+    assert not spte(k, pol, 1) & P
+
+
+@pytest.mark.parametrize(("version", "frees"), [("kvm-6.18", True), ("kvm-5.8", False)])
+def test_mov_cr3_flush_frees_cached_roots_of_the_pcid(version: str, frees: bool) -> None:
+    """Historical bug #7 (21823fbda552, v5.14): kvm_invalidate_pcid frees the cached roots with
+    the PCID being flushed; v5.8's kvm_set_cr3 syncs the current root only."""
+    _, k, pol, vcpu = booted(version)
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[1] | 1)
+    run_to_guest(k, pol, vcpu)
+    exit_to_host(k, pol, vcpu)
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[0] | 1 | NOFLUSH)  # default, PCID 1, no flush
+    run_to_guest(k, pol, vcpu)
+    exit_to_host(k, pol, vcpu)
+    assert (k.config.roots[1] | 1) in vcpu.prev_roots
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[0] | 1)  # the same CR3, flush PCID 1
+    assert ((k.config.roots[1] | 1) in vcpu.prev_roots) is not frees
+
+
+def test_fast_switch_requests_load_pgd_without_sync_under_noflush() -> None:
+    _, k, pol, vcpu = booted("kvm-6.18")
+    switch_to_b_and_back(k, pol, vcpu)
+    vcpu.requests = 0
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[1] | 1 | NOFLUSH)
+    assert vcpu.requests == KVM_REQ_LOAD_MMU_PGD
+    assert k.config.root_index(vcpu.cr3) == 1 and vcpu.root_valid
+    assert k.config.root_index(vcpu.prev_roots[0]) == 0
+
+
+def test_mov_cr3_flush_of_the_active_pcid_syncs_and_flushes_current() -> None:
+    _, k, pol, vcpu = booted("kvm-6.18")
+    vcpu.requests = 0
+    pol.kvm_set_cr3(k, vcpu, vcpu.cr3)
+    assert vcpu.requests == KVM_REQ_MMU_SYNC | KVM_REQ_TLB_FLUSH_CURRENT
+
+
+def test_prev_roots_keep_at_most_three_in_lru_order() -> None:
+    _, k, pol, vcpu = booted("kvm-6.18")
+    a, b = k.config.roots
+    for cr3 in (b | 1, a | 2, b | 3, a | 4):
+        pol.kvm_mmu_new_pgd(k, vcpu, cr3)
+        vcpu.cr3 = cr3
+        vcpu.root_valid = True
+    assert vcpu.prev_roots == (b | 3, a | 2, b | 1)
+
+
+@pytest.mark.parametrize(
+    ("version", "kind", "want"),
+    [
+        ("kvm-6.18", 2, KVM_REQ_TLB_FLUSH_GUEST),
+        ("kvm-6.18", 3, KVM_REQ_TLB_FLUSH_GUEST),
+        ("kvm-5.8", 2, 0),  # kvm_mmu_unload instead of a request
+    ],
+)
+def test_invpcid_all_contexts(version: str, kind: int, want: int) -> None:
+    _, k, pol, vcpu = booted(version)
+    vcpu.requests = 0
+    pol.kvm_handle_invpcid(k, vcpu, kind, 0, 0)
+    assert vcpu.requests == want
+    assert vcpu.root_valid is (version == "kvm-6.18")
+
+
+def test_pcide_set_unloads_cached_roots_in_618_only() -> None:
+    for version, unloads in (("kvm-6.18", True), ("kvm-5.8", False)):
+        _, k, pol, vcpu = booted(version)
+        switch_to_b_and_back(k, pol, vcpu)
+        cr4 = pol.kvm_read_cr4(k, vcpu)
+        pol.kvm_post_set_cr4(k, vcpu, cr4 & ~0x20000, cr4 | 0x20000)
+        assert (not vcpu.prev_roots) is unloads, version
+
+
+# -- the host side ------------------------------------------------------------------------------
+def test_zap_reaches_the_sptes_of_every_root() -> None:
+    _, k, pol, vcpu = booted("kvm-6.18")
+    switch_to_b_and_back(k, pol, vcpu)
+    fault_in(k, pol, vcpu)
+    assert spte(k, pol, 0) & P and spte(k, pol, 1) & P
+    pol.kvm_unmap_gfn_range(k, OLD)
+    assert not spte(k, pol, 0) & P and not spte(k, pol, 1) & P
+
+
+def test_write_protect_clears_w_in_every_spte_of_the_frame() -> None:
+    _, k, pol, vcpu = booted("kvm-6.18")
+    fault_in(k, pol, vcpu)
+    assert spte(k, pol, 0) & RW
+    assert pol.kvm_tdp_mmu_write_protect(k, OLD)
+    assert spte(k, pol, 0) & P and not spte(k, pol, 0) & RW
+
+
+def test_frame_of_a_fresh_page() -> None:
+    sys_, *_ = booted("kvm-6.18")
+    cfg = sys_.kvm
+    assert cfg.frame_of_page(OLD_HPA) == OLD
+    assert cfg.frame_of_page(cfg.fresh_page(NEW, 1)) == NEW
+    assert cfg.frame_of_page(0x5000) == -1
+
+
+def test_spte_is_never_global() -> None:
+    """KVM does not mark global entries in shadow page tables (kvm_handle_invpcid's comment)."""
+    value = spte_from_gpte(make_pte(OLD, glob=True), OLD_HPA, True)
+    assert not value & (1 << 8)
+
+
+def test_emulated_read_walks_the_guests_table_not_the_shadow() -> None:
+    """The emulator walks vcpu->arch.cr3 (the hardware CR3 holds the shadow root)."""
+    _, k, pol, vcpu = booted("kvm-6.18")
+    pol.x86_emulate_insn_walk(k, vcpu, GVA)
+    assert vcpu.frame == (GVA, OLD, vcpu.frame[2])
+
+
+@pytest.mark.parametrize("vendor", ["intel", "amd"])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_unit_scenario_is_safe(version: str, vendor: str) -> None:
+    """Every interleaving of the unit scenario (a remap in both page tables, a flushing switch to
+    b, the host's zap) keeps the properties: no sync point is missed there by any version."""
+    sys_ = build(parse(TEXT.replace("VENDOR", vendor), "<unit>"), registry()[version]())
+    assert explore(sys_).label == "safe"
+
+
+# -- the scenario format --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("[guest.b]", "[guest.default]"), "bad page-table name"),
+        (("mov_cr3 b pcid=1", "mov_cr3 c pcid=1"), "unknown mov_cr3 argument 'c'"),
+        (("root=b", "root=c"), "no guest page table named 'c'"),
+        (("tdp = false", 'tdp = false\nflush_order = "later"'), "unknown flush_order"),
+    ],
+)
+def test_format_errors(edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        parse(TEXT.replace("VENDOR", "intel").replace(*edit), "<unit>")
