@@ -13,6 +13,8 @@ its pool of fresh host pages). Warnings flag what is valid but probably not what
 - `preempt-twice`: `preempt vcpuN` while the host already holds vcpuN out: never enabled;
 - `never-resumed`: a vCPU the host preempts and never resumes, which has guest ops;
 - `never-mapped`: a GVA that neither [guest] nor any `map` maps: every access to it faults;
+- `root-never-loaded`: a `[guest.NAME]` page table no `mov_cr3` loads: no access ever translates
+  through it (its PTE writes only matter to shadow paging's write tracking);
 - `knob`: `vpids` or `max_asid` set far from real hardware (processors have far more VPIDs than a
   scenario has vCPUs, at least 63 ASIDs and at most 32,767), which usually forces exhaustion or a
   wrap on purpose; the warning says what it does.
@@ -35,6 +37,7 @@ KINDS = (
     "preempt-twice",
     "unreachable",
     "never-resumed",
+    "root-never-loaded",
     "knob",
 )
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
@@ -89,9 +92,11 @@ def warnings(scenario: object) -> list[LintWarning]:
         FlushTlbOp,
         InvlpgOp,
         MapOp,
+        MovCr3Op,
     )
     from kvmtlb.host.ops import PreemptOp, ResumeOp
     from kvmtlb.model.scenario import Scenario
+    from kvmtlb.tomlfile import Lines
 
     assert isinstance(scenario, Scenario)
     s = scenario
@@ -104,6 +109,18 @@ def warnings(scenario: object) -> list[LintWarning]:
 
     # -- guest threads ---------------------------------------------------------------------------
     mapped = set(s.guest) | {op.gva for p in s.programs for op in p if isinstance(op, MapOp)}
+    for table in s.roots.values():
+        mapped |= set(table)
+    loaded = {op.root for p in s.programs for op in p if isinstance(op, MovCr3Op) and op.root}
+    lines = Lines(s.text)
+    for name in s.roots:
+        if name not in loaded:
+            warn(
+                lines.nested("guest", name),
+                "root-never-loaded",
+                f"no mov_cr3 loads the page table [guest.{name}]: no access translates through "
+                f"it; add mov_cr3 {name} to a vCPU's ops",
+            )
     for v, prog in enumerate(s.programs):
         for op in prog:
             if isinstance(op, FlushTlbOp) and not op.targets:
