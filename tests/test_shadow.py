@@ -337,3 +337,64 @@ def test_the_unit_scenario_is_safe(version: str, vendor: str) -> None:
 def test_format_errors(edit: tuple[str, str], message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
         parse(TEXT.replace("VENDOR", "intel").replace(*edit), "<unit>")
+
+
+# -- non-leaf edits -------------------------------------------------------------------------------
+PDE_TEXT = TEXT.replace("unmap 0x1000\n", "unmap 0x1000\nlink 0x1000 -> b\nunlink 0x1000\n")
+
+
+def booted_pde(version: str) -> tuple[Step, Any, Vcpu]:
+    sys_ = build(parse(PDE_TEXT.replace("VENDOR", "intel"), "<unit>"), registry()[version]())
+    k = Step.thaw(sys_.kvm, sys_.initial, "test")
+    vcpu = k.vcpus[0]
+    exit_to_host(k, sys_.policy, vcpu)
+    return k, sys_.policy, vcpu
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pde_store_zaps_the_shadow_pde_and_flushes_every_vcpu(version: str) -> None:
+    k, pol, vcpu = booted_pde(version)
+    fault_in(k, pol, vcpu)
+    assert pol.shadow_pde_target(k, 0, GVA) == 0
+    vcpu.requests = 0
+    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, 0)
+    assert pol.guest_pde_target(k, 0, GVA) == -1
+    assert pol.shadow_pde_target(k, 0, GVA) == -1
+    assert vcpu.requests == KVM_REQ_TLB_FLUSH
+
+
+def test_fault_after_link_uses_the_other_tables_pte_and_shadow_page() -> None:
+    """FNAME(fetch) links the shadow page of the table the guest's PDE names (keyed by that
+    table): root 0's shadow PDE then points at root 1's shadow page, whose SPTE is installed."""
+    k, pol, vcpu = booted_pde("kvm-6.18")
+    value = k.config.guest_pde[(1, GVA >> 21)]
+    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, value)
+    assert pol.guest_pde_target(k, 0, GVA) == 1
+    fault_in(k, pol, vcpu)
+    assert pol.shadow_pde_target(k, 0, GVA) == 1
+    assert spte(k, pol, 1) & P and not spte(k, pol, 0) & P
+
+
+def test_fault_after_unlink_injects_the_guests_pf() -> None:
+    k, pol, vcpu = booted_pde("kvm-6.18")
+    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, 0)
+    fault_in(k, pol, vcpu)
+    assert vcpu.pf_injected == GVA
+
+
+def test_sync_follows_the_shadow_links() -> None:
+    """mmu_sync_children walks the shadow tree: after a link, root 0 reaches root 1's page."""
+    k, pol, vcpu = booted_pde("kvm-6.18")
+    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, k.config.guest_pde[(1, GVA >> 21)])
+    fault_in(k, pol, vcpu)
+    assert [t for t, _ in pol.reachable_pages(k, 0)] == [1]
+    guest_write(k, pol, 1, NEW)
+    pol.kvm_mmu_sync_roots(k, vcpu)
+    assert not pol.sp_unsync(k, 1, GVA) and not spte(k, pol, 1) & P
+
+
+def test_link_parses_and_names_its_target() -> None:
+    with pytest.raises(ScenarioError, match="link takes GVA -> TABLE"):
+        parse(PDE_TEXT.replace("VENDOR", "intel").replace("link 0x1000 -> b", "link 0x1000 b"))
+    with pytest.raises(ScenarioError, match="no guest page table named 'c'"):
+        parse(PDE_TEXT.replace("VENDOR", "intel").replace("link 0x1000 -> b", "link 0x1000 -> c"))

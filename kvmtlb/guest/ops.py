@@ -42,6 +42,32 @@ class UnmapOp(NamedTuple):
         return f"unmap {self.gva:#x}{_root(self.root)}"
 
 
+class LinkOp(NamedTuple):
+    """A store to a non-leaf guest entry: the PDE (level 2) of the GVA's 2 MiB region in page
+    table `root` now points at page table `target`'s last-level table page for that region (a
+    table page shared between page tables; `target == root` restores its own)."""
+
+    gva: int
+    target: str
+    line: int = 0
+    root: str = DEFAULT_ROOT
+
+    def describe(self) -> str:
+        return f"link {self.gva:#x} -> {self.target}{_root(self.root)}"
+
+
+class UnlinkOp(NamedTuple):
+    """A store that clears the PDE of the GVA's 2 MiB region in page table `root`: the whole
+    last-level table page is unmapped."""
+
+    gva: int
+    line: int = 0
+    root: str = DEFAULT_ROOT
+
+    def describe(self) -> str:
+        return f"unlink {self.gva:#x}{_root(self.root)}"
+
+
 def _root(name: str) -> str:
     return "" if name == DEFAULT_ROOT else f" root={name}"
 
@@ -110,6 +136,8 @@ GuestOp: TypeAlias = (
     AccessOp
     | MapOp
     | UnmapOp
+    | LinkOp
+    | UnlinkOp
     | InvlpgOp
     | MovCr3Op
     | SetCr4Op

@@ -36,9 +36,11 @@ from kvmtlb.guest.ops import (
     GuestOp,
     InvlpgOp,
     InvpcidOp,
+    LinkOp,
     MapOp,
     MovCr3Op,
     SetCr4Op,
+    UnlinkOp,
     UnmapOp,
 )
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE, CR4_SMEP
@@ -58,6 +60,7 @@ from kvmtlb.kvm.x86 import (
     EXIT_EMULATION,
     EXIT_INVLPG,
     EXIT_INVPCID,
+    EXIT_PDE_WRITE,
     EXIT_PT_WRITE,
     EXIT_SHADOW_PF,
     EXIT_TDP_FAULT,
@@ -255,6 +258,22 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
             k.write_slot(slot, pte, f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}{where}")
         else:
             k.write_slot(slot, 0, f"guest PTE {op.gva:#x}: not present{where}")
+    elif isinstance(op, LinkOp | UnlinkOp):
+        root = cfg.root_names.index(op.root)
+        value = (
+            cfg.guest_pde[(cfg.root_names.index(op.target), op.gva >> 21)]
+            if isinstance(op, LinkOp)
+            else 0
+        )
+        if cfg.tdp:
+            slot = cfg.layout.slot(cfg.roots[root], op.gva, 2)
+            k.write_slot(slot, value, f"guest PDE of {op.gva:#x} = {value:#x}")
+        else:
+            # the page directory is write-protected (its shadow page is never unsync): the
+            # store exits and KVM emulates it; the op is done when KVM's handler has run
+            vcpu = k.vcpus[v]
+            k.hw(vcpu.cpu, injected_exit(cfg.vmx), "store to a write-protected page directory")
+            pol.vcpu_exit(k, vcpu, EXIT_PDE_WRITE, (root, op.gva, value))
     elif isinstance(op, InvlpgOp):
         _insn(k, pol, v, Invlpg(op.gva), EXIT_INVLPG, (op.gva,))
     elif isinstance(op, MovCr3Op):

@@ -371,3 +371,20 @@ class ZapRmapCurrentRootOnly(Kvm618):
         for r, gva in self.rmap_sptes(k, gpa):
             if r in current:
                 self.set_shadow_spte(k, r, gva, 0, f"kvm_zap_rmap({gpa:#x})")
+
+
+@register
+class TrackWriteKeepsShadowPde(Kvm618):
+    name = "bug-track-write-keeps-shadow-pde"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "KVM emulates the guest's store to a page directory but leaves the shadow PDE linked "
+        "(no kvm_mmu_track_write zap): the shadow tables keep translating through the table the "
+        "guest unmapped or replaced"
+    )
+
+    def kvm_mmu_track_write_pde(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
+        """The emulated store only."""
+        slot = k.config.layout.slot(k.config.roots[root], gva, 2)
+        k.write_slot(slot, value, f"emulated store: guest PDE of {gva:#x} = {value:#x}")

@@ -95,6 +95,18 @@ class KvmConfig:
     spt_bit: tuple[tuple[int, ...], ...] = ()
     # Every host page a guest frame may be given, to its frame (an SPTE names the host page only).
     frame_of: dict[int, int] = field(default_factory=dict, compare=False)
+    # (root, 2 MiB region) -> the PDE value that points at that root's last-level table page of
+    # the region: in the guest's tables (a GPA) and in the shadow tables (an HPA).
+    guest_pde: dict[tuple[int, int], int] = field(default_factory=dict, compare=False)
+    shadow_pde: dict[tuple[int, int], int] = field(default_factory=dict, compare=False)
+
+    # The inverse of both: a PDE value -> the root whose table page it points at.
+    pde_owner: dict[int, int] = field(default_factory=dict, compare=False)
+
+    def pde_root(self, value: int) -> int:
+        """Which root's last-level table page a (guest or shadow) PDE value points at; -1 if
+        not present."""
+        return self.pde_owner.get(value, -1) if value else -1
 
     @property
     def vmx(self) -> bool:

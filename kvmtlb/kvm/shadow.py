@@ -7,8 +7,11 @@ whose last-level SPTEs map a GVA straight to the host page of the guest frame th
 names. The model's shadow hierarchies (kvmtlb.model.system builds them) mirror the guest's tables
 one for one:
 
-- upper-level shadow entries are present from the start and never change (the guest's non-leaf
-  entries are not written by scenarios);
+- upper-level shadow entries are present from the start; the guest's stores to a PDE (`link`,
+  `unlink`) are emulated, and the shadow PDE they shadow is zapped (kvm_mmu_track_write); the
+  next fault links the shadow page of the table the guest's PDE then names (FNAME(fetch));
+  shadow pages are keyed by the guest table they shadow, so a table page two page tables share
+  has one shadow page;
 - each last-level shadow page is synced (its guest table write-protected: a guest store to it
   exits and KVM unsyncs the page, mmu_try_to_unsync_pages) or unsync (`Kvm.unsync`: the guest
   writes its PTEs freely, and the SPTEs may be stale until a sync point: INVLPG, MOV CR3 with
@@ -81,6 +84,19 @@ class ShadowMmu:
         slot = k.config.layout.slot(k.config.roots[root], gva)
         return int(k.machine.memory.values[slot])
 
+    def guest_pde_target(self, k: Step, root: int, gva: int) -> int:
+        """Whose last-level table page the guest's PDE for `gva` in page table `root` names
+        (a root index; -1 if not present)."""
+        slot = k.config.layout.slot(k.config.roots[root], gva, 2)
+        return k.config.pde_root(int(k.machine.memory.values[slot]))
+
+    def shadow_pde_slot(self, k: Step, root: int, gva: int) -> int:
+        return k.config.layout.slot(k.config.shadow_roots[root], gva, 2)
+
+    def shadow_pde_target(self, k: Step, root: int, gva: int) -> int:
+        """The same for the shadow PDE: the shadow page it links (-1: zapped)."""
+        return k.config.pde_root(int(k.machine.memory.values[self.shadow_pde_slot(k, root, gva)]))
+
     def sp_unsync(self, k: Step, root: int, gva: int) -> bool:
         return bool(k.kvm.unsync >> self.sp_bit(k, root, gva) & 1)
 
@@ -91,9 +107,6 @@ class ShadowMmu:
         """The GVAs whose SPTEs live in last-level shadow page `bit` of root `root`."""
         return [g for i, g in enumerate(k.config.gvas) if k.config.spt_bit[root][i] == bit]
 
-    def root_pages(self, k: Step, root: int) -> set[int]:
-        return set(k.config.spt_bit[root])
-
     def set_shadow_spte(self, k: Step, root: int, gva: int, value: int, why: str) -> None:
         slot = self.sptep(k, root, gva)
         if k.machine.memory.values[slot] == value:
@@ -102,6 +115,21 @@ class ShadowMmu:
         k.write_slot(slot, value, f"{why}: SPTE[{gva:#x}] = {what}")
 
     # -- guest page-table writes: write tracking and unsync ---------------------------------------
+    def kvm_mmu_track_write_pde(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
+        """A guest store to a PDE: upper-level shadow pages never go unsync, so the write faults
+        and KVM emulates it (x86_emulate_instruction -> emulator_write_phys); the page-track
+        notifier then runs mmu.c:kvm_mmu_track_write @ v6.18 (kvm_mmu_pte_write @ v5.x): the
+        shadow PDE of the written entry is zapped (mmu_page_zap_pte unlinks the child shadow
+        page), and a zapped present SPTE is flushed on every vCPU (kvm_mmu_remote_flush_or_zap;
+        v5.x: need_remote_flush, then kvm_flush_remote_tlbs)."""
+        slot = k.config.layout.slot(k.config.roots[root], gva, 2)
+        k.write_slot(slot, value, f"emulated store: guest PDE of {gva:#x} = {value:#x}")
+        sslot = self.shadow_pde_slot(k, root, gva)
+        if not k.machine.memory.values[sslot] & P:
+            return
+        k.write_slot(sslot, 0, f"kvm_mmu_track_write: zap the shadow PDE of {gva:#x}")
+        self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
+
     def kvm_mmu_track_write_fault(self, k: Step, vcpu: Vcpu, root: int, gva: int) -> None:
         """The guest stored to a write-protected (synced) guest page table: the #PF exit's
         FNAME(page_fault) -> make_spte -> mmu_try_to_unsync_pages @ v6.18 (mmu_need_write_protect
@@ -152,12 +180,23 @@ class ShadowMmu:
         """mmu.c:mmu_sync_children @ v6.18: sync every unsync page under the root; flush if an
         SPTE changed (kvm_mmu_remote_flush_or_zap)."""
         flush = False
-        for bit in sorted(self.root_pages(k, root)):
+        for t, bit in self.reachable_pages(k, root):
             if k.kvm.unsync >> bit & 1:
-                k.note(f"mmu_sync_children: sync the shadow page of root {root}, page {bit}")
-                flush |= self.kvm_sync_page(k, root, bit)
+                k.note(f"mmu_sync_children: sync the last-level shadow page {bit}")
+                flush |= self.kvm_sync_page(k, t, bit)
         if flush:
             self.kvm_mmu_sync_flush(k, vcpu)
+
+    def reachable_pages(self, k: Step, root: int) -> list[tuple[int, int]]:
+        """The last-level shadow pages the shadow PDEs of `root` link, as (owning root, bit)."""
+        out: list[tuple[int, int]] = []
+        for gva in k.config.gvas:
+            t = self.shadow_pde_target(k, root, gva)
+            if t >= 0:
+                page = (t, self.sp_bit(k, t, gva))
+                if page not in out:
+                    out.append(page)
+        return sorted(out, key=lambda p: p[1])
 
     def kvm_mmu_sync_flush(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_remote_flush_or_zap @ v6.18: SPTEs changed, flush every vCPU."""
@@ -198,8 +237,9 @@ class ShadowMmu:
             return
         changed = False
         for r in roots:
-            if self.sp_unsync(k, r, gva):
-                changed |= self.kvm_sync_spte(k, r, gva)
+            t = self.shadow_pde_target(k, r, gva)
+            if t >= 0 and self.sp_unsync(k, t, gva):
+                changed |= self.kvm_sync_spte(k, t, gva)
         if changed:
             self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_flush_remote_tlbs_sptep")
 
@@ -321,7 +361,8 @@ class ShadowMmu:
         (kvm_inject_emulated_page_fault); else the host page is looked up with the
         mmu_invalidate_seq snapshot, and FNAME(fetch) is the next step."""
         root = k.config.root_index(vcpu.cr3)
-        gpte = self.gpte(k, root, gva)
+        table = self.guest_pde_target(k, root, gva)
+        gpte = self.gpte(k, table, gva) if table >= 0 else 0
         access = ACCESS_KINDS[kind]
         if not self.guest_permits(k, vcpu, gpte, access):
             vcpu.pf_injected = gva
@@ -332,7 +373,7 @@ class ShadowMmu:
         mmu_seq = k.kvm.mmu_invalidate_seq
         pfn = self.gfn_to_pfn(k, gpa)  # type: ignore[attr-defined]
         k.note(f"FNAME(walk_addr)({gva:#x}) = {gpa:#x}; kvm_faultin_pfn = {pfn:#x}")
-        vcpu.frame = (gva, kind, mmu_seq, pfn, gpte)
+        vcpu.frame = (gva, kind, mmu_seq, pfn, gpte, table)
         vcpu.pc = "FNAME(page_fault):fetch"
 
     def guest_permits(self, k: Step, vcpu: Vcpu, gpte: int, access: str) -> bool:
@@ -353,22 +394,29 @@ class ShadowMmu:
         FNAME(fetch) retries if the guest PTE changed since the walk (FNAME(gpte_changed)); else
         the SPTE is made (make_spte: writable if the guest PTE and the memslot allow it, marking
         the page dirty under dirty logging)."""
-        gva, _kind, mmu_seq, pfn, gpte = vcpu.frame
+        gva, _kind, mmu_seq, pfn, gpte, table = vcpu.frame
         vcpu.frame = ()
         vcpu.pc = "vcpu_enter_guest"
         if self.mmu_invalidate_retry_gfn(k, mmu_seq):  # type: ignore[attr-defined]
             k.note(f"FNAME(page_fault)({gva:#x}): mmu_invalidate_retry_gfn, retry")
             return
         root = k.config.root_index(vcpu.cr3)
-        if self.gpte(k, root, gva) != gpte:
+        if self.guest_pde_target(k, root, gva) != table or self.gpte(k, table, gva) != gpte:
             k.note(f"FNAME(fetch)({gva:#x}): FNAME(gpte_changed), retry")
             return
+        if self.shadow_pde_target(k, root, gva) != table:
+            value = k.config.shadow_pde[(table, gva >> 21)]
+            k.write_slot(
+                self.shadow_pde_slot(k, root, gva),
+                value,
+                f"FNAME(fetch): link_shadow_page, shadow PDE of {gva:#x} -> {value:#x}",
+            )
         gpa = pte_addr(gpte)
         writable = bool(gpte & RW) and bool(self.host_rights(k, gpa) & E_W)  # type: ignore[attr-defined]
         if writable and self.kvm_slot_dirty_track_enabled(k, gpa):  # type: ignore[attr-defined]
             self.mark_page_dirty_in_slot(k, gpa)  # type: ignore[attr-defined]
         value = spte_from_gpte(gpte, pfn, writable)
-        self.set_shadow_spte(k, root, gva, value, "FNAME(fetch)")
+        self.set_shadow_spte(k, table, gva, value, "FNAME(fetch)")
 
     # -- the host's changes, through the rmap -----------------------------------------------------
     def rmap_sptes(self, k: Step, gpa: int) -> list[tuple[int, int]]:

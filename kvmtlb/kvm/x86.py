@@ -61,6 +61,7 @@ EXIT_CR0_WRITE = 7
 EXIT_SHADOW_PF = 8  # a guest #PF KVM intercepts (shadow paging): frame (gva, access kind)
 EXIT_PT_WRITE = 9  # a guest store to a write-protected guest page table: frame (root, gva)
 EXIT_INVPCID = 10  # frame (type, pcid, gva)
+EXIT_PDE_WRITE = 11  # a guest store to a PDE, emulated: frame (root, gva, value)
 EXIT_NAMES = {
     EXIT_EXTERNAL_INTERRUPT: "external interrupt",
     EXIT_CR4_WRITE: "CR4 write",
@@ -72,6 +73,7 @@ EXIT_NAMES = {
     EXIT_SHADOW_PF: "#PF",
     EXIT_PT_WRITE: "#PF on a write-protected guest page table",
     EXIT_INVPCID: "INVPCID",
+    EXIT_PDE_WRITE: "#PF on a write-protected guest page directory",
 }
 
 
@@ -277,6 +279,8 @@ class X86:
             self.kvm_mmu_page_fault_shadow(k, vcpu, args[0], args[1])  # type: ignore[attr-defined]
         elif reason == EXIT_PT_WRITE:
             self.kvm_mmu_track_write_fault(k, vcpu, args[0], args[1])  # type: ignore[attr-defined]
+        elif reason == EXIT_PDE_WRITE:
+            self.kvm_mmu_track_write_pde(k, vcpu, *args)  # type: ignore[attr-defined]
         elif reason == EXIT_INVPCID:
             self.kvm_handle_invpcid(k, vcpu, *args)  # type: ignore[attr-defined]
         else:

@@ -26,9 +26,11 @@ from kvmtlb.guest.ops import (
     GuestOp,
     InvlpgOp,
     InvpcidOp,
+    LinkOp,
     MapOp,
     MovCr3Op,
     SetCr4Op,
+    UnlinkOp,
     UnmapOp,
 )
 from kvmtlb.host.ops import (
@@ -80,10 +82,12 @@ GUEST_OPS = {
     "read": "read GVA",
     "write": "write GVA",
     "exec": "exec GVA",
-    "map": "map GVA -> GPA FLAGS",
-    "unmap": "unmap GVA",
+    "map": "map GVA -> GPA FLAGS [root=NAME]",
+    "unmap": "unmap GVA [root=NAME]",
+    "link": "link GVA -> TABLE [root=NAME]",
+    "unlink": "unlink GVA [root=NAME]",
     "invlpg": "invlpg GVA",
-    "mov_cr3": "mov_cr3 [pcid=N] [noflush]",
+    "mov_cr3": "mov_cr3 [ROOT] [pcid=N] [noflush]",
     "set_cr4": "set_cr4 pge=0|1 | pcide=0|1 | smep=0|1",
     "invpcid": "invpcid TYPE [pcid=N] [GVA]",
     "flush_tlb": "flush_tlb GVA|mm|all others|all|vcpuN,...",
@@ -195,7 +199,9 @@ class Scenario:
                 elif isinstance(op, InvpcidOp):
                     if op.type == 0:
                         seen.setdefault(op.gva)
-                elif isinstance(op, AccessOp | MapOp | UnmapOp | InvlpgOp | EmulatedReadOp):
+                elif isinstance(
+                    op, AccessOp | MapOp | UnmapOp | LinkOp | UnlinkOp | InvlpgOp | EmulatedReadOp
+                ):
                     seen.setdefault(op.gva)
         return tuple(seen)
 
@@ -626,6 +632,21 @@ class _Parser:
             root = root_arg()
             need(1, "GVA [root=NAME]")
             return UnmapOp(self.addr(args[0], line, "GVA"), line, root)
+        if op == "link":
+            root = root_arg()
+            if len(args) != 3 or args[1] != "->":
+                raise self.err(
+                    line,
+                    "link takes GVA -> TABLE [root=NAME]",
+                    "write: link 0x1000 -> b (the PDE of 0x1000's 2 MiB region then points at "
+                    "page table b's last-level table)",
+                )
+            target = self.root_name(args[2], line, roots)
+            return LinkOp(self.addr(args[0], line, "GVA"), target, line, root)
+        if op == "unlink":
+            root = root_arg()
+            need(1, "GVA [root=NAME]")
+            return UnlinkOp(self.addr(args[0], line, "GVA"), line, root)
         if op == "invlpg":
             need(1, "GVA")
             return InvlpgOp(self.addr(args[0], line, "GVA"), line)
@@ -687,8 +708,8 @@ class _Parser:
         raise self.err(
             line,
             f"unknown guest op {shown(op)}",
-            "use read, write, exec, map, unmap, invlpg, mov_cr3, set_cr4, invpcid, "
-            "flush_tlb or emulated_read",
+            "use read, write, exec, map, unmap, link, unlink, invlpg, mov_cr3, set_cr4, "
+            "invpcid, flush_tlb or emulated_read",
         )
 
     def root_name(self, name: str, line: int, roots: dict[str, dict[int, tuple[int, str]]]) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmtlb.errors import where
-from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
+from kvmtlb.guest.ops import InvpcidOp, LinkOp, MapOp, MovCr3Op, UnlinkOp, UnmapOp
 from kvmtlb.guest.thread import GuestThread
 from kvmtlb.host.ops import RemapOp, ResumeOp, WrprotectOp, ZapOp
 from kvmtlb.host.thread import HostThread
@@ -110,6 +110,23 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             if gva not in scenario.root_map(name):
                 b.name(roots[r], gva)
             b.allow(roots[r], gva, pte_values.get((r, gva), [0]))
+    # -- the PDEs `link`/`unlink` write: a pointer to some page table's last-level table page of
+    # the region, or 0 ---------------------------------------------------------------------------
+    guest_pde = {
+        (t, gva >> 21): b.table_pointer(roots[t], gva, 2) for t in range(len(roots)) for gva in gvas
+    }
+    relinked: set[tuple[int, int]] = set()  # (root, region) whose PDE the ops write
+    for prog in scenario.programs:
+        for op in prog:
+            if isinstance(op, LinkOp | UnlinkOp):
+                r = root_names.index(op.root)
+                relinked.add((r, op.gva >> 21))
+                value = (
+                    guest_pde[(root_names.index(op.target), op.gva >> 21)]
+                    if isinstance(op, LinkOp)
+                    else 0
+                )
+                b.allow(roots[r], op.gva, [value], level=2)
     # -- EPT/NPT leaves (or the host pages shadow SPTEs may name): first page, remap targets,
     # fresh pages, write-protected variants -----------------------------------------------------
     kvm_config_base = dict(gpas=gpas, fresh_base=FRESH_HPA_BASE)
@@ -144,9 +161,21 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         b.allow(tdp_root, gpa, values)
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
+    shadow_pde: dict[tuple[int, int], int] = {}
     if not cfg.tdp:
         shadow_roots = tuple(b.linear_root() for _ in roots)
         spt_bit = _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
+        shadow_pde = {
+            (t, gva >> 21): b.table_pointer(shadow_roots[t], gva, 2)
+            for t in range(len(roots))
+            for gva in gvas
+        }
+        # KVM zaps a shadow PDE when the guest writes the PDE it shadows, and FNAME(fetch) links
+        # it again to the shadow page of whichever table the guest's PDE then names
+        for r, region in sorted(relinked):
+            gva = next(g for g in gvas if g >> 21 == region)
+            targets = [v for (t, reg), v in shadow_pde.items() if reg == region]
+            b.allow(shadow_roots[r], gva, [0, *targets], level=2)
     layout = b.build()
     frame_of = {h: gpa for gpa, (pages, _) in host_pages.items() for h in pages}
     # -- tags the run can reach ----------------------------------------------------------------
@@ -223,6 +252,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         shadow_roots=shadow_roots,
         spt_bit=spt_bit,
         frame_of=frame_of,
+        guest_pde=guest_pde,
+        shadow_pde=shadow_pde,
+        pde_owner={v: t for (t, _), v in (*guest_pde.items(), *shadow_pde.items())},
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
