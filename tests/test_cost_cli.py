@@ -170,6 +170,7 @@ def test_cost_table_has_a_basis_for_every_figure() -> None:
         missing = [o for o in ops if f"op.{o}" not in counters and o != "vm-entry"]
         assert not missing, (vendor, missing)
     intel_kinds = {"combined", "combined-psc", "guest-physical", "guest-physical-psc"}
+    intel_kinds |= {"linear", "linear-psc"}  # shadow paging
     amd_kinds = {"asid", "asid-psc", "nested", "nested-psc"}
     assert set(table.capacities("intel")) == intel_kinds
     assert set(table.capacities("amd")) == amd_kinds

@@ -14,6 +14,19 @@ cost run explores no interleavings:
   the same local flush on the target, at once if it runs, else when it next enters the guest
   (the sender waits: counted as `guest.ipis-to-preempted`).
 
+- a context switch (switch_mm_irqs_off) loads the other address space's page table with MOV CR3;
+  with PCIDs each address space has its own PCID (its index) and the switch sets the no-flush bit
+  unless the address space's TLB generation moved since this vCPU last ran it (a PTE change it did
+  not flush, being elsewhere: arch/x86/mm/tlb.c:choose_new_asid's need_flush); the IPI handler of
+  a page flush for another address space than the target's flushes nothing (flush_tlb_func: the
+  loaded mm is not the flushed one).
+
+With shadow paging (tdp = false) the guest's first store to a page-table page whose shadow page
+is synced exits (EXIT_PT_WRITE: the guest table is write-protected) and KVM unsyncs the shadow
+page (mmu_try_to_unsync_pages); later stores go through. INVLPG, INVPCID, MOV to CR3 and CR4
+writes exit (KVM intercepts them without EPT/NPT); the guest's CR3 is KVM's vcpu->arch.cr3, since
+the hardware CR3 holds the shadow root.
+
 IPIs are delivered without VM exits (posted interrupts), as in the checker.
 """
 
@@ -21,13 +34,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kvmtlb.cost.schedule import space_of
 from kvmtlb.guest.ops import FLUSH_MM, FLUSH_PAGE
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
 from kvmtlb.hw.outcomes import VmExit
 from kvmtlb.hw.paging import make_pte
 from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
+from kvmtlb.kvm.shadow import injected_exit
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED
-from kvmtlb.kvm.x86 import EXIT_CR3_WRITE, EXIT_CR4_WRITE, EXIT_INVLPG
+from kvmtlb.kvm.x86 import (
+    EXIT_CR3_WRITE,
+    EXIT_CR4_WRITE,
+    EXIT_INVLPG,
+    EXIT_INVPCID,
+    EXIT_NAMES,
+    EXIT_PT_WRITE,
+)
 
 if TYPE_CHECKING:
     from kvmtlb.cost.simulate import Simulation
@@ -39,8 +61,25 @@ def insn(sim: Simulation, v: int, event: Any, reason: int, frame: tuple[int, ...
     vcpu = k.vcpus[v]
     out = k.hw(vcpu.cpu, event)
     if isinstance(out, VmExit):
+        sim.n[f"kvm.exits.{EXIT_KEYS[reason]}"] += 1
         sim.policy.vcpu_exit(k, vcpu, reason, frame)
         sim.run_to_guest(v)
+
+
+# Counter names of the guest's intercepted instructions (kvm.exits.NAME).
+EXIT_KEYS = {EXIT_CR3_WRITE: "mov-cr3", EXIT_CR4_WRITE: "mov-cr4", EXIT_INVLPG: "invlpg"}
+EXIT_KEYS[EXIT_INVPCID] = "invpcid"
+EXIT_KEYS[EXIT_PT_WRITE] = "pt-write"
+assert set(EXIT_KEYS) <= set(EXIT_NAMES)
+
+
+def guest_cr3(sim: Simulation, v: int) -> int:
+    """The CR3 the guest sees: the hardware's with TDP; with shadow paging vcpu->arch.cr3 (the
+    hardware holds the shadow root)."""
+    k = sim.k
+    if k.config.tdp:
+        return int(sim.cm.cpus[k.vcpus[v].cpu].regs.cr3)
+    return k.vcpus[v].cr3
 
 
 def local_flush(sim: Simulation, v: int, scope: int, gva: int) -> None:
@@ -51,23 +90,57 @@ def local_flush(sim: Simulation, v: int, scope: int, gva: int) -> None:
         return
     regs = sim.cm.cpus[k.vcpus[v].cpu].regs
     if scope == FLUSH_MM:
-        cr3 = regs.cr3 & ~CR3_NOFLUSH
+        cr3 = guest_cr3(sim, v) & ~CR3_NOFLUSH
         insn(sim, v, MovToCr3(cr3), EXIT_CR3_WRITE, (cr3,))
         return
     if regs.cr4 & CR4_PCIDE and k.config.caps.invpcid:
-        insn(sim, v, Invpcid(2), 0, ())
+        insn(sim, v, Invpcid(2), EXIT_INVPCID, (2, 0, 0))
         return
     for _ in range(2):  # native_flush_tlb_global: toggle CR4.PGE twice
         cr4 = sim.cm.cpus[k.vcpus[v].cpu].regs.cr4 ^ CR4_PGE
         insn(sim, v, MovToCr4(cr4), EXIT_CR4_WRITE, (cr4,))
 
 
-def write_pte(sim: Simulation, gva: int, gpa: int) -> None:
-    """The guest maps linear page `gva` to frame `gpa` (writable, supervisor, not global)."""
-    cfg = sim.k.config
-    slot = cfg.layout.slot(cfg.guest_root, gva)
-    sim.k.write_slot(slot, make_pte(gpa), f"guest PTE {gva:#x} = {gpa:#x}")
+def write_pte(sim: Simulation, v: int, gva: int, gpa: int) -> None:
+    """vCPU `v` maps linear page `gva` to frame `gpa` (writable, supervisor, not global) in the
+    page table of `gva`'s address space. With shadow paging a store to a table whose shadow page
+    is synced exits first (the table is write-protected); KVM unsyncs it and the store is
+    retried."""
+    k = sim.k
+    cfg = k.config
+    root = space_of(gva)
+    sim.gen[root] += 1
+    if not cfg.tdp:
+        for _ in range(2):
+            if sim.policy.sp_unsync(k, root, gva):
+                break
+            vcpu = k.vcpus[v]
+            k.hw(vcpu.cpu, injected_exit(cfg.vmx), "store to a write-protected guest page table")
+            sim.n["kvm.exits.pt-write"] += 1
+            sim.policy.vcpu_exit(k, vcpu, EXIT_PT_WRITE, (root, gva))
+            sim.run_to_guest(v)
+    slot = cfg.layout.slot(cfg.roots[root], gva)
+    k.write_slot(slot, make_pte(gpa), f"guest PTE {gva:#x} = {gpa:#x}")
     sim.n["guest.pte-changes"] += 1
+
+
+def switch_mm(sim: Simulation, v: int, space: int) -> None:
+    """A context switch on vCPU `v` to address space `space` (switch_mm_irqs_off): MOV CR3 to its
+    page table, with its PCID and the no-flush bit when PCIDs are on and nothing changed there
+    since this vCPU last ran it."""
+    k = sim.k
+    cfg = k.config
+    old = sim.space[v]
+    sim.seen[v][old] = sim.gen[old]
+    pcide = bool(sim.cm.cpus[k.vcpus[v].cpu].regs.cr4 & CR4_PCIDE)
+    pcid = space if pcide else 0
+    noflush = pcide and sim.seen[v].get(space) == sim.gen[space]
+    cr3 = cfg.roots[space] | pcid | (CR3_NOFLUSH if noflush else 0)
+    sim.space[v] = space
+    sim.n["guest.cr3-switches"] += 1
+    if noflush:
+        sim.n["guest.cr3-switches-noflush"] += 1
+    insn(sim, v, MovToCr3(cr3), EXIT_CR3_WRITE, (cr3,))
 
 
 def shootdown(sim: Simulation, v: int, scope: int, gva: int = 0) -> None:
@@ -87,7 +160,7 @@ def shootdown(sim: Simulation, v: int, scope: int, gva: int = 0) -> None:
             continue
         n["guest.ipis"] += 1
         if target.loaded and target.pc == "guest":
-            local_flush(sim, t, scope, gva)
+            handle_ipi(sim, t, scope, gva)
         else:
             n["guest.ipis-to-preempted"] += 1
             sim.inbox[t].append((scope, gva))
@@ -98,7 +171,24 @@ def take_ipis(sim: Simulation, v: int) -> None:
     inbox = sim.inbox[v]
     while inbox:
         scope, gva = inbox.pop(0)
-        local_flush(sim, v, scope, gva)
+        handle_ipi(sim, v, scope, gva)
 
 
-__all__ = ["insn", "local_flush", "shootdown", "take_ipis", "write_pte"]
+def handle_ipi(sim: Simulation, v: int, scope: int, gva: int) -> None:
+    """flush_tlb_func on vCPU `v`: a page flush of an address space it is not in flushes nothing
+    (the switch back catches up, switch_mm)."""
+    if scope == FLUSH_PAGE and space_of(gva) != sim.space[v]:
+        return
+    local_flush(sim, v, scope, gva)
+
+
+__all__ = [
+    "guest_cr3",
+    "handle_ipi",
+    "insn",
+    "local_flush",
+    "shootdown",
+    "switch_mm",
+    "take_ipis",
+    "write_pte",
+]

@@ -27,7 +27,7 @@ from kvmtlb.cost.walk import Context, Walker
 from kvmtlb.hw.effect import DEFAULT_READINGS, Effect, Readings
 from kvmtlb.hw.machine import Arch
 from kvmtlb.hw.outcomes import Access, AccessOutcome
-from kvmtlb.hw.paging import E_R, E_W, G_W
+from kvmtlb.hw.paging import E_ALL, E_R, E_W, G_W
 from kvmtlb.hw.svm import Vmrun
 from kvmtlb.hw.walk import NotPresent, Stage2Fault, Translated
 
@@ -145,6 +145,8 @@ class CostMachine:
         c = self._ctx[i]
         if c is None:
             c = self.context(i)
+        if c.flat:
+            return self.access_flat(i, c, gva, write)
         e: Any = c.lookup(gva)
         if e is not None:
             if self.audit and not self.validity.valid(e):
@@ -158,6 +160,23 @@ class CostMachine:
             return None
         off = gva & (e.size - 1)
         r = Translated(e.gpa + off, e.frame + off, e.rights, erights, e.glob)
+        return self.outcome(i, gva, write, r)
+
+    def access_flat(self, i: int, c: Context, gva: int, write: bool) -> AccessOutcome | None:
+        """`access` with EPT/NPT off: the translation is the shadow tables' (linear: no
+        stage-2 rights, no guest-physical address)."""
+        e: Any = c.lookup(gva)
+        if e is not None:
+            if self.audit and not self.validity.valid(e):
+                self.n["tlb.stale-hits"] += 1
+        else:
+            e = self.walker.miss_flat(c, gva)
+            if isinstance(e, NotPresent):
+                return self.outcome(i, gva, write, e)
+        if not write or e.rights & G_W:
+            return None
+        off = gva & (e.size - 1)
+        r = Translated(-1, e.frame + off, e.rights, E_ALL, e.glob)
         return self.outcome(i, gva, write, r)
 
     def outcome(self, i: int, gva: int, write: bool, r: Any) -> AccessOutcome | None:

@@ -13,7 +13,8 @@ table's (costs.toml):
   (`vm-entry-vpid-off`, `vm-exit-vpid-off`: rules intel.vmentry.no-vpid, intel.vmexit.no-vpid);
   on AMD `vm-entry` is VMRUN and `vm-exit` #VMEXIT;
 - the guest's own flushes: `invlpg`, `mov-cr3`, `mov-cr4` (one that invalidates), `invpcid`,
-  `invlpga`; faults: `page-fault`, `ept-violation`, `npf`;
+  `invlpga`; faults: `page-fault`, `page-fault-exit` (a #PF KVM intercepts: shadow paging),
+  `ept-violation`, `npf`;
 - VMCS operations: `vmptrld`, `vmclear`, `vmwrite`.
 
 The "primary" operation of an event is the one its invalidation belongs to: removed entries are
@@ -60,6 +61,7 @@ ALL_OPS = (
     "invpcid",
     "invlpga",
     "page-fault",
+    "page-fault-exit",
     "ept-violation",
     "npf",
     "vmptrld",

@@ -42,7 +42,7 @@ def _tlb_control(rec: dict[str, Any]) -> str:
 
 
 def _misses(rec: dict[str, Any]) -> str:
-    first = count(rec, "tlb.misses.combined", "tlb.misses.asid")
+    first = count(rec, "tlb.misses.combined", "tlb.misses.asid", "tlb.misses.linear")
     second = count(rec, "tlb.misses.guest-physical", "tlb.misses.nested")
     return f"{first:,} / {second:,}"
 
@@ -58,6 +58,56 @@ HEADERS = (
     "Mcycles\n(est.)",
     "vs first\npolicy",
 )
+
+
+# The shadow-paging table (runs with tdp = false): KVM's exits and shadow-MMU work.
+SHADOW_HEADERS = (
+    "configuration",
+    "policy",
+    "#PF\nexits",
+    "PT-write\nexits",
+    "unsyncs",
+    "INVLPG\nexits",
+    "MOV CR3\nexits",
+    "syncs\npages / SPTEs",
+    "rmap\nzaps",
+    "KVM\nflushes",
+    "Mcycles\n(est.)",
+)
+# The flushes KVM issues (the flush columns, without the VPID-off transitions), and INVLPGA.
+KVM_FLUSHES = (
+    *(n for header, names in FLUSH_COLUMNS if not header.startswith("VPID-off") for n in names),
+    "op.invlpga",
+)
+
+
+def is_shadow(rec: dict[str, Any]) -> bool:
+    return rec.get("config_detail", {}).get("tdp", True) is False
+
+
+def shadow_rows(recs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The cells of one workload's shadow-paging table, in SHADOW_HEADERS order."""
+    out = []
+    for r in recs:
+        if not is_shadow(r):
+            continue
+        pages, sptes = count(r, "shadow.sync-pages"), count(r, "shadow.sync-sptes")
+        out.append(
+            [
+                r["config"],
+                r["policy"],
+                f"{count(r, 'kvm.shadow-faults'):,}",
+                f"{count(r, 'kvm.exits.pt-write'):,}",
+                f"{count(r, 'shadow.unsyncs'):,}",
+                f"{count(r, 'kvm.exits.invlpg'):,}",
+                f"{count(r, 'kvm.exits.mov-cr3'):,}",
+                f"{pages:,} / {sptes:,}",
+                f"{count(r, 'shadow.rmap-zaps'):,}",
+                f"{count(r, *KVM_FLUSHES):,}",
+                f"{r['total_cycles'] / 1e6:,.2f}",
+            ]
+        )
+    return out
 
 
 def _by_workload(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -116,6 +166,18 @@ def table(console: Console, records: Sequence[dict[str, Any]]) -> None:
             last_config = row[0]
             t.add_row(*row)
         console.print(t)
+        shadow = shadow_rows(recs)
+        if shadow:
+            t = Table(title=f"{name}: shadow paging, KVM's side", title_justify="left")
+            for n, header in enumerate(SHADOW_HEADERS):
+                t.add_column(header, no_wrap=n < 2, justify="left" if n < 2 else "right")
+            last_config = ""
+            for row in shadow:
+                if last_config and row[0] != last_config:
+                    t.add_section()
+                last_config = row[0]
+                t.add_row(*row)
+            console.print(t)
 
 
 def html(records: Sequence[dict[str, Any]], path: Path, seconds: float) -> None:
@@ -210,4 +272,15 @@ def _widest(by_workload: dict[str, list[dict[str, Any]]]) -> int:
     return max(len(v) for v in by_workload.values())
 
 
-__all__ = ["FLUSH_COLUMNS", "HEADERS", "PLOT_SUFFIXES", "html", "plot", "rows", "summary", "table"]
+__all__ = [
+    "FLUSH_COLUMNS",
+    "HEADERS",
+    "PLOT_SUFFIXES",
+    "SHADOW_HEADERS",
+    "html",
+    "plot",
+    "rows",
+    "shadow_rows",
+    "summary",
+    "table",
+]

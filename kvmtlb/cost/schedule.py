@@ -13,7 +13,14 @@ drawn in proportion to its rate:
   of slots with mean `preempted_for`; its pCPU takes a waiting vCPU, if one is ready;
 - `migrate`: a running vCPU moves to another pCPU, swapping with the vCPU running there, if any;
 - `zap`, `remap`: the host zaps (MMU notifier) or migrates the host page of a guest frame the
-  working set uses.
+  working set uses;
+- `cr3_switch`: a running vCPU switches to another of the workload's address spaces (a context
+  switch: MOV CR3 to that page table).
+
+With several address spaces (`address_spaces`), each has its own working set of the same size at
+GVA_BASE + a * AS_STRIDE, mapped to frames of its own; a vCPU accesses the working set of the
+address space it is in (all start in address space 0), and a `pte_change` changes a page of the
+address space the vCPU is in.
 
 A vCPU keeps to the pCPU it last ran on (its affinity): an idle pCPU takes the ready waiting vCPU
 that last ran there and has waited longest; only `migrate` moves a vCPU. At the start, vCPU v is
@@ -32,7 +39,7 @@ import random
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from kvmtlb.cost.workload import GPA_BASE, GVA_BASE, RATE_KEYS, RunConfig, Workload
+from kvmtlb.cost.workload import AS_STRIDE, GPA_BASE, GVA_BASE, RATE_KEYS, RunConfig, Workload
 from kvmtlb.guest.ops import FLUSH_ALL, FLUSH_MM
 
 PAGE = 0x1000
@@ -64,6 +71,11 @@ class Load(NamedTuple):
     migrated: bool  # it last ran on another pCPU
 
 
+class Cr3Switch(NamedTuple):
+    vcpu: int
+    space: int  # the address space it switches to
+
+
 class Zap(NamedTuple):
     gpa: int
 
@@ -72,11 +84,22 @@ class Remap(NamedTuple):
     gpa: int
 
 
-Event = Accesses | PteChange | Shootdown | Preempt | Load | Zap | Remap
+Event = Accesses | PteChange | Shootdown | Preempt | Load | Zap | Remap | Cr3Switch
 
 
-def gvas(w: Workload) -> list[int]:
-    return [GVA_BASE + i * PAGE for i in range(w.working_set)]
+def gvas(w: Workload, space: int = 0) -> list[int]:
+    """The working set of address space `space`."""
+    return [GVA_BASE + space * AS_STRIDE + i * PAGE for i in range(w.working_set)]
+
+
+def all_gvas(w: Workload) -> list[int]:
+    """The working sets of every address space, in order."""
+    return [g for a in range(w.address_spaces) for g in gvas(w, a)]
+
+
+def space_of(gva: int) -> int:
+    """The address space whose working set holds `gva`."""
+    return (gva - GVA_BASE) // AS_STRIDE
 
 
 def gpas(w: Workload) -> list[int]:
@@ -99,8 +122,10 @@ class Schedule:
         weights = [1.0 / (i + 1) ** w.locality for i in range(len(self.pages))]
         self.cum_weights = list(itertools.accumulate(weights))
         frames = gpas(w)
-        self.mapping = frames[: w.working_set]  # page i -> its guest frame
-        self.free = frames[w.working_set :]
+        used = w.working_set * w.address_spaces
+        self.mapping = frames[:used]  # page i of address space a (index a * working_set + i)
+        self.free = frames[used:]
+        self.space = [0] * c.vcpus  # the address space each vCPU is in
         place = placement(c)
         self.last = list(place)  # the pCPU each vCPU last ran on
         self.running = [-1] * c.pcpus  # pCPU -> vCPU
@@ -161,6 +186,9 @@ class Schedule:
         vs = rng.choices(running, k=n)
         pages = rng.choices(self.pages, cum_weights=self.cum_weights, k=n)
         rand = rng.random
+        if self.w.address_spaces > 1:
+            off = [a * AS_STRIDE for a in self.space]
+            return [(v, p + off[v], rand() < wf) for v, p in zip(vs, pages, strict=True)]
         return [(v, p, rand() < wf) for v, p in zip(vs, pages, strict=True)]
 
     def _dispatch(self) -> Iterator[Event]:
@@ -198,9 +226,16 @@ class Schedule:
             j = rng.randrange(len(self.free))
             self.free[j], self.free[-1] = self.free[-1], self.free[j]
             gpa = self.free.pop()
-            self.free.append(self.mapping[i])
-            self.mapping[i] = gpa
-            yield PteChange(v, self.pages[i], gpa)
+            a = self.space[v]
+            at = a * self.w.working_set + i
+            self.free.append(self.mapping[at])
+            self.mapping[at] = gpa
+            yield PteChange(v, self.pages[i] + a * AS_STRIDE, gpa)
+        elif kind == "cr3_switch":
+            others = [a for a in range(self.w.address_spaces) if a != self.space[v]]
+            a = others[rng.randrange(len(others))]
+            self.space[v] = a
+            yield Cr3Switch(v, a)
         elif kind == "mm_flush":
             yield Shootdown(v, FLUSH_MM)
         elif kind == "full_flush":
@@ -229,6 +264,7 @@ class Schedule:
 
 __all__ = [
     "Accesses",
+    "Cr3Switch",
     "Event",
     "Load",
     "Preempt",
@@ -237,7 +273,9 @@ __all__ = [
     "Schedule",
     "Shootdown",
     "Zap",
+    "all_gvas",
     "gpas",
     "gvas",
     "placement",
+    "space_of",
 ]

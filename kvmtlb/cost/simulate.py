@@ -1,15 +1,25 @@
 """One cost run: a workload's configuration under one policy, on the concrete machine.
 
-Builds the VM (guest page tables mapping the working set, the EPT/NPT mapping every guest frame,
-both in a kvmtlb.hw layout), KVM's configuration and state as kvmtlb.model.system does for a
-scenario, boots it the same way (every vCPU created, the first vCPU of each pCPU loaded and run
-into the guest), zeroes the counters, then applies the schedule's events (schedule.py) through the
-policy's own methods (guest.py, host.py) and counts what the hardware does (machine.py).
-The result holds the counts, the cycle estimate of the cost table and the run's speed.
+Builds the VM (a guest page table per address space mapping its working set, and the EPT/NPT
+mapping every guest frame, in a kvmtlb.hw layout), KVM's configuration and state as
+kvmtlb.model.system does for a scenario, boots it the same way (every vCPU created, the first vCPU
+of each pCPU loaded and run into the guest), zeroes the counters, then applies the schedule's
+events (schedule.py) through the policy's own methods (guest.py, host.py) and counts what the
+hardware does (machine.py). The result holds the counts, the cycle estimate of the cost table and
+the run's speed.
+
+With `tdp = false` there is no EPT/NPT: as model/system.py's `_shadow_layout` does for a
+scenario, each guest page table gets one linear shadow hierarchy (kvm/shadow.py), one last-level
+shadow page (a bit of Kvm.unsync) per 2 MiB of linear addresses. The VM starts as one that has
+been running: every page of the working sets has its SPTE (writable, the guest's rights) and
+every shadow page is synced. KVM's shadow-MMU work is counted by the policy's own calls
+(`_instrument`: unsyncs, pages and SPTEs synced, SPTEs zapped through the rmap); the exits by
+reason here and in guest.py.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +32,7 @@ from kvmtlb.cost.machine import CostMachine
 from kvmtlb.cost.memory import WorkloadMemory
 from kvmtlb.cost.schedule import (
     Accesses,
+    Cr3Switch,
     Event,
     Load,
     Preempt,
@@ -30,13 +41,15 @@ from kvmtlb.cost.schedule import (
     Schedule,
     Shootdown,
     Zap,
+    all_gvas,
     gpas,
     gvas,
     placement,
+    space_of,
 )
 from kvmtlb.cost.step import CostStep
 from kvmtlb.cost.tlb import KIND_BY_NAME
-from kvmtlb.cost.validity import Validity
+from kvmtlb.cost.validity import ShadowIntent, Validity
 from kvmtlb.cost.workload import RunConfig, Workload
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
@@ -49,15 +62,16 @@ from kvmtlb.hw.cpu import (
 from kvmtlb.hw.layout import FRESH_HPA_BASE, LayoutBuilder
 from kvmtlb.hw.machine import IntelArch
 from kvmtlb.hw.outcomes import EptMisconfig, EptViolation, NestedPageFault, PageFault
-from kvmtlb.hw.paging import E_ALL, E_R, E_W, G_W, make_ept, make_npt, make_pte
+from kvmtlb.hw.paging import E_ALL, E_R, E_W, G_W, make_ept, make_npt, make_pte, pte_addr
 from kvmtlb.hw.svm import AmdArch
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SVM_HOST, SvmCpu
-from kvmtlb.hw.walk import NotPresent, Stage2Fault
+from kvmtlb.hw.walk import ACCESS_KINDS, NotPresent, Stage2Fault
 from kvmtlb.kvm.context import KvmConfig, hardware_setup, initial_guest_cr4
 from kvmtlb.kvm.policy import KvmPolicy
+from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
-from kvmtlb.kvm.x86 import EXIT_TDP_FAULT
+from kvmtlb.kvm.x86 import EXIT_SHADOW_PF, EXIT_TDP_FAULT
 
 HPA_BASE = 0x1_0000_0000  # the host pages first backing the guest frames
 NR_VPIDS = 1 << 16  # VMX_NR_VPIDS
@@ -126,16 +140,34 @@ class Simulation:
         self.placement = placement(config)
         self.inbox: list[list[tuple[int, int]]] = [[] for _ in range(config.vcpus)]
         vmx = config.vendor == "intel"
-        # -- memory: the guest's page tables and the EPT/NPT -----------------------------------
+        tdp = config.tdp
+        spaces = workload.address_spaces
+        ws = workload.working_set
+        # -- memory: the guest's page tables and the EPT/NPT (or the shadow tables) ------------
         b = LayoutBuilder()
-        tdp_root = b.ept_root() if vmx else b.npt_root()
-        guest_root = b.guest_root([tdp_root])
+        tdp_root = (b.ept_root() if vmx else b.npt_root()) if tdp else -1
+        roots = tuple(b.guest_root([tdp_root] if tdp else []) for _ in range(spaces))
+        guest_root = roots[0]
         frames = gpas(workload)
-        for gva, gpa in zip(gvas(workload), frames, strict=False):
-            b.map(guest_root, gva, make_pte(gpa))
-        leaf = make_ept if vmx else make_npt
-        for j, gpa in enumerate(frames):
-            b.map(tdp_root, gpa, leaf(HPA_BASE + j * 0x1000, E_ALL))
+        every = all_gvas(workload)
+        ptes: dict[tuple[int, int], int] = {}
+        for a in range(spaces):
+            for i, gva in enumerate(gvas(workload, a)):
+                ptes[(a, gva)] = b.map(roots[a], gva, make_pte(frames[a * ws + i]))
+            if not tdp:  # kvm/shadow.py reads every (page table, GVA)'s guest PTE slot
+                for gva in every:
+                    if (a, gva) not in ptes:
+                        b.name(roots[a], gva)
+        backing = tuple(HPA_BASE + j * 0x1000 for j in range(len(frames)))
+        shadow_roots: tuple[int, ...] = ()
+        spt_bit: tuple[tuple[int, ...], ...] = ()
+        if tdp:
+            leaf = make_ept if vmx else make_npt
+            for j, gpa in enumerate(frames):
+                b.map(tdp_root, gpa, leaf(backing[j], E_ALL))
+        else:
+            shadow_roots = tuple(b.linear_root() for _ in roots)
+            spt_bit = _shadow_layout(b, shadow_roots, every, ptes, backing, frames[0])
         layout = b.build()
         memory = WorkloadMemory(layout)
         # -- KVM's configuration (as kvmtlb.model.system.build) ---------------------------------
@@ -147,10 +179,10 @@ class Simulation:
         host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
         kvm_config = KvmConfig(
             vendor=config.vendor,
-            tdp=True,
+            tdp=tdp,
             enable_vpid=enable_vpid,
             caps=caps,
-            unrestricted_guest=True,
+            unrestricted_guest=tdp,
             nr_vpids=NR_VPIDS,
             max_asid=config.max_asid,
             pv_tlb_flush=config.pv_tlb_flush,
@@ -166,6 +198,36 @@ class Simulation:
             host_regs=host_regs,
             rights=tuple(E_ALL for _ in frames),
             fresh_stride=max(16, (1 << 33) // len(frames)),
+            roots=roots,
+            root_names=tuple(f"as{a}" for a in range(spaces)),
+            gvas=tuple(every) if not tdp else (),
+            shadow_roots=shadow_roots,
+            spt_bit=spt_bit,
+            frame_of=dict(zip(backing, frames, strict=True)) if not tdp else {},
+        )
+        # -- the validity oracle: which page table (or shadow table) an address belongs to ----
+        walked = roots if tdp else shadow_roots
+
+        def root_of(addr: int) -> int:
+            a = space_of(addr)
+            return walked[a] if 0 <= a < spaces else -1
+
+        intent = None
+        if not tdp:
+            guest_slot = {gva: layout.slot(roots[a], gva) for (a, gva) in ptes}
+            intent = ShadowIntent(
+                memory,
+                lambda page: guest_slot.get(page, -1),
+                {gpa: j for j, gpa in enumerate(frames)},
+                lambda: self.k.kvm.backing,
+            )
+        validity = Validity(
+            memory,
+            guest_root,
+            tdp_root,
+            intent,
+            root_of if spaces > 1 or not tdp else None,
+            walked,
         )
         # -- the machine --------------------------------------------------------------------------
         capacity = self.costs.capacities(config.vendor)
@@ -181,15 +243,20 @@ class Simulation:
             caps,
             arch,
             {KIND_BY_NAME[k]: v for k, v in capacity.items()},
-            Validity(memory, guest_root, tdp_root),
+            validity,
             audit=audit,
         )
         self.n: Counter[str] = self.cm.n
+        if not tdp:
+            policy = self.policy = _instrument(policy, self.n)
+        self.space = [0] * config.vcpus  # the address space each vCPU is in (guest.switch_mm)
+        self.gen = [0] * spaces  # PTE changes per address space (the mm's tlb_gen)
+        self.seen: list[dict[int, int]] = [{} for _ in range(config.vcpus)]
         self.k = CostStep.create(
             kvm_config,
             self.cm,
             Kvm(
-                backing=tuple(HPA_BASE + j * 0x1000 for j in range(len(frames))),
+                backing=backing,
                 fresh=tuple(0 for _ in frames),
                 dirty=tuple(True for _ in frames),
             ),
@@ -199,7 +266,7 @@ class Simulation:
             HostThread(home=self.placement),
             trace=trace,
         )
-        self.tr_kind = "combined" if vmx else "asid"
+        self.tr_kind = ("combined" if tdp else "linear") if vmx else "asid"
         self.schedule = Schedule(workload, config)
         self._boot()
 
@@ -245,8 +312,10 @@ class Simulation:
         if isinstance(ev, Accesses):
             self.accesses(ev.items)
         elif isinstance(ev, PteChange):
-            guest.write_pte(self, ev.gva, ev.gpa)
+            guest.write_pte(self, ev.vcpu, ev.gva, ev.gpa)
             guest.shootdown(self, ev.vcpu, 0, ev.gva)
+        elif isinstance(ev, Cr3Switch):
+            guest.switch_mm(self, ev.vcpu, ev.space)
         elif isinstance(ev, Shootdown):
             guest.shootdown(self, ev.vcpu, ev.scope)
         elif isinstance(ev, Preempt):
@@ -266,8 +335,15 @@ class Simulation:
         each running vCPU's translation cache and probe key looked up once per batch."""
         cm = self.cm
         access = cm.access
-        miss = cm.walker.miss
         vcpus = self.k.vcpus
+        if not self.k.config.tdp:
+            for v, gva, write in items:  # 1-D walks of the shadow tables: CostMachine.access
+                o = access(vcpus[v].cpu, gva, write)
+                if o is not None:
+                    self._fault(v, gva, write, o)
+            self._count_accesses(items)
+            return
+        miss = cm.walker.miss
         fast: dict[int, tuple[Any, Any, int, int]] = {}  # vCPU -> (TLB kind cache, context, ...)
         for v, gva, write in items:
             f = fast.get(v)
@@ -301,6 +377,9 @@ class Simulation:
             if o is not None:
                 self._fault(v, gva, write, o)
                 fast.clear()  # the fault's exit and re-entry changed the contexts
+        self._count_accesses(items)
+
+    def _count_accesses(self, items: list[tuple[int, int, bool]]) -> None:
         n = self.n
         n["accesses"] += len(items)
         n["accesses.writes"] += sum(w for _, _, w in items)
@@ -313,7 +392,19 @@ class Simulation:
         for _ in range(8):
             vcpu = k.vcpus[v]
             p = vcpu.cpu
-            if isinstance(o, PageFault):
+            if isinstance(o, PageFault) and not k.config.tdp:
+                # shadow paging: KVM intercepts every #PF (FNAME(page_fault)): it installs the
+                # SPTE and the access is retried, or it injects the guest's own #PF
+                k.fault(p, o, "page-fault-exit")
+                kind = ACCESS_KINDS.index("write" if write else "read")
+                self.policy.vcpu_exit(k, vcpu, EXIT_SHADOW_PF, (gva, kind))
+                self.n["kvm.shadow-faults"] += 1
+                self.run_to_guest(v)
+                if vcpu.pf_injected >= 0:
+                    vcpu.pf_injected = -1  # the guest takes it: the access completes as faulted
+                    self.n["guest.injected-pfs"] += 1
+                    return
+            elif isinstance(o, PageFault):
                 k.fault(p, o, "page-fault")
                 self.n["guest.page-faults"] += 1
                 return
@@ -356,6 +447,68 @@ class Simulation:
             by_category(self.costs, vendor, cycles),
             seconds,
         )
+
+
+def _shadow_layout(
+    b: LayoutBuilder,
+    shadow_roots: tuple[int, ...],
+    every: list[int],
+    ptes: dict[tuple[int, int], int],
+    backing: tuple[int, ...],
+    gpa_base: int,
+) -> tuple[tuple[int, ...], ...]:
+    """The shadow tables (model/system.py's `_shadow_layout`, without value domains: the cost
+    model's memory takes any value): per guest page table a linear hierarchy naming every GVA of
+    every address space, with the SPTE of each page the table maps already made (the host page
+    backing its frame, writable as its guest PTE is). Returns, per page table and GVA, the bit
+    of Kvm.unsync of the last-level shadow page holding the SPTE (one per 2 MiB)."""
+    bits: dict[tuple[int, int], int] = {}
+    out: list[tuple[int, ...]] = []
+    for r, sroot in enumerate(shadow_roots):
+        row = []
+        for gva in every:
+            gpte = ptes.get((r, gva))
+            if gpte is None:
+                b.name(sroot, gva)
+            else:
+                hpa = backing[(pte_addr(gpte) - gpa_base) // 0x1000]
+                b.map(sroot, gva, spte_from_gpte(gpte, hpa, True))
+            row.append(bits.setdefault((r, gva >> 21), len(bits)))
+        out.append(tuple(row))
+    return tuple(out)
+
+
+def _instrument(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:
+    """A copy of `policy` whose shadow-MMU functions count their calls (each still runs the
+    policy's own code): `shadow.unsyncs` (mmu_try_to_unsync_pages), `shadow.sync-pages`
+    (kvm_sync_page), `shadow.sync-sptes` (SPTEs FNAME(sync_spte) changed or dropped),
+    `shadow.rmap-zaps` (SPTEs kvm_zap_rmap dropped)."""
+    pol = copy.copy(policy)
+    unsync = pol.mmu_try_to_unsync_pages
+    sync_page = pol.kvm_sync_page
+    sync_spte = pol.kvm_sync_spte
+    zap_rmap = pol.kvm_zap_rmap
+
+    def mmu_try_to_unsync_pages(*args: Any) -> None:
+        n["shadow.unsyncs"] += 1
+        unsync(*args)
+
+    def kvm_sync_page(*args: Any) -> bool:
+        n["shadow.sync-pages"] += 1
+        return sync_page(*args)
+
+    def kvm_sync_spte(*args: Any) -> bool:
+        changed = sync_spte(*args)
+        n["shadow.sync-sptes"] += changed
+        return changed
+
+    def kvm_zap_rmap(k: Any, gpa: int) -> None:
+        n["shadow.rmap-zaps"] += len(pol.rmap_sptes(k, gpa))
+        zap_rmap(k, gpa)
+
+    for f in (mmu_try_to_unsync_pages, kvm_sync_page, kvm_sync_spte, kvm_zap_rmap):
+        setattr(pol, f.__name__, f)
+    return pol
 
 
 def run(

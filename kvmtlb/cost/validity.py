@@ -7,19 +7,30 @@ run with nothing held, over current memory, under the entry's tags: the entry is
 when it is among that walk's fills. So the definition is the architecture's, not a re-statement of
 it.
 
-Combined and AMD guest translations carry no CR3, only a PCID: they are judged against the
-workload's one guest address space (its guest root). A walk's verdicts are memoized with the
+Combined and AMD guest translations carry no CR3, only a PCID: they are judged against the guest
+page table of the address space their linear address lies in (each address space of a workload
+has its working set in its own 1 GiB: workload.AS_STRIDE). A walk's verdicts are memoized with the
 slots the walk read; a write to one of those slots forgets them (memory.py calls `forget`). The
 stage-2 translations of each guest-physical address are memoized the same way and fed to the
 first-stage walks through the walker's `s2_oracle` hook.
+
+With shadow paging (`ShadowIntent`) the processor walks KVM's shadow tables, and a translation
+built from a shadow entry that is itself stale (an unsync shadow page not yet synced) would pass a
+walk of current memory. So a shadow translation is judged against what the guest and the host
+mean now: the guest's current PTE for its page (in the page table of the address space the page
+belongs to, AS_STRIDE apart) names a guest frame, the host currently backs that frame with the
+entry's host page, and the entry grants no right the guest PTE does not. The shadow tables' upper
+levels never change (kvm/shadow.py): their paging-structure-cache entries are judged by the
+MAY-set walker on the shadow root, as above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvmtlb.cost.memory import WorkloadMemory
-from kvmtlb.hw.addr import level_shift
+from kvmtlb.hw.addr import PAGE_SIZE, level_shift
 from kvmtlb.hw.errors import ModelError
 from kvmtlb.hw.layout import Format
 from kvmtlb.hw.mappings import (
@@ -31,10 +42,13 @@ from kvmtlb.hw.mappings import (
     Entry,
     GuestPhysicalPsc,
     GuestPhysicalTranslation,
+    LinearPsc,
+    LinearTranslation,
     NestedPsc,
     NestedTranslation,
 )
-from kvmtlb.hw.tags import AmdTags, IntelEptTags
+from kvmtlb.hw.paging import P, pte_addr, pte_rights
+from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.walk import WalkContext, Walker
 
 # The leading tag fields of each kind that a walk does not read, and the values they are set to.
@@ -43,6 +57,7 @@ _UNTAG: dict[type, tuple[int, ...]] = {
     CombinedPsc: (0, 0),
     AsidTranslation: (1, 0),  # asid, pcid
     AsidPsc: (1, 0),
+    LinearPsc: (0, 0),  # vpid, pcid
     NestedTranslation: (1,),  # asid
     NestedPsc: (1,),
 }
@@ -61,13 +76,57 @@ def _untagged(e: Any) -> Any:
     return type(e)._make((*tags, *e[len(tags) :]))
 
 
+class ShadowIntent:
+    """Shadow paging: whether a linear translation still gives what the guest's page table and
+    the host's backing of the frame give now (see the module docstring)."""
+
+    def __init__(
+        self,
+        memory: WorkloadMemory,
+        slots: Callable[[int], int],
+        gpa_index: dict[int, int],
+        backing: Callable[[], Sequence[int]],
+    ) -> None:
+        self.mem = memory
+        self.slots = slots  # linear page -> the slot of its guest PTE (-1: none)
+        self.gpa_index = gpa_index
+        self.backing = backing  # the host page of each guest frame (Kvm.backing), -1 if none
+
+    def valid(self, e: Any) -> bool:
+        if e.size != PAGE_SIZE:
+            return False  # the workloads map 4 KiB pages only
+        slot = self.slots(e.page)
+        if slot < 0:
+            return False
+        gpte = self.mem.values[slot]
+        if not gpte & P:
+            return False
+        i = self.gpa_index.get(pte_addr(gpte))
+        if i is None or self.backing()[i] != e.frame:
+            return False
+        return not e.rights & ~pte_rights(gpte)
+
+
 class Validity:
     """Memoized validity of cached entries against the current memory of one run."""
 
-    def __init__(self, memory: WorkloadMemory, guest_root: int, s2_root: int) -> None:
+    def __init__(
+        self,
+        memory: WorkloadMemory,
+        guest_root: int,
+        s2_root: int,
+        shadow: ShadowIntent | None = None,
+        root_of: Callable[[int], int] | None = None,
+        all_roots: Sequence[int] = (),
+    ) -> None:
         self.mem = memory
         self.guest_root = guest_root
+        # Several address spaces: linear address -> the root of its page table (guest, or shadow
+        # with shadow paging), -1 for an address outside every working set; every such root.
+        self.root_of = root_of
+        self.all_roots = tuple(all_roots)
         self.s2_root = s2_root  # the VM's EPT PML4 / nCR3
+        self.shadow = shadow
         self._verdict: dict[Entry, bool] = {}  # untagged entry -> valid
         self._untagged: dict[Entry, Entry] = {}
         self._s2: dict[Any, tuple[Any, frozenset[int]]] = {}  # ("s2", root, GPA) -> results
@@ -81,6 +140,8 @@ class Validity:
             self._s2.pop(key, None)
 
     def valid(self, e: Entry) -> bool:
+        if self.shadow is not None and isinstance(e, LinearTranslation | AsidTranslation):
+            return self.shadow.valid(e)
         u = self._untagged.get(e)
         if u is None:
             if len(self._untagged) >= _ALIAS_LIMIT:  # a pure cache: bound it on long runs
@@ -100,16 +161,21 @@ class Validity:
         else:
             addr = e.page
             pge = bool(getattr(e, "glob", False))
+        if self.shadow is not None and isinstance(e, LinearPsc | AsidPsc):
+            flat: Any = IntelLinearTags(0, 0) if isinstance(e, LinearPsc) else AmdTags(1, 0, False)
+            root = self.root_of(addr) if self.root_of is not None else -1
+            return WalkContext(flat, root, -1, Format.EPT, True, pge), addr, False
+        groot = self.root_of(addr) if self.root_of is not None else self.guest_root
         if isinstance(e, CombinedTranslation | CombinedPsc):  # tagged (VPID, PCID, EP4TA)
             tags: Any = IntelEptTags(e.vpid, e.pcid, e.ep4ta)
-            return WalkContext(tags, self.guest_root, e.ep4ta, Format.EPT, True, pge), addr, False
+            return WalkContext(tags, groot, e.ep4ta, Format.EPT, True, pge), addr, False
         if isinstance(e, GuestPhysicalTranslation | GuestPhysicalPsc):
             tags = IntelEptTags(0, 0, e.ep4ta)
             return WalkContext(tags, self.guest_root, e.ep4ta, Format.EPT, True, pge), addr, True
         if isinstance(e, AsidTranslation | AsidPsc):
             tags = AmdTags(e.asid, e.pcid, True)
             return (
-                WalkContext(tags, self.guest_root, self.s2_root, Format.NPT, True, pge),
+                WalkContext(tags, groot, self.s2_root, Format.NPT, True, pge),
                 addr,
                 False,
             )
@@ -173,9 +239,20 @@ class Validity:
             read.update(slots)
             return (results, 0)
 
-        w = Walker(ctx, self._recorder(read), None, self.mem.layout.table_backing, oracle)
-        w.translate(addr)
-        decided = set(w.fills)
+        # A PML4-cache entry spans every address space: it is valid if one page table's walk makes
+        # it (its `table` names that table's PDPT).
+        roots = [ctx.root] if ctx.root >= 0 else list(self.all_roots)
+        decided: set[Entry] = set()
+        for root in roots:
+            w = Walker(
+                ctx._replace(root=root),
+                self._recorder(read),
+                None,
+                self.mem.layout.table_backing,
+                oracle,
+            )
+            w.translate(addr)
+            decided.update(w.fills)
         for f in decided:
             self._verdict[f] = True
         ok = e in decided
@@ -187,4 +264,4 @@ class Validity:
         return ok
 
 
-__all__ = ["Validity"]
+__all__ = ["ShadowIntent", "Validity"]

@@ -13,10 +13,15 @@ Every entry the walk builds is made by the context's `Tags` constructors (kvmtlb
 hw/walk.py and hw/concrete.py, with the same contents (rights ANDed over the levels, the global bit
 from the leaf and CR4.PGE, the smaller of the two page sizes), and cached in the pCPU's TLB.
 
+With EPT/NPT off (shadow paging, kvmtlb/kvm/shadow.py) the processor walks KVM's shadow tables,
+which sit in host memory: a 1-D walk (`Walker.miss_flat`) from the hardware CR3 (the shadow root)
+through the linear paging-structure caches, one reference per level, 4 with nothing cached; it
+fills linear translations tagged VPID and PCID on Intel, ASID and PCID on AMD (SDM §4.10.2,
+§28.3.1; APM §15.16).
+
 Abstracts away: the walker's accessed/dirty-flag writes, walks in parallel, and 1 GiB pages (not
 modelled in kvmtlb). A 2 MiB page is cached as one 2 MiB entry, never as the 4 KiB pieces
-intel.split-pages allows. Walks with EPT/NPT off do not occur in the cost model (TDP is always on,
-as in the checker).
+intel.split-pages allows.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Context:
     __slots__ = (
         "ctx",
         "ept",
+        "flat",
         "pge",
         "psc",
         "psc_base",
@@ -94,26 +100,32 @@ class Context:
     def __init__(self, ctx: WalkContext, tlb: Tlb) -> None:
         tags = ctx.tags
         tr_kind, psc_kind, s2tr_kind, s2psc_kind = tags.kinds
-        if s2tr_kind is None or s2psc_kind is None or ctx.s2_root < 0 or not ctx.pg:
-            raise ModelError("the cost model runs guest accesses with EPT/NPT and paging on")
+        if not ctx.pg:
+            raise ModelError("the cost model runs guest accesses with paging on")
+        self.flat = s2tr_kind is None or s2psc_kind is None or ctx.s2_root < 0
         keys = tlb.keys
         self.ctx = ctx
         self.tags: Any = tags
         self.tlb = tlb
         self.tr: KindCache = tlb.cache(tr_kind)
         self.psc: KindCache = tlb.cache(psc_kind)
-        self.s2tr: KindCache = tlb.cache(s2tr_kind)
-        self.s2psc: KindCache = tlb.cache(s2psc_kind)
         local = tags.translation(0, PAGE_SIZE, PAGE_SIZE, 0, 0, 0, False, 0)
         glob = tags.translation(0, PAGE_SIZE, PAGE_SIZE, 0, 0, 0, True, 0)
         psc = tags.psc(LEVELS, 0, 0, 0)
-        s2tr = tags.s2_translation(0, PAGE_SIZE, 0, 0)
-        s2psc = tags.s2_psc(LEVELS, 0, 0, 0)
         self.tr_base, self.tr_gid = keys.base(local), keys.group(local)
         self.tr_gbase, self.tr_ggid = keys.base(glob), keys.group(glob)
         self.psc_base, self.psc_gid = keys.base(psc), keys.group(psc)
-        self.s2tr_base, self.s2tr_gid = keys.base(s2tr), keys.group(s2tr)
-        self.s2psc_base, self.s2psc_gid = keys.base(s2psc), keys.group(s2psc)
+        if self.flat:  # shadow paging: no second stage
+            self.s2tr = self.s2psc = self.tr
+            self.s2tr_base = self.s2tr_gid = self.s2psc_base = self.s2psc_gid = -1
+        else:
+            assert s2tr_kind is not None and s2psc_kind is not None
+            self.s2tr = tlb.cache(s2tr_kind)
+            self.s2psc = tlb.cache(s2psc_kind)
+            s2tr = tags.s2_translation(0, PAGE_SIZE, 0, 0)
+            s2psc = tags.s2_psc(LEVELS, 0, 0, 0)
+            self.s2tr_base, self.s2tr_gid = keys.base(s2tr), keys.group(s2tr)
+            self.s2psc_base, self.s2psc_gid = keys.base(s2psc), keys.group(s2psc)
         self.root = page_base(ctx.root)
         self.s2_root = ctx.s2_root
         self.pge = ctx.pge
@@ -184,9 +196,14 @@ class Walker:
 
     def note_kinds(self, c: Context) -> None:
         """The kinds the counts are made with (the contexts of one run all have the same)."""
+        tr = KIND_NAMES[type(c.tags.translation(0, PAGE_SIZE, PAGE_SIZE, 0, 0, 0, False, 0))]
+        psc = KIND_NAMES[type(c.tags.psc(LEVELS, 0, 0, 0))]
+        if c.flat:
+            self.kinds = (tr, psc, "none", "none")  # no stage-2 counts are made
+            return
         self.kinds = (
-            KIND_NAMES[type(c.tags.translation(0, PAGE_SIZE, PAGE_SIZE, 0, 0, 0, False, 0))],
-            KIND_NAMES[type(c.tags.psc(LEVELS, 0, 0, 0))],
+            tr,
+            psc,
             KIND_NAMES[type(c.tags.s2_translation(0, PAGE_SIZE, 0, 0))],
             KIND_NAMES[type(c.tags.s2_psc(LEVELS, 0, 0, 0))],
         )
@@ -337,6 +354,56 @@ class Walker:
         )
         large = size != PAGE_SIZE
         key = (c.tr_gbase if glob else c.tr_base) | page | (1 if tsize != PAGE_SIZE else 0)
+        victim = c.tlb.put(c.tr, key, c.tr_ggid if glob else c.tr_gid, made, glob, large)
+        if victim is not None:
+            self.evictions[KIND_NAMES[type(victim)]] += 1
+        return made
+
+    # -- shadow paging: 1-D walks of the shadow tables ---------------------------------------------
+    def miss_flat(self, c: Context, gva: int) -> Any:
+        """The walk after a translation miss for linear page `gva` with EPT/NPT off: the shadow
+        tables from the deepest paging-structure-cache hit (or the hardware CR3), each level one
+        memory reference (counted as `walk.refs.guest`: the tables the processor walks). Returns
+        the translation it cached, or NotPresent."""
+        self.misses += 1
+        level, table, rights = LEVELS, c.root, G_ALL
+        pscs = c.psc.entries
+        base = c.psc_base
+        for lv in (2, 3, 4):
+            key = base | ((gva >> _SHIFT[lv]) << 3) | lv
+            p: Any = pscs.get(key)
+            if p is not None:
+                pscs.move_to_end(key)
+                self.psc_hits += 1
+                level, table, rights = lv - 1, p.table, p.rights
+                break
+        slot_at = self.mem.slot_at
+        values = self.mem.values
+        while True:
+            n = slot_at.get((table, (gva >> _SHIFT[level]) & _INDEX))  # memory.py: read
+            value = 0 if n is None else values[n]
+            self.refs_guest += 1
+            if not value & P:
+                return NotPresent(level)
+            rights &= ((value >> 1) & (G_W | G_U)) | (0 if value >> 63 else G_X)
+            if level == 1 or (level == 2 and value & PS):
+                break
+            if level == 3 and value & PS:
+                raise ModelError("1 GiB pages are not modelled")
+            nxt = value & PHYS_ADDR_MASK
+            made = c.tags.psc(level, gva >> _SHIFT[level], nxt, rights)
+            victim = c.tlb.put(c.psc, base | ((gva >> _SHIFT[level]) << 3) | level, c.psc_gid, made)
+            if victim is not None:
+                self.evictions[KIND_NAMES[type(victim)]] += 1
+            table = nxt
+            level -= 1
+        size = PAGE_SIZE if level == 1 else LARGE_PAGE_SIZE
+        glob = bool(value & G) and c.pge
+        frame = value & PHYS_ADDR_MASK & ~(size - 1)
+        page = gva & ~(size - 1)
+        made = c.tags.translation(page, size, size, frame, rights, E_ALL, glob, -1)
+        large = size != PAGE_SIZE
+        key = (c.tr_gbase if glob else c.tr_base) | page | (1 if large else 0)
         victim = c.tlb.put(c.tr, key, c.tr_ggid if glob else c.tr_gid, made, glob, large)
         if victim is not None:
             self.evictions[KIND_NAMES[type(victim)]] += 1

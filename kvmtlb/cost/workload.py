@@ -25,9 +25,22 @@ from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 BUILTIN = Path(__file__).parent / "workloads"
 CAP_NAMES = INVALIDATION_CAP_NAMES
-RATE_KEYS = ("pte_change", "mm_flush", "full_flush", "preempt", "migrate", "zap", "remap")
+RATE_KEYS = (
+    "pte_change",
+    "mm_flush",
+    "full_flush",
+    "preempt",
+    "migrate",
+    "zap",
+    "remap",
+    "cr3_switch",
+)
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
+# Address space a (a guest page table of its own) has its working set at GVA_BASE + a * AS_STRIDE:
+# the linear page of a translation names its page table (validity.py needs no CR3).
+AS_STRIDE = 1 << 30
+MAX_ADDRESS_SPACES = 8
 MAX_FRAMES = 1 << 18  # guest frames (1 GiB of guest RAM): keeps the layout quick to build
 # The parser's tables: every key a workload file may set, with its type.
 TOP_LEVEL = ("name", "doc", "config", "workload", "rates", "tlb")
@@ -37,6 +50,7 @@ CONFIG_LISTABLE: dict[str, type] = {
     "flush_by_asid": bool,
     "pcid": bool,
     "pv_tlb_flush": bool,
+    "tdp": bool,
 }
 CONFIG_SCALAR: dict[str, type] = {
     "pge": bool,
@@ -54,6 +68,7 @@ WORKLOAD_KEYS: dict[str, type] = {
     "write_fraction": float,
     "locality": float,
     "preempted_for": float,
+    "address_spaces": int,
 }
 TLB_KEYS = tuple(KIND_BY_NAME)
 # Limits of the knobs that set how long a run takes (docs/cost-model.md, "Limits").
@@ -84,6 +99,7 @@ class RunConfig:
     pcpus: int = 2
     max_asid: int = 32767
     ept_vpid_cap: tuple[str, ...] = CAP_NAMES
+    tdp: bool = True  # EPT/NPT; False: shadow paging (kvmtlb/kvm/shadow.py)
 
     def label(self) -> str:
         parts = [self.vendor]
@@ -93,6 +109,8 @@ class RunConfig:
             parts.append("flushbyasid" if self.flush_by_asid else "noflushbyasid")
         parts.append("pcid" if self.pcid else "nopcid")
         parts.append("pv" if self.pv_tlb_flush else "nopv")
+        if not self.tdp:
+            parts.append("shadow")
         return "/".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -103,6 +121,7 @@ class RunConfig:
             "pv_tlb_flush": self.pv_tlb_flush,
             "vcpus": self.vcpus,
             "pcpus": self.pcpus,
+            "tdp": self.tdp,
         }
         if self.vendor == "intel":
             d.update(vpid=self.vpid, ept_vpid_cap=list(self.ept_vpid_cap))
@@ -122,6 +141,7 @@ class Rates:
     migrate: float = 0.0  # the host moves a running vCPU to another pCPU
     zap: float = 0.0  # an MMU-notifier zap of a guest frame in use
     remap: float = 0.0  # page migration of a guest frame in use to another host page
+    cr3_switch: float = 0.0  # a context switch: MOV CR3 to another address space
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in RATE_KEYS}
@@ -142,6 +162,7 @@ class Workload:
     rates: Rates
     locality: float = 0.0  # Zipf exponent of the page popularity (0: uniform)
     capacity: dict[str, int] = field(default_factory=dict)  # overrides of costs.toml
+    address_spaces: int = 1  # guest page tables (processes), each with its own working set
 
     def with_overrides(self, accesses: int | None = None, seed: int | None = None) -> Workload:
         return replace(
@@ -159,6 +180,7 @@ class Workload:
             "write_fraction": self.write_fraction,
             "locality": self.locality,
             "preempted_for": self.preempted_for,
+            "address_spaces": self.address_spaces,
             "rates": self.rates.as_dict(),
             "tlb": dict(self.capacity),
         }
@@ -268,14 +290,22 @@ class _Parser:
                 )
         accesses = self.bounded("workload", w, "accesses", 1, MAX_ACCESSES)
         working_set = self.bounded("workload", w, "working_set", 1, MAX_FRAMES)
+        spaces = self.bounded("workload", w, "address_spaces", 1, MAX_ADDRESS_SPACES, 1)
+        if working_set * spaces > MAX_FRAMES:
+            raise self.err(
+                self.lines.key("workload", "address_spaces"),
+                f"{spaces} address spaces of {working_set} pages exceed {MAX_FRAMES} guest frames",
+                "lower working_set or address_spaces",
+            )
+        used = working_set * spaces  # pages in use: the working set of every address space
         frames = self.bounded(
-            "workload", w, "guest_frames", 1, MAX_FRAMES, min(2 * working_set, MAX_FRAMES)
+            "workload", w, "guest_frames", 1, MAX_FRAMES, min(2 * used, MAX_FRAMES)
         )
-        if frames < working_set:
+        if frames < used:
             raise self.err(
                 self.lines.key("workload", "guest_frames"),
-                f"guest_frames ({frames}) is smaller than working_set ({working_set})",
-                "give at least one guest frame per page of the working set",
+                f"guest_frames ({frames}) is smaller than working_set x address_spaces ({used})",
+                "give at least one guest frame per page of the working sets",
             )
         seed = self.bounded("workload", w, "seed", 0, MAX_SEED, 1)
         write_fraction = float(w.get("write_fraction", 0.25))
@@ -311,11 +341,17 @@ class _Parser:
                 f"rates/1000; the limit is {MAX_IDLE_DRAWS:,})",
                 "lower preempted_for, the preempt rate, the other rates or accesses",
             )
-        if rates.pte_change and frames <= working_set:
+        if rates.pte_change and frames <= used:
             raise self.err(
                 self.lines.key("rates", "pte_change"),
                 "pte_change moves pages to free guest frames, and there are none",
-                f"set guest_frames above working_set ({working_set}) in [workload]",
+                f"set guest_frames above working_set x address_spaces ({used}) in [workload]",
+            )
+        if rates.cr3_switch and spaces < 2:
+            raise self.err(
+                self.lines.key("rates", "cr3_switch"),
+                "cr3_switch moves a vCPU to another address space, and there is only one",
+                "set address_spaces = 2 or more in [workload], or cr3_switch = 0",
             )
         return Workload(
             self.path,
@@ -331,6 +367,7 @@ class _Parser:
             rates,
             locality,
             self.capacity(),
+            spaces,
         )
 
     def bounded(
@@ -399,16 +436,17 @@ class _Parser:
                     f"unknown capability {shown(c)}",
                     f"use names from {list(CAP_NAMES)}",
                 )
-        if "invept-all" not in caps:
+        tdps = values.get("tdp", [True])
+        if "invept-all" not in caps and True in tdps:
             raise self.err(
                 self.lines.key("config", "ept_vpid_cap"),
-                "KVM disables EPT without all-context INVEPT (vmx_hardware_setup), and shadow "
-                "paging is not modelled",
-                'keep "invept-all" in ept_vpid_cap',
+                "KVM disables EPT without all-context INVEPT (vmx_hardware_setup): such a "
+                "configuration runs with shadow paging",
+                'keep "invept-all" in ept_vpid_cap, or set tdp = false',
             )
         out: list[RunConfig] = []
-        for vendor, pcid, pv in itertools.product(
-            vendors, values.get("pcid", [False]), values.get("pv_tlb_flush", [True])
+        for vendor, pcid, pv, tdp in itertools.product(
+            vendors, values.get("pcid", [False]), values.get("pv_tlb_flush", [True]), tdps
         ):
             flags = (
                 values.get("vpid", [True])
@@ -425,6 +463,7 @@ class _Parser:
                     pcpus=pcpus,
                     max_asid=max_asid,
                     ept_vpid_cap=caps,
+                    tdp=tdp,
                 )
                 out.append(
                     replace(base, vpid=flag)
@@ -479,6 +518,7 @@ class _Parser:
 
 
 __all__ = [
+    "AS_STRIDE",
     "GPA_BASE",
     "GVA_BASE",
     "RATE_KEYS",
