@@ -112,9 +112,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             b.allow(roots[r], gva, pte_values.get((r, gva), [0]))
     # -- the PDEs `link`/`unlink` write: a pointer to some page table's last-level table page of
     # the region, or 0 ---------------------------------------------------------------------------
-    guest_pde = {
-        (t, gva >> 21): b.table_pointer(roots[t], gva, 2) for t in range(len(roots)) for gva in gvas
-    }
+    guest_pde = pde_values(b, roots, gvas)
     relinked: set[tuple[int, int]] = set()  # (root, region) whose PDE the ops write
     for prog in scenario.programs:
         for op in prog:
@@ -165,11 +163,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     if not cfg.tdp:
         shadow_roots = tuple(b.linear_root() for _ in roots)
         spt_bit = _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
-        shadow_pde = {
-            (t, gva >> 21): b.table_pointer(shadow_roots[t], gva, 2)
-            for t in range(len(roots))
-            for gva in gvas
-        }
+        shadow_pde = pde_values(b, shadow_roots, gvas)
         # KVM zaps a shadow PDE when the guest writes the PDE it shadows, and FNAME(fetch) links
         # it again to the shadow page of whichever table the guest's PDE then names
         for r, region in sorted(relinked):
@@ -254,7 +248,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         frame_of=frame_of,
         guest_pde=guest_pde,
         shadow_pde=shadow_pde,
-        pde_owner={v: t for (t, _), v in (*guest_pde.items(), *shadow_pde.items())},
+        pde_owner=pde_owner(guest_pde, shadow_pde),
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
@@ -303,6 +297,21 @@ def reachable_asids(scenario: Scenario) -> int:
         ops = sum(len(p) for p in scenario.programs) + len(scenario.host_program)
         allocations += FLUSHES_PER_OP * (ops + 1) * cfg.vcpus
     return min(cfg.max_asid, allocations)
+
+
+def pde_values(
+    b: LayoutBuilder, roots: tuple[int, ...], gvas: tuple[int, ...] | list[int]
+) -> dict[tuple[int, int], int]:
+    """(root index, 2 MiB region) -> the PDE value that points at hierarchy `roots[i]`'s
+    last-level table page of the region (KvmConfig.guest_pde / shadow_pde)."""
+    return {
+        (t, gva >> 21): b.table_pointer(roots[t], gva, 2) for t in range(len(roots)) for gva in gvas
+    }
+
+
+def pde_owner(*tables: dict[tuple[int, int], int]) -> dict[int, int]:
+    """The inverse of `pde_values` tables: a PDE value -> its root index (KvmConfig.pde_owner)."""
+    return {v: t for table in tables for (t, _), v in table.items()}
 
 
 def _shadow_layout(
