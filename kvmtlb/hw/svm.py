@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmtlb.hw.addr import is_canonical
-from kvmtlb.hw.cpu import CR4_SMEP
+from kvmtlb.hw.cpu import CR4_SMAP, CR4_SMEP
 from kvmtlb.hw.effect import Effect, Readings
 from kvmtlb.hw.errors import ModelError
 from kvmtlb.hw.invalidation import ASID_KINDS, Invalidation, Select, union
@@ -178,7 +178,8 @@ class AmdArch:
             return PageFault(gva, "not present")
         if isinstance(r, Stage2Fault):
             return NestedPageFault(r.gpa, gva if r.final else -1)
-        if guest_denies(r, access, smep=bool(cpu.regs.cr4 & CR4_SMEP)):
+        cr4 = cpu.regs.cr4
+        if guest_denies(r, access, smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP)):
             return PageFault(gva, "rights")
         if stage2_denies(r, access):
             return NestedPageFault(r.gpa, gva)
