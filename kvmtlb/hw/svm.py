@@ -84,7 +84,9 @@ def tlb_control_invalidation(tlb_control: int, asid: int, caps: SvmCapabilities)
 
 @dataclass(frozen=True, slots=True)
 class Vmrun:
-    """VMRUN of `vmcb` (its contents travel with the value)."""
+    """VMRUN of `vmcb` (its contents travel with the value). Guest CR0/CR3/CR4 loaded from the
+    VMCB, even a changed paging mode, flush nothing: that flush is the hypervisor's obligation
+    through TLB_CONTROL or a new ASID (amd.vmcb-paging-change)."""
 
     vmcb: Vmcb
 
