@@ -17,7 +17,7 @@ from kvmtlb.hw.effect import Readings
 from kvmtlb.hw.mappings import CombinedPsc, CombinedTranslation
 from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept, make_pte
 from kvmtlb.hw.testbed import IntelSpec, build_intel
-from kvmtlb.hw.vmx import Invept, Invvpid, invvpid_invalidation, make_eptp
+from kvmtlb.hw.vmx import Invept, Invvpid, invvpid_invalidation
 from kvmtlb.hw.x86 import Invlpg, MovToCr0, MovToCr3, MovToCr4
 
 OLD, NEW, OTHER = 0x80000, 0x81000, 0x84000
