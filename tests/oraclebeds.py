@@ -297,7 +297,9 @@ class Pair:
         mine = {access_tuple(x) for x, _ in succ}
         theirs = self.oracle.outcomes(i, gva, access)
         assert mine == theirs, (o, sorted(mine, key=repr), sorted(theirs, key=repr))
-        outcome, nxt = sorted(succ, key=lambda s: repr(access_tuple(s[0])))[b % len(succ)]
+        ordered = sorted(succ, key=lambda s: repr(access_tuple(s[0])))
+        # b = 7 takes the last outcome: a fault when there is one (faults sort after accesses).
+        outcome, nxt = ordered[-1] if b == 7 else ordered[b % len(succ)]
         if nxt is self.hw:
             return None
         self.hw = nxt
@@ -327,7 +329,7 @@ class Pair:
         if k == 0:
             return self.step(i, Invlpg(gva), ("invlpg", gva))
         if k == 1:
-            t, p = a % 4, b % 2
+            t, p, gva = a % 4, b % 2, GVAS[(b // 2) % len(GVAS)]
             return self.step(i, Invpcid(t, p, gva), ("invpcid", t, p, gva))
         if k == 2:
             pcide = regs.cr4 & CR4_PCIDE
