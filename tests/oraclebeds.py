@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmtlb.hw.addr import level_shift
+from kvmtlb.hw.concrete import PathWalker
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR0_PG,
@@ -416,12 +417,24 @@ class Pair:
                 f"{sorted(map(str, mine - theirs))[:4]}, oracle only "
                 f"{sorted(map(str, theirs - mine))[:4]}"
             )
+            # hw/concrete.py's single-path walker (the cost model's kind of walk) over the same
+            # rich states: its paths from the MAY-set build nothing new, and give its outcomes.
+            ctx = self.hw.config.context(self.hw.cpus[j]).ctx
+            pw = PathWalker(ctx, self.hw.memory, self.hw.held(j))
+            may = set(self.hw.held(j))
+            for a in self.hw.universe.addresses(ctx):
+                for path in pw.paths(a):
+                    assert set(path.built) <= may, (where, j, a)
             if not in_guest(self.hw.cpus[j]):
                 continue
             for gva in GVAS:
                 for access in ("read", "write", "exec"):
                     got = {access_tuple(x) for x in self.hw.outcomes(j, gva, access)}
                     assert got == self.oracle.outcomes(j, gva, access), (where, j, gva, access)
+                    arch = self.hw.config.arch
+                    paths = {access_tuple(arch.classify(self.hw.cpus[j], gva, access, p.result))
+                             for p in pw.paths(gva)}
+                    assert paths == got, (where, j, gva, access)
 
 
 __all__ = ["Bed", "Pair", "build", "to_oracle"]

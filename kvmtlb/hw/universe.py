@@ -23,7 +23,6 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from operator import itemgetter
 from typing import Any
 
-from kvmtlb.hw.addr import page_base
 from kvmtlb.hw.errors import OutsideUniverse
 from kvmtlb.hw.layout import Layout, Memory
 from kvmtlb.hw.mappings import PSC_KINDS, Entry, sort_key
@@ -338,9 +337,4 @@ def _key(e: Entry) -> tuple[int, int]:
     return (e.page, e.size)  # type: ignore[union-attr]
 
 
-def covers(entry: Entry, addr: int) -> bool:
-    """Whether translation `entry` maps linear/guest-physical page `addr`."""
-    return page_base(addr, entry.size) == entry.page  # type: ignore[union-attr]
-
-
-__all__ = ["ContextInfo", "Universe", "covers", "iter_bits"]
+__all__ = ["ContextInfo", "Universe", "iter_bits"]
