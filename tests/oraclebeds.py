@@ -51,7 +51,16 @@ from kvmtlb.hw.svm import AmdArch, FlushAllAsids, Invlpga, SvmExitEvent, Vmrun
 from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SVM_GUEST, SVM_HOST, SvmCapabilities, SvmCpu, Vmcb
-from kvmtlb.hw.vmx import CAP_ALL, Invept, Invvpid, VmEntry, VmExitEvent, Vmwrite, make_eptp
+from kvmtlb.hw.vmx import (
+    CAP_ALL,
+    Invept,
+    Invvpid,
+    VmEntry,
+    VmExitEvent,
+    VmfuncEptpSwitch,
+    Vmwrite,
+    make_eptp,
+)
 from kvmtlb.hw.walk import WalkContext
 from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr0, MovToCr3, MovToCr4
 from kvmtlb.oracle import machine as om
@@ -110,21 +119,34 @@ def build(vendor: str) -> Bed:
     b.map(groot, 0x20_0000, make_pte(GPAS[0]))
     b.map(groot, 0x20_1000, make_pte(LARGE_GPA + 0x1000, glob=True))
     tptr = b.table_pointer(groot, 0x20_0000, 2)
-    b.allow(groot, 0x20_0000, [tptr, make_pte(LARGE_GPA, large=True, glob=True),
-                               make_pte(LARGE_GPA, large=True, writable=False)], level=2)
+    b.allow(
+        groot,
+        0x20_0000,
+        [
+            tptr,
+            make_pte(LARGE_GPA, large=True, glob=True),
+            make_pte(LARGE_GPA, large=True, writable=False),
+        ],
+        level=2,
+    )
     # stage 2
     for n, r2 in enumerate(s2):
         for i, gpa in enumerate(GPAS):
             hpa = 0x80000 + 0x1000 * i
             b.map(r2, gpa, _leaf(ept, hpa + 0x10000 * n, E_ALL))
-            vals = [_leaf(ept, hpa + 0x10000 * k, rr) for k in range(2)
-                    for rr in (E_ALL, E_R | E_X)]
+            vals = [
+                _leaf(ept, hpa + 0x10000 * k, rr) for k in range(2) for rr in (E_ALL, E_R | E_X)
+            ]
             vals.append(0)
             if ept:
                 vals.append(make_ept(hpa, E_W))  # write without read: a misconfiguration
             b.allow(r2, gpa, vals)
-        b.map(r2, LARGE_GPA, make_ept(0x80_0000, E_ALL, large=True) if ept
-              else make_npt(0x80_0000, 7, large=True), level=2)
+        b.map(
+            r2,
+            LARGE_GPA,
+            make_ept(0x80_0000, E_ALL, large=True) if ept else make_npt(0x80_0000, 7, large=True),
+            level=2,
+        )
         b.name(r2, LARGE_GPA, create=False)
         b.name(r2, LARGE_GPA + 0x1000, create=False)
         if n == 0:
@@ -181,18 +203,28 @@ def build(vendor: str) -> Bed:
     if ept:
         config = MachineConfig(universe, Capabilities(CAP_ALL))
         vmcs = [
-            Vmcs(ident=0x1000 * (n + 1), vpid=n + 1, enable_vpid=True, enable_ept=True,
-                 eptp=make_eptp(s2[0]), unrestricted_guest=True, guest=guest, host=host)
+            Vmcs(
+                ident=0x1000 * (n + 1),
+                vpid=n + 1,
+                enable_vpid=True,
+                enable_ept=True,
+                eptp=make_eptp(s2[0]),
+                unrestricted_guest=True,
+                guest=guest,
+                host=host,
+            )
             for n in range(2)
         ]
         hwm = Machine.boot(config, layout.initial_memory(), [Cpu(VMX_ROOT, host, v) for v in vmcs])
-        procs = [op.Proc("intel", False, oh, og, vpid=n + 1, eptp=make_eptp(s2[0]))
-                 for n in range(2)]
+        procs = [
+            op.Proc("intel", False, oh, og, vpid=n + 1, eptp=make_eptp(s2[0])) for n in range(2)
+        ]
         ctl: list[Any] = []
     else:
         config = MachineConfig(universe, SvmCapabilities(flush_by_asid=True), arch=AmdArch())
-        hwm = Machine.boot(config, layout.initial_memory(),
-                           [SvmCpu(SVM_HOST, host, None, host) for _ in range(2)])
+        hwm = Machine.boot(
+            config, layout.initial_memory(), [SvmCpu(SVM_HOST, host, None, host) for _ in range(2)]
+        )
         ctl = [Vmcb(ident=0x1000 * (n + 1), asid=n + 1, ncr3=s2[0], guest=guest) for n in range(2)]
         procs = [op.Proc("amd", False, oh, og, asid=n + 1, ncr3=s2[0]) for n in range(2)]
     return Bed(vendor, hwm, om.Machine(mem, procs), groot, s2, lroot, slots, values, ctl)
@@ -203,28 +235,48 @@ def to_oracle(e: Any) -> Entry:
     """A model entry as the oracle writes it (data only: field names, no predicate)."""
     n = type(e).__name__
     if n.endswith("Psc"):
-        kind = {"LinearPsc": "linear-psc", "CombinedPsc": "combined-psc",
-                "GuestPhysicalPsc": "gphys-psc", "AsidPsc": "asid-psc",
-                "NestedPsc": "nested-psc"}[n]
+        kind = {
+            "LinearPsc": "linear-psc",
+            "CombinedPsc": "combined-psc",
+            "GuestPhysicalPsc": "gphys-psc",
+            "AsidPsc": "asid-psc",
+            "NestedPsc": "nested-psc",
+        }[n]
         shift = level_shift(e.level)
         tags = {k: getattr(e, k) for k in ("vpid", "pcid", "ep4ta", "asid") if hasattr(e, k)}
-        return Entry(kind, level=e.level, base=e.region << shift, size=1 << shift,
-                     target=e.table, rights=e.rights, **tags)
-    kind = {"LinearTranslation": "linear", "CombinedTranslation": "combined",
-            "GuestPhysicalTranslation": "gphys", "AsidTranslation": "asid",
-            "NestedTranslation": "nested"}[n]
+        return Entry(
+            kind,
+            level=e.level,
+            base=e.region << shift,
+            size=1 << shift,
+            target=e.table,
+            rights=e.rights,
+            **tags,
+        )
+    kind = {
+        "LinearTranslation": "linear",
+        "CombinedTranslation": "combined",
+        "GuestPhysicalTranslation": "gphys",
+        "AsidTranslation": "asid",
+        "NestedTranslation": "nested",
+    }[n]
     tags = {k: getattr(e, k) for k in ("vpid", "pcid", "ep4ta", "asid") if hasattr(e, k)}
     extra = {k: getattr(e, k) for k in ("span", "erights", "glob", "gpa") if hasattr(e, k)}
-    return Entry(kind, base=e.page, size=e.size, target=e.frame, rights=e.rights, **tags,
-                 **extra)
+    return Entry(kind, base=e.page, size=e.size, target=e.frame, rights=e.rights, **tags, **extra)
 
 
 def outcome_word(o: Any) -> str:
     n = type(o).__name__
     if n == "Fault":
         return {"#GP": "gp", "#UD": "ud"}[o.vector]
-    return {"Done": "done", "VmExit": "vmexit", "VmSucceed": "vmsucceed", "VmFailValid": "vmfail",
-            "VmFailInvalid": "vmfail", "VmEntryFailed": "entry-failed"}[n]
+    return {
+        "Done": "done",
+        "VmExit": "vmexit",
+        "VmSucceed": "vmsucceed",
+        "VmFailValid": "vmfail",
+        "VmFailInvalid": "vmfail",
+        "VmEntryFailed": "entry-failed",
+    }[n]
 
 
 def access_tuple(o: Any) -> tuple[object, ...]:
@@ -340,6 +392,8 @@ class Pair:
         if k in (3, 4):
             value = regs.cr4 ^ CR4_TOGGLES[(a + b) % len(CR4_TOGGLES)]
             return self.step(i, MovToCr4(value), ("mov_cr4", value))
+        if k == 6 and not isinstance(cpu, SvmCpu):
+            return self.step(i, VmfuncEptpSwitch(b % 2), ("vmfunc", b % 2))
         value = regs.cr0 ^ CR0_PG
         return self.step(i, MovToCr0(value), ("mov_cr0", value))
 
@@ -356,22 +410,30 @@ class Pair:
             g = v.guest
             mode = (a + b) % 4
             if mode == 0:
-                v = v._replace(np_enable=True, ncr3=bed.s2_roots[b % 2],
-                               guest=g._replace(cr0=CR0_DEFAULT, cr3=bed.guest_root))
+                v = v._replace(
+                    np_enable=True,
+                    ncr3=bed.s2_roots[b % 2],
+                    guest=g._replace(cr0=CR0_DEFAULT, cr3=bed.guest_root),
+                )
             elif mode == 1:
-                v = v._replace(np_enable=False, guest=g._replace(cr0=CR0_DEFAULT,
-                                                                 cr3=bed.linear_root))
+                v = v._replace(
+                    np_enable=False, guest=g._replace(cr0=CR0_DEFAULT, cr3=bed.linear_root)
+                )
             elif mode == 2:
-                v = v._replace(np_enable=True, guest=Regs(CR0_DEFAULT & ~CR0_PG, bed.guest_root,
-                                                          CR4_DEFAULT, cs_l=False))
+                v = v._replace(
+                    np_enable=True,
+                    guest=Regs(CR0_DEFAULT & ~CR0_PG, bed.guest_root, CR4_DEFAULT, cs_l=False),
+                )
             else:
                 v = v._replace(guest=g._replace(cr4=CR4_DEFAULT))
             self.ctl[i] = v
             p = self.oracle.procs[i]
             og = op.Regs(v.guest.cr0, v.guest.cr3, v.guest.cr4, v.guest.cs_l)
-            self.oracle.procs = (*self.oracle.procs[:i],
-                                 p._replace(np=v.np_enable, ncr3=v.ncr3, guest=og),
-                                 *self.oracle.procs[i + 1:])
+            self.oracle.procs = (
+                *self.oracle.procs[:i],
+                p._replace(np=v.np_enable, ncr3=v.ncr3, guest=og),
+                *self.oracle.procs[i + 1 :],
+            )
             return None
         if k == 0:
             t = a % 4
@@ -391,6 +453,9 @@ class Pair:
         if k == 4:
             eptp = make_eptp(bed.s2_roots[b % 2])
             return self.step(i, Vmwrite("eptp", eptp), ("vmwrite", "eptp", eptp))
+        if k == 6:  # the EPTP list of VMFUNC leaf 0
+            lst = tuple(make_eptp(r) for r in bed.s2_roots)
+            return self.step(i, Vmwrite("eptp_list", lst), ("vmwrite", "eptp_list", lst))
         mode = (a + b) % 3
         if mode == 0:  # EPT on, paging on
             g = Regs(CR0_DEFAULT, bed.guest_root, CR4_DEFAULT)
@@ -436,8 +501,10 @@ class Pair:
                     if not concrete:
                         continue
                     arch = self.hw.config.arch
-                    paths = {access_tuple(arch.classify(self.hw.cpus[j], gva, access, p.result))
-                             for p in pw.paths(gva)}
+                    paths = {
+                        access_tuple(arch.classify(self.hw.cpus[j], gva, access, p.result))
+                        for p in pw.paths(gva)
+                    }
                     assert paths == got, (where, j, gva, access)
 
 

@@ -56,6 +56,7 @@ class Proc(NamedTuple):
     ncr3: int = 0
     tlb_control: int = 0
     flush_by_asid: bool = True
+    eptp_list: tuple[int, ...] = ()
     held: frozenset[Entry] = frozenset()
 
     @property
@@ -393,6 +394,19 @@ def _ev_vmwrite(p: Proc, field: str, value: object) -> tuple[Proc, Outcome, Remo
     return p._replace(**{field: value}), "vmsucceed", None  # type: ignore[arg-type]
 
 
+def _ev_vmfunc(p: Proc, index: int) -> tuple[Proc, Outcome, Removes | None]:
+    """VMFUNC leaf 0, EPTP switching (§25.5.5.3): the EPTP becomes entry `index` of the list;
+    with 'enable VPID' = 0 the combined mappings of VPID 0000H go (every PCID and EP4TA)."""
+    if not p.in_guest or not p.eptp_list:
+        return p, "ud", None
+    if index >= len(p.eptp_list):
+        return _vm_exit(p)
+    new = p._replace(eptp=p.eptp_list[index])
+    if p.enable_vpid:
+        return new, "done", None
+    return new, "done", _rm(lambda e: e.kind.startswith("combined") and e.vpid == 0)
+
+
 # -- AMD SVM --------------------------------------------------------------------------------
 def _ev_vmrun(p: Proc, asid: int, tlb_control: int) -> tuple[Proc, Outcome, Removes | None]:
     """VMRUN (APM §15.5, §15.16.1, Table 15-9): TLB_CONTROL is the only flush."""
@@ -445,6 +459,7 @@ _EVENTS: dict[str, Callable[..., tuple[Proc, Outcome, Removes | None]]] = {
     "invept": _ev_invept,
     "invvpid": _ev_invvpid,
     "vmwrite": _ev_vmwrite,
+    "vmfunc": _ev_vmfunc,
     "vmrun": _ev_vmrun,
     "invlpga": _ev_invlpga,
     "flush_all_asids": _ev_flush_all_asids,
