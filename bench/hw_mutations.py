@@ -263,13 +263,13 @@ MUTATIONS = (
     ),
 )
 
-FAILED = re.compile(r"^FAILED (\S+?)(?:\[| - |$)", re.M)
+FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+?)(?:\[| - |$)", re.M)
 
 
 def run(m: Mutation, jobs: int) -> tuple[list[str], float]:
     with tempfile.TemporaryDirectory(prefix="hwmut-") as tmp:
         dst = Path(tmp)
-        for part in ("kvmtlb", "tests", "pyproject.toml"):
+        for part in ("kvmtlb", "tests", "docs", "bench", "README.md", "pyproject.toml"):
             src = ROOT / part
             if src.is_dir():
                 shutil.copytree(src, dst / part, ignore=shutil.ignore_patterns("__pycache__"))
