@@ -111,6 +111,8 @@ P2 = PRELUDES["intel"][2]
 DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("intel", "invlpg-pcid1-global", [*P1, ("event", 0, 0, 1, 0)]),
     ("amd", "invlpg-pcid1-global", [*PRELUDES["amd"][1], ("event", 0, 0, 1, 0)]),
+    ("intel", "invlpg-stale-psc", [T0, ("pte", 0, 4, 0, 1), ("event", 0, 0, 2, 0)]),
+    ("amd", "invlpg-stale-psc", [T0, ("pte", 0, 4, 0, 1), ("event", 0, 0, 2, 0)]),
     ("intel", "invlpg-split-page", [T0, ("pte", 0, 5, 0, 1), ("pte", 0, 5, 0, 0),
                                     ("event", 0, 0, 2, 0)]),
     ("intel", "pf-stale-translation", [T0, ("pte", 0, 0, 0, 1), ("access", 0, 0, 0, 7)]),
