@@ -187,7 +187,10 @@ def rules(
 def check(
     files: Annotated[
         list[Path] | None,
-        typer.Argument(metavar="FILE", help="Scenario files (default: the built-in suite)."),
+        typer.Argument(
+            metavar="FILE|DIR|NAME",
+            help="Scenario files, directories or built-in names (default: the built-in suite).",
+        ),
     ] = None,
     policy: Annotated[
         list[str] | None,
@@ -238,6 +241,15 @@ def check(
             show_default=False,
         ),
     ] = 0,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="DIR",
+            help="Also write an HTML page per run to DIR (created if missing): the trace "
+            "viewer for a counterexample, a summary for a safe run; DIR/index.html lists them.",
+        ),
+    ] = None,
 ) -> None:
     """Explore every interleaving of scenarios under policies; print verdicts and traces (the
     exit codes: EXIT_CODES_HELP)."""
@@ -256,8 +268,13 @@ def check(
     from kvmtlb.model.scenario import ScenarioError, load
 
     _check_limits(max_states=max_states, jobs=jobs_, timeout=timeout, max_memory=max_memory)
+    if html is not None and html.exists() and not html.is_dir():
+        typer.echo(f"error: --html {html}: is a file; give a directory for the pages", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT)
     console = _wide_console()
-    paths = [str(f) for f in files] if files else [str(p) for p in builtin_scenarios()]
+    from kvmtlb.check.inputs import scenario_paths_or_exit  # files, directories, names
+
+    paths = scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios()]
     specs = list(dict.fromkeys(policy or [c.name for c in upstream()]))
     try:
         classes = [load_policy(sp) for sp in specs]
@@ -298,6 +315,9 @@ def check(
             if not report.matches(r) or (explicit and r["verdict"] != "safe"):
                 report.trace(console, r)
         console.print(report.summary(results, seconds))
+    if html is not None:  # with --json, stdout holds only the records: say it on stderr
+        say = Console(stderr=True) if json_out else console
+        _write_html(lambda: _html_pages(results, html, specs, classes), html, say)
     for r in results:
         if r["verdict"] == "error":
             typer.echo(f"error: {r['message']}", err=True)
@@ -309,6 +329,31 @@ def check(
             err=True,
         )
     raise typer.Exit(report.exit_code(results, interrupted))
+
+
+def _html_pages(
+    results: list[dict[str, Any]], html: Path, specs: list[str], classes: list[Any]
+) -> str:
+    from kvmtlb.check.html import write_check_pages
+    from kvmtlb.check.runner import is_user_spec
+
+    given = [(sp, c) for sp, c in zip(specs, classes, strict=True) if is_user_spec(sp)]
+    pages = write_check_pages(results, html, given)
+    n = len(pages) - 1
+    return f"HTML: {n} page{'' if n == 1 else 's'} in {html}, listed in {pages[0]}"
+
+
+def _write_html(write: Any, target: Path, console: Console) -> None:
+    """Write the --html output; a file system error is an input error naming the option."""
+    try:
+        console.print(write(), markup=False, highlight=False)
+    except OSError as e:
+        typer.echo(
+            f"error: --html {target}: cannot write the pages ({e.strerror or e}); give a "
+            "writable location",
+            err=True,
+        )
+        raise typer.Exit(jobs.EXIT_INPUT) from None
 
 
 def _check_limits(**limits: float) -> None:
@@ -417,6 +462,15 @@ def replay(
             "file, but replay never imports code because a data file names it: name it again.",
         ),
     ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="FILE",
+            help="Also write the trace viewer page to FILE (FILE-1.html, FILE-2.html, ... "
+            "when the trace file holds several records).",
+        ),
+    ] = None,
 ) -> None:
     """Re-run a saved trace deterministically and print it."""
     from kvmtlb.check import report
@@ -448,6 +502,8 @@ def replay(
             "`kvmtlb check FILE --json > trace.json`"
         )
     base = trace_file.resolve().parent
+    if html is not None and not html.resolve().parent.is_dir():
+        raise fail(f"--html {html}: the directory {html.parent} does not exist; create it first")
     status = jobs.EXIT_OK
     for n, rec in enumerate(recs, 1):
         try:
@@ -479,7 +535,19 @@ def replay(
         )
         if not same:
             status = jobs.EXIT_DIFFERS
+    if html is not None:
+        _write_html(lambda: _replay_html(recs, html, base, given), html, console)
     raise typer.Exit(status)
+
+
+def _replay_html(recs: list[Any], html: Path, base: Path, given: list[Any]) -> str:
+    from kvmtlb.check.html import page_for, replay_page_paths
+    from kvmtlb.check.runner import record_system
+
+    paths = replay_page_paths(html, len(recs))
+    for rec, path in zip(recs, paths, strict=True):
+        path.write_text(page_for(record_system(rec, base, given), rec), encoding="utf-8")
+    return "HTML: " + ", ".join(str(p) for p in paths)
 
 
 @app.command(cls=_Command, epilog=SIMPLE_EXIT_CODES)
@@ -543,6 +611,19 @@ def rules_markdown(selected: list[Rule]) -> str:
 
 def main() -> None:
     app()
+
+
+from kvmtlb.check.lint import lint_command as _lint_command  # noqa: E402
+
+app.command(name="lint", cls=_Command)(_lint_command)
+
+from kvmtlb.check.mutation import mutate_command as _mutate_command  # noqa: E402
+
+app.command(name="mutate", cls=_Command)(_mutate_command)
+
+from kvmtlb.advise import advise_command as _advise_command  # noqa: E402
+
+app.command(name="advise", cls=_Command)(_advise_command)
 
 
 # -- kvmtlb cost (kvmtlb/cost/command.py) ----------------------------------------------------------

@@ -218,7 +218,13 @@ def run_pool(
         for p in _processes(pool):
             if p.is_alive():
                 p.terminate()
+        # Let the executor's manager thread finish its clean-up now (shutdown drops the pool's
+        # reference to it): if it closes its wake-up pipe while the interpreter's exit handler
+        # writes to it (CPython 3.11 takes no lock there), the user sees an OSError traceback.
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
+        if manager is not None:
+            manager.join(timeout=GRACE_SECONDS)
         return Outcome(results, True)
     pool.shutdown(wait=True)
     return Outcome(results, False)

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).parent.parent / "kvmtlb"
-ORDER = ["hw", "oracle", "kvm", "guest", "host", "model", "check", "cost", "reports", "cli"]
+ORDER = ["hw", "oracle", "kvm", "guest", "host", "model", "check", "cost", "reports", "fuzz", "cli"]
 # oracle (the independent reference of the hardware rules) sits at the hw level: it knows
 # nothing of KVM, and it may not import hw either (tests/test_oracle.py).
 RANK = {
@@ -19,6 +19,8 @@ RANK = {
     "check": 4,
     "cost": 4,
     "reports": 5,
+    "fuzz": 5,  # kvmtlb/fuzz.py drives both the checker and the cost model
+    "advise": 5,  # kvmtlb/advise.py: the mutants of check, priced by the cost model
     "cli": 6,
 }
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import Record, World
 from kvmtlb.model.actions import Action, apply, describe, enabled, unfinished
+from kvmtlb.model.actions import Outcome as ActionOutcome
 from kvmtlb.model.canonical import Canonicalizer
 from kvmtlb.model.properties import PRECEDENCE, Violation, check, check_observations
 from kvmtlb.model.system import System
@@ -404,13 +405,16 @@ def _world_at(system: System, table: FingerprintTable, index: int) -> World:
     return w
 
 
-def replay(system: System, path: list[int]) -> list[TraceStep]:
-    """Re-run a path of action indices from the initial world; deterministic."""
+def walk(
+    system: System, path: Sequence[int]
+) -> Iterator[tuple[int, Action, str, World, ActionOutcome]]:
+    """Re-run a path of action indices from the initial world, deterministically: for each step,
+    its number, the action, its description, the world before it and what it produced. A path
+    that does not fit the system raises ValueError."""
     w = system.initial
-    trace: list[TraceStep] = []
     for n, ai in enumerate(path, 1):
         acts = enabled(system, w)
-        if ai >= len(acts):
+        if not 0 <= ai < len(acts):
             raise ValueError(
                 f"step {n}: the trace does not match this scenario and policy "
                 f"(action {ai} of {len(acts)})"
@@ -418,6 +422,10 @@ def replay(system: System, path: list[int]) -> list[TraceStep]:
         a: Action = acts[ai]
         text = describe(system, w, a)
         out = apply(system, w, a)
-        trace.append(TraceStep(n, a.actor, text, out.records))
+        yield n, a, text, w, out
         w = out.world
-    return trace
+
+
+def replay(system: System, path: list[int]) -> list[TraceStep]:
+    """Re-run a path of action indices from the initial world; deterministic."""
+    return [TraceStep(n, a.actor, text, out.records) for n, a, text, _w, out in walk(system, path)]

@@ -36,8 +36,8 @@ from kvmtlb.errors import where
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, registry
 from kvmtlb.kvm.state import Vcpu
-from kvmtlb.model.scenario import Config, Scenario, ScenarioError, load
-from kvmtlb.model.system import BootError, build
+from kvmtlb.model.scenario import Config, Scenario, ScenarioError, load, reconfigure
+from kvmtlb.model.system import BootError, System, build
 
 BUILTIN = Path(__file__).parent.parent / "scenarios"
 
@@ -56,6 +56,8 @@ def load_policy(spec: str) -> type[KvmPolicy]:
         return reg[spec]
     if spec in _USER:
         return _USER[spec]
+    if spec.startswith("mutant:"):
+        return _USER.setdefault(spec, _mutant(spec))
     if ":" not in spec:
         raise InputError(
             f"unknown policy {spec!r}; use one of {', '.join(reg)} "
@@ -117,9 +119,20 @@ def load_policy(spec: str) -> type[KvmPolicy]:
     return cls
 
 
+def _mutant(spec: str) -> type[KvmPolicy]:
+    """A mutant by its id (`kvmtlb mutate` prints them): the base policy with one change."""
+    from kvmtlb.check.mutate import make_mutant, parse_id
+
+    try:
+        base, mutation = parse_id(spec)
+    except ValueError as e:
+        raise InputError(f"{e}; copy a mutant id from `kvmtlb mutate POLICY`'s report") from None
+    return make_mutant(load_policy(base), mutation)
+
+
 def is_user_spec(spec: str) -> bool:
     """A policy given as PATH.py:Class (not a registry name)."""
-    return spec not in registry()
+    return spec not in registry() and not spec.startswith("mutant:")
 
 
 def distinct_names(specs: list[str], classes: list[type[KvmPolicy]]) -> None:
@@ -413,32 +426,7 @@ def _watch(
 
 def _reconfigure(s: Scenario, c: Config) -> Scenario:
     """The scenario under configuration `c`; its ops are re-validated there."""
-    from kvmtlb.model.scenario import parse
-
-    text = s.text
-    lines = text.splitlines()
-    out, skip = [], False
-    for line in lines:
-        if line.strip().startswith("["):
-            skip = line.strip().startswith("[config]")
-            if skip:
-                out.append("[config]")
-                for k, v in c.as_dict().items():
-                    out.append(f"{k} = {_toml(v)}")
-                continue
-        if not skip:
-            out.append(line)
-    return parse("\n".join(out), s.path, None)
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return str(v)
+    return reconfigure(s, c)
 
 
 RECORD_KEYS = (
@@ -752,20 +740,7 @@ def replay_record(
 
     rec = check_record(rec)
     path = rec["path"]
-    cls = replay_policy(rec, list(given))
-    scenario = load(str(scenario_file(rec["file"], base)), known_policies() | {cls.name})
-    if scenario.config.as_dict() != rec["config"]:
-        scenario = _reconfigure(
-            scenario,
-            Config(
-                **{
-                    **rec["config"],
-                    "ept_vpid_cap": tuple(rec["config"].get("ept_vpid_cap", ()))
-                    or Config("intel").ept_vpid_cap,
-                }
-            ),
-        )
-    system = build(scenario, cls())
+    system = record_system(rec, base, given)
     trace = replay(system, path)
     from kvmtlb.model.actions import apply, enabled
     from kvmtlb.model.properties import check_observations
@@ -780,3 +755,26 @@ def replay_record(
             system, w
         )
     return trace, (v.prop if v is not None else None)
+
+
+def record_system(
+    rec: dict[str, Any],
+    base: Path,
+    given: list[tuple[str, type[KvmPolicy]]] = (),  # type: ignore[assignment]
+) -> System:
+    """The system a checked record ran: its scenario (found as `scenario_file` says) in the
+    record's configuration, under its policy (`replay_policy`)."""
+    cls = replay_policy(rec, list(given))
+    scenario = load(str(scenario_file(rec["file"], base)), known_policies() | {cls.name})
+    if scenario.config.as_dict() != rec["config"]:
+        scenario = _reconfigure(
+            scenario,
+            Config(
+                **{
+                    **rec["config"],
+                    "ept_vpid_cap": tuple(rec["config"].get("ept_vpid_cap", ()))
+                    or Config("intel").ept_vpid_cap,
+                }
+            ),
+        )
+    return build(scenario, cls())

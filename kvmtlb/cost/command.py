@@ -124,6 +124,14 @@ def make_cost_command(resolve_policy: Resolver) -> Callable[..., None]:
                 help="Also draw the comparison to FILE.svg or FILE.png.",
             ),
         ] = None,
+        html: Annotated[
+            Path | None,
+            typer.Option(
+                "--html",
+                metavar="FILE",
+                help="Also write the tables and the plot as one self-contained HTML page.",
+            ),
+        ] = None,
         accesses: Annotated[
             int | None,
             typer.Option(metavar="N", help="Override every workload's length (guest accesses)."),
@@ -163,6 +171,11 @@ def make_cost_command(resolve_policy: Resolver) -> Callable[..., None]:
             fail(
                 f"{plot}: the directory {plot.parent} does not exist; create it first, or "
                 "write the plot elsewhere"
+            )
+        if html is not None and not html.resolve().parent.is_dir():
+            fail(
+                f"--html {html}: the directory {html.parent} does not exist; create it first, "
+                "or write the page elsewhere"
             )
         if accesses is not None and accesses < 1:
             fail(f"--accesses {accesses}: give a positive number of guest accesses")
@@ -216,6 +229,10 @@ def make_cost_command(resolve_policy: Resolver) -> Callable[..., None]:
             report.plot(done, plot)
             if not json_out:
                 console.print(f"plot written to {plot}")
+        if html is not None and done:
+            report.html(done, html, seconds)
+            if not json_out:
+                console.print(f"HTML page written to {html}")
         for r in errors:
             typer.echo(f"error: {r['workload']} / {r['policy']}: {r['error']}", err=True)
         if any(r.get("cause") == "internal" for r in errors):

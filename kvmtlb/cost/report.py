@@ -47,45 +47,45 @@ def _misses(rec: dict[str, Any]) -> str:
     return f"{first:,} / {second:,}"
 
 
-def table(console: Console, records: Sequence[dict[str, Any]]) -> None:
-    """One table per workload: rows are (configuration, policy)."""
+HEADERS = (
+    "configuration",
+    "policy",
+    "VM\nexits",
+    *(header for header, _ in FLUSH_COLUMNS),
+    "over-flush\n(valid entries)",
+    "TLB misses\nlinear / GPA",
+    "walk\nrefs",
+    "Mcycles\n(est.)",
+    "vs first\npolicy",
+)
+
+
+def _by_workload(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by_workload: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_workload.setdefault(r["workload"], []).append(r)
-    for name, recs in by_workload.items():
-        first = recs[0]
-        t = Table(
-            title=(
-                f"{name}: {first['accesses']:,} guest accesses, seed {first['seed']} "
-                f"({first['file']})"
-            ),
-            title_justify="left",
-        )
-        t.add_column("configuration", no_wrap=True)
-        t.add_column("policy", no_wrap=True)
-        t.add_column("VM\nexits", justify="right")
-        for header, _ in FLUSH_COLUMNS:
-            t.add_column(header, justify="right")
-        t.add_column("over-flush\n(valid entries)", justify="right")
-        t.add_column("TLB misses\nlinear / GPA", justify="right")
-        t.add_column("walk\nrefs", justify="right")
-        t.add_column("Mcycles\n(est.)", justify="right")
-        t.add_column("vs first\npolicy", justify="right")
-        base: dict[str, int] = {}
-        last_config = ""
-        for r in recs:
-            config = r["config"]
-            first_of_config = config not in base
-            if first_of_config:
-                base[config] = r["total_cycles"]
-            if last_config and config != last_config:
-                t.add_section()
-            last_config = config
-            cells = [f"{count(r, *names):,}" for header, names in FLUSH_COLUMNS]
-            cells[4] = _tlb_control(r)
-            delta = r["total_cycles"] - base[config]
-            pct = 100.0 * delta / base[config] if base[config] else 0.0
-            t.add_row(
+    return by_workload
+
+
+def _title(name: str, first: dict[str, Any]) -> str:
+    return f"{name}: {first['accesses']:,} guest accesses, seed {first['seed']} ({first['file']})"
+
+
+def rows(recs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The cells of one workload's table, one row per (configuration, policy), in HEADERS order."""
+    out = []
+    base: dict[str, int] = {}
+    for r in recs:
+        config = r["config"]
+        first_of_config = config not in base
+        if first_of_config:
+            base[config] = r["total_cycles"]
+        cells = [f"{count(r, *names):,}" for header, names in FLUSH_COLUMNS]
+        cells[4] = _tlb_control(r)
+        delta = r["total_cycles"] - base[config]
+        pct = 100.0 * delta / base[config] if base[config] else 0.0
+        out.append(
+            [
                 config,
                 r["policy"],
                 f"{count(r, 'op.vm-exit'):,}",
@@ -95,8 +95,51 @@ def table(console: Console, records: Sequence[dict[str, Any]]) -> None:
                 f"{count(r, 'walk.refs'):,}",
                 f"{r['total_cycles'] / 1e6:,.2f}",
                 "" if first_of_config else f"{pct:+.1f}%",
-            )
+            ]
+        )
+    return out
+
+
+def table(console: Console, records: Sequence[dict[str, Any]]) -> None:
+    """One table per workload: rows are (configuration, policy)."""
+    for name, recs in _by_workload(records).items():
+        t = Table(title=_title(name, recs[0]), title_justify="left")
+        for n, header in enumerate(HEADERS):
+            if n < 2:
+                t.add_column(header, no_wrap=True)
+            else:
+                t.add_column(header, justify="right")
+        last_config = ""
+        for row in rows(recs):
+            if last_config and row[0] != last_config:
+                t.add_section()
+            last_config = row[0]
+            t.add_row(*row)
         console.print(t)
+
+
+def html(records: Sequence[dict[str, Any]], path: Path, seconds: float) -> None:
+    """`kvmtlb cost --html FILE`: the tables and the plot (inline SVG) in one self-contained
+    page."""
+    import tempfile
+
+    import jinja2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        svg = Path(tmp) / "plot.svg"
+        plot(records, svg)
+        drawing = svg.read_text()
+    drawing = drawing[drawing.find("<svg") :]  # drop the XML prolog and DOCTYPE
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    tables = [(_title(name, recs[0]), rows(recs)) for name, recs in _by_workload(records).items()]
+    page = env.get_template("cost.html.j2").render(
+        headers=HEADERS, tables=tables, svg=drawing, summary=summary(records, seconds)
+    )
+    path.write_text(page, encoding="utf-8")
 
 
 def summary(records: Sequence[dict[str, Any]], seconds: float) -> str:
@@ -167,4 +210,4 @@ def _widest(by_workload: dict[str, list[dict[str, Any]]]) -> int:
     return max(len(v) for v in by_workload.values())
 
 
-__all__ = ["FLUSH_COLUMNS", "PLOT_SUFFIXES", "plot", "summary", "table"]
+__all__ = ["FLUSH_COLUMNS", "HEADERS", "PLOT_SUFFIXES", "html", "plot", "rows", "summary", "table"]

@@ -13,6 +13,7 @@ into exit code 2.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from kvmtlb.cost.tlb import KIND_BY_NAME
 from kvmtlb.errors import InputFileError
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
-from kvmtlb.tomlfile import Lines, check_header, loads
+from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 BUILTIN = Path(__file__).parent / "workloads"
 CAP_NAMES = INVALIDATION_CAP_NAMES
@@ -28,6 +29,41 @@ RATE_KEYS = ("pte_change", "mm_flush", "full_flush", "preempt", "migrate", "zap"
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
 MAX_FRAMES = 1 << 18  # guest frames (1 GiB of guest RAM): keeps the layout quick to build
+# The parser's tables: every key a workload file may set, with its type.
+TOP_LEVEL = ("name", "doc", "config", "workload", "rates", "tlb")
+CONFIG_LISTABLE: dict[str, type] = {
+    "vendor": str,
+    "vpid": bool,
+    "flush_by_asid": bool,
+    "pcid": bool,
+    "pv_tlb_flush": bool,
+}
+CONFIG_SCALAR: dict[str, type] = {
+    "pge": bool,
+    "vcpus": int,
+    "pcpus": int,
+    "max_asid": int,
+    "ept_vpid_cap": list,
+}
+CONFIG_KEYS: dict[str, type] = {**CONFIG_LISTABLE, **CONFIG_SCALAR}
+WORKLOAD_KEYS: dict[str, type] = {
+    "accesses": int,
+    "seed": int,
+    "working_set": int,
+    "guest_frames": int,
+    "write_fraction": float,
+    "locality": float,
+    "preempted_for": float,
+}
+TLB_KEYS = tuple(KIND_BY_NAME)
+# Limits of the knobs that set how long a run takes (docs/cost-model.md, "Limits").
+MAX_ACCESSES = 10**9
+MAX_PREEMPTED_FOR = 10**6  # guest accesses: a long preemption (milliseconds of guest time)
+MAX_TLB_ENTRIES = 1 << 20  # per kind and pCPU; real TLBs hold a few thousand
+MAX_SEED = (1 << 64) - 1
+# While every vCPU is preempted the schedule still draws each event (a zap may fall there), one
+# by one: about accesses x preempt/1000 x preempted_for x (sum of rates)/1000 draws in all.
+MAX_IDLE_DRAWS = 2_000_000
 
 
 class WorkloadError(InputFileError):
@@ -152,12 +188,9 @@ def resolve(arg: str) -> Workload:
 
 def load(path: str | Path) -> Workload:
     p = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise WorkloadError(
-            p, 0, f"cannot read the file ({e.strerror})", "give the path of a workload .toml file"
-        ) from None
+    text = read(
+        path, lambda line, message, fix: WorkloadError(p, line, message, fix), "a workload file"
+    )
     return parse(text, p)
 
 
@@ -205,7 +238,7 @@ class _Parser:
             if key not in kinds:
                 raise self.err(
                     line,
-                    f"unknown key {key!r} in [{section}]",
+                    f"unknown key {shown(key)} in [{section}]",
                     f"use one of: {', '.join(kinds)}",
                 )
             want = kinds[key]
@@ -214,25 +247,18 @@ class _Parser:
                     want, want.__name__
                 )
                 raise self.err(line, f"{section}.{key} must be a {name}", f"give {key} a {name}")
+            if want is float and not math.isfinite(value):
+                raise self.err(
+                    line,
+                    f"{section}.{key} = {value} is not a finite number",
+                    f"give {key} a number",
+                )
 
     def workload(self) -> Workload:
-        allowed = ("name", "doc", "config", "workload", "rates", "tlb")
-        name, doc = check_header(self.data, self.lines, allowed, self.err, "my-workload")
+        name, doc = check_header(self.data, self.lines, TOP_LEVEL, self.err, "my-workload")
         configs = self.configs()
         w = self.table("workload", required=True)
-        self.check_keys(
-            "workload",
-            w,
-            {
-                "accesses": int,
-                "seed": int,
-                "working_set": int,
-                "guest_frames": int,
-                "write_fraction": float,
-                "locality": float,
-                "preempted_for": float,
-            },
-        )
+        self.check_keys("workload", w, WORKLOAD_KEYS)
         for key in ("accesses", "working_set"):
             if key not in w:
                 raise self.err(
@@ -240,16 +266,18 @@ class _Parser:
                     f"[workload] needs {key}",
                     f"add {key} = N to [workload]",
                 )
-        accesses = self.bounded("workload", w, "accesses", 1, 10**9)
+        accesses = self.bounded("workload", w, "accesses", 1, MAX_ACCESSES)
         working_set = self.bounded("workload", w, "working_set", 1, MAX_FRAMES)
-        frames = self.bounded("workload", w, "guest_frames", 1, MAX_FRAMES, 2 * working_set)
+        frames = self.bounded(
+            "workload", w, "guest_frames", 1, MAX_FRAMES, min(2 * working_set, MAX_FRAMES)
+        )
         if frames < working_set:
             raise self.err(
                 self.lines.key("workload", "guest_frames"),
                 f"guest_frames ({frames}) is smaller than working_set ({working_set})",
                 "give at least one guest frame per page of the working set",
             )
-        seed = w.get("seed", 1)
+        seed = self.bounded("workload", w, "seed", 0, MAX_SEED, 1)
         write_fraction = float(w.get("write_fraction", 0.25))
         if not 0.0 <= write_fraction <= 1.0:
             raise self.err(
@@ -265,13 +293,24 @@ class _Parser:
                 "use 0 (every page equally likely) to 4 (a few pages take almost every access)",
             )
         preempted_for = float(w.get("preempted_for", 1000))
-        if preempted_for < 1:
+        if not 1 <= preempted_for <= MAX_PREEMPTED_FOR:
             raise self.err(
                 self.lines.key("workload", "preempted_for"),
-                "preempted_for must be at least 1 (guest accesses)",
-                "set preempted_for = 1000 or more",
+                f"preempted_for = {preempted_for:g} is out of range (guest accesses)",
+                f"use 1 <= preempted_for <= {MAX_PREEMPTED_FOR:,}",
             )
         rates = self.rates(configs)
+        idle = (
+            accesses * rates.preempt / 1000 * preempted_for * sum(rates.as_dict().values()) / 1000
+        )
+        if idle > MAX_IDLE_DRAWS:
+            raise self.err(
+                self.lines.key("workload", "preempted_for"),
+                f"with every vCPU preempted for long, the schedule would draw about {idle:,.0f} "
+                "events one by one (accesses x preempt/1000 x preempted_for x the sum of the "
+                f"rates/1000; the limit is {MAX_IDLE_DRAWS:,})",
+                "lower preempted_for, the preempt rate, the other rates or accesses",
+            )
         if rates.pte_change and frames <= working_set:
             raise self.err(
                 self.lines.key("rates", "pte_change"),
@@ -309,9 +348,8 @@ class _Parser:
     # -- [config] -------------------------------------------------------------------------------
     def configs(self) -> tuple[RunConfig, ...]:
         t = self.table("config", required=True)
-        listable = {"vendor": str, "vpid": bool, "flush_by_asid": bool, "pcid": bool}
-        listable["pv_tlb_flush"] = bool
-        scalar = {"pge": bool, "vcpus": int, "pcpus": int, "max_asid": int, "ept_vpid_cap": list}
+        listable = CONFIG_LISTABLE
+        scalar = CONFIG_SCALAR
         values: dict[str, list[Any]] = {}
         for key, value in t.items():
             line = self.lines.key("config", key)
@@ -333,7 +371,7 @@ class _Parser:
             else:
                 raise self.err(
                     line,
-                    f"unknown config key {key!r}",
+                    f"unknown config key {shown(key)}",
                     f"use one of: {', '.join([*listable, *scalar])}",
                 )
         vendors = values.get("vendor")
@@ -347,7 +385,7 @@ class _Parser:
             if v not in ("intel", "amd"):
                 raise self.err(
                     self.lines.key("config", "vendor"),
-                    f'vendor must be "intel" or "amd", not {v!r}',
+                    f'vendor must be "intel" or "amd", not {shown(v)}',
                     'use vendor = "intel", "amd" or ["intel", "amd"]',
                 )
         vcpus = self.bounded("config", t, "vcpus", 1, 64, 2)
@@ -358,7 +396,7 @@ class _Parser:
             if c not in CAP_NAMES:
                 raise self.err(
                     self.lines.key("config", "ept_vpid_cap"),
-                    f"unknown capability {c!r}",
+                    f"unknown capability {shown(c)}",
                     f"use names from {list(CAP_NAMES)}",
                 )
         if "invept-all" not in caps:
@@ -430,6 +468,12 @@ class _Parser:
                     self.lines.key("tlb", key),
                     f"TLB capacity {key} = {value} must be at least 1",
                     f"give {key} a positive number of entries",
+                )
+            if value > MAX_TLB_ENTRIES:
+                raise self.err(
+                    self.lines.key("tlb", key),
+                    f"TLB capacity {key} = {value} is above the limit of {MAX_TLB_ENTRIES:,}",
+                    f"give {key} at most {MAX_TLB_ENTRIES:,} entries (real TLBs hold thousands)",
                 )
         return dict(t)
 

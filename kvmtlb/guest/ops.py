@@ -82,7 +82,9 @@ class FlushTlbOp(NamedTuple):
 
     def describe(self) -> str:
         what = f"{self.gva:#x}" if self.scope == FLUSH_PAGE else FLUSH_NAMES[self.scope]
-        return f"flush_tlb {what} -> " + ",".join(f"vcpu{t}" for t in self.targets)
+        return f"flush_tlb {what} -> " + (
+            ",".join(f"vcpu{t}" for t in self.targets) or "no other vCPU"
+        )
 
 
 class EmulatedReadOp(NamedTuple):

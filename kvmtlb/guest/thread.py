@@ -242,7 +242,8 @@ def _flush_tlb(k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: FlushTlbOp) 
         if more:
             return g._replace(sub=_LOCAL_2)
         return g._replace(
-            sub=_TARGETS if cfg.pv_tlb_flush else _SEND,
+            # with no target (a single vCPU), kvm_flush_tlb_multi has no byte to read
+            sub=_TARGETS if cfg.pv_tlb_flush and op.targets else _SEND,
             mask=0 if cfg.pv_tlb_flush else _bits(op.targets),
         )
     if g.sub == _TARGETS:

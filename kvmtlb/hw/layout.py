@@ -180,7 +180,8 @@ class LayoutBuilder:
         self._tables: dict[tuple[int, int, int], _Table] = {}  # (root, level, region base)
         self._next_gpa = GUEST_TABLE_GPA_BASE
         self._next_hpa = TABLE_HPA_BASE
-        self._named: dict[int, list[int]] = {}
+        self._named: dict[int, list[int]] = {}  # in naming order (the universe's order)
+        self._is_named: dict[int, set[int]] = {}  # the same, for membership in O(1)
         self._backing: dict[int, int] = {}
 
     # -- hierarchies -----------------------------------------------------------------------
@@ -203,6 +204,7 @@ class LayoutBuilder:
         self._hier[gpa] = Hierarchy(Format.GUEST, gpa, stage2)
         self._tables[(gpa, LEVELS, 0)] = _Table(gpa, LEVELS, 0, self._backing[gpa])
         self._named[gpa] = []
+        self._is_named[gpa] = set()
         return gpa
 
     def _new_root(self, fmt: Format) -> int:
@@ -210,6 +212,7 @@ class LayoutBuilder:
         self._hier[hpa] = Hierarchy(fmt, hpa)
         self._tables[(hpa, LEVELS, 0)] = _Table(hpa, LEVELS, 0, hpa)
         self._named[hpa] = []
+        self._is_named[hpa] = set()
         return hpa
 
     def _alloc_hpa(self) -> int:
@@ -240,8 +243,7 @@ class LayoutBuilder:
             self._path(root, addr, 1).entries.setdefault(table_index(addr, 1), [0])
         elif root not in self._named:
             raise AddressError(f"no paging hierarchy with root {root:#x}")
-        if addr not in self._named[root]:
-            self._named[root].append(addr)
+        self._add_named(root, addr)
 
     def map(self, root: int, addr: int, value: int, *, level: int = 1) -> int:
         """Set the initial value of the level-`level` entry mapping `addr`; returns `value`."""
@@ -255,7 +257,13 @@ class LayoutBuilder:
         for v in values:
             if v not in dom:
                 dom.append(v)
-        if level == 1 and addr not in self._named[root]:
+        if level == 1:
+            self._add_named(root, addr)
+
+    def _add_named(self, root: int, addr: int) -> None:
+        # a set beside the list: a working set of 2^18 pages took minutes with `in` on the list
+        if addr not in self._is_named[root]:
+            self._is_named[root].add(addr)
             self._named[root].append(addr)
 
     def table_pointer(self, root: int, addr: int, level: int) -> int:
@@ -303,8 +311,8 @@ class LayoutBuilder:
             dom.remove(value)
         dom.insert(0, value)
         leafy = level == 1 or _is_large(self._hier[root].fmt, value)
-        if name and leafy and addr not in self._named[root]:
-            self._named[root].append(addr)
+        if name and leafy:
+            self._add_named(root, addr)
 
     def _path(self, root: int, addr: int, level: int) -> _Table:
         """The table holding the level-`level` entry for `addr`, creating tables on the way."""

@@ -147,6 +147,12 @@ class Thawed(Generic[T]):
     def __len__(self) -> int:
         return len(self._frozen)
 
+    def peek(self, i: int) -> T | tuple[Any, ...]:
+        """Record `i` as it is now without thawing it: the live object if it was thawed, else its
+        frozen tuple (for observers that only read, such as kvmtlb mutate's recorder)."""
+        obj = self._live[i]
+        return obj if obj is not None else self._frozen[i]
+
     def __iter__(self) -> Iterator[T]:
         for i in range(len(self._frozen)):
             yield self[i]

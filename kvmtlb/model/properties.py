@@ -77,11 +77,11 @@ def _transparency(
                 model = w.machine.outcomes(cpu, gva, access)
                 native = None
                 for o in model:
-                    seen = _visible(o)
+                    seen = visible(o)
                     if seen is None:
                         continue
                     if native is None:
-                        native = {_visible(n) for n in w.native.outcomes(v, gva, access)}
+                        native = {visible(n) for n in w.native.outcomes(v, gva, access)}
                     if seen not in native:
                         found.append(
                             Violation(
@@ -110,7 +110,7 @@ def check_observations(
     return None
 
 
-def _visible(o: object) -> tuple[object, ...] | None:
+def visible(o: object) -> tuple[object, ...] | None:
     if isinstance(o, Access):
         return ("access", o.gpa, o.rights)
     if isinstance(o, PageFault):
@@ -154,4 +154,4 @@ def _coherence(
     return out
 
 
-__all__ = ["E_W", "PRECEDENCE", "Violation", "check"]
+__all__ = ["E_W", "PRECEDENCE", "Violation", "check", "visible"]

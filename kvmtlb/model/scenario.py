@@ -41,11 +41,58 @@ from kvmtlb.host.ops import (
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
-from kvmtlb.tomlfile import Lines, check_header, loads
+from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
 CAP_NAMES = INVALIDATION_CAP_NAMES
 PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
+# The parser's tables: what a file may say. docs/scenarios.md documents each entry, and
+# tests/test_scenarios_doc.py checks that the guide and these tables agree.
+TOP_LEVEL = ("config", "doc", "expect", "guest", "host", "name", "placement", "threads")
+CONFIG_KEYS: dict[str, type] = {
+    "vendor": str,
+    "tdp": bool,
+    "vpid": bool,
+    "flush_by_asid": bool,
+    "pcid": bool,
+    "pge": bool,
+    "pv_tlb_flush": bool,
+    "pcpus": int,
+    "vcpus": int,
+    "vpids": int,
+    "max_asid": int,
+    "ept_vpid_cap": list,
+    "unrestricted_guest": bool,
+}
+# Upper limits of the knobs besides vcpus and pcpus (at most 8 each).
+LIMITS = (
+    ("vpids", 1 << 16, "VPIDs are 16 bits: KVM's bitmap has VMX_NR_VPIDS = 65,536"),
+    ("max_asid", 1 << 20, "real processors have at most 32,767"),
+)
+MAX_ZAPS = 16  # zaps of one guest frame (each takes a fresh host page from the frame's pool)
+INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest")
+AMD_ONLY = ("flush_by_asid", "max_asid")
+GUEST_OPS = {
+    "read": "read GVA",
+    "write": "write GVA",
+    "exec": "exec GVA",
+    "map": "map GVA -> GPA FLAGS",
+    "unmap": "unmap GVA",
+    "invlpg": "invlpg GVA",
+    "mov_cr3": "mov_cr3 [pcid=N] [noflush]",
+    "set_cr4": "set_cr4 pge=0|1 | pcide=0|1 | smep=0|1",
+    "invpcid": "invpcid TYPE [pcid=N] [GVA]",
+    "flush_tlb": "flush_tlb GVA|mm|all others|all|vcpuN,...",
+    "emulated_read": "emulated_read GVA",
+}
+HOST_OPS = {
+    "preempt": "preempt vcpuN",
+    "resume": "resume vcpuN [on pcpuM]",
+    "zap": "zap GPA",
+    "remap": "remap GPA -> HPA",
+    "wrprotect": "wrprotect GPA",
+    "flush_remote_tlbs": "flush_remote_tlbs",
+}
 
 
 class ScenarioError(InputFileError):
@@ -121,10 +168,15 @@ class Scenario:
         seen: dict[int, None] = dict.fromkeys(self.guest)
         for prog in self.programs:
             for op in prog:
-                gva = getattr(op, "gva", None)
-                if isinstance(gva, int) and gva and not isinstance(op, InvpcidOp):
-                    seen.setdefault(gva)
-                if isinstance(op, InvpcidOp) and op.type == 0:
+                # GVA 0 is a page like any other; only a flush of the mm or of everything, and
+                # INVPCID types 1 to 3, carry no GVA.
+                if isinstance(op, FlushTlbOp):
+                    if op.scope == FLUSH_PAGE:
+                        seen.setdefault(op.gva)
+                elif isinstance(op, InvpcidOp):
+                    if op.type == 0:
+                        seen.setdefault(op.gva)
+                elif isinstance(op, AccessOp | MapOp | UnmapOp | InvlpgOp | EmulatedReadOp):
                     seen.setdefault(op.gva)
         return tuple(seen)
 
@@ -151,16 +203,24 @@ class Scenario:
 def load(path: str | Path, known_policies: set[str] | None = None) -> Scenario:
     """Read and validate a scenario file."""
     p = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ScenarioError(
-            p,
-            0,
-            f"cannot read the file ({e.strerror})",
-            "give the path of an existing scenario file",
-        ) from None
+    text = read(
+        path, lambda line, message, fix: ScenarioError(p, line, message, fix), "a scenario file"
+    )
     return parse(text, p, known_policies)
+
+
+def reconfigure(s: Scenario, config: Config) -> Scenario:
+    """`s` under another configuration (--matrix, replay): the file's data with its [config]
+    replaced by `config`, validated again, so ops the new configuration does not allow raise
+    ScenarioError. The file's text is not rewritten: its [config] may be an inline table or
+    dotted keys, and its strings may hold any character."""
+
+    def err(line: int, message: str, fix: str) -> ScenarioError:
+        return ScenarioError(s.path, line, message, fix)
+
+    data = loads(s.text, err, "fix the TOML syntax (see scenario-format.md)")
+    data["config"] = config.as_dict()
+    return _Parser(s.path, Lines(s.text), data, s.text, None).scenario()
 
 
 def parse(text: str, path: str = "<scenario>", known_policies: set[str] | None = None) -> Scenario:
@@ -181,14 +241,14 @@ class _Parser:
         self.data = data
         self.text = text
         self.known = known
+        self.zaps: dict[int, int] = {}  # zaps per GPA so far
 
     def err(self, line: int, message: str, fix: str) -> ScenarioError:
         return ScenarioError(self.path, line, message, fix)
 
     # -- top level ------------------------------------------------------------------------------
     def scenario(self) -> Scenario:
-        allowed = ("config", "doc", "expect", "guest", "host", "name", "placement", "threads")
-        name, doc = check_header(self.data, self.lines, allowed, self.err, "my-scenario")
+        name, doc = check_header(self.data, self.lines, TOP_LEVEL, self.err, "my-scenario")
         config = self.config()
         host = self.host_map()
         guest = self.guest_map(host)
@@ -223,25 +283,13 @@ class _Parser:
         line = self.lines.section("config")
         if "config" not in self.data:
             raise self.err(0, "missing [config]", '[config]\nvendor = "intel"')
-        kinds = {
-            "vendor": str,
-            "tdp": bool,
-            "vpid": bool,
-            "flush_by_asid": bool,
-            "pcid": bool,
-            "pge": bool,
-            "pv_tlb_flush": bool,
-            "pcpus": int,
-            "vcpus": int,
-            "vpids": int,
-            "max_asid": int,
-            "ept_vpid_cap": list,
-            "unrestricted_guest": bool,
-        }
+        kinds = CONFIG_KEYS
         for key, value in t.items():
             kl = self.lines.key("config", key)
             if key not in kinds:
-                raise self.err(kl, f"unknown config key {key!r}", f"use one of {', '.join(kinds)}")
+                raise self.err(
+                    kl, f"unknown config key {shown(key)}", f"use one of {', '.join(kinds)}"
+                )
             if not isinstance(value, kinds[key]) or (kinds[key] is int and isinstance(value, bool)):
                 raise self.err(
                     kl,
@@ -252,12 +300,10 @@ class _Parser:
         if vendor not in ("intel", "amd"):
             raise self.err(
                 self.lines.key("config", "vendor") or line,
-                f'vendor must be "intel" or "amd", not {vendor!r}',
+                f'vendor must be "intel" or "amd", not {shown(vendor)}',
                 'set vendor = "intel" or vendor = "amd"',
             )
-        intel_only = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest")
-        amd_only = ("flush_by_asid", "max_asid")
-        for key in intel_only if vendor == "amd" else amd_only:
+        for key in INTEL_ONLY if vendor == "amd" else AMD_ONLY:
             if key in t:
                 raise self.err(
                     self.lines.key("config", key),
@@ -284,12 +330,19 @@ class _Parser:
                     f"{key} above {high} is out of reach of an exhaustive search",
                     f"use {key} <= {high}",
                 )
+        for key, high, why in LIMITS:
+            if key in t and t[key] > high:
+                raise self.err(
+                    self.lines.key("config", key),
+                    f"{key} = {t[key]} is above the limit of {high:,} ({why})",
+                    f"use {key} <= {high:,}",
+                )
         caps = tuple(t.get("ept_vpid_cap", CAP_NAMES))
         for c in caps:
             if c not in CAP_NAMES:
                 raise self.err(
                     self.lines.key("config", "ept_vpid_cap"),
-                    f"unknown capability {c!r}",
+                    f"unknown capability {shown(c)}",
                     f"use names from {list(CAP_NAMES)}",
                 )
         if vendor == "intel" and "invept-all" not in caps:
@@ -322,7 +375,7 @@ class _Parser:
         except ValueError:
             raise self.err(
                 line,
-                f"{what} {s!r} is not a hex address",
+                f"{what} {shown(s)} is not a hex address",
                 f'write the {what} as a 4 KiB-aligned hex page address, e.g. "0x1000"',
             ) from None
         if value & 0xFFF:
@@ -349,7 +402,7 @@ class _Parser:
             if len(parts) != 2 or not set(parts[1]) <= set("rwx") or "r" not in parts[1]:
                 raise self.err(
                     line,
-                    f"bad host mapping {value!r}",
+                    f"bad host mapping {shown(value)}",
                     'write "HPA RIGHTS" with rights from r, w, x (r required), e.g. "0x80000 rwx"',
                 )
             hpa = self.addr(parts[0], line, "HPA")
@@ -378,7 +431,7 @@ class _Parser:
             if not parts:
                 raise self.err(
                     line,
-                    f"bad guest mapping {value!r}",
+                    f"bad guest mapping {shown(value)}",
                     'write "GPA FLAGS", flags from w, u, x, g, e.g. "0x10000 w"',
                 )
             gpa = self.addr(parts[0], line, "GPA")
@@ -399,7 +452,7 @@ class _Parser:
         if not set(flags) <= set("wuxg") or len(set(flags)) != len(flags):
             raise self.err(
                 line,
-                f"bad flags {flags!r}",
+                f"bad flags {shown(flags)}",
                 "use each of w (writable), u (user), x (executable), g (global) at most once, "
                 'separated by spaces or not ("w g" or "wg")',
             )
@@ -417,7 +470,7 @@ class _Parser:
         if not m or int(m.group(1)) >= config.vcpus:
             raise self.err(
                 line,
-                f"unknown vCPU {s!r}",
+                f"unknown vCPU {shown(s)}",
                 f"use vcpu0 .. vcpu{config.vcpus - 1} (config vcpus = {config.vcpus})",
             )
         return int(m.group(1))
@@ -427,7 +480,7 @@ class _Parser:
         if not m or int(m.group(1)) >= config.pcpus:
             raise self.err(
                 line,
-                f"unknown pCPU {s!r}",
+                f"unknown pCPU {shown(s)}",
                 f"use pcpu0 .. pcpu{config.pcpus - 1} (config pcpus = {config.pcpus})",
             )
         return int(m.group(1))
@@ -447,16 +500,18 @@ class _Parser:
                     f"thread {key} must be a string of ops",
                     f'{key} = """\\nread 0x1000\\n"""',
                 )
-            # A newline right after the opening quotes is not part of the string (TOML).
-            raw_key_line = self.lines.lines[kline - 1] if kline else ""
-            rhs = raw_key_line.split("=", 1)[-1].strip()
-            first = kline + 1 if rhs in ('"""', "'''") else kline
+            # The line of every character of the string, through escapes and continuations.
+            where = self.lines.string_lines("threads", key, value)
             v = -1 if key == "host" else self.vcpu_id(key, kline, config)
-            for n, raw in enumerate(value.split("\n")):
+            offset = 0
+            for raw in value.split("\n"):
+                start = offset
+                offset += len(raw) + 1
                 text = raw.split("#", 1)[0].strip()
                 if not text:
                     continue
-                line = first + n
+                first = start + len(raw) - len(raw.lstrip())
+                line = where[first] if where is not None else kline
                 if key == "host":
                     host_ops.append(self.host_op(text, line, config, host, remapped))
                 else:
@@ -506,7 +561,9 @@ class _Parser:
                     pcid = self.small(a[5:], line, "pcid", 4095)
                 else:
                     raise self.err(
-                        line, f"unknown mov_cr3 argument {a!r}", "write: mov_cr3 [pcid=N] [noflush]"
+                        line,
+                        f"unknown mov_cr3 argument {shown(a)}",
+                        "write: mov_cr3 [pcid=N] [noflush]",
                     )
             return MovCr3Op(pcid, noflush, line)
         if op == "set_cr4":
@@ -515,7 +572,7 @@ class _Parser:
             if not m:
                 raise self.err(
                     line,
-                    f"bad set_cr4 argument {args[0]!r}",
+                    f"bad set_cr4 argument {shown(args[0])}",
                     "write: set_cr4 pge=0 (or pge=1, pcide=0, pcide=1, smep=0, smep=1)",
                 )
             return SetCr4Op(m.group(1), int(m.group(2)), line)
@@ -548,7 +605,7 @@ class _Parser:
             return EmulatedReadOp(self.addr(args[0], line, "GVA"), line)
         raise self.err(
             line,
-            f"unknown guest op {op!r}",
+            f"unknown guest op {shown(op)}",
             "use read, write, exec, map, unmap, invlpg, mov_cr3, set_cr4, invpcid, "
             "flush_tlb or emulated_read",
         )
@@ -557,7 +614,7 @@ class _Parser:
         try:
             value = int(s, 0)
         except ValueError:
-            raise self.err(line, f"bad {what} {s!r}", f"use a number 0..{high}") from None
+            raise self.err(line, f"bad {what} {shown(s)}", f"use a number 0..{high}") from None
         if not 0 <= value <= high:
             raise self.err(line, f"{what} {value} out of range", f"use a number 0..{high}")
         return value
@@ -605,7 +662,16 @@ class _Parser:
                 raise self.err(
                     line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
                 )
-            return ZapOp(gpa, line) if op == "zap" else WrprotectOp(gpa, line)
+            if op == "zap":
+                self.zaps[gpa] = self.zaps.get(gpa, 0) + 1
+                if self.zaps[gpa] > MAX_ZAPS:
+                    raise self.err(
+                        line,
+                        f"more than {MAX_ZAPS} zaps of {gpa:#x}",
+                        f"zap a guest frame at most {MAX_ZAPS} times",
+                    )
+                return ZapOp(gpa, line)
+            return WrprotectOp(gpa, line)
         if op == "remap" and len(args) == 3 and args[1] == "->":
             gpa = self.addr(args[0], line, "GPA")
             hpa = self.addr(args[2], line, "HPA")
@@ -625,7 +691,7 @@ class _Parser:
             return FlushRemoteOp(line)
         raise self.err(
             line,
-            f"unknown or malformed host op {text!r}",
+            f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs",
         )
@@ -674,7 +740,7 @@ class _Parser:
             if self.known is not None and key not in self.known:
                 raise self.err(
                     line,
-                    f"[expect] names unknown policy {key!r}",
+                    f"[expect] names unknown policy {shown(key)}",
                     f"use one of: {', '.join(sorted(self.known))}",
                 )
             ok = value in ("safe", "deadlock") or (
@@ -685,7 +751,7 @@ class _Parser:
             if not ok:
                 raise self.err(
                     line,
-                    f"bad expectation {value!r}",
+                    f"bad expectation {shown(value)}",
                     'use "safe", "deadlock" or "violation:<property>" with a '
                     f"property from {', '.join(PROPERTIES)}",
                 )

@@ -19,7 +19,7 @@ from typing import Any
 from kvmtlb.errors import where
 from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
 from kvmtlb.guest.thread import GuestThread
-from kvmtlb.host.ops import RemapOp, WrprotectOp, ZapOp
+from kvmtlb.host.ops import RemapOp, ResumeOp, WrprotectOp, ZapOp
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
@@ -52,7 +52,7 @@ from kvmtlb.kvm.context import (
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.model.native import NativeConfig, NativeMachine
-from kvmtlb.model.scenario import Scenario, ScenarioError
+from kvmtlb.model.scenario import MAX_ZAPS, Scenario, ScenarioError
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
 
@@ -109,13 +109,14 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     for i, gpa in enumerate(gpas):
         hpa = scenario.host[gpa][0]
         r = rights[i]
-        zaps = sum(1 for op in scenario.host_program if isinstance(op, ZapOp) and op.gpa == gpa)
-        if zaps > 16:
+        zap_ops = [op for op in scenario.host_program if isinstance(op, ZapOp) and op.gpa == gpa]
+        zaps = len(zap_ops)
+        if zaps > MAX_ZAPS:
             raise ScenarioError(
                 scenario.path,
-                0,
-                f"more than 16 zaps of {gpa:#x}",
-                "zap a guest frame at most 16 times",
+                zap_ops[MAX_ZAPS].line,
+                f"more than {MAX_ZAPS} zaps of {gpa:#x}",
+                f"zap a guest frame at most {MAX_ZAPS} times",
             )
         targets = [
             op.hpa for op in scenario.host_program if isinstance(op, RemapOp) and op.gpa == gpa
@@ -131,13 +132,14 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         b.allow(tdp_root, gpa, values)
     layout = b.build()
     # -- tags the run can reach ----------------------------------------------------------------
-    pcids = {0}
+    pcid_set = {0}
     for prog in scenario.programs:
         for op in prog:
             if isinstance(op, MovCr3Op) and op.pcid >= 0:
-                pcids.add(op.pcid)
+                pcid_set.add(op.pcid)
             if isinstance(op, InvpcidOp):
-                pcids.add(op.pcid)
+                pcid_set.add(op.pcid)
+    pcids = sorted(pcid_set)
     contexts: list[WalkContext] = []
     tags: list[IntelEptTags | AmdTags]
     if vmx:
@@ -147,7 +149,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             for p in sorted(pcids)
         ]
     else:
-        tags = [AmdTags(a, p, True) for a in range(1, cfg.max_asid + 1) for p in sorted(pcids)]
+        tags = [AmdTags(a, p, True) for a in range(1, reachable_asids(scenario) + 1) for p in pcids]
     for t in tags:
         for pge in (True, False):
             contexts.append(
@@ -207,6 +209,32 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             f"booting the scenario: {where(e)}"
         ) from e
     return System(scenario, policy, kvm, native_config, initial)
+
+
+# Requests a guest op or a host op can raise per vCPU, at most (a CR4 write exit raises two; a
+# shootdown's local flush takes two instructions; a remap's zap and map each flush).
+FLUSHES_PER_OP = 4
+
+
+def reachable_asids(scenario: Scenario) -> int:
+    """The highest ASID a run of `scenario` can give a vCPU: the universe holds entries of ASIDs
+    1 to this, not 1 to max_asid (32767 ASIDs of contexts took half a minute to enumerate, and
+    a million, minutes and gigabytes).
+
+    A pCPU hands out ASIDs in order from 1 (svm.c:new_asid), so one reaches ASID n only after n
+    allocations without a wrap. A vCPU takes a new ASID when it first runs, when it runs on
+    another pCPU than its VMCB last ran on (only a `resume ... on` moves it: the scheduler loads
+    a vCPU on its own pCPU), after a wrap of its pCPU's ASIDs (which starts again from 1), and,
+    without FlushByAsid, after each flush of its ASID (svm_flush_tlb_asid), which only a
+    request can cause, and each op raises at most FLUSHES_PER_OP per vCPU. A policy that
+    allocates more reaches an ASID outside the universe: an `error` verdict, never a wrong
+    `safe`."""
+    cfg = scenario.config
+    allocations = cfg.vcpus + sum(isinstance(op, ResumeOp) for op in scenario.host_program)
+    if not cfg.flush_by_asid:
+        ops = sum(len(p) for p in scenario.programs) + len(scenario.host_program)
+        allocations += FLUSHES_PER_OP * (ops + 1) * cfg.vcpus
+    return min(cfg.max_asid, allocations)
 
 
 def _pte(gpa: int, flags: str) -> int:

@@ -1,0 +1,248 @@
+"""`kvmtlb lint`: validate scenario files without exploring them, and warn about likely mistakes.
+
+Errors are the parser's own (`ScenarioError`: the file, the line, the fix), the ones `kvmtlb check`
+reports before it explores, plus the ones building the system finds (more zaps of a frame than
+its pool of fresh host pages). Warnings flag what is valid but probably not what the author meant
+(docs/scenarios.md, "Lint"):
+
+- `flush-no-target`: a `flush_tlb` with no vCPU to shoot down (`others` or `all` with vcpus = 1):
+  only the local flush runs;
+- `resume-without-preempt`: `resume vcpuN` with no `preempt vcpuN` before it: it waits until the
+  scheduler switches vcpuN out, which happens only if it time-shares a pCPU; otherwise the host
+  thread never gets past it (`unreachable` then names the host ops after it);
+- `preempt-twice`: `preempt vcpuN` while the host already holds vcpuN out: never enabled;
+- `never-resumed`: a vCPU the host preempts and never resumes, which has guest ops;
+- `never-mapped`: a GVA that neither [guest] nor any `map` maps: every access to it faults;
+- `knob`: `vpids` or `max_asid` set far from real hardware (processors have far more VPIDs than a
+  scenario has vCPUs, at least 63 ASIDs and at most 32,767), which usually forces exhaustion or a
+  wrap on purpose; the warning says what it does.
+
+Exit codes: 0 when every file is valid (with or without warnings), 2 when one has an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+KINDS = (
+    "flush-no-target",
+    "never-mapped",
+    "resume-without-preempt",
+    "preempt-twice",
+    "unreachable",
+    "never-resumed",
+    "knob",
+)
+REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
+REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
+
+
+@dataclass(frozen=True)
+class LintWarning:
+    path: str
+    line: int
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: warning[{self.kind}]: {self.message}"
+
+
+def lint(path: str | Path) -> list[LintWarning]:
+    """The warnings of the scenario file `path`; raises ScenarioError when it is invalid."""
+    from kvmtlb.kvm.policy import registry
+    from kvmtlb.model.scenario import load
+
+    scenario = load(path, set(registry()))
+    _build_checks(scenario)
+    return warnings(scenario)
+
+
+def _build_checks(scenario: object) -> None:
+    """What building the system checks besides the parser (without booting a policy)."""
+    from kvmtlb.host.ops import ZapOp
+    from kvmtlb.model.scenario import MAX_ZAPS, Scenario, ScenarioError
+
+    assert isinstance(scenario, Scenario)
+    seen: dict[int, int] = {}
+    for op in scenario.host_program:
+        if isinstance(op, ZapOp):
+            seen[op.gpa] = seen.get(op.gpa, 0) + 1
+            if seen[op.gpa] > MAX_ZAPS:
+                raise ScenarioError(
+                    scenario.path,
+                    op.line,
+                    f"more than {MAX_ZAPS} zaps of {op.gpa:#x}",
+                    f"zap a guest frame at most {MAX_ZAPS} times",
+                )
+
+
+def warnings(scenario: object) -> list[LintWarning]:
+    from kvmtlb.guest.ops import (
+        AccessOp,
+        EmulatedReadOp,
+        FlushTlbOp,
+        InvlpgOp,
+        MapOp,
+    )
+    from kvmtlb.host.ops import PreemptOp, ResumeOp
+    from kvmtlb.model.scenario import Scenario
+
+    assert isinstance(scenario, Scenario)
+    s = scenario
+    cfg = s.config
+    out: list[LintWarning] = []
+
+    def warn(line: int, kind: str, message: str) -> None:
+        assert kind in KINDS, kind
+        out.append(LintWarning(s.path, line, kind, message))
+
+    # -- guest threads ---------------------------------------------------------------------------
+    mapped = set(s.guest) | {op.gva for p in s.programs for op in p if isinstance(op, MapOp)}
+    for v, prog in enumerate(s.programs):
+        for op in prog:
+            if isinstance(op, FlushTlbOp) and not op.targets:
+                warn(
+                    op.line,
+                    "flush-no-target",
+                    f"vcpu{v}'s flush_tlb has no other vCPU to shoot down (vcpus = {cfg.vcpus}): "
+                    "only the local flush runs; set vcpus = 2 or more for a shootdown",
+                )
+            if isinstance(op, AccessOp | EmulatedReadOp | InvlpgOp) and op.gva not in mapped:
+                warn(
+                    op.line,
+                    "never-mapped",
+                    f"{op.gva:#x} is never mapped ([guest] or a map op): every access to it "
+                    "faults; map it if the access should translate",
+                )
+    # -- the host thread -------------------------------------------------------------------------
+    sharing = {v for v in range(cfg.vcpus) if s.placement.count(s.placement[v]) > 1}
+    held: dict[int, int] = {}  # vCPU -> line of the preempt that holds it out
+    blocked = 0
+    for hop in s.host_program:
+        if blocked:
+            warn(
+                hop.line,
+                "unreachable",
+                f"{hop.describe()} never runs: the host thread cannot get past line {blocked}",
+            )
+            continue
+        if isinstance(hop, PreemptOp):
+            if hop.vcpu in held:
+                warn(
+                    hop.line,
+                    "preempt-twice",
+                    f"vcpu{hop.vcpu} is already held out by the preempt on line {held[hop.vcpu]}: "
+                    f"this preempt is never enabled; resume vcpu{hop.vcpu} first",
+                )
+                blocked = hop.line
+            held[hop.vcpu] = hop.line
+        elif isinstance(hop, ResumeOp):
+            if hop.vcpu in held:
+                del held[hop.vcpu]
+            elif hop.vcpu in sharing:
+                warn(
+                    hop.line,
+                    "resume-without-preempt",
+                    f"resume vcpu{hop.vcpu} without a preempt vcpu{hop.vcpu} before it: it waits "
+                    f"until the scheduler switches vcpu{hop.vcpu} out; add preempt vcpu{hop.vcpu} "
+                    "first to say when",
+                )
+            else:
+                warn(
+                    hop.line,
+                    "resume-without-preempt",
+                    f"resume vcpu{hop.vcpu} without a preempt vcpu{hop.vcpu} before it: vcpu"
+                    f"{hop.vcpu} stays loaded (it has its pCPU to itself), so this never runs; "
+                    f"add preempt vcpu{hop.vcpu} first",
+                )
+                blocked = hop.line
+    for v, line in sorted(held.items()):
+        if s.programs[v]:
+            warn(
+                line,
+                "never-resumed",
+                f"vcpu{v} is preempted here and never resumed: the guest ops it has not run by "
+                f"then never run; add resume vcpu{v} if it should finish",
+            )
+    # -- knobs -----------------------------------------------------------------------------------
+    if cfg.vendor == "intel" and cfg.vpids <= cfg.vcpus:
+        warn(
+            _config_line(s, "vpids"),
+            "knob",
+            f"vpids = {cfg.vpids} leaves fewer VPIDs than vCPUs ({cfg.vcpus}; real KVM has "
+            "65,535): some vCPUs run with VPID 0, as on VPID exhaustion",
+        )
+    asid_line = _config_line(s, "max_asid")
+    if cfg.vendor == "amd" and asid_line and cfg.max_asid < REAL_MIN_ASID:
+        warn(
+            asid_line,
+            "knob",
+            f"max_asid = {cfg.max_asid} is below any AMD processor's ({REAL_MIN_ASID} to "
+            f"{REAL_MAX_ASID:,}): a pCPU's ASIDs wrap (a new generation, TLB_CONTROL "
+            f"FLUSH_ALL_ASID) after {cfg.max_asid} allocation{'s' if cfg.max_asid > 1 else ''}",
+        )
+    if cfg.vendor == "amd" and cfg.max_asid > REAL_MAX_ASID:
+        warn(
+            asid_line,
+            "knob",
+            f"max_asid = {cfg.max_asid} is above any AMD processor's ({REAL_MAX_ASID:,}): "
+            "the run behaves as with 32,767 (no wrap in a scenario this small)",
+        )
+    return sorted(out, key=lambda w: w.line)
+
+
+def _config_line(s: object, key: str) -> int:
+    """The line of `key` in [config], or 0 when the file leaves it at its default."""
+    from kvmtlb.model.scenario import Scenario
+    from kvmtlb.tomlfile import Lines
+
+    assert isinstance(s, Scenario)
+    lines = Lines(s.text)
+    line = lines.key("config", key)
+    return line if line != lines.section("config") else 0
+
+
+def lint_command(
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="FILE|DIR|NAME",
+            help="Scenario files, directories of them, or built-in scenario names.",
+        ),
+    ],
+) -> None:
+    """Validate scenario files without exploring them; print warnings about likely mistakes.
+
+    Exit 0 when every file is valid (warnings or not), 2 when one has an error.
+    """
+    from kvmtlb.check.inputs import scenario_paths_or_exit
+    from kvmtlb.model.scenario import ScenarioError
+
+    failed = 0
+    found = 0
+    paths = scenario_paths_or_exit(files)
+    for path in paths:
+        try:
+            ws = lint(path)
+        except ScenarioError as e:
+            typer.echo(f"error: {e}", err=True)
+            failed += 1
+            continue
+        for w in ws:
+            typer.echo(str(w))
+        found += len(ws)
+    typer.echo(
+        f"{len(paths)} file{'s' if len(paths) != 1 else ''}: {failed} with errors, "
+        f"{found} warning{'s' if found != 1 else ''}"
+    )
+    if failed:
+        raise typer.Exit(2)
+
+
+__all__ = ["KINDS", "LintWarning", "lint", "lint_command", "warnings"]
