@@ -327,6 +327,16 @@ class Pair:
 
     def apply(self, o: Op) -> tuple[int, Any] | None:
         """Apply one op to both; returns (processor, the oracle's removal) for an event."""
+        was_guest = in_guest(self.hw.cpus[o[1]])
+        done = self._apply(o)
+        cpu = self.hw.cpus[o[1]]
+        if was_guest and not in_guest(cpu) and isinstance(cpu, SvmCpu):
+            # #VMEXIT saved the guest's state in the VMCB (an access's #NPF exits too): the next
+            # VMRUN loads it, as the oracle's does.
+            self.ctl[o[1]] = self.ctl[o[1]]._replace(guest=cpu.vmcb.guest)
+        return done
+
+    def _apply(self, o: Op) -> tuple[int, Any] | None:
         kind, i, k, a, b = o
         cpu = self.hw.cpus[i]
         if kind == "pte":
@@ -363,9 +373,7 @@ class Pair:
         if in_guest(cpu):
             if not isinstance(cpu, SvmCpu):
                 return self.step(i, VmExitEvent(), ("vmexit",))
-            rm = self.step(i, SvmExitEvent(), ("vmexit",))
-            self.ctl[i] = self.ctl[i]._replace(guest=self.hw.cpus[i].vmcb.guest)
-            return rm
+            return self.step(i, SvmExitEvent(), ("vmexit",))
         if isinstance(cpu, SvmCpu):
             tc = (0, 0, 1, 3, 7, 3)[b % 6]
             asid = 1 + a % 2

@@ -155,6 +155,10 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("amd", "flush-all-asids", [T0, T0, ("event", 0, 2, 0, 0)]),
     ("amd", "smep-exec", [T0, ("pte", 0, 0, 0, 3), ("event", 0, 3, 2, 0),
                           ("access", 0, 0, 2, 0)]),
+    # The guest clears CR4.PGE, a #NPF exits, VMRUN resumes it: the VMCB holds the state the
+    # #VMEXIT saved (PGE = 0), so the refill makes no global entries.
+    ("amd", "npf-exit-then-vmrun", [T0, ("event", 0, 3, 0, 0), ("s2", 0, 0, 0, 4),
+                                    ("access", 0, 0, 0, 7), T0]),
 ]
 
 
