@@ -108,6 +108,7 @@ def test_single_runs_with_evictions_stay_inside_both(
 # Compared with the oracle like the generated ones; no expected outcome is written here.
 P1 = PRELUDES["intel"][1]
 P2 = PRELUDES["intel"][2]
+USER = ("pte", 0, 0, 0, 3)  # GVA 0x1000 maps a user page
 DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("intel", "invlpg-pcid1-global", [*P1, ("event", 0, 0, 1, 0)]),
     ("amd", "invlpg-pcid1-global", [*PRELUDES["amd"][1], ("event", 0, 0, 1, 0)]),
@@ -155,6 +156,18 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("amd", "flush-all-asids", [T0, T0, ("event", 0, 2, 0, 0)]),
     ("amd", "smep-exec", [T0, ("pte", 0, 0, 0, 3), ("event", 0, 3, 2, 0),
                           ("access", 0, 0, 2, 0)]),
+    # SMAP (toggle 3) denies the supervisor read of a user page; PKE (toggle 4) with PKRU = 0
+    # denies nothing.
+    ("intel", "smap-read", [T0, USER, ("event", 0, 3, 3, 0), ("access", 0, 0, 0, 0)]),
+    ("amd", "smap-read", [T0, USER, ("event", 0, 3, 3, 0), ("access", 0, 0, 0, 0)]),
+    ("intel", "pke-write", [T0, USER, ("event", 0, 3, 4, 0), ("access", 0, 0, 1, 0)]),
+    # Universe (AMD: nested PSC entries are tagged by ASID only): under nCR3 1, with a nested
+    # PSC entry of nCR3 0's hierarchy held, the host rewires nCR3 0's level-2 entry; the walks
+    # through the held entry read it, so a memoized fill keyed on nCR3 1's slots misses them.
+    ("amd", "ncr3-switch-held-nested-psc", [T0, T0, ("event", 0, 5, 3, 1), T0, ("s2", 0, 5, 0, 1)]),
+    # A guest PSC entry made with nested paging on, used after VMRUN with it off (same ASID and
+    # PCID): the walk through it makes entries no walk from a root makes.
+    ("amd", "npt-psc-used-with-npt-off", [T0, T0, ("event", 0, 5, 1, 0), T0]),
     # The guest clears CR4.PGE, a #NPF exits, VMRUN resumes it: the VMCB holds the state the
     # #VMEXIT saved (PGE = 0), so the refill makes no global entries.
     ("amd", "npf-exit-then-vmrun", [T0, ("event", 0, 3, 0, 0), ("s2", 0, 0, 0, 4),
