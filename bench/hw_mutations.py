@@ -37,6 +37,7 @@ TESTS = (
     "tests/test_hw_api.py",
     "tests/test_vmx_failures.py",
     "tests/test_universe.py",
+    "tests/test_access_check.py",
     "tests/test_suite.py",
     *TABLES,
 )
@@ -232,6 +233,36 @@ MUTATIONS = (
         "Select((AsidTranslation,), addr=self.addr, glob=glob),",
     ),
     Mutation(
+        "invlpga-keeps-psc",
+        SVM,
+        "            Select((AsidPsc,), asid=asid, addr=self.addr),\n",
+        "",
+    ),
+    Mutation(
+        "invlpga-removes-globals",
+        SVM,
+        "glob = None if readings.invlpga_removes_globals else False",
+        "glob = None",
+    ),
+    Mutation(
+        "vmrun-ignores-tlb-control",
+        SVM,
+        "inv = tlb_control_invalidation(v.tlb_control, v.asid, caps)",
+        "inv = tlb_control_invalidation(0, v.asid, caps)",
+    ),
+    Mutation(
+        "tlb-control-3-7-without-flush-by-asid",
+        SVM,
+        "by_asid = caps.flush_by_asid",
+        "by_asid = True",
+    ),
+    Mutation(
+        "tlb-control-7-keeps-nested",
+        SVM,
+        "Select((AsidPsc, NestedTranslation, NestedPsc), asid=asid),",
+        "Select((AsidPsc,), asid=asid),",
+    ),
+    Mutation(
         "flush-all-asids-nothing",
         SVM,
         '_inv(("amd.flush-all-asids",), Select(ASID_KINDS))',
@@ -242,6 +273,18 @@ MUTATIONS = (
         WALK,
         "return not t.rights & G_X or (smep and user)",
         "return not t.rights & G_X",
+    ),
+    Mutation(
+        "access-smap-ignored",
+        WALK,
+        "    if smap and user and access != EXEC:\n",
+        "    if False:\n",
+    ),
+    Mutation(
+        "access-smap-denies-fetch",
+        WALK,
+        "    if smap and user and access != EXEC:\n",
+        "    if smap and user:\n",
     ),
     Mutation(
         "access-write-ignores-rw",
