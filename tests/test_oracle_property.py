@@ -154,6 +154,9 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("amd", "tlb-control-7", [T0, ("pte", 0, 1, 0, 1), T0, ("transition", 0, 0, 0, 4)]),
     ("amd", "invlpga", [T0, T0, ("transition", 0, 0, 1, 0), T0, ("event", 0, 0, 1, 0)]),
     ("amd", "flush-all-asids", [T0, T0, ("event", 0, 2, 0, 0)]),
+    # INVLPGA of 0x2000 (a global page) in ASID 1 from the host: the global entry stays
+    # (the default reading of an unconfirmed point; Readings.invlpga_removes_globals).
+    ("amd", "invlpga-keeps-global", [T0, T0, ("event", 0, 0, 1, 1)]),
     ("amd", "smep-exec", [T0, ("pte", 0, 0, 0, 3), ("event", 0, 3, 2, 0),
                           ("access", 0, 0, 2, 0)]),
     # SMAP (toggle 3) denies the supervisor read of a user page; PKE (toggle 4) with PKRU = 0
