@@ -152,6 +152,7 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("amd", "tlb-control-1", [T0, T0, ("pte", 0, 6, 0, 1), ("transition", 0, 0, 0, 2)]),
     ("amd", "tlb-control-3", [T0, T0, ("s2", 0, 0, 0, 2), ("transition", 0, 0, 0, 3)]),
     ("amd", "tlb-control-7", [T0, ("pte", 0, 1, 0, 1), T0, ("transition", 0, 0, 0, 4)]),
+    ("amd", "tlb-control-7-nested", [T0, T0, ("s2", 0, 0, 0, 2), ("transition", 0, 0, 0, 4)]),
     ("amd", "invlpga", [T0, T0, ("transition", 0, 0, 1, 0), T0, ("event", 0, 0, 1, 0)]),
     ("amd", "flush-all-asids", [T0, T0, ("event", 0, 2, 0, 0)]),
     # INVLPGA of 0x2000 (a global page) in ASID 1 from the host: the global entry stays
