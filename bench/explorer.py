@@ -64,7 +64,7 @@ def main() -> None:
         print(f"3. the built-in suite under every upstream version, {os.cpu_count()} workers")
         jobs = [Job(str(p), cls.name) for p in builtin_scenarios() for cls in upstream()]
         t0 = time.perf_counter()
-        results = run_all(jobs, os.cpu_count() or 1)
+        results, _ = run_all(jobs, os.cpu_count() or 1)
         secs = time.perf_counter() - t0
         total = sum(int(res.get("states", 0)) for res in results)
         print(f"  {len(jobs)} runs, {total:,} states in {secs:.1f} s (target 120 s)")

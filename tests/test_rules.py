@@ -32,11 +32,12 @@ def test_every_rule_id_in_the_code_is_registered() -> None:
             assert m.group(1) in known, f"{path.name} cites unregistered rule {m.group(1)}"
 
 
-def test_every_rule_is_implemented_or_cited() -> None:
-    text = "\n".join(p.read_text() for p in PKG.rglob("*.py") if p.name != "rules.py")
-    tests = "\n".join(p.read_text() for p in Path(__file__).parent.rglob("*.py"))
-    missing = [r.id for r in all_rules() if r.id not in text and r.id not in tests]
-    assert not missing, f"rules cited nowhere: {missing}"
+def test_every_rule_is_used_by_the_model() -> None:
+    """A rule counts as implemented only where the hardware model's code names it (a test or
+    another layer citing it does not implement it)."""
+    hw = "\n".join(p.read_text() for p in (PKG / "hw").rglob("*.py") if p.name != "rules.py")
+    missing = [r.id for r in all_rules() if r.id not in hw]
+    assert not missing, f"rules the model's code does not use: {missing}"
 
 
 def test_rules_json_schema() -> None:

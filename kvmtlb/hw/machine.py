@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
-from kvmtlb.hw.cpu import CR4_SMEP, VMX_NONROOT, Capabilities, Cpu
+from kvmtlb.hw.cpu import CR4_SMAP, CR4_SMEP, VMX_NONROOT, Capabilities, Cpu
 from kvmtlb.hw.effect import DEFAULT_READINGS, Effect, Event, Readings
 from kvmtlb.hw.errors import ModelError, UnknownEvent
 from kvmtlb.hw.invalidation import Invalidation, union
@@ -84,7 +84,8 @@ class IntelArch:
             if r.misconfig:
                 return EptMisconfig(r.gpa)
             return EptViolation(r.gpa, gva if r.final else -1)
-        if guest_denies(r, access, smep=bool(cpu.regs.cr4 & CR4_SMEP)):
+        cr4 = cpu.regs.cr4
+        if guest_denies(r, access, smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP)):
             return PageFault(gva, "rights")
         if stage2_denies(r, access):
             return EptViolation(r.gpa, gva)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmtlb.hw.addr import is_canonical
-from kvmtlb.hw.cpu import CR4_SMEP
+from kvmtlb.hw.cpu import CR4_SMAP, CR4_SMEP
 from kvmtlb.hw.effect import Effect, Readings
 from kvmtlb.hw.errors import ModelError
 from kvmtlb.hw.invalidation import ASID_KINDS, Invalidation, Select, union
@@ -84,7 +84,9 @@ def tlb_control_invalidation(tlb_control: int, asid: int, caps: SvmCapabilities)
 
 @dataclass(frozen=True, slots=True)
 class Vmrun:
-    """VMRUN of `vmcb` (its contents travel with the value)."""
+    """VMRUN of `vmcb` (its contents travel with the value). Guest CR0/CR3/CR4 loaded from the
+    VMCB, even a changed paging mode, flush nothing: that flush is the hypervisor's obligation
+    through TLB_CONTROL or a new ASID (amd.vmcb-paging-change)."""
 
     vmcb: Vmcb
 
@@ -178,7 +180,8 @@ class AmdArch:
             return PageFault(gva, "not present")
         if isinstance(r, Stage2Fault):
             return NestedPageFault(r.gpa, gva if r.final else -1)
-        if guest_denies(r, access, smep=bool(cpu.regs.cr4 & CR4_SMEP)):
+        cr4 = cpu.regs.cr4
+        if guest_denies(r, access, smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP)):
             return PageFault(gva, "rights")
         if stage2_denies(r, access):
             return NestedPageFault(r.gpa, gva)

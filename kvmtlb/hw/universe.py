@@ -23,7 +23,6 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from operator import itemgetter
 from typing import Any
 
-from kvmtlb.hw.addr import page_base
 from kvmtlb.hw.errors import OutsideUniverse
 from kvmtlb.hw.layout import Layout, Memory
 from kvmtlb.hw.mappings import PSC_KINDS, Entry, sort_key
@@ -87,14 +86,22 @@ class Universe:
     def __init__(self, layout: Layout, contexts: Iterable[WalkContext]) -> None:
         self.layout = layout
         self.contexts = tuple(dict.fromkeys(contexts))
+        # A fixpoint: an entry made in one context may be usable in another (a PSC entry made
+        # under nested paging is tagged by ASID and PCID only, so it is usable with nested
+        # paging off), and walks through it there make entries no walk from a root makes.
         found: set[Entry] = set()
-        for ctx in self.contexts:
-            w = Walker(ctx, layout.domain, None, layout.table_backing)
-            for gva in self.addresses(ctx):
-                w.translate(gva)
-            for gpa in self._gpas(ctx):
-                w.translate_gpa(gpa)
-            found |= w.fills
+        while True:
+            new: set[Entry] = set()
+            for ctx in self.contexts:
+                w = Walker(ctx, layout.domain, _index(found, ctx.tags), layout.table_backing)
+                for gva in self.addresses(ctx):
+                    w.translate(gva)
+                for gpa in self._gpas(ctx):
+                    w.translate_gpa(gpa)
+                new |= w.fills
+            if new <= found:
+                break
+            found |= new
         self.entries: tuple[Entry, ...] = tuple(sorted(found, key=sort_key))
         self.bit_of: dict[Entry, int] = {e: i for i, e in enumerate(self.entries)}
         self.key_masks: dict[tuple[type, tuple[int, int]], int] = {}
@@ -211,17 +218,24 @@ class Universe:
             slots.add(n)
             return layout.domains[n]
 
+        usable = self.usable_mask(ctx.tags)
+
         def held(kind: type, key: tuple[int, int]) -> list[Entry]:
+            # Every usable entry of the universe may be held: the walks through it read slots
+            # too. A paging-structure-cache entry may name a table of another hierarchy (AMD
+            # nested entries are tagged by ASID, not nCR3; PSC entries by PCID, not CR3), whose
+            # slots are then part of this address's plan.
             nonlocal mask
-            mask |= self.key_masks.get((kind, key), 0)
-            return []
+            m = self.key_masks.get((kind, key), 0)
+            mask |= m
+            return self.members(m & usable)
 
         w = Walker(ctx, reader, held, layout.table_backing)
         if is_gpa:
             w.translate_gpa(addr)
         else:
             w.translate(addr)
-        return _Plan(addr, is_gpa, tuple(sorted(slots)), mask & self.usable_mask(ctx.tags))
+        return _Plan(addr, is_gpa, tuple(sorted(slots)), mask & usable)
 
     # -- fill and lookup ----------------------------------------------------------------------
     def fill(self, info: ContextInfo, mem: Memory, may: int) -> int:
@@ -305,15 +319,22 @@ class Universe:
         return hit
 
 
+def _index(entries: set[Entry], tags: Tags) -> Held:
+    by: dict[tuple[type, tuple[int, int]], list[Entry]] = {}
+    for e in entries:
+        if tags.usable(e):
+            by.setdefault((type(e), _key(e)), []).append(e)
+
+    def lookup(kind: type, key: tuple[int, int]) -> list[Entry]:
+        return by.get((kind, key), [])
+
+    return lookup
+
+
 def _key(e: Entry) -> tuple[int, int]:
     if isinstance(e, PSC_KINDS):
         return (e.level, e.region)  # type: ignore[union-attr]
     return (e.page, e.size)  # type: ignore[union-attr]
 
 
-def covers(entry: Entry, addr: int) -> bool:
-    """Whether translation `entry` maps linear/guest-physical page `addr`."""
-    return page_base(addr, entry.size) == entry.page  # type: ignore[union-attr]
-
-
-__all__ = ["ContextInfo", "Universe", "covers", "iter_bits"]
+__all__ = ["ContextInfo", "Universe", "iter_bits"]

@@ -72,7 +72,10 @@ class SvmCapabilities(NamedTuple):
 
 
 class SvmCpu(NamedTuple):
-    """One AMD logical processor: mode, registers, VMCB, saved host state, SMM flag, MAY-set."""
+    """One AMD logical processor: mode, registers, VMCB, saved host state, SMM flag, MAY-set.
+
+    The MAY-set is the processor's own (amd.asid.per-cpu): an ASID names entries of this
+    processor only, so the same ASID on another processor may name stale entries there."""
 
     mode: int = SVM_HOST
     regs: Regs = Regs()

@@ -373,12 +373,17 @@ READ, WRITE, EXEC = "read", "write", "exec"
 ACCESS_KINDS = (READ, WRITE, EXEC)
 
 
-def guest_denies(t: Translated, access: str, *, smep: bool = False) -> bool:
-    """Whether guest paging denies `access` (CPL 0, CR0.WP = 1, NXE = 1; SDM §4.6)."""
+def guest_denies(t: Translated, access: str, *, smep: bool = False, smap: bool = False) -> bool:
+    """Whether guest paging denies `access` (CPL 0, CR0.WP = 1, NXE = 1, RFLAGS.AC = 0; SDM §4.6):
+    SMEP forbids supervisor fetches from user pages, SMAP supervisor data accesses to them
+    (§4.6.1). Protection keys are not modelled: PKRU is taken as 0, which denies nothing."""
+    user = bool(t.rights & G_U)
+    if smap and user and access != EXEC:
+        return True
     if access == WRITE:
         return not t.rights & G_W
     if access == EXEC:
-        return not t.rights & G_X or (smep and bool(t.rights & G_U))
+        return not t.rights & G_X or (smep and user)
     return False
 
 

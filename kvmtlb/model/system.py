@@ -32,14 +32,12 @@ from kvmtlb.hw.cpu import (
 from kvmtlb.hw.effect import DEFAULT_READINGS, Readings
 from kvmtlb.hw.layout import FRESH_HPA_BASE, Format, LayoutBuilder
 from kvmtlb.hw.machine import Machine, MachineConfig
-from kvmtlb.hw.native import NativeCpu, native_contexts
 from kvmtlb.hw.paging import E_R, E_W, E_X, RW, P, make_ept, make_npt, make_pte, pte_addr
 from kvmtlb.hw.svm import AmdArch
 from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SVM_HOST, SvmCpu
 from kvmtlb.hw.vmx import (
-    CAP_ALL,
     CAP_INVEPT_ALL,
 )
 from kvmtlb.hw.walk import WalkContext
@@ -54,6 +52,7 @@ from kvmtlb.kvm.context import (
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
+from kvmtlb.model.native import NativeConfig, NativeMachine
 from kvmtlb.model.scenario import MAX_ZAPS, Scenario, ScenarioError
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
@@ -66,7 +65,7 @@ class System:
     scenario: Scenario
     policy: KvmPolicy
     kvm: KvmConfig
-    native: MachineConfig
+    native: NativeConfig  # the native reference runs on kvmtlb.oracle (model/native.py)
     initial: World
     memo: dict[Any, Any] = field(default_factory=dict)  # properties.check's memo
 
@@ -203,9 +202,6 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             for pge in (True, False):
                 contexts.append(WalkContext(t, root, tdp_root, fmt, True, pge))
     universe = Universe(layout, contexts)
-    native_universe = Universe(
-        layout, [c for root in roots for c in native_contexts(root, tuple(pcids))]
-    )
     # -- configuration ---------------------------------------------------------------------------
     caps, enable_vpid = hardware_setup(
         cfg.vendor, cfg.vpid, cfg.ept_vpid_cap, cfg.flush_by_asid, cfg.max_asid
@@ -258,10 +254,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     else:
         pcpus = [SvmCpu(SVM_HOST, host_regs, None, host_regs) for _ in range(cfg.pcpus)]
     machine = Machine.boot(mconfig, memory, pcpus)
-    native_config = MachineConfig(native_universe, Capabilities(CAP_ALL), readings, memo_steps=True)
-    guest_regs = Regs(CR0_DEFAULT, guest_root, guest_cr4)
-    native = Machine.boot(
-        native_config, memory, [NativeCpu(regs=guest_regs) for _ in range(cfg.vcpus)]
+    native_config, native = NativeMachine.start(
+        layout, memory, roots, sorted(pcids), CR0_DEFAULT, guest_cr4, cfg.vcpus
     )
     try:
         initial = _boot(scenario, policy, kvm, machine, native)
