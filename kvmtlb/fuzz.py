@@ -180,6 +180,7 @@ TOKENS = (
     "pcid=-1",
     "pcid=",
     "noflush",
+    "emulated",
     "root=b",
     "root=default",
     "root=",

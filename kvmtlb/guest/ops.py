@@ -85,11 +85,13 @@ class MovCr3Op(NamedTuple):
     noflush: bool
     line: int = 0
     root: str = ""  # the page table loaded ("": the current one)
+    emulated: bool = False  # KVM's emulator runs it (x86_emulate_instruction), not the CPU
 
     def describe(self) -> str:
         r = f" {self.root}" if self.root else ""
         p = f" pcid={self.pcid}" if self.pcid >= 0 else ""
-        return f"mov_cr3{r}{p}{' noflush' if self.noflush else ''}"
+        e = " emulated" if self.emulated else ""
+        return f"mov_cr3{r}{p}{' noflush' if self.noflush else ''}{e}"
 
 
 class SetCr4Op(NamedTuple):

@@ -282,7 +282,15 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
         pcid = op.pcid if op.pcid >= 0 else (cur & 0xFFF if regs.cr4 & CR4_PCIDE else 0)
         root = cfg.roots[cfg.root_names.index(op.root)] if op.root else cur & ~0xFFF & ~CR3_NOFLUSH
         value = root | pcid | (CR3_NOFLUSH if op.noflush else 0)
-        _insn(k, pol, v, MovToCr3(value), EXIT_CR3_WRITE, (value,))
+        if op.emulated:
+            # an instruction KVM emulates (after an MMIO exit, or without unrestricted guest):
+            # the CPU exits, KVM's emulator runs the MOV (x86.c:kvm_set_cr3)
+            vcpu = k.vcpus[v]
+            k.hw(vcpu.cpu, VmExitEvent("emulation") if cfg.vmx else SvmExitEvent("emulation"))
+            k.native = k.native.step(v, MovToCr3(value)).machine
+            pol.vcpu_exit(k, vcpu, EXIT_CR3_WRITE, (value,))
+        else:
+            _insn(k, pol, v, MovToCr3(value), EXIT_CR3_WRITE, (value,))
     elif isinstance(op, SetCr4Op):
         bit = {"pge": CR4_PGE, "pcide": CR4_PCIDE, "smep": CR4_SMEP}[op.bit]
         cr4 = _guest_regs(k, v).cr4

@@ -388,3 +388,21 @@ class TrackWriteKeepsShadowPde(Kvm618):
         """The emulated store only."""
         slot = k.config.layout.slot(k.config.roots[root], gva, 2)
         k.write_slot(slot, value, f"emulated store: guest PDE of {gva:#x} = {value:#x}")
+
+
+@register
+class InvalidatePcidTdpNoFlush(Kvm618):
+    name = "bug-invalidate-pcid-tdp-no-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "e45e9e3998f0"
+    summary = (
+        "with TDP, kvm_invalidate_pcid does nothing (as if only shadow roots held the guest's "
+        "translations): a MOV to CR3 or INVPCID that KVM emulates leaves the hardware TLB's "
+        "entries of the PCID in place"
+    )
+
+    def kvm_invalidate_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
+        """x86.c:kvm_invalidate_pcid before e45e9e3998f0 (v5.16): the shadow branch only."""
+        if not k.config.tdp:
+            super().kvm_invalidate_pcid(k, vcpu, pcid)

@@ -136,6 +136,12 @@ class Svm:
         if vcpu.vmcb.tlb_control != TLB_CONTROL_DO_NOTHING:
             vcpu.vmcb = vcpu.vmcb._replace(tlb_control=TLB_CONTROL_DO_NOTHING)
 
+    def svm_set_guest_cr3(self, k: Step, vcpu: Vcpu, value: int) -> None:
+        """svm.c:svm_load_mmu_pgd @ v6.18 with NPT (svm_set_cr3 @ v5.x): the VMCB's guest CR3 is
+        the guest's own."""
+        assert vcpu.vmcb is not None
+        vcpu.vmcb = vcpu.vmcb._replace(guest=vcpu.vmcb.guest._replace(cr3=value))
+
     def svm_set_guest_cr4(self, k: Step, vcpu: Vcpu, value: int) -> None:
         """svm.c:svm_set_cr4 @ v6.18: the VMCB's guest CR4."""
         assert vcpu.vmcb is not None

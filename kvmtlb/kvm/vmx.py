@@ -248,6 +248,14 @@ class Vmx:
         assert vcpu.vmcs is not None
         return vcpu.vmcs.guest.cr4
 
+    def vmx_set_guest_cr3(self, k: Step, vcpu: Vcpu, value: int) -> None:
+        """vmx.c:vmx_load_mmu_pgd @ v6.18 with EPT (vmx_set_cr3 @ v5.x): GUEST_CR3 is the
+        guest's own CR3 (a VMWRITE of the loaded VMCS)."""
+        assert vcpu.vmcs is not None
+        if vcpu.vmcs.guest.cr3 != value:
+            guest = vcpu.vmcs.guest._replace(cr3=value)
+            k.hw(vcpu.cpu, Vmwrite("guest", guest), "vmx_load_mmu_pgd: GUEST_CR3")
+
     def vmx_set_guest_cr4(self, k: Step, vcpu: Vcpu, value: int) -> None:
         """vmx.c:vmx_set_cr4 @ v6.18: GUEST_CR4 and CR4_READ_SHADOW (VMWRITEs of the loaded
         VMCS)."""

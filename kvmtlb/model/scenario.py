@@ -87,7 +87,7 @@ GUEST_OPS = {
     "link": "link GVA -> TABLE [root=NAME]",
     "unlink": "unlink GVA [root=NAME]",
     "invlpg": "invlpg GVA",
-    "mov_cr3": "mov_cr3 [ROOT] [pcid=N] [noflush]",
+    "mov_cr3": "mov_cr3 [ROOT] [pcid=N] [noflush] [emulated]",
     "set_cr4": "set_cr4 pge=0|1 | pcide=0|1 | smep=0|1",
     "invpcid": "invpcid TYPE [pcid=N] [GVA]",
     "flush_tlb": "flush_tlb GVA|mm|all others|all|vcpuN,...",
@@ -651,10 +651,12 @@ class _Parser:
             need(1, "GVA")
             return InvlpgOp(self.addr(args[0], line, "GVA"), line)
         if op == "mov_cr3":
-            pcid, noflush, root = -1, False, ""
+            pcid, noflush, root, emulated = -1, False, "", False
             for i, a in enumerate(args):
                 if a == "noflush":
                     noflush = True
+                elif a == "emulated":
+                    emulated = True
                 elif a.startswith("pcid="):
                     pcid = self.small(a[5:], line, "pcid", 4095)
                 elif i == 0 and (a == DEFAULT_ROOT or a in roots):
@@ -664,10 +666,10 @@ class _Parser:
                     raise self.err(
                         line,
                         f"unknown mov_cr3 argument {shown(a)}",
-                        f"write: mov_cr3 [ROOT] [pcid=N] [noflush], ROOT one of {names} (the "
-                        "page tables [guest] and [guest.NAME])",
+                        "write: mov_cr3 [ROOT] [pcid=N] [noflush] [emulated], ROOT one of "
+                        f"{names} (the page tables [guest] and [guest.NAME])",
                     )
-            return MovCr3Op(pcid, noflush, line, root)
+            return MovCr3Op(pcid, noflush, line, root, emulated)
         if op == "set_cr4":
             need(1, "pge=0|1, pcide=0|1 or smep=0|1")
             m = re.fullmatch(r"(pge|pcide|smep)=([01])", args[0])
