@@ -36,6 +36,7 @@ CULPRITS = [
     ("zap-while-away", "bug-vmx-no-migration-flush", 17, "KVM entered vcpu0's guest"),
     ("zap-race-access", "bug-notifier-flush-at-range-end", 2, "became forbidden here"),
     ("wrprotect-then-zap", "bug-make-spte-no-dirty-log", 16, "last step that wrote them"),
+    ("shadow-pv-flush-unsync", "kvm-5.8", 3, "KVM's shadow page table maps 0x1000"),
 ]
 
 

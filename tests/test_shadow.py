@@ -398,3 +398,16 @@ def test_link_parses_and_names_its_target() -> None:
         parse(PDE_TEXT.replace("VENDOR", "intel").replace("link 0x1000 -> b", "link 0x1000 b"))
     with pytest.raises(ScenarioError, match="no guest page table named 'c'"):
         parse(PDE_TEXT.replace("VENDOR", "intel").replace("link 0x1000 -> b", "link 0x1000 -> c"))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_emulated_pte_store_zaps_the_spte_of_a_synced_page(version: str) -> None:
+    """kvm_mmu_track_write: the written entry's SPTE goes (the page stays synced), and a present
+    one is flushed on every vCPU."""
+    _, k, pol, vcpu = booted(version)
+    fault_in(k, pol, vcpu)
+    vcpu.requests = 0
+    pol.kvm_mmu_track_write_pte(k, vcpu, 0, GVA, make_pte(NEW, executable=False))
+    assert not pol.sp_unsync(k, 0, GVA)
+    assert not spte(k, pol, 0) & P
+    assert vcpu.requests == KVM_REQ_TLB_FLUSH

@@ -47,6 +47,7 @@ import jinja2
 import markupsafe
 
 from kvmtlb.check.explorer import explore, walk
+from kvmtlb.hw.addr import PHYS_ADDR_MASK
 from kvmtlb.hw.machine import Machine
 from kvmtlb.hw.mappings import PSC_KINDS, Entry
 from kvmtlb.hw.outcomes import Access
@@ -541,6 +542,31 @@ def _outcomes_without(m: Machine, cpu: int, remove: int, gva: int, access: str) 
     return Machine(m.config, m.memory, cpus).outcomes(cpu, gva, access)
 
 
+def _shadow_culprit(system: System, worlds: list[World], bad: _Bad) -> tuple[int, str] | None:
+    """With shadow paging, when KVM's shadow table itself maps the forbidden outcome: the step
+    that wrote the shadow PTE it goes through (usually the fault that installed it, before the
+    guest changed its own PTE and no sync dropped it)."""
+    cfg = system.kvm
+    o = bad.outcome
+    if cfg.tdp or not isinstance(o, Access):
+        return None
+    layout = cfg.layout
+    last = worlds[-1].machine.memory.values
+    for root in cfg.shadow_roots:
+        slot = layout.slot(root, bad.gva)
+        if not last[slot] & 1 or last[slot] & PHYS_ADDR_MASK != o.frame & ~0xFFF:
+            continue
+        for j in range(len(worlds) - 1, 0, -1):
+            if worlds[j - 1].machine.memory.values[slot] != last[slot]:
+                return j, (
+                    f"no cached entry is needed: KVM's shadow page table maps {bad.gva:#x} to "
+                    f"{o.frame & ~0xFFF:#x}, the shadow PTE written at this step, and no sync "
+                    "(INVLPG, the guest's flush, MOV CR3 with a flush, a new root) dropped it "
+                    "since"
+                )
+    return None
+
+
 def stale_entries(m: Machine, bad: _Bad) -> list[int]:
     """A minimal set of entries of the pCPU's MAY-set whose removal makes the forbidden outcome
     impossible (bits, in universe order)."""
@@ -617,6 +643,11 @@ def explain(trace: Trace, prop: str, detail: str) -> Explanation:
     if not bits:
         # The current paging structures themselves allow the outcome (a KVM bug in an SPTE,
         # not a stale TLB entry): the culprit is the last step that wrote them.
+        spte = _shadow_culprit(system, worlds, bad)
+        if spte is not None:
+            ex.culprit, ex.culprit_why = spte
+            ex.culprit_kind = "memory"
+            return ex
         for j in range(len(worlds) - 1, 0, -1):
             if worlds[j].machine.memory != worlds[j - 1].machine.memory:
                 ex.culprit = j

@@ -28,18 +28,21 @@ class MapOp(NamedTuple):
     flags: str  # subset of "wuxg"
     line: int = 0
     root: str = DEFAULT_ROOT  # the page table written ([guest] or [guest.NAME])
+    emulated: bool = False  # KVM's emulator does the store (kvm_mmu_track_write follows)
 
     def describe(self) -> str:
-        return f"map {self.gva:#x} -> {self.gpa:#x} {self.flags}{_root(self.root)}".rstrip()
+        e = " emulated" if self.emulated else ""
+        return f"map {self.gva:#x} -> {self.gpa:#x} {self.flags}{_root(self.root)}{e}".rstrip()
 
 
 class UnmapOp(NamedTuple):
     gva: int
     line: int = 0
     root: str = DEFAULT_ROOT
+    emulated: bool = False
 
     def describe(self) -> str:
-        return f"unmap {self.gva:#x}{_root(self.root)}"
+        return f"unmap {self.gva:#x}{_root(self.root)}{' emulated' if self.emulated else ''}"
 
 
 class LinkOp(NamedTuple):

@@ -62,6 +62,7 @@ from kvmtlb.kvm.x86 import (
     EXIT_INVPCID,
     EXIT_PDE_WRITE,
     EXIT_PT_WRITE,
+    EXIT_PTE_WRITE,
     EXIT_SHADOW_PF,
     EXIT_TDP_FAULT,
 )
@@ -243,18 +244,29 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
     cfg = k.config
     if isinstance(op, MapOp | UnmapOp):
         root = cfg.root_names.index(op.root)
-        if _pt_write_traps(k, pol, v, root, op.gva):
-            return False
-        slot = cfg.layout.slot(cfg.roots[root], op.gva)
-        where = "" if root == 0 else f" (page table {op.root})"
-        if isinstance(op, MapOp):
-            pte = make_pte(
+        pte = (
+            make_pte(
                 op.gpa,
                 writable="w" in op.flags,
                 user="u" in op.flags,
                 executable="x" in op.flags,
                 glob="g" in op.flags,
             )
+            if isinstance(op, MapOp)
+            else 0
+        )
+        if op.emulated:
+            # KVM's emulator does the store (an instruction it emulates); the page-track
+            # notifier follows it (kvm_mmu_track_write)
+            vcpu = k.vcpus[v]
+            k.hw(vcpu.cpu, VmExitEvent("emulation") if cfg.vmx else SvmExitEvent("emulation"))
+            pol.vcpu_exit(k, vcpu, EXIT_PTE_WRITE, (root, op.gva, pte))
+            return True
+        if _pt_write_traps(k, pol, v, root, op.gva):
+            return False
+        slot = cfg.layout.slot(cfg.roots[root], op.gva)
+        where = "" if root == 0 else f" (page table {op.root})"
+        if isinstance(op, MapOp):
             k.write_slot(slot, pte, f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}{where}")
         else:
             k.write_slot(slot, 0, f"guest PTE {op.gva:#x}: not present{where}")

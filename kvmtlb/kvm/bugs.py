@@ -406,3 +406,20 @@ class InvalidatePcidTdpNoFlush(Kvm618):
         """x86.c:kvm_invalidate_pcid before e45e9e3998f0 (v5.16): the shadow branch only."""
         if not k.config.tdp:
             super().kvm_invalidate_pcid(k, vcpu, pcid)
+
+
+@register
+class TrackWriteKeepsSpte(Kvm618):
+    name = "bug-track-write-keeps-spte"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "KVM's emulator stores to a guest PTE of a synced shadow page but the page-track notifier "
+        "does not zap the written entry's SPTE: no later INVLPG or flush syncs a synced page, so "
+        "the old mapping stays"
+    )
+
+    def kvm_mmu_track_write_pte(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
+        """The emulated store only."""
+        slot = k.config.layout.slot(k.config.roots[root], gva)
+        k.write_slot(slot, value, f"emulated store: guest PTE {gva:#x} = {value:#x}")

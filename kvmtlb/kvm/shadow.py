@@ -130,6 +130,22 @@ class ShadowMmu:
         k.write_slot(sslot, 0, f"kvm_mmu_track_write: zap the shadow PDE of {gva:#x}")
         self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
 
+    def kvm_mmu_track_write_pte(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
+        """A store to a guest PTE that KVM's emulator does (emulator_write_phys), then the
+        page-track notifier: mmu.c:kvm_mmu_track_write @ v6.18 (kvm_mmu_pte_write @ v5.x) zaps the
+        SPTE of the written entry in the shadow page of that table, synced or unsync
+        (mmu_page_zap_pte), and flushes every vCPU if it was present (kvm_mmu_remote_flush_or_zap;
+        v5.x need_remote_flush: a present SPTE zapped). v5.x may then prefetch the new guest PTE
+        (mmu_pte_write_new_pte), an optional fill the model leaves to the next fault."""
+        slot = k.config.layout.slot(k.config.roots[root], gva)
+        k.write_slot(slot, value, f"emulated store: guest PTE {gva:#x} = {value:#x}")
+        if k.config.tdp:
+            return
+        if not k.machine.memory.values[self.sptep(k, root, gva)] & P:
+            return
+        self.set_shadow_spte(k, root, gva, 0, "kvm_mmu_track_write: mmu_page_zap_pte")
+        self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
+
     def kvm_mmu_track_write_fault(self, k: Step, vcpu: Vcpu, root: int, gva: int) -> None:
         """The guest stored to a write-protected (synced) guest page table: the #PF exit's
         FNAME(page_fault) -> make_spte -> mmu_try_to_unsync_pages @ v6.18 (mmu_need_write_protect

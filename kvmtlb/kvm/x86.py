@@ -62,6 +62,7 @@ EXIT_SHADOW_PF = 8  # a guest #PF KVM intercepts (shadow paging): frame (gva, ac
 EXIT_PT_WRITE = 9  # a guest store to a write-protected guest page table: frame (root, gva)
 EXIT_INVPCID = 10  # frame (type, pcid, gva)
 EXIT_PDE_WRITE = 11  # a guest store to a PDE, emulated: frame (root, gva, value)
+EXIT_PTE_WRITE = 12  # a guest PTE store KVM's emulator does: frame (root, gva, value)
 EXIT_NAMES = {
     EXIT_EXTERNAL_INTERRUPT: "external interrupt",
     EXIT_CR4_WRITE: "CR4 write",
@@ -74,6 +75,7 @@ EXIT_NAMES = {
     EXIT_PT_WRITE: "#PF on a write-protected guest page table",
     EXIT_INVPCID: "INVPCID",
     EXIT_PDE_WRITE: "#PF on a write-protected guest page directory",
+    EXIT_PTE_WRITE: "emulation of a store to a guest PTE",
 }
 
 
@@ -279,6 +281,8 @@ class X86:
             self.kvm_mmu_page_fault_shadow(k, vcpu, args[0], args[1])  # type: ignore[attr-defined]
         elif reason == EXIT_PT_WRITE:
             self.kvm_mmu_track_write_fault(k, vcpu, args[0], args[1])  # type: ignore[attr-defined]
+        elif reason == EXIT_PTE_WRITE:
+            self.kvm_mmu_track_write_pte(k, vcpu, *args)  # type: ignore[attr-defined]
         elif reason == EXIT_PDE_WRITE:
             self.kvm_mmu_track_write_pde(k, vcpu, *args)  # type: ignore[attr-defined]
         elif reason == EXIT_INVPCID:

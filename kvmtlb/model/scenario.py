@@ -82,8 +82,8 @@ GUEST_OPS = {
     "read": "read GVA",
     "write": "write GVA",
     "exec": "exec GVA",
-    "map": "map GVA -> GPA FLAGS [root=NAME]",
-    "unmap": "unmap GVA [root=NAME]",
+    "map": "map GVA -> GPA FLAGS [root=NAME] [emulated]",
+    "unmap": "unmap GVA [root=NAME] [emulated]",
     "link": "link GVA -> TABLE [root=NAME]",
     "unlink": "unlink GVA [root=NAME]",
     "invlpg": "invlpg GVA",
@@ -614,7 +614,15 @@ class _Parser:
                 return self.root_name(args.pop()[5:], line, roots)
             return DEFAULT_ROOT
 
+        def emulated_arg() -> bool:
+            """A trailing `emulated` of map and unmap: KVM's emulator does the store."""
+            if args and args[-1] == "emulated":
+                args.pop()
+                return True
+            return False
+
         if op == "map":
+            emulated = emulated_arg()
             root = root_arg()
             if len(args) < 3 or args[1] != "->":
                 raise self.err(line, "map takes GVA -> GPA FLAGS", "write: map 0x1000 -> 0x12000 w")
@@ -627,11 +635,12 @@ class _Parser:
                     f"GPA {gpa:#x} is not mapped in [host]",
                     f'add "{gpa:#x}" = "HPA rwx" to [host]',
                 )
-            return MapOp(self.addr(args[0], line, "GVA"), gpa, flags, line, root)
+            return MapOp(self.addr(args[0], line, "GVA"), gpa, flags, line, root, emulated)
         if op == "unmap":
+            emulated = emulated_arg()
             root = root_arg()
-            need(1, "GVA [root=NAME]")
-            return UnmapOp(self.addr(args[0], line, "GVA"), line, root)
+            need(1, "GVA [root=NAME] [emulated]")
+            return UnmapOp(self.addr(args[0], line, "GVA"), line, root, emulated)
         if op == "link":
             root = root_arg()
             if len(args) != 3 or args[1] != "->":
