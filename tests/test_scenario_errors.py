@@ -382,6 +382,20 @@ CASES: list[Case] = [
     err("preempt-unknown-vcpu", r"unknown vCPU 'vcpu3'", hostops=f"preempt vcpu3  {MARK}"),
     err("preempt-no-vcpu", r"unknown or malformed host op", hostops=f"preempt  {MARK}"),
     err(
+        "zap-all-fast-shadow",
+        r"zap_all_fast needs tdp = true",
+        config='vendor = "intel"\ntdp = false',
+        hostops=f"zap_all_fast  {MARK}",
+    ),
+    err(
+        "zap-all-fast-too-many",
+        r"more than 3 zap_all_fast ops",
+        hostops=f"zap_all_fast\nzap_all_fast\nzap_all_fast\nzap_all_fast  {MARK}",
+    ),
+    err(
+        "zap-all-fast-argument", r"unknown or malformed host op", hostops=f"zap_all_fast 1  {MARK}"
+    ),
+    err(
         "resume-unknown-pcpu",
         r"unknown pCPU 'pcpu7'",
         hostops=f"preempt vcpu1\nresume vcpu1 on pcpu7  {MARK}",

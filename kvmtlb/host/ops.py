@@ -55,4 +55,13 @@ class FlushRemoteOp(NamedTuple):
         return "flush_remote_tlbs"
 
 
-HostOp: TypeAlias = PreemptOp | ResumeOp | ZapOp | RemapOp | WrprotectOp | FlushRemoteOp
+class ZapAllFastOp(NamedTuple):
+    line: int = 0
+
+    def describe(self) -> str:
+        return "zap_all_fast"
+
+
+HostOp: TypeAlias = (
+    PreemptOp | ResumeOp | ZapOp | RemapOp | WrprotectOp | FlushRemoteOp | ZapAllFastOp
+)

@@ -19,6 +19,9 @@ of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
   the frame and flushes (kvm_mmu_slot_remove_write_access); when the ioctl returns, userspace
   relies on the log.
 - `flush_remote_tlbs`: kvm_flush_remote_tlbs alone.
+- `zap_all_fast`: kvm_mmu_zap_all_fast (a memslot deletion's, or a write of the nx_huge_pages
+  parameter's): every EPT/NPT root becomes obsolete, every vCPU must drop it before it enters
+  again, and the obsolete roots are zapped.
 
 What the checker holds the host to (model/properties.py): a host page the kernel freed, or whose
 data it migrated away, is `released`, and no guest access may reach it from that step on
@@ -41,6 +44,7 @@ from kvmtlb.host.ops import (
     RemapOp,
     ResumeOp,
     WrprotectOp,
+    ZapAllFastOp,
     ZapOp,
 )
 from kvmtlb.hw.svm import SvmExitEvent
@@ -131,8 +135,8 @@ def preempt(k: Step, pol: KvmPolicy, v: int) -> None:
 
 
 def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
-    """One step of a zap, remap, wrprotect or flush_remote_tlbs: a step of KVM's task, or one of
-    the host kernel's own."""
+    """One step of a zap, remap, wrprotect, flush_remote_tlbs or zap_all_fast: a step of KVM's
+    task, or one of the host kernel's own."""
     if h.phase in pol.HOST_STEPS:
         return _kvm_step(k, pol, op, h)
     if h.phase == "":
@@ -144,6 +148,8 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             )
         if isinstance(op, WrprotectOp):
             return _call(k, pol, op, h, "kvm_mmu_slot_remove_write_access", DONE)
+        if isinstance(op, ZapAllFastOp):
+            return _call(k, pol, op, h, "kvm_mmu_zap_all_fast", DONE)
         assert isinstance(op, FlushRemoteOp)
         return _call(k, pol, op, h, "kvm_flush_remote_tlbs", DONE)
     assert isinstance(op, ZapOp | RemapOp), f"host op {op!r} in phase {h.phase!r}"

@@ -371,3 +371,19 @@ class ZapRmapCurrentRootOnly(Kvm618):
         for r, gva in self.rmap_sptes(k, gpa):
             if r in current:
                 self.set_shadow_spte(k, r, gva, 0, f"kvm_zap_rmap({gpa:#x})")
+
+
+@register
+class MmuLoadNoFlush(Kvm618):
+    name = "bug-mmu-load-no-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_mmu_load installs a new root without flushing the current context: entries cached "
+        "under an obsolete root (the ASID on SVM; a reused root page's EP4TA on VMX) survive"
+    )
+
+    def kvm_mmu_load_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_load @ v6.18 with its last call, flush_tlb_current, left out: as if a
+        freshly allocated root could have no entries cached for it."""
+        k.note("kvm_mmu_load: no flush", "the new root is assumed to have no cached entries")

@@ -137,10 +137,46 @@ class KvmMain:
         task.frame = ()
         task.return_()
 
+    # -- kvm_make_all_cpus_request for other requests, as host-task steps ----------------------
+    def kvm_make_all_cpus_request(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_all_cpus_request @ v6.18 for the request `frame[0]` (a request with
+        KVM_REQUEST_WAIT, such as KVM_REQ_MMU_FREE_OBSOLETE_ROOTS): set it on vCPU `frame[1]`; as
+        kvm_flush_remote_tlbs does, the mode is read in the next step, and the sender kicks and
+        waits after the last vCPU."""
+        req, i, _mask = task.frame
+        self.kvm_make_vcpu_request(k, k.vcpus[i], req)
+        task.goto("kvm_make_all_cpus_request:mode")
+
+    def kvm_make_all_cpus_request_mode(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_vcpu_request @ v6.18, second half (kvm_request_needs_ipi)."""
+        req, i, mask = task.frame
+        target = self.kvm_request_needs_ipi(k, k.vcpus[i], req)
+        if target >= 0:
+            mask |= 1 << target
+        if i + 1 < len(k.vcpus):
+            task.frame = (req, i + 1, mask)
+            task.goto("kvm_make_all_cpus_request")
+        else:
+            task.frame = (mask,)
+            task.goto("kvm_make_all_cpus_request:kick")
+
+    def kvm_make_all_cpus_request_kick(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_all_cpus_request_except @ v6.18: kick and wait."""
+        (mask,) = task.frame
+        self.kvm_kick_many_cpus(k, mask, HOST_SENDER, wait=True)
+        task.goto("kvm_make_all_cpus_request:wait")
+
+    def kvm_make_all_cpus_request_wait(self, k: Step, task: HostTask) -> None:
+        """Every kicked pCPU took its IPI: kvm_make_all_cpus_request returns."""
+        k.note("kvm_make_all_cpus_request returns")
+        task.frame = ()
+        task.return_()
+
     def host_step_enabled(self, w: World, pc: str, frame: tuple[int, ...]) -> bool:
         """Whether the host task at label `pc` may step in world `w`: the wait of
-        kvm_flush_remote_tlbs blocks until every kicked pCPU took its IPI."""
-        if pc == "kvm_flush_remote_tlbs:wait":
+        kvm_flush_remote_tlbs (and of kvm_make_all_cpus_request) blocks until every kicked pCPU
+        took its IPI."""
+        if pc in ("kvm_flush_remote_tlbs:wait", "kvm_make_all_cpus_request:wait"):
             (mask,) = frame
             return not any(
                 w.pcpus[p][P_KICKS] & HOST_SENDER for p in range(len(w.pcpus)) if mask >> p & 1
@@ -151,11 +187,13 @@ class KvmMain:
     def kvm_mmu_notifier_invalidate_range_start(self, k: Step, task: HostTask) -> None:
         """kvm_main.c:kvm_mmu_notifier_invalidate_range_start @ v6.18 (kvm_handle_hva_range with
         on_lock = kvm_mmu_invalidate_begin, handler kvm_unmap_gfn_range, flush_on_ret): faults
-        on the range retry from here on, the SPTE is zapped, and since something was zapped,
+        on the range retry from here on, the SPTE is zapped, and if something was zapped,
         kvm_flush_remote_tlbs runs before the callback returns to the primary MMU."""
         self.kvm_mmu_invalidate_begin(k)
-        self.kvm_unmap_gfn_range(k, task.gpa)  # type: ignore[attr-defined]
-        task.goto("kvm_flush_remote_tlbs")
+        if self.kvm_unmap_gfn_range(k, task.gpa):  # type: ignore[attr-defined]
+            task.goto("kvm_flush_remote_tlbs")
+        else:
+            task.return_()
 
     def kvm_mmu_notifier_invalidate_range_end(self, k: Step, task: HostTask) -> None:
         """kvm_main.c:kvm_mmu_notifier_invalidate_range_end @ v6.18: kvm_mmu_invalidate_end."""

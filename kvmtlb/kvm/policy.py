@@ -54,6 +54,12 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
         "kvm_mmu_notifier_invalidate_range_end": "kvm_mmu_notifier_invalidate_range_end",
         "kvm_mmu_slot_remove_write_access": "kvm_mmu_slot_remove_write_access",
         "kvm_set_spte_gfn": "kvm_set_spte_gfn",
+        "kvm_make_all_cpus_request": "kvm_make_all_cpus_request",
+        "kvm_make_all_cpus_request:mode": "kvm_make_all_cpus_request_mode",
+        "kvm_make_all_cpus_request:kick": "kvm_make_all_cpus_request_kick",
+        "kvm_make_all_cpus_request:wait": "kvm_make_all_cpus_request_wait",
+        "kvm_mmu_zap_all_fast": "kvm_mmu_zap_all_fast",
+        "kvm_tdp_mmu_zap_invalidated_roots": "kvm_tdp_mmu_zap_invalidated_roots",
     }
     NOT_PREEMPTIBLE: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
     IRQS_OFF: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})

@@ -38,6 +38,7 @@ from kvmtlb.host.ops import (
     RemapOp,
     ResumeOp,
     WrprotectOp,
+    ZapAllFastOp,
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
@@ -74,6 +75,7 @@ LIMITS = (
     ("max_asid", 1 << 20, "real processors have at most 32,767"),
 )
 MAX_ZAPS = 16  # zaps of one guest frame (each takes a fresh host page from the frame's pool)
+MAX_FAST_ZAPS = 3  # zap_all_fast ops of a scenario (each may need one more EPT/NPT root page)
 INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest")
 AMD_ONLY = ("flush_by_asid", "max_asid")
 GUEST_OPS = {
@@ -96,6 +98,7 @@ HOST_OPS = {
     "remap": "remap GPA -> HPA",
     "wrprotect": "wrprotect GPA",
     "flush_remote_tlbs": "flush_remote_tlbs",
+    "zap_all_fast": "zap_all_fast",
 }
 
 
@@ -262,6 +265,7 @@ class _Parser:
         self.text = text
         self.known = known
         self.zaps: dict[int, int] = {}  # zaps per GPA so far
+        self.fast_zaps = 0  # zap_all_fast ops so far
 
     def err(self, line: int, message: str, fix: str) -> ScenarioError:
         return ScenarioError(self.path, line, message, fix)
@@ -780,11 +784,27 @@ class _Parser:
             return RemapOp(gpa, hpa, line)
         if op == "flush_remote_tlbs" and not args:
             return FlushRemoteOp(line)
+        if op == "zap_all_fast" and not args:
+            if not config.tdp:
+                raise self.err(
+                    line,
+                    "zap_all_fast needs tdp = true (shadow paging's obsolete pages are not "
+                    "modelled)",
+                    "remove the op, or set tdp = true",
+                )
+            self.fast_zaps += 1
+            if self.fast_zaps > MAX_FAST_ZAPS:
+                raise self.err(
+                    line,
+                    f"more than {MAX_FAST_ZAPS} zap_all_fast ops",
+                    f"zap all roots at most {MAX_FAST_ZAPS} times",
+                )
+            return ZapAllFastOp(line)
         raise self.err(
             line,
             f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
-            "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs",
+            "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast",
         )
 
     def static_checks(
