@@ -385,7 +385,9 @@ class X86:
         software (current memory, no TLB) and keeps the translation while it emulates. The vCPU is
         mid-instruction until the access completes (the next step)."""
         cr3 = (
-            vcpu.vmcs.guest.cr3
+            vcpu.cr3  # shadow paging: the hardware CR3 holds the shadow root
+            if not k.config.tdp
+            else vcpu.vmcs.guest.cr3
             if vcpu.vmcs is not None
             else vcpu.vmcb.guest.cr3
             if vcpu.vmcb is not None
