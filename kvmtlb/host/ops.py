@@ -55,6 +55,25 @@ class FlushRemoteOp(NamedTuple):
         return "flush_remote_tlbs"
 
 
+class ZapGfnRangeOp(NamedTuple):
+    first: int  # the two guest frames the zap walks, in order, yielding mmu_lock between them
+    second: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"zap_gfn_range {self.first:#x} {self.second:#x}"
+
+
+class SpawnOp(NamedTuple):
+    """`spawn OP`: OP runs in a second host thread (`host2`), concurrently with the ops after."""
+
+    op: FlushRemoteOp | ZapGfnRangeOp
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"spawn {self.op.describe()}"
+
+
 class ZapAllFastOp(NamedTuple):
     line: int = 0
 
@@ -63,5 +82,13 @@ class ZapAllFastOp(NamedTuple):
 
 
 HostOp: TypeAlias = (
-    PreemptOp | ResumeOp | ZapOp | RemapOp | WrprotectOp | FlushRemoteOp | ZapAllFastOp
+    PreemptOp
+    | ResumeOp
+    | ZapOp
+    | RemapOp
+    | WrprotectOp
+    | FlushRemoteOp
+    | ZapAllFastOp
+    | ZapGfnRangeOp
+    | SpawnOp
 )

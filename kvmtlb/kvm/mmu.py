@@ -244,6 +244,58 @@ class Mmu:
         self.zap_invalidated_roots(k)
         task.return_()
 
+    # -- kvm_zap_gfn_range, yielding mmu_lock halfway, as host-task steps ----------------------
+    def kvm_zap_gfn_range(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_zap_gfn_range @ v6.18 (kvm_tdp_mmu_zap_leafs -> tdp_mmu_zap_leafs with
+        can_yield; its callers: MTRR and CR0.CD changes with non-coherent DMA, the APIC-access
+        page on an APICv inhibit) over two frames (`task.gpa`, then `task.hpa`, the op's two
+        GPAs): take mmu_lock for write and zap the first frame's SPTE in every root; a flush is
+        pending if one was present (`frame`). Then mmu_lock is yielded
+        (tdp_mmu_iter_cond_resched). v5.7/v5.8's kvm_zap_gfn_range (slot_handle_level_range
+        with lock_flush_tlb) walks the rmaps the same way."""
+        k.kvm.mmu_lock = True
+        k.note("write_lock(&kvm->mmu_lock)", "kvm_zap_gfn_range")
+        task.frame = (int(self.kvm_unmap_gfn_range(k, task.gpa)),)
+        task.goto("kvm_zap_gfn_range:yield")
+
+    def kvm_zap_gfn_range_yield(self, k: Step, task: HostTask) -> None:
+        """tdp_mmu.c:tdp_mmu_iter_cond_resched @ v6.18 (mmu.c:slot_handle_level_range @ v5.x):
+        before dropping mmu_lock, flush remote TLBs if a flush is pending (a835429cda91 made a
+        flush pending from an earlier root count too), so that no one who takes the lock
+        meanwhile sees a zapped SPTE whose translation a TLB may still hold."""
+        (flush,) = task.frame
+        task.frame = ()
+        if flush:
+            k.note("tdp_mmu_iter_cond_resched: a flush is pending, flush before yielding")
+            task.call("kvm_flush_remote_tlbs", "kvm_zap_gfn_range:unlock")
+        else:
+            task.goto("kvm_zap_gfn_range:unlock")
+
+    def kvm_zap_gfn_range_unlock(self, k: Step, task: HostTask) -> None:
+        """tdp_mmu.c:tdp_mmu_iter_cond_resched @ v6.18: cond_resched_rwlock_write drops
+        mmu_lock; other threads may take it now. `frame` keeps a flush still pending."""
+        k.kvm.mmu_lock = False
+        k.note("cond_resched_rwlock_write: mmu_lock yielded")
+        task.goto("kvm_zap_gfn_range:relock")
+
+    def kvm_zap_gfn_range_relock(self, k: Step, task: HostTask) -> None:
+        """tdp_mmu.c:tdp_mmu_zap_leafs @ v6.18, after the yield: mmu_lock again, and the second
+        frame's SPTE zapped; then the flush (kvm_flush_remote_tlbs_range) if one is pending."""
+        pending = bool(task.frame and task.frame[0])
+        task.frame = ()
+        k.kvm.mmu_lock = True
+        k.note("write_lock(&kvm->mmu_lock)", "tdp_mmu_zap_leafs resumes")
+        if self.kvm_unmap_gfn_range(k, task.hpa) or pending:
+            task.call("kvm_flush_remote_tlbs", "kvm_zap_gfn_range:done")
+        else:
+            task.goto("kvm_zap_gfn_range:done")
+
+    def kvm_zap_gfn_range_done(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_zap_gfn_range @ v6.18: write_unlock(&kvm->mmu_lock) after the last flush."""
+        k.kvm.mmu_lock = False
+        k.note("write_unlock(&kvm->mmu_lock)")
+        task.return_()
+
     # -- the fault path ---------------------------------------------------------------------------
     def kvm_mmu_page_fault(self, k: Step, vcpu: Vcpu, gpa: int, write: bool) -> None:
         """mmu.c:kvm_mmu_page_fault / kvm_tdp_page_fault @ v6.18, up to kvm_faultin_pfn."""

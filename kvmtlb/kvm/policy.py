@@ -60,6 +60,11 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
         "kvm_make_all_cpus_request:wait": "kvm_make_all_cpus_request_wait",
         "kvm_mmu_zap_all_fast": "kvm_mmu_zap_all_fast",
         "kvm_tdp_mmu_zap_invalidated_roots": "kvm_tdp_mmu_zap_invalidated_roots",
+        "kvm_zap_gfn_range": "kvm_zap_gfn_range",
+        "kvm_zap_gfn_range:yield": "kvm_zap_gfn_range_yield",
+        "kvm_zap_gfn_range:unlock": "kvm_zap_gfn_range_unlock",
+        "kvm_zap_gfn_range:relock": "kvm_zap_gfn_range_relock",
+        "kvm_zap_gfn_range:done": "kvm_zap_gfn_range_done",
     }
     NOT_PREEMPTIBLE: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
     IRQS_OFF: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})

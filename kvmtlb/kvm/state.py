@@ -60,6 +60,7 @@ class HostTask:
     ret: tuple[str, ...] = ()
     gpa: int = -1
     hpa: int = -1
+    sender: int = 1  # its bit in Pcpu.kicks: the host thread's (kvm_main.HOST_SENDER) or host2's
 
     def call(self, label: str, then: str) -> None:
         """Continue at `label`; when that code returns, continue at `then`."""
@@ -140,6 +141,8 @@ class Kvm:
     # and zapped, freed when no vCPU holds it); and how many vCPUs hold it as mmu->root.
     root_state: tuple[int, ...] = ()
     root_refs: tuple[int, ...] = ()
+    # kvm->mmu_lock, as far as a zap that yields it (kvm_zap_gfn_range) holds it across steps
+    mmu_lock: bool = False
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)

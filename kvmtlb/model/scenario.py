@@ -37,8 +37,10 @@ from kvmtlb.host.ops import (
     PreemptOp,
     RemapOp,
     ResumeOp,
+    SpawnOp,
     WrprotectOp,
     ZapAllFastOp,
+    ZapGfnRangeOp,
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
@@ -99,6 +101,8 @@ HOST_OPS = {
     "wrprotect": "wrprotect GPA",
     "flush_remote_tlbs": "flush_remote_tlbs",
     "zap_all_fast": "zap_all_fast",
+    "zap_gfn_range": "zap_gfn_range GPA GPA",
+    "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA",
 }
 
 
@@ -784,6 +788,32 @@ class _Parser:
             return RemapOp(gpa, hpa, line)
         if op == "flush_remote_tlbs" and not args:
             return FlushRemoteOp(line)
+        if op == "zap_gfn_range" and len(args) == 2:
+            first = self.addr(args[0], line, "GPA")
+            second = self.addr(args[1], line, "GPA")
+            for gpa in (first, second):
+                if gpa not in host:
+                    raise self.err(
+                        line,
+                        f"GPA {gpa:#x} is not mapped in [host]",
+                        "zap_gfn_range two GPAs listed in [host]",
+                    )
+            if first == second:
+                raise self.err(
+                    line,
+                    "zap_gfn_range needs two different GPAs",
+                    "write: zap_gfn_range 0x10000 0x11000",
+                )
+            return ZapGfnRangeOp(first, second, line)
+        if op == "spawn" and args:
+            inner = self.host_op(" ".join(args), line, config, host, remapped)
+            if not isinstance(inner, FlushRemoteOp | ZapGfnRangeOp):
+                raise self.err(
+                    line,
+                    f"spawn cannot run {shown(inner.describe())}",
+                    "spawn flush_remote_tlbs, or spawn zap_gfn_range GPA GPA",
+                )
+            return SpawnOp(inner, line)
         if op == "zap_all_fast" and not args:
             if not config.tdp:
                 raise self.err(
@@ -804,7 +834,8 @@ class _Parser:
             line,
             f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
-            "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast",
+            "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
+            "zap_gfn_range GPA GPA | spawn OP",
         )
 
     def static_checks(

@@ -19,7 +19,15 @@ from typing import Any
 from kvmtlb.errors import where
 from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
 from kvmtlb.guest.thread import GuestThread
-from kvmtlb.host.ops import RemapOp, ResumeOp, WrprotectOp, ZapAllFastOp, ZapOp
+from kvmtlb.host.ops import (
+    RemapOp,
+    ResumeOp,
+    SpawnOp,
+    WrprotectOp,
+    ZapAllFastOp,
+    ZapGfnRangeOp,
+    ZapOp,
+)
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
@@ -90,6 +98,13 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     # EPT/NPT root pages: one, and one more per fast zap (kvm/mmu.py: a vCPU may hold an
     # obsolete root while the others load the next one)
     fast_zaps = sum(isinstance(op, ZapAllFastOp) for op in scenario.host_program)
+    ranged = {
+        gpa
+        for op in scenario.host_program
+        for r in (op.op if isinstance(op, SpawnOp) else op,)
+        if isinstance(r, ZapGfnRangeOp)
+        for gpa in (r.first, r.second)
+    }
     tdp_roots = (
         tuple(b.ept_root() if vmx else b.npt_root() for _ in range(1 + fast_zaps))
         if cfg.tdp
@@ -147,7 +162,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         leaf = make_ept if vmx else make_npt
         b.map(tdp_root, gpa, leaf(hpa, r))
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
-        if targets or fresh or fast_zaps:
+        if targets or fresh or fast_zaps or gpa in ranged:
             values.append(0)
         b.allow(tdp_root, gpa, values)
         for other in tdp_roots[1:]:  # empty until a root is allocated there
