@@ -48,6 +48,14 @@ class WrprotectOp(NamedTuple):
         return f"wrprotect {self.gpa:#x}"
 
 
+class AgeOp(NamedTuple):
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"age {self.gpa:#x}"
+
+
 class FlushRemoteOp(NamedTuple):
     line: int = 0
 
@@ -91,4 +99,5 @@ HostOp: TypeAlias = (
     | ZapAllFastOp
     | ZapGfnRangeOp
     | SpawnOp
+    | AgeOp
 )

@@ -19,6 +19,9 @@ of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
   the frame and flushes (kvm_mmu_slot_remove_write_access); when the ioctl returns, userspace
   relies on the log.
 - `flush_remote_tlbs`: kvm_flush_remote_tlbs alone.
+- `age GPA` (page aging by reclaim: the MMU notifier's clear_young): KVM ages the frame's SPTEs
+  without a TLB flush; without EPT A/D bits that is access tracking (the SPTE is made not
+  present, and restored by the next fault).
 - `zap_all_fast`: kvm_mmu_zap_all_fast (a memslot deletion's, or a write of the nx_huge_pages
   parameter's): every EPT/NPT root becomes obsolete, every vCPU must drop it before it enters
   again, and the obsolete roots are zapped.
@@ -44,6 +47,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from kvmtlb.host.ops import (
+    AgeOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
@@ -221,6 +225,8 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             return _call(k, pol, op, h, "kvm_mmu_slot_remove_write_access", DONE)
         if isinstance(op, ZapAllFastOp):
             return _call(k, pol, op, h, "kvm_mmu_zap_all_fast", DONE)
+        if isinstance(op, AgeOp):
+            return _call(k, pol, op, h, "kvm_mmu_notifier_clear_young", DONE)
         if isinstance(op, ZapGfnRangeOp):
             return _call(k, pol, op, h, "kvm_zap_gfn_range", DONE)
         assert isinstance(op, FlushRemoteOp)

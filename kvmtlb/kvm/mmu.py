@@ -244,6 +244,29 @@ class Mmu:
         self.zap_invalidated_roots(k)
         task.return_()
 
+    # -- page aging (the MMU notifier's clear_young), a host-task step --------------------------
+    def kvm_mmu_notifier_clear_young(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_mmu_notifier_clear_young @ v6.18 (and v5.x) -> mmu.c:kvm_age_gfn: age
+        the frame's SPTEs, and flush no TLB (clear_young, unlike clear_flush_young, leaves that
+        to the next real flush: reclaim only needs an approximation). With A/D bits (NPT, EPT
+        with enable_ept_ad_bits) the Accessed bit is cleared, which the model does not track;
+        without them (EPT without A/D bits) the SPTE is marked for access tracking
+        (mark_spte_for_access_track: its RWX bits cleared, so the hardware sees it not present;
+        the next fault restores it), while a TLB may keep its old, writable translation."""
+        if not k.config.tdp:
+            k.note(f"kvm_age_gfn({task.gpa:#x})", "the Accessed bit is not modelled")
+            task.return_()
+            return
+        if k.config.ept_ad:
+            k.note(f"kvm_age_gfn({task.gpa:#x}): clear the Accessed bit", "no TLB flush")
+            task.return_()
+            return
+        for r in self.live_tdp_roots(k):
+            if self.spte(k, task.gpa, r)[0] >= 0:
+                self.set_spte(k, task.gpa, -1, 0, "mark_spte_for_access_track", r)
+        k.note(f"kvm_age_gfn({task.gpa:#x}): access tracking", "no TLB flush (clear_young)")
+        task.return_()
+
     # -- kvm_zap_gfn_range, yielding mmu_lock halfway, as host-task steps ----------------------
     def kvm_zap_gfn_range(self, k: Step, task: HostTask) -> None:
         """mmu.c:kvm_zap_gfn_range @ v6.18 (kvm_tdp_mmu_zap_leafs -> tdp_mmu_zap_leafs with
@@ -367,8 +390,9 @@ class Mmu:
         """tdp_mmu.c:kvm_tdp_mmu_clear_dirty_slot / write-protect for dirty logging @ v6.18: dirty
         logging is on for the frame's memslot from now on; clear the frame's dirty bit and its
         SPTEs' write permission. Returns whether the caller must flush remote TLBs
-        (kvm_flush_remote_tlbs_memslot), which it must whenever write permission may be
-        cached."""
+        (kvm_flush_remote_tlbs_memslot): always, since b64d740ea7dd (x86.c:kvm_mmu_slot_apply_flags
+        @ v6.18 flushes unconditionally after enabling dirty logging), because write permission
+        may be cached even for an SPTE that is no longer writable."""
         k.kvm.log_dirty |= 1 << k.config.gpa_index(gpa)
         k.kvm.set_dirty(k.config.gpa_index(gpa), False)
         if not k.config.tdp:

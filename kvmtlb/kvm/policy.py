@@ -60,6 +60,7 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
         "kvm_make_all_cpus_request:wait": "kvm_make_all_cpus_request_wait",
         "kvm_mmu_zap_all_fast": "kvm_mmu_zap_all_fast",
         "kvm_tdp_mmu_zap_invalidated_roots": "kvm_tdp_mmu_zap_invalidated_roots",
+        "kvm_mmu_notifier_clear_young": "kvm_mmu_notifier_clear_young",
         "kvm_zap_gfn_range": "kvm_zap_gfn_range",
         "kvm_zap_gfn_range:yield": "kvm_zap_gfn_range_yield",
         "kvm_zap_gfn_range:unlock": "kvm_zap_gfn_range_unlock",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
+from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.vmx import Invvpid
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, register
@@ -142,6 +143,21 @@ class Kvm58(Kvm618):
         self.kvm_tdp_mmu_invalidate_roots(k)
         task.frame = (KVM_REQ_MMU_RELOAD, 0, 0)
         task.call("kvm_make_all_cpus_request", "kvm_zap_obsolete_pages")
+
+    def kvm_tdp_mmu_write_protect(self, k: Step, gpa: int) -> bool:
+        """mmu.c:kvm_mmu_slot_remove_write_access @ v5.8 (v5.7 alike): slot_rmap_write_protect
+        reports whether it cleared a writable SPTE, and only then is the memslot flushed
+        (kvm_arch_flush_remote_tlbs_memslot). An SPTE that is already not writable, such as one
+        access-tracked by clear_young (which did not flush either), gives no flush, while a TLB
+        may still hold the writable translation: historical bug #14, fixed by b64d740ea7dd
+        ("kvm: x86: mmu: Always flush TLBs when enabling dirty logging", July 2022)."""
+        if not k.config.tdp:
+            return super().kvm_tdp_mmu_write_protect(k, gpa)
+        writable = any(self.spte(k, gpa, r)[1] & E_W for r in self.live_tdp_roots(k))
+        super().kvm_tdp_mmu_write_protect(k, gpa)
+        if not writable:
+            k.note("slot_rmap_write_protect: no writable SPTE", "so no flush")
+        return writable
 
     def kvm_zap_obsolete_pages(self, k: Step, task: HostTask) -> None:
         """mmu.c:kvm_zap_obsolete_pages @ v5.8 (v5.7 alike): zap the obsolete pages (a root a

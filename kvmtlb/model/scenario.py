@@ -32,6 +32,7 @@ from kvmtlb.guest.ops import (
     UnmapOp,
 )
 from kvmtlb.host.ops import (
+    AgeOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
@@ -69,6 +70,7 @@ CONFIG_KEYS: dict[str, type] = {
     "max_asid": int,
     "ept_vpid_cap": list,
     "unrestricted_guest": bool,
+    "ept_ad": bool,
     "flush_order": str,
 }
 # Upper limits of the knobs besides vcpus and pcpus (at most 8 each).
@@ -78,7 +80,7 @@ LIMITS = (
 )
 MAX_ZAPS = 16  # zaps of one guest frame (each takes a fresh host page from the frame's pool)
 MAX_FAST_ZAPS = 3  # zap_all_fast ops of a scenario (each may need one more EPT/NPT root page)
-INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest")
+INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest", "ept_ad")
 AMD_ONLY = ("flush_by_asid", "max_asid")
 GUEST_OPS = {
     "read": "read GVA",
@@ -102,6 +104,7 @@ HOST_OPS = {
     "flush_remote_tlbs": "flush_remote_tlbs",
     "zap_all_fast": "zap_all_fast",
     "zap_gfn_range": "zap_gfn_range GPA GPA",
+    "age": "age GPA",
     "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA",
 }
 
@@ -126,6 +129,7 @@ class Config:
     ept_vpid_cap: tuple[str, ...] = CAP_NAMES
     unrestricted_guest: bool = True
     flush_order: str = "local-first"  # the guest kernel's shootdown: see kvmtlb.guest.thread
+    ept_ad: bool = True  # Intel: EPT accessed/dirty bits (enable_ept_ad_bits); else access tracking
 
     def label(self) -> str:
         """A short name for the configuration (for --matrix and reports)."""
@@ -155,6 +159,7 @@ class Config:
                 vpids=self.vpids,
                 ept_vpid_cap=list(self.ept_vpid_cap),
                 unrestricted_guest=self.unrestricted_guest,
+                ept_ad=self.ept_ad,
             )
         else:
             d.update(flush_by_asid=self.flush_by_asid, max_asid=self.max_asid)
@@ -398,6 +403,7 @@ class _Parser:
             ept_vpid_cap=caps,
             unrestricted_guest=t.get("unrestricted_guest", True),
             flush_order=flush_order,
+            ept_ad=t.get("ept_ad", True),
         )
 
     # -- addresses --------------------------------------------------------------------------------
@@ -755,6 +761,13 @@ class _Parser:
                     )
                 pcpu = self.pcpu_id(args[2], line, config)
             return ResumeOp(v, pcpu, line)
+        if op == "age" and len(args) == 1:
+            gpa = self.addr(args[0], line, "GPA")
+            if gpa not in host:
+                raise self.err(
+                    line, f"GPA {gpa:#x} is not mapped in [host]", "age a GPA listed in [host]"
+                )
+            return AgeOp(gpa, line)
         if op in ("zap", "wrprotect") and len(args) == 1:
             gpa = self.addr(args[0], line, "GPA")
             if gpa not in host:
@@ -835,7 +848,7 @@ class _Parser:
             f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
-            "zap_gfn_range GPA GPA | spawn OP",
+            "zap_gfn_range GPA GPA | spawn OP | age GPA",
         )
 
     def static_checks(

@@ -20,6 +20,7 @@ from kvmtlb.errors import where
 from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
 from kvmtlb.guest.thread import GuestThread
 from kvmtlb.host.ops import (
+    AgeOp,
     RemapOp,
     ResumeOp,
     SpawnOp,
@@ -162,7 +163,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         leaf = make_ept if vmx else make_npt
         b.map(tdp_root, gpa, leaf(hpa, r))
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
-        if targets or fresh or fast_zaps or gpa in ranged:
+        aged = any(isinstance(op, AgeOp) and op.gpa == gpa for op in scenario.host_program)
+        if targets or fresh or fast_zaps or gpa in ranged or aged:
             values.append(0)
         b.allow(tdp_root, gpa, values)
         for other in tdp_roots[1:]:  # empty until a root is allocated there
@@ -241,6 +243,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         universe=universe,
         tdp_root=tdp_root,
         tdp_roots=tdp_roots,
+        ept_ad=cfg.ept_ad or not vmx,
         guest_root=guest_root,
         guest_cr4=guest_cr4,
         host_regs=host_regs,
