@@ -56,6 +56,14 @@ class AgeOp(NamedTuple):
         return f"age {self.gpa:#x}"
 
 
+class ClearDirtyLogOp(NamedTuple):
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"clear_dirty_log {self.gpa:#x}"
+
+
 class FlushRemoteOp(NamedTuple):
     line: int = 0
 
@@ -100,4 +108,5 @@ HostOp: TypeAlias = (
     | ZapGfnRangeOp
     | SpawnOp
     | AgeOp
+    | ClearDirtyLogOp
 )

@@ -19,6 +19,9 @@ of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
   the frame and flushes (kvm_mmu_slot_remove_write_access); when the ioctl returns, userspace
   relies on the log.
 - `flush_remote_tlbs`: kvm_flush_remote_tlbs alone.
+- `clear_dirty_log GPA` (KVM_CLEAR_DIRTY_LOG for the frame, under dirty logging): if its dirty
+  bit was set, KVM clears it, write-protects the frame and flushes (kvm_flush_remote_tlbs_memslot);
+  when the ioctl returns, userspace relies on the log again.
 - `age GPA` (page aging by reclaim: the MMU notifier's clear_young): KVM ages the frame's SPTEs
   without a TLB flush; without EPT A/D bits that is access tracking (the SPTE is made not
   present, and restored by the next fault).
@@ -48,6 +51,7 @@ from typing import NamedTuple
 
 from kvmtlb.host.ops import (
     AgeOp,
+    ClearDirtyLogOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
@@ -227,6 +231,12 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             return _call(k, pol, op, h, "kvm_mmu_zap_all_fast", DONE)
         if isinstance(op, AgeOp):
             return _call(k, pol, op, h, "kvm_mmu_notifier_clear_young", DONE)
+        if isinstance(op, ClearDirtyLogOp):
+            # userspace relies on the log again only when the ioctl returns (`page` remembers
+            # whether the frame was protected before)
+            bit = 1 << k.config.gpa_index(op.gpa)
+            h = h._replace(protected=h.protected & ~bit, page=int(bool(h.protected & bit)))
+            return _call(k, pol, op, h, "kvm_clear_dirty_log_protect", DONE)
         if isinstance(op, ZapGfnRangeOp):
             return _call(k, pol, op, h, "kvm_zap_gfn_range", DONE)
         assert isinstance(op, FlushRemoteOp)
@@ -265,7 +275,7 @@ def _kvm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
     h = h._replace(phase=task.pc, frame=task.frame, ret=task.ret)
     if h.phase != DONE:
         return h
-    if isinstance(op, WrprotectOp):
+    if isinstance(op, WrprotectOp) or (isinstance(op, ClearDirtyLogOp) and h.page == 1):
         h = h._replace(protected=h.protected | 1 << k.config.gpa_index(gpa))
     return h._replace(op=h.op + 1, phase="", ret=(), frame=(), page=-1)
 

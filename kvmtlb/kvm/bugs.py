@@ -439,3 +439,20 @@ class WaitRequestKicksInGuestOnly(Kvm618):
             f"mode was {MODE_NAMES[mode]}" + (f": kick pCPU{target}" if target >= 0 else ""),
         )
         return target
+
+
+@register
+class ClearDirtyLogNoFlush(Kvm618):
+    name = "bug-clear-dirty-log-no-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "KVM_CLEAR_DIRTY_LOG write-protects the pages whose dirty bits it cleared but skips "
+        "kvm_flush_remote_tlbs_memslot: writable translations cached since the last fault let "
+        "writes go unlogged"
+    )
+
+    def kvm_flush_remote_tlbs_memslot(self, k: Step, task: HostTask) -> None:
+        """The flush of kvm_clear_dirty_log_protect left out."""
+        k.note("kvm_clear_dirty_log_protect: no kvm_flush_remote_tlbs_memslot")
+        task.return_()

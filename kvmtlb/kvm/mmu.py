@@ -244,6 +244,38 @@ class Mmu:
         self.zap_invalidated_roots(k)
         task.return_()
 
+    # -- KVM_CLEAR_DIRTY_LOG, a host-task step --------------------------------------------------
+    def kvm_clear_dirty_log_protect(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_clear_dirty_log_protect @ v6.18 (and v5.x) for one frame: if the memslot
+        logs dirty pages and the frame's dirty bit was set (the bits really cleared, by an
+        atomic fetch-and-not), clear it and write-protect the frame again
+        (kvm_arch_mmu_enable_log_dirty_pt_masked; without PML, kvm_tdp_mmu_clear_dirty_pt_masked
+        removes write permission), then kvm_flush_remote_tlbs_memslot; a clean frame is left
+        alone, with no flush."""
+        i = k.config.gpa_index(task.gpa)
+        if not k.kvm.log_dirty >> i & 1:
+            k.note(f"KVM_CLEAR_DIRTY_LOG({task.gpa:#x})", "the memslot does not log dirty pages")
+            task.return_()
+            return
+        if not k.kvm.dirty[i]:
+            k.note(f"KVM_CLEAR_DIRTY_LOG({task.gpa:#x}): the dirty bit is clear", "no flush")
+            task.return_()
+            return
+        k.kvm.set_dirty(i, False)
+        k.note(f"KVM_CLEAR_DIRTY_LOG({task.gpa:#x}): dirty bit cleared")
+        for r in self.live_tdp_roots(k) if k.config.tdp else []:
+            hpa, rights = self.spte(k, task.gpa, r)
+            if hpa >= 0:
+                self.set_spte(k, task.gpa, hpa, rights & ~E_W, "clear_dirty_pt_masked", r)
+        if not k.config.tdp:
+            self.rmap_write_protect(k, task.gpa)  # type: ignore[attr-defined]
+        self.kvm_flush_remote_tlbs_memslot(k, task)
+
+    def kvm_flush_remote_tlbs_memslot(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_flush_remote_tlbs_memslot @ v6.18 (kvm_arch_flush_remote_tlbs_memslot
+        @ v5.x): kvm_flush_remote_tlbs (a range flush only on Hyper-V)."""
+        task.goto("kvm_flush_remote_tlbs")
+
     # -- page aging (the MMU notifier's clear_young), a host-task step --------------------------
     def kvm_mmu_notifier_clear_young(self, k: Step, task: HostTask) -> None:
         """kvm_main.c:kvm_mmu_notifier_clear_young @ v6.18 (and v5.x) -> mmu.c:kvm_age_gfn: age

@@ -61,6 +61,7 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
         "kvm_mmu_zap_all_fast": "kvm_mmu_zap_all_fast",
         "kvm_tdp_mmu_zap_invalidated_roots": "kvm_tdp_mmu_zap_invalidated_roots",
         "kvm_mmu_notifier_clear_young": "kvm_mmu_notifier_clear_young",
+        "kvm_clear_dirty_log_protect": "kvm_clear_dirty_log_protect",
         "kvm_zap_gfn_range": "kvm_zap_gfn_range",
         "kvm_zap_gfn_range:yield": "kvm_zap_gfn_range_yield",
         "kvm_zap_gfn_range:unlock": "kvm_zap_gfn_range_unlock",

@@ -33,6 +33,7 @@ from kvmtlb.guest.ops import (
 )
 from kvmtlb.host.ops import (
     AgeOp,
+    ClearDirtyLogOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
@@ -105,6 +106,7 @@ HOST_OPS = {
     "zap_all_fast": "zap_all_fast",
     "zap_gfn_range": "zap_gfn_range GPA GPA",
     "age": "age GPA",
+    "clear_dirty_log": "clear_dirty_log GPA",
     "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA",
 }
 
@@ -761,13 +763,13 @@ class _Parser:
                     )
                 pcpu = self.pcpu_id(args[2], line, config)
             return ResumeOp(v, pcpu, line)
-        if op == "age" and len(args) == 1:
+        if op in ("age", "clear_dirty_log") and len(args) == 1:
             gpa = self.addr(args[0], line, "GPA")
             if gpa not in host:
                 raise self.err(
-                    line, f"GPA {gpa:#x} is not mapped in [host]", "age a GPA listed in [host]"
+                    line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
                 )
-            return AgeOp(gpa, line)
+            return AgeOp(gpa, line) if op == "age" else ClearDirtyLogOp(gpa, line)
         if op in ("zap", "wrprotect") and len(args) == 1:
             gpa = self.addr(args[0], line, "GPA")
             if gpa not in host:
@@ -848,7 +850,7 @@ class _Parser:
             f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
-            "zap_gfn_range GPA GPA | spawn OP | age GPA",
+            "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA",
         )
 
     def static_checks(

@@ -21,6 +21,7 @@ from kvmtlb.guest.ops import InvpcidOp, MapOp, MovCr3Op, UnmapOp
 from kvmtlb.guest.thread import GuestThread
 from kvmtlb.host.ops import (
     AgeOp,
+    ClearDirtyLogOp,
     RemapOp,
     ResumeOp,
     SpawnOp,
@@ -154,7 +155,10 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         targets = [
             op.hpa for op in scenario.host_program if isinstance(op, RemapOp) and op.gpa == gpa
         ]
-        protect = any(isinstance(op, WrprotectOp) and op.gpa == gpa for op in scenario.host_program)
+        protect = any(
+            isinstance(op, WrprotectOp | ClearDirtyLogOp) and op.gpa == gpa
+            for op in scenario.host_program
+        )
         fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
         pages = [hpa, *targets, *fresh]
         host_pages[gpa] = (pages, protect)
