@@ -20,6 +20,8 @@ from kvmsetups import timeline as timeline_of
 
 from kvmtlb.host.thread import HOST_SENDER, preempt
 from kvmtlb.kvm.requests import (
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
+    KVM_REQ_MMU_RELOAD,
     KVM_REQ_STEAL_UPDATE,
     KVM_REQ_TLB_FLUSH,
     KVM_REQ_TLB_FLUSH_CURRENT,
@@ -378,8 +380,15 @@ def test_kvm_request_needs_ipi(mode: int, req: int, ipi: bool, after: int) -> No
 
 
 def test_wait_requests() -> None:
-    """KVM_REQ_TLB_FLUSH and KVM_REQ_TLB_FLUSH_GUEST carry KVM_REQUEST_WAIT; CURRENT does not."""
-    assert WAIT_REQUESTS == KVM_REQ_TLB_FLUSH | KVM_REQ_TLB_FLUSH_GUEST
+    """KVM_REQ_TLB_FLUSH and KVM_REQ_TLB_FLUSH_GUEST carry KVM_REQUEST_WAIT, and so do the root
+    reloads of a fast zap (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS; v5.x's KVM_REQ_MMU_RELOAD); CURRENT
+    does not."""
+    assert WAIT_REQUESTS == (
+        KVM_REQ_TLB_FLUSH
+        | KVM_REQ_TLB_FLUSH_GUEST
+        | KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+        | KVM_REQ_MMU_RELOAD
+    )
 
 
 def test_unloaded_vcpu_is_not_kicked() -> None:

@@ -382,6 +382,34 @@ CASES: list[Case] = [
     err("preempt-unknown-vcpu", r"unknown vCPU 'vcpu3'", hostops=f"preempt vcpu3  {MARK}"),
     err("preempt-no-vcpu", r"unknown or malformed host op", hostops=f"preempt  {MARK}"),
     err(
+        "zap-all-fast-shadow",
+        r"zap_all_fast needs tdp = true",
+        config='vendor = "intel"\ntdp = false',
+        hostops=f"zap_all_fast  {MARK}",
+    ),
+    err(
+        "zap-all-fast-too-many",
+        r"more than 3 zap_all_fast ops",
+        hostops=f"zap_all_fast\nzap_all_fast\nzap_all_fast\nzap_all_fast  {MARK}",
+    ),
+    err(
+        "zap-all-fast-argument", r"unknown or malformed host op", hostops=f"zap_all_fast 1  {MARK}"
+    ),
+    err(
+        "spawn-preempt", r"spawn cannot run 'preempt vcpu0'", hostops=f"spawn preempt vcpu0  {MARK}"
+    ),
+    err("spawn-nothing", r"unknown or malformed host op", hostops=f"spawn  {MARK}"),
+    err(
+        "zap-gfn-range-same-gpa",
+        r"zap_gfn_range needs two different GPAs",
+        hostops=f"zap_gfn_range 0x10000 0x10000  {MARK}",
+    ),
+    err(
+        "zap-gfn-range-unmapped",
+        r"GPA 0x13000 is not mapped in \[host\]",
+        hostops=f"spawn zap_gfn_range 0x10000 0x13000  {MARK}",
+    ),
+    err(
         "resume-unknown-pcpu",
         r"unknown pCPU 'pcpu7'",
         hostops=f"preempt vcpu1\nresume vcpu1 on pcpu7  {MARK}",

@@ -354,6 +354,7 @@ def configurations(s: Scenario) -> list[Config]:
                 vpids=s.config.vpids,
                 ept_vpid_cap=s.config.ept_vpid_cap,
                 unrestricted_guest=s.config.unrestricted_guest,
+                ept_ad=s.config.ept_ad,
                 max_asid=s.config.max_asid,
             )
         if c.label() == s.config.label() or c in out:

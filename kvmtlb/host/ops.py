@@ -48,6 +48,22 @@ class WrprotectOp(NamedTuple):
         return f"wrprotect {self.gpa:#x}"
 
 
+class AgeOp(NamedTuple):
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"age {self.gpa:#x}"
+
+
+class ClearDirtyLogOp(NamedTuple):
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"clear_dirty_log {self.gpa:#x}"
+
+
 class FlushRemoteOp(NamedTuple):
     line: int = 0
 
@@ -55,4 +71,42 @@ class FlushRemoteOp(NamedTuple):
         return "flush_remote_tlbs"
 
 
-HostOp: TypeAlias = PreemptOp | ResumeOp | ZapOp | RemapOp | WrprotectOp | FlushRemoteOp
+class ZapGfnRangeOp(NamedTuple):
+    first: int  # the two guest frames the zap walks, in order, yielding mmu_lock between them
+    second: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"zap_gfn_range {self.first:#x} {self.second:#x}"
+
+
+class SpawnOp(NamedTuple):
+    """`spawn OP`: OP runs in a second host thread (`host2`), concurrently with the ops after."""
+
+    op: FlushRemoteOp | ZapGfnRangeOp
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"spawn {self.op.describe()}"
+
+
+class ZapAllFastOp(NamedTuple):
+    line: int = 0
+
+    def describe(self) -> str:
+        return "zap_all_fast"
+
+
+HostOp: TypeAlias = (
+    PreemptOp
+    | ResumeOp
+    | ZapOp
+    | RemapOp
+    | WrprotectOp
+    | FlushRemoteOp
+    | ZapAllFastOp
+    | ZapGfnRangeOp
+    | SpawnOp
+    | AgeOp
+    | ClearDirtyLogOp
+)

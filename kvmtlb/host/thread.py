@@ -19,12 +19,27 @@ of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
   the frame and flushes (kvm_mmu_slot_remove_write_access); when the ioctl returns, userspace
   relies on the log.
 - `flush_remote_tlbs`: kvm_flush_remote_tlbs alone.
+- `clear_dirty_log GPA` (KVM_CLEAR_DIRTY_LOG for the frame, under dirty logging): if its dirty
+  bit was set, KVM clears it, write-protects the frame and flushes (kvm_flush_remote_tlbs_memslot);
+  when the ioctl returns, userspace relies on the log again.
+- `age GPA` (page aging by reclaim: the MMU notifier's clear_young): KVM ages the frame's SPTEs
+  without a TLB flush; without EPT A/D bits that is access tracking (the SPTE is made not
+  present, and restored by the next fault).
+- `zap_all_fast`: kvm_mmu_zap_all_fast (a memslot deletion's, or a write of the nx_huge_pages
+  parameter's): every EPT/NPT root becomes obsolete, every vCPU must drop it before it enters
+  again, and the obsolete roots are zapped.
 
 What the checker holds the host to (model/properties.py): a host page the kernel freed, or whose
 data it migrated away, is `released`, and no guest access may reach it from that step on
 (host-isolation: a use after free); a frame whose write protection for dirty logging returned to
 userspace is `protected` (dirty-logging). Both are set by the kernel's steps, never by KVM's, so a
 policy cannot switch them off; a policy whose flush comes too late (after the free) is caught.
+
+`spawn OP` starts OP (`flush_remote_tlbs`, or `zap_gfn_range GPA GPA`: kvm_zap_gfn_range over
+two frames, yielding mmu_lock between them) in a second host thread, `host2`, and goes on with
+the next op at once: the two threads' steps interleave (two remote flushes at once; a notifier
+zap while a zap has yielded mmu_lock). `host2` runs one spawned op at a time; a second `spawn`
+waits for it. Its kicks carry their own bit (HOST2_SENDER), so each thread waits for its own.
 
 `preempt` and `resume` schedule a vCPU out and in (vcpu_put, vcpu_load); a vCPU preempted by a
 host op stays out (`held`) until a `resume`.
@@ -35,18 +50,23 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from kvmtlb.host.ops import (
+    AgeOp,
+    ClearDirtyLogOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
     RemapOp,
     ResumeOp,
+    SpawnOp,
     WrprotectOp,
+    ZapAllFastOp,
+    ZapGfnRangeOp,
     ZapOp,
 )
 from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.vmx import VmExitEvent
 from kvmtlb.kvm.context import Step, World
-from kvmtlb.kvm.kvm_main import HOST_SENDER
+from kvmtlb.kvm.kvm_main import HOST2_SENDER, HOST_SENDER
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
@@ -64,6 +84,12 @@ class HostThread(NamedTuple):
     protected: int = 0  # guest frames (by index) whose write protection returned to userspace
     held: int = 0  # vCPUs a host op preempted and no resume has brought back
     home: tuple[int, ...] = ()  # the pCPU each vCPU runs on when the scheduler picks it
+    # The second host thread (`host2`): the `spawn` op (its index) whose op it runs, -1 when
+    # idle, and its KVM task's label, return stack and locals.
+    bg_op: int = -1
+    bg_phase: str = ""
+    bg_ret: tuple[str, ...] = ()
+    bg_frame: tuple[int, ...] = ()
 
 
 def preemptible(pol: KvmPolicy, vcpu_state: tuple[object, ...]) -> bool:
@@ -89,9 +115,62 @@ def host_actions(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> list[
         if occupant >= 0 and not preemptible(pol, w.vcpus[occupant]):
             return []
         return ["step"]
+    if isinstance(op, SpawnOp):
+        return ["step"] if h.bg_op < 0 else []
     if h.phase in pol.HOST_STEPS:
         return ["step"] if pol.host_step_enabled(w, h.phase, h.frame) else []
+    if h.phase == "" and isinstance(op, ZapOp | RemapOp | ZapGfnRangeOp):  # KVM's step first
+        first = (
+            "kvm_zap_gfn_range"
+            if isinstance(op, ZapGfnRangeOp)
+            else "kvm_mmu_notifier_invalidate_range_start"
+        )
+        return ["step"] if pol.host_step_enabled(w, first, ()) else []
     return ["step"]
+
+
+def host2_enabled(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> bool:
+    """Whether the second host thread (a `spawn`ed op) may step now."""
+    h: HostThread = w.host
+    if h.bg_op < 0:
+        return False
+    if h.bg_phase == "":
+        return pol.host_step_enabled(w, _spawned_label(program, h.bg_op), (), HOST2_SENDER)
+    return pol.host_step_enabled(w, h.bg_phase, h.bg_frame, HOST2_SENDER)
+
+
+def _spawned_label(program: tuple[HostOp, ...], index: int) -> str:
+    op = program[index]
+    assert isinstance(op, SpawnOp)
+    return "kvm_flush_remote_tlbs" if isinstance(op.op, FlushRemoteOp) else "kvm_zap_gfn_range"
+
+
+def host2_step(k: Step, pol: KvmPolicy, program: tuple[HostOp, ...]) -> None:
+    """One step of the second host thread: the spawned op's KVM task (kvm_flush_remote_tlbs, or
+    kvm_zap_gfn_range over its two frames), with its own kick bit."""
+    h: HostThread = k.host
+    spawn = program[h.bg_op]
+    assert isinstance(spawn, SpawnOp)
+    inner = spawn.op
+    gpa, hpa = (inner.first, inner.second) if isinstance(inner, ZapGfnRangeOp) else (-1, -1)
+    if h.bg_phase == "":
+        label = _spawned_label(program, h.bg_op)
+        task = HostTask(label, (), (DONE,), gpa, hpa, sender=HOST2_SENDER)
+    else:
+        task = HostTask(h.bg_phase, h.bg_frame, h.bg_ret, gpa, hpa, sender=HOST2_SENDER)
+    pol.host_step(k, task)
+    h = k.host
+    if task.pc == DONE:
+        k.host = h._replace(bg_op=-1, bg_phase="", bg_ret=(), bg_frame=())
+    else:
+        k.host = h._replace(bg_phase=task.pc, bg_ret=task.ret, bg_frame=task.frame)
+
+
+def host2_describe(w: World, program: tuple[HostOp, ...]) -> str:
+    h: HostThread = w.host
+    spawn = program[h.bg_op]
+    assert isinstance(spawn, SpawnOp)
+    return spawn.op.describe() + (f" [{h.bg_phase}]" if h.bg_phase else "")
 
 
 def describe(w: World, program: tuple[HostOp, ...]) -> str:
@@ -117,6 +196,10 @@ def host_step(k: Step, pol: KvmPolicy, program: tuple[HostOp, ...]) -> None:
         home[op.vcpu] = target
         k.host = h._replace(op=h.op + 1, held=h.held & ~(1 << op.vcpu), home=tuple(home))
         return
+    if isinstance(op, SpawnOp):
+        k.note(f"host2 starts {op.op.describe()}", "it runs concurrently with the next host ops")
+        k.host = h._replace(op=h.op + 1, bg_op=h.op, bg_phase="", bg_ret=(), bg_frame=())
+        return
     k.host = _op_step(k, pol, op, h)
 
 
@@ -131,8 +214,8 @@ def preempt(k: Step, pol: KvmPolicy, v: int) -> None:
 
 
 def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
-    """One step of a zap, remap, wrprotect or flush_remote_tlbs: a step of KVM's task, or one of
-    the host kernel's own."""
+    """One step of a zap, remap, wrprotect, flush_remote_tlbs or zap_all_fast: a step of KVM's
+    task, or one of the host kernel's own."""
     if h.phase in pol.HOST_STEPS:
         return _kvm_step(k, pol, op, h)
     if h.phase == "":
@@ -144,6 +227,18 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             )
         if isinstance(op, WrprotectOp):
             return _call(k, pol, op, h, "kvm_mmu_slot_remove_write_access", DONE)
+        if isinstance(op, ZapAllFastOp):
+            return _call(k, pol, op, h, "kvm_mmu_zap_all_fast", DONE)
+        if isinstance(op, AgeOp):
+            return _call(k, pol, op, h, "kvm_mmu_notifier_clear_young", DONE)
+        if isinstance(op, ClearDirtyLogOp):
+            # userspace relies on the log again only when the ioctl returns (`page` remembers
+            # whether the frame was protected before)
+            bit = 1 << k.config.gpa_index(op.gpa)
+            h = h._replace(protected=h.protected & ~bit, page=int(bool(h.protected & bit)))
+            return _call(k, pol, op, h, "kvm_clear_dirty_log_protect", DONE)
+        if isinstance(op, ZapGfnRangeOp):
+            return _call(k, pol, op, h, "kvm_zap_gfn_range", DONE)
         assert isinstance(op, FlushRemoteOp)
         return _call(k, pol, op, h, "kvm_flush_remote_tlbs", DONE)
     assert isinstance(op, ZapOp | RemapOp), f"host op {op!r} in phase {h.phase!r}"
@@ -171,13 +266,16 @@ def _call(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread, label: str, then: 
 
 
 def _kvm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
-    gpa = getattr(op, "gpa", -1)
-    task = HostTask(h.phase, h.frame, h.ret, gpa, getattr(op, "hpa", -1))
+    if isinstance(op, ZapGfnRangeOp):
+        gpa, hpa = op.first, op.second
+    else:
+        gpa, hpa = getattr(op, "gpa", -1), getattr(op, "hpa", -1)
+    task = HostTask(h.phase, h.frame, h.ret, gpa, hpa)
     pol.host_step(k, task)
     h = h._replace(phase=task.pc, frame=task.frame, ret=task.ret)
     if h.phase != DONE:
         return h
-    if isinstance(op, WrprotectOp):
+    if isinstance(op, WrprotectOp) or (isinstance(op, ClearDirtyLogOp) and h.page == 1):
         h = h._replace(protected=h.protected | 1 << k.config.gpa_index(gpa))
     return h._replace(op=h.op + 1, phase="", ret=(), frame=(), page=-1)
 
@@ -190,4 +288,15 @@ def _release(k: Step, h: HostThread, then: str, what: str) -> HostThread:
     return h._replace(phase=then, released=tuple(sorted({*h.released, h.page})))
 
 
-__all__ = ["DONE", "HOST_SENDER", "HostThread", "describe", "host_actions", "host_step", "preempt"]
+__all__ = [
+    "DONE",
+    "HOST_SENDER",
+    "HostThread",
+    "describe",
+    "host2_describe",
+    "host2_enabled",
+    "host2_step",
+    "host_actions",
+    "host_step",
+    "preempt",
+]

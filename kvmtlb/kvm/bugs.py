@@ -14,7 +14,15 @@ from kvmtlb.hw.paging import make_ept, make_npt
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import register
 from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH_GUEST, kvm_make_request
-from kvmtlb.kvm.state import KVM_VCPU_PREEMPTED, HostTask, Pcpu, Vcpu
+from kvmtlb.kvm.state import (
+    EXITING_GUEST_MODE,
+    IN_GUEST_MODE,
+    KVM_VCPU_PREEMPTED,
+    MODE_NAMES,
+    HostTask,
+    Pcpu,
+    Vcpu,
+)
 from kvmtlb.kvm.versions import Kvm618
 
 
@@ -423,3 +431,80 @@ class TrackWriteKeepsSpte(Kvm618):
         """The emulated store only."""
         slot = k.config.layout.slot(k.config.roots[root], gva)
         k.write_slot(slot, value, f"emulated store: guest PTE {gva:#x} = {value:#x}")
+
+
+@register
+class MmuLoadNoFlush(Kvm618):
+    name = "bug-mmu-load-no-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_mmu_load installs a new root without flushing the current context: entries cached "
+        "under an obsolete root (the ASID on SVM; a reused root page's EP4TA on VMX) survive"
+    )
+
+    def kvm_mmu_load_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_load @ v6.18 with its last call, flush_tlb_current, left out: as if a
+        freshly allocated root could have no entries cached for it."""
+        k.note("kvm_mmu_load: no flush", "the new root is assumed to have no cached entries")
+
+
+@register
+class ZapYieldWithoutFlush(Kvm618):
+    name = "bug-zap-yield-without-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "a835429cda91"
+    summary = (
+        "a zap of a GFN range yields mmu_lock with a flush still pending (as the TDP MMU did for "
+        "a flush pending from an earlier root): a notifier zap meanwhile finds the SPTE gone, "
+        "flushes nothing, and the page is freed while a TLB still maps it"
+    )
+
+    def kvm_zap_gfn_range_yield(self, k: Step, task: HostTask) -> None:
+        """tdp_mmu.c:zap_gfn_range before a835429cda91 (v5.10-v5.11): the flush pending from
+        before the yield is kept for the end of the range, not done before mmu_lock is
+        dropped."""
+        k.note("tdp_mmu_iter_cond_resched: yields", "the pending flush is left for later")
+        task.goto("kvm_zap_gfn_range:unlock")
+
+
+@register
+class WaitRequestKicksInGuestOnly(Kvm618):
+    name = "bug-wait-request-kicks-in-guest-only"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_request_needs_ipi kicks only vCPUs IN_GUEST_MODE, also for KVM_REQUEST_WAIT "
+        "requests: a second sender that finds a vCPU EXITING_GUEST_MODE returns without waiting "
+        "for it to leave the guest"
+    )
+
+    def kvm_request_needs_ipi(self, k: Step, vcpu: Vcpu, req: int) -> int:
+        """kvm_main.c:kvm_request_needs_ipi @ v6.18 with the KVM_REQUEST_WAIT case dropped."""
+        mode = vcpu.mode
+        if mode == IN_GUEST_MODE:
+            vcpu.mode = EXITING_GUEST_MODE
+        target = vcpu.cpu if mode == IN_GUEST_MODE and vcpu.cpu >= 0 else -1
+        k.note(
+            f"kvm_request_needs_ipi(vcpu{vcpu.id})",
+            f"mode was {MODE_NAMES[mode]}" + (f": kick pCPU{target}" if target >= 0 else ""),
+        )
+        return target
+
+
+@register
+class ClearDirtyLogNoFlush(Kvm618):
+    name = "bug-clear-dirty-log-no-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "KVM_CLEAR_DIRTY_LOG write-protects the pages whose dirty bits it cleared but skips "
+        "kvm_flush_remote_tlbs_memslot: writable translations cached since the last fault let "
+        "writes go unlogged"
+    )
+
+    def kvm_flush_remote_tlbs_memslot(self, k: Step, task: HostTask) -> None:
+        """The flush of kvm_clear_dirty_log_protect left out."""
+        k.note("kvm_clear_dirty_log_protect: no kvm_flush_remote_tlbs_memslot")
+        task.return_()

@@ -93,6 +93,10 @@ class KvmConfig:
     # root, and the shadow page (a bit of Kvm.unsync) holding each (root, GVA)'s last-level SPTE.
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
+    # EPT accessed/dirty bits (enable_ept_ad_bits; NPT always has them); else access tracking
+    ept_ad: bool = True
+    # The VM's EPT/NPT root pages (TDP; kvm/mmu.py): tdp_root and the pages fast zaps may use.
+    tdp_roots: tuple[int, ...] = ()
     # Every host page a guest frame may be given, to its frame (an SPTE names the host page only).
     frame_of: dict[int, int] = field(default_factory=dict, compare=False)
     # (root, 2 MiB region) -> the PDE value that points at that root's last-level table page of

@@ -15,6 +15,8 @@ task's label and locals between the steps, so a variant can override, reorder or
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from kvmtlb.kvm.context import Step, World
 from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH, WAIT_REQUESTS, kvm_make_request, request_names
 from kvmtlb.kvm.state import (
@@ -23,11 +25,22 @@ from kvmtlb.kvm.state import (
     MODE_NAMES,
     OUTSIDE_GUEST_MODE,
     HostTask,
+    Kvm,
     Vcpu,
 )
 
 HOST_SENDER = 1  # the host thread's bit in Pcpu.kicks
+HOST2_SENDER = 1 << 16  # the second host thread's (`spawn`); vCPUs have bits 1 to 8
 P_KICKS = 2  # position of Pcpu.kicks in the frozen Pcpu tuple
+K_MMU_LOCK = [f.name for f in fields(Kvm)].index("mmu_lock")
+# Host labels that take mmu_lock, so wait while a yielding zap holds it.
+TAKES_MMU_LOCK = frozenset(
+    {
+        "kvm_mmu_notifier_invalidate_range_start",
+        "kvm_zap_gfn_range",
+        "kvm_zap_gfn_range:relock",
+    }
+)
 
 
 class KvmMain:
@@ -127,7 +140,7 @@ class KvmMain:
         """kvm_main.c:kvm_make_all_cpus_request_except @ v6.18: kick the collected pCPUs and
         wait (KVM_REQ_TLB_FLUSH is a KVM_REQUEST_WAIT request)."""
         (mask,) = task.frame
-        self.kvm_kick_many_cpus(k, mask, HOST_SENDER, wait=True)
+        self.kvm_kick_many_cpus(k, mask, task.sender, wait=True)
         task.goto("kvm_flush_remote_tlbs:wait")
 
     def kvm_flush_remote_tlbs_wait(self, k: Step, task: HostTask) -> None:
@@ -137,25 +150,68 @@ class KvmMain:
         task.frame = ()
         task.return_()
 
-    def host_step_enabled(self, w: World, pc: str, frame: tuple[int, ...]) -> bool:
-        """Whether the host task at label `pc` may step in world `w`: the wait of
-        kvm_flush_remote_tlbs blocks until every kicked pCPU took its IPI."""
-        if pc == "kvm_flush_remote_tlbs:wait":
+    # -- kvm_make_all_cpus_request for other requests, as host-task steps ----------------------
+    def kvm_make_all_cpus_request(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_all_cpus_request @ v6.18 for the request `frame[0]` (a request with
+        KVM_REQUEST_WAIT, such as KVM_REQ_MMU_FREE_OBSOLETE_ROOTS): set it on vCPU `frame[1]`; as
+        kvm_flush_remote_tlbs does, the mode is read in the next step, and the sender kicks and
+        waits after the last vCPU."""
+        req, i, _mask = task.frame
+        self.kvm_make_vcpu_request(k, k.vcpus[i], req)
+        task.goto("kvm_make_all_cpus_request:mode")
+
+    def kvm_make_all_cpus_request_mode(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_vcpu_request @ v6.18, second half (kvm_request_needs_ipi)."""
+        req, i, mask = task.frame
+        target = self.kvm_request_needs_ipi(k, k.vcpus[i], req)
+        if target >= 0:
+            mask |= 1 << target
+        if i + 1 < len(k.vcpus):
+            task.frame = (req, i + 1, mask)
+            task.goto("kvm_make_all_cpus_request")
+        else:
+            task.frame = (mask,)
+            task.goto("kvm_make_all_cpus_request:kick")
+
+    def kvm_make_all_cpus_request_kick(self, k: Step, task: HostTask) -> None:
+        """kvm_main.c:kvm_make_all_cpus_request_except @ v6.18: kick and wait."""
+        (mask,) = task.frame
+        self.kvm_kick_many_cpus(k, mask, task.sender, wait=True)
+        task.goto("kvm_make_all_cpus_request:wait")
+
+    def kvm_make_all_cpus_request_wait(self, k: Step, task: HostTask) -> None:
+        """Every kicked pCPU took its IPI: kvm_make_all_cpus_request returns."""
+        k.note("kvm_make_all_cpus_request returns")
+        task.frame = ()
+        task.return_()
+
+    def host_step_enabled(
+        self, w: World, pc: str, frame: tuple[int, ...], sender: int = HOST_SENDER
+    ) -> bool:
+        """Whether the host task at label `pc` (of the host thread whose kick bit is `sender`)
+        may step in world `w`: the wait of kvm_flush_remote_tlbs (and of
+        kvm_make_all_cpus_request) blocks until every pCPU it kicked took the IPI; a step that
+        takes mmu_lock waits while a yielding zap holds it."""
+        if pc in ("kvm_flush_remote_tlbs:wait", "kvm_make_all_cpus_request:wait"):
             (mask,) = frame
             return not any(
-                w.pcpus[p][P_KICKS] & HOST_SENDER for p in range(len(w.pcpus)) if mask >> p & 1
+                w.pcpus[p][P_KICKS] & sender for p in range(len(w.pcpus)) if mask >> p & 1
             )
+        if pc in TAKES_MMU_LOCK:
+            return not w.kvm[K_MMU_LOCK]
         return True
 
     # -- the MMU notifier, as host-task steps --------------------------------------------------
     def kvm_mmu_notifier_invalidate_range_start(self, k: Step, task: HostTask) -> None:
         """kvm_main.c:kvm_mmu_notifier_invalidate_range_start @ v6.18 (kvm_handle_hva_range with
         on_lock = kvm_mmu_invalidate_begin, handler kvm_unmap_gfn_range, flush_on_ret): faults
-        on the range retry from here on, the SPTE is zapped, and since something was zapped,
+        on the range retry from here on, the SPTE is zapped, and if something was zapped,
         kvm_flush_remote_tlbs runs before the callback returns to the primary MMU."""
         self.kvm_mmu_invalidate_begin(k)
-        self.kvm_unmap_gfn_range(k, task.gpa)  # type: ignore[attr-defined]
-        task.goto("kvm_flush_remote_tlbs")
+        if self.kvm_unmap_gfn_range(k, task.gpa):  # type: ignore[attr-defined]
+            task.goto("kvm_flush_remote_tlbs")
+        else:
+            task.return_()
 
     def kvm_mmu_notifier_invalidate_range_end(self, k: Step, task: HostTask) -> None:
         """kvm_main.c:kvm_mmu_notifier_invalidate_range_end @ v6.18: kvm_mmu_invalidate_end."""
@@ -183,4 +239,4 @@ class KvmMain:
         return bool(k.kvm.mmu_invalidate_in_progress) or k.kvm.mmu_invalidate_seq != mmu_seq
 
 
-__all__ = ["HOST_SENDER", "KvmMain"]
+__all__ = ["HOST2_SENDER", "HOST_SENDER", "KvmMain"]

@@ -54,6 +54,19 @@ class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
         "kvm_mmu_notifier_invalidate_range_end": "kvm_mmu_notifier_invalidate_range_end",
         "kvm_mmu_slot_remove_write_access": "kvm_mmu_slot_remove_write_access",
         "kvm_set_spte_gfn": "kvm_set_spte_gfn",
+        "kvm_make_all_cpus_request": "kvm_make_all_cpus_request",
+        "kvm_make_all_cpus_request:mode": "kvm_make_all_cpus_request_mode",
+        "kvm_make_all_cpus_request:kick": "kvm_make_all_cpus_request_kick",
+        "kvm_make_all_cpus_request:wait": "kvm_make_all_cpus_request_wait",
+        "kvm_mmu_zap_all_fast": "kvm_mmu_zap_all_fast",
+        "kvm_tdp_mmu_zap_invalidated_roots": "kvm_tdp_mmu_zap_invalidated_roots",
+        "kvm_mmu_notifier_clear_young": "kvm_mmu_notifier_clear_young",
+        "kvm_clear_dirty_log_protect": "kvm_clear_dirty_log_protect",
+        "kvm_zap_gfn_range": "kvm_zap_gfn_range",
+        "kvm_zap_gfn_range:yield": "kvm_zap_gfn_range_yield",
+        "kvm_zap_gfn_range:unlock": "kvm_zap_gfn_range_unlock",
+        "kvm_zap_gfn_range:relock": "kvm_zap_gfn_range_relock",
+        "kvm_zap_gfn_range:done": "kvm_zap_gfn_range_done",
     }
     NOT_PREEMPTIBLE: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
     IRQS_OFF: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})

@@ -4,7 +4,8 @@ Models include/linux/kvm_host.h (KVM_REQ_TLB_FLUSH, the request flags) and
 arch/x86/include/asm/kvm_host.h (KVM_ARCH_REQ(n) = bit 8 + n) as of v6.18, restricted to the
 requests that touch TLBs: TLB_FLUSH (flush every context of the vCPU), TLB_FLUSH_CURRENT (the
 current context), TLB_FLUSH_GUEST (what the guest created), STEAL_UPDATE (record_steal_time, which
-may carry a PV flush), MMU_SYNC and LOAD_MMU_PGD. Subsumption: flushing "all" clears a pending
+may carry a PV flush), MMU_SYNC, LOAD_MMU_PGD, and the root reloads of a fast zap:
+MMU_FREE_OBSOLETE_ROOTS (v6.18) and MMU_RELOAD (v5.x). Subsumption: flushing "all" clears a pending
 "current" (kvm_vcpu_flush_tlb_all @ v6.18).
 """
 
@@ -20,22 +21,31 @@ def _arch(n: int) -> int:
 
 
 KVM_REQ_TLB_FLUSH = 1 << 0  # | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
+KVM_REQ_MMU_RELOAD = 1 << 1  # v5.x only (bit 1 is KVM_REQ_VM_DEAD since 2022) | WAIT | NO_WAKEUP
 KVM_REQ_MMU_SYNC = _arch(3)
 KVM_REQ_LOAD_MMU_PGD = _arch(5)
 KVM_REQ_STEAL_UPDATE = _arch(8)
 KVM_REQ_TLB_FLUSH_CURRENT = _arch(26)
 KVM_REQ_TLB_FLUSH_GUEST = _arch(27)  # | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
+KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = _arch(31)  # | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP
 
 # Requests sent with KVM_REQUEST_WAIT: the sender's kick waits for the IPI to be taken.
-WAIT_REQUESTS = KVM_REQ_TLB_FLUSH | KVM_REQ_TLB_FLUSH_GUEST
+WAIT_REQUESTS = (
+    KVM_REQ_TLB_FLUSH
+    | KVM_REQ_MMU_RELOAD
+    | KVM_REQ_TLB_FLUSH_GUEST
+    | KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+)
 
 REQUEST_NAMES = {
     KVM_REQ_TLB_FLUSH: "KVM_REQ_TLB_FLUSH",
+    KVM_REQ_MMU_RELOAD: "KVM_REQ_MMU_RELOAD",
     KVM_REQ_MMU_SYNC: "KVM_REQ_MMU_SYNC",
     KVM_REQ_LOAD_MMU_PGD: "KVM_REQ_LOAD_MMU_PGD",
     KVM_REQ_STEAL_UPDATE: "KVM_REQ_STEAL_UPDATE",
     KVM_REQ_TLB_FLUSH_CURRENT: "KVM_REQ_TLB_FLUSH_CURRENT",
     KVM_REQ_TLB_FLUSH_GUEST: "KVM_REQ_TLB_FLUSH_GUEST",
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS: "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS",
 }
 
 

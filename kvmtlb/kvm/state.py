@@ -30,6 +30,18 @@ MODE_NAMES = {
     EXITING_GUEST_MODE: "EXITING_GUEST_MODE",
 }
 
+# The life of a TDP root page (Kvm.root_state).
+ROOT_FREE = 0
+ROOT_VALID = 1
+ROOT_INVALID = 2
+ROOT_ZAPPED = 3
+ROOT_STATE_NAMES = {
+    ROOT_FREE: "free",
+    ROOT_VALID: "valid",
+    ROOT_INVALID: "invalid",
+    ROOT_ZAPPED: "invalid, zapped",
+}
+
 # The guest-visible steal-time byte (arch/x86/include/uapi/asm/kvm_para.h).
 KVM_VCPU_PREEMPTED = 1 << 0
 KVM_VCPU_FLUSH_TLB = 1 << 1
@@ -48,6 +60,7 @@ class HostTask:
     ret: tuple[str, ...] = ()
     gpa: int = -1
     hpa: int = -1
+    sender: int = 1  # its bit in Pcpu.kicks: the host thread's (kvm_main.HOST_SENDER) or host2's
 
     def call(self, label: str, then: str) -> None:
         """Continue at `label`; when that code returns, continue at `then`."""
@@ -90,6 +103,8 @@ class Vcpu:
     cr3: int = 0
     prev_roots: tuple[int, ...] = ()
     pf_injected: int = -1  # the GVA of a #PF KVM injected, for the guest to take; -1: none
+    # TDP: which of the VM's EPT/NPT root pages (KvmConfig.tdp_roots) mmu->root.hpa is; -1 none
+    tdp_root: int = 0
 
     @property
     def loaded(self) -> bool:
@@ -121,6 +136,13 @@ class Kvm:
     dirty: tuple[bool, ...] = ()  # the dirty bitmap (dirty logging), per guest frame
     log_dirty: int = 0  # frames whose memslot has dirty logging on (KVM_MEM_LOG_DIRTY_PAGES)
     unsync: int = 0  # shadow paging: the last-level shadow pages marked sp->unsync (bitmask)
+    # TDP roots (kvm/mmu.py), per root page of KvmConfig.tdp_roots: ROOT_FREE, ROOT_VALID,
+    # ROOT_INVALID (obsolete, its zap pending: the MMU still holds it) or ROOT_ZAPPED (obsolete
+    # and zapped, freed when no vCPU holds it); and how many vCPUs hold it as mmu->root.
+    root_state: tuple[int, ...] = ()
+    root_refs: tuple[int, ...] = ()
+    # kvm->mmu_lock, as far as a zap that yields it (kvm_zap_gfn_range) holds it across steps
+    mmu_lock: bool = False
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)
@@ -131,6 +153,14 @@ class Kvm:
         d = list(self.dirty)
         d[index] = value
         self.dirty = tuple(d)
+
+    def set_root(self, index: int, state: int, refs: int) -> None:
+        s = list(self.root_state)
+        r = list(self.root_refs)
+        s[index] = state
+        r[index] = refs
+        self.root_state = tuple(s)
+        self.root_refs = tuple(r)
 
     def bump_fresh(self, index: int) -> int:
         f = list(self.fresh)

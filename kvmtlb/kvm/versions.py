@@ -12,11 +12,15 @@ Only what differs is overridden; each override cites its function and version.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
+from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.vmx import Invvpid
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, register
 from kvmtlb.kvm.requests import (
+    KVM_REQ_MMU_RELOAD,
     KVM_REQ_MMU_SYNC,
     KVM_REQ_STEAL_UPDATE,
     KVM_REQ_TLB_FLUSH,
@@ -26,7 +30,7 @@ from kvmtlb.kvm.requests import (
     request_names,
 )
 from kvmtlb.kvm.shadow import NOFLUSH
-from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
+from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, HostTask, Vcpu
 from kvmtlb.kvm.x86 import steal_byte_names
 
 # x86.c:kvm_set_cr4 @ v5.7/v5.8: a change of these bits resets the MMU context (new root, and
@@ -117,6 +121,54 @@ class Kvm58(Kvm618):
             k.note("svm_set_cr4: CR4.PGE changed with NPT", "svm_flush_tlb")
             self.svm_flush_tlb_asid(k, vcpu)
         super().svm_set_guest_cr4(k, vcpu, value)
+
+    # -- roots and the fast zap @ v5.8 (v5.7 alike) -----------------------------------------
+    HOST_STEPS: ClassVar[dict[str, str]] = {
+        **Kvm618.HOST_STEPS,
+        "kvm_zap_obsolete_pages": "kvm_zap_obsolete_pages",
+    }
+
+    def kvm_service_root_requests(self, k: Step, vcpu: Vcpu) -> None:
+        """x86.c:vcpu_enter_guest @ v5.8 (v5.7 alike): KVM_REQ_MMU_RELOAD unloads every root
+        (kvm_mmu_unload), obsolete or not; KVM_REQ_MMU_FREE_OBSOLETE_ROOTS did not exist."""
+        if kvm_check_request(vcpu, KVM_REQ_MMU_RELOAD) and k.config.tdp:
+            vcpu.root_valid = False
+            k.note("kvm_mmu_unload", "KVM_REQ_MMU_RELOAD")
+            self.kvm_mmu_put_root(k, vcpu)
+
+    def kvm_mmu_zap_all_fast(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_mmu_zap_all_fast @ v5.8 (v5.7 alike), under mmu_lock: toggle mmu_valid_gen
+        (every root is obsolete), kvm_reload_remote_mmus (KVM_REQ_MMU_RELOAD to every vCPU, a
+        KVM_REQUEST_WAIT request), then kvm_zap_obsolete_pages."""
+        self.kvm_tdp_mmu_invalidate_roots(k)
+        task.frame = (KVM_REQ_MMU_RELOAD, 0, 0)
+        task.call("kvm_make_all_cpus_request", "kvm_zap_obsolete_pages")
+
+    def kvm_tdp_mmu_write_protect(self, k: Step, gpa: int) -> bool:
+        """mmu.c:kvm_mmu_slot_remove_write_access @ v5.8 (v5.7 alike): slot_rmap_write_protect
+        reports whether it cleared a writable SPTE, and only then is the memslot flushed
+        (kvm_arch_flush_remote_tlbs_memslot). An SPTE that is already not writable, such as one
+        access-tracked by clear_young (which did not flush either), gives no flush, while a TLB
+        may still hold the writable translation: historical bug #14, fixed by b64d740ea7dd
+        ("kvm: x86: mmu: Always flush TLBs when enabling dirty logging", July 2022)."""
+        if not k.config.tdp:
+            return super().kvm_tdp_mmu_write_protect(k, gpa)
+        writable = any(self.spte(k, gpa, r)[1] & E_W for r in self.live_tdp_roots(k))
+        super().kvm_tdp_mmu_write_protect(k, gpa)
+        if not writable:
+            k.note("slot_rmap_write_protect: no writable SPTE", "so no flush")
+        return writable
+
+    def kvm_zap_obsolete_pages(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_zap_obsolete_pages @ v5.8 (v5.7 alike): zap the obsolete pages (a root a
+        vCPU still holds loses its children and is freed with its last reference); if any were
+        zapped, kvm_mmu_commit_zap_page flushes remote TLBs before freeing them. (The flush of
+        kvm_mmu_commit_zap_page when a vCPU's unload frees an obsolete root later is not
+        modelled: leaving out a flush can only make a run less safe.)"""
+        if self.zap_invalidated_roots(k):
+            task.goto("kvm_flush_remote_tlbs")
+        else:
+            task.return_()
 
     def vmx_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
         """vmx.c:vmx_flush_tlb_guest @ v5.8: vpid_sync_context(to_vmx(vcpu)->vpid)."""
@@ -222,8 +274,14 @@ class Kvm57(Kvm58):
         PGD), then kvm_x86_ops->tlb_flush(vcpu, true)."""
         vcpu.root_valid = True
         k.note("kvm_mmu_load: new root")
+        if k.config.tdp:
+            self.mmu_alloc_direct_roots(k, vcpu)
         self.kvm_mmu_sync_roots(k, vcpu)
         self.kvm_mmu_load_pgd(k, vcpu)
+        self.kvm_mmu_load_flush(k, vcpu)
+
+    def kvm_mmu_load_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_load @ v5.7, its last call: kvm_x86_ops->tlb_flush(vcpu, true)."""
         self.kvm_vcpu_flush_tlb(k, vcpu, True)
 
     LOCAL_FLUSH_REQUEST = KVM_REQ_TLB_FLUSH  # v5.7 has no KVM_REQ_TLB_FLUSH_CURRENT

@@ -116,8 +116,10 @@ class Vmx:
 
     # -- vmx.c -------------------------------------------------------------------------------
     def construct_eptp(self, k: Step, vcpu: Vcpu) -> int:
-        """vmx.c:construct_eptp @ v6.18: WB, 4-level walk, the root's address (A/D off)."""
-        return make_eptp(k.config.tdp_root)
+        """vmx.c:construct_eptp @ v6.18: WB, 4-level walk, the address of the vCPU's root
+        (mmu->root.hpa; A/D off)."""
+        roots = k.config.tdp_roots or (k.config.tdp_root,)
+        return make_eptp(roots[max(vcpu.tdp_root, 0)])
 
     def vmx_get_current_vpid(self, k: Step, vcpu: Vcpu) -> int:
         """vmx.c:vmx_get_current_vpid @ v6.18 (no nested guest in the model: vmx->vpid)."""

@@ -139,8 +139,10 @@ class X86:
         vcpu.pc = "vcpu_enter_guest:mode"
 
     def kvm_service_mmu_requests(self, k: Step, vcpu: Vcpu) -> None:
-        """x86.c:vcpu_enter_guest @ v6.18 (and v5.x): KVM_REQ_MMU_SYNC (kvm_mmu_sync_roots), then
-        KVM_REQ_LOAD_MMU_PGD, both before the TLB flush requests."""
+        """x86.c:vcpu_enter_guest @ v6.18 (and v5.x): the root requests of a fast zap
+        (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS; KVM_REQ_MMU_RELOAD in v5.x), KVM_REQ_MMU_SYNC
+        (kvm_mmu_sync_roots), then KVM_REQ_LOAD_MMU_PGD, all before the TLB flush requests."""
+        self.kvm_service_root_requests(k, vcpu)  # type: ignore[attr-defined]
         if kvm_check_request(vcpu, KVM_REQ_MMU_SYNC):
             self.kvm_mmu_sync_roots(k, vcpu)  # type: ignore[attr-defined]
         if kvm_check_request(vcpu, KVM_REQ_LOAD_MMU_PGD):
@@ -231,8 +233,14 @@ class X86:
         root then needs no flush)."""
         vcpu.root_valid = True
         k.note("kvm_mmu_load: new root")
+        if k.config.tdp:
+            self.mmu_alloc_direct_roots(k, vcpu)  # type: ignore[attr-defined]
         self.kvm_mmu_sync_roots(k, vcpu)  # type: ignore[attr-defined]
         self.kvm_mmu_load_pgd(k, vcpu)  # type: ignore[attr-defined]
+        self.kvm_mmu_load_flush(k, vcpu)
+
+    def kvm_mmu_load_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_load @ v6.18, its last call: flush_tlb_current for the new root."""
         self.kvm_x86_call(k, "flush_tlb_current", vcpu)
 
     # -- exits ------------------------------------------------------------------------------------
@@ -330,6 +338,8 @@ class X86:
         vcpu.root_valid = False
         vcpu.prev_roots = ()
         k.note("kvm_mmu_reset_context", "the current and cached roots are unloaded")
+        if k.config.tdp:
+            self.kvm_mmu_put_root(k, vcpu)  # type: ignore[attr-defined]
 
     def kvm_set_cr3(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
         """x86.c:kvm_set_cr3 @ v6.18 (with TDP): load CR3; unless the no-flush bit is set,

@@ -24,6 +24,9 @@ from kvmtlb.guest.thread import GuestThread, guest_actions, guest_step
 from kvmtlb.guest.thread import describe as guest_describe
 from kvmtlb.host.thread import (
     HostThread,
+    host2_describe,
+    host2_enabled,
+    host2_step,
     host_actions,
     host_step,
     preempt,
@@ -70,6 +73,8 @@ def enabled(system: System, w: World) -> list[Action]:
                 acts.append(Action(f"guest{v}", name, args))
     if host_actions(w, pol, system.scenario.host_program):
         acts.append(Action("host", "host"))
+    if host2_enabled(w, pol, system.scenario.host_program):
+        acts.append(Action("host2", "host"))
     for p, pc in enumerate(w.pcpus):
         if pc[P_KICKS] and _interruptible(system, w, p):
             acts.append(Action(f"pcpu{p}", "ipi"))
@@ -108,6 +113,8 @@ def unfinished(system: System, w: World) -> list[str]:
     h: HostThread = w.host
     if h.op < len(system.scenario.host_program):
         out.append("host")
+    if h.bg_op >= 0:
+        out.append("host2")
     return out
 
 
@@ -123,6 +130,8 @@ def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
         guest_step(k, pol, v, system.scenario.programs[v], a.kind, a.args)
     elif a.actor == "host":
         host_step(k, pol, system.scenario.host_program)
+    elif a.actor == "host2":
+        host2_step(k, pol, system.scenario.host_program)
     elif a.kind == "ipi":
         p = int(a.actor[4:])
         running = k.pcpus[p].running
@@ -153,6 +162,8 @@ def describe(system: System, w: World, a: Action) -> str:
         return guest_describe(w, v, system.scenario.programs[v], a.kind, a.args)
     if a.actor == "host":
         return host_describe(w, system.scenario.host_program)
+    if a.actor == "host2":
+        return host2_describe(w, system.scenario.host_program)
     if a.kind == "ipi":
         return "takes the kick IPI"
     if a.kind == "load":

@@ -89,7 +89,7 @@ class Canonicalizer:
             tuple(self._vcpu(v, base) for v in w.vcpus),
             _pcpus(w.pcpus, base),
             w.guests,
-            (h[0], label_code(h[1]), tuple(map(label_code, h[2])), *h[3:]),
+            _host(h),
         )
 
     def fingerprint(self, w: World) -> int:
@@ -132,11 +132,25 @@ class Canonicalizer:
                     tuple(vh),
                     _pcpus(w.pcpus, base),
                     w.guests,
-                    (host[0], label_code(host[1]), tuple(map(label_code, host[2])), *host[3:]),
+                    _host(host),
                 )
             )
             & 0xFFFF_FFFF_FFFF_FFFF
         )
+
+
+def _host(h: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The host thread (host/thread.py HostThread) with its labels as codes: fields 1 and 2 are
+    the task's label and return stack, 10 and 11 those of the second host thread."""
+    return (
+        h[0],
+        label_code(h[1]),
+        tuple(map(label_code, h[2])),
+        *h[3:10],
+        label_code(h[10]),
+        tuple(map(label_code, h[11])),
+        *h[12:],
+    )
 
 
 def _generation_base(pcpus: tuple[tuple[Any, ...], ...]) -> int:

@@ -34,12 +34,17 @@ from kvmtlb.guest.ops import (
     UnmapOp,
 )
 from kvmtlb.host.ops import (
+    AgeOp,
+    ClearDirtyLogOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
     RemapOp,
     ResumeOp,
+    SpawnOp,
     WrprotectOp,
+    ZapAllFastOp,
+    ZapGfnRangeOp,
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
@@ -68,6 +73,7 @@ CONFIG_KEYS: dict[str, type] = {
     "max_asid": int,
     "ept_vpid_cap": list,
     "unrestricted_guest": bool,
+    "ept_ad": bool,
     "flush_order": str,
 }
 # Upper limits of the knobs besides vcpus and pcpus (at most 8 each).
@@ -76,7 +82,8 @@ LIMITS = (
     ("max_asid", 1 << 20, "real processors have at most 32,767"),
 )
 MAX_ZAPS = 16  # zaps of one guest frame (each takes a fresh host page from the frame's pool)
-INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest")
+MAX_FAST_ZAPS = 3  # zap_all_fast ops of a scenario (each may need one more EPT/NPT root page)
+INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest", "ept_ad")
 AMD_ONLY = ("flush_by_asid", "max_asid")
 GUEST_OPS = {
     "read": "read GVA",
@@ -100,6 +107,11 @@ HOST_OPS = {
     "remap": "remap GPA -> HPA",
     "wrprotect": "wrprotect GPA",
     "flush_remote_tlbs": "flush_remote_tlbs",
+    "zap_all_fast": "zap_all_fast",
+    "zap_gfn_range": "zap_gfn_range GPA GPA",
+    "age": "age GPA",
+    "clear_dirty_log": "clear_dirty_log GPA",
+    "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA",
 }
 
 
@@ -123,6 +135,7 @@ class Config:
     ept_vpid_cap: tuple[str, ...] = CAP_NAMES
     unrestricted_guest: bool = True
     flush_order: str = "local-first"  # the guest kernel's shootdown: see kvmtlb.guest.thread
+    ept_ad: bool = True  # Intel: EPT accessed/dirty bits (enable_ept_ad_bits); else access tracking
 
     def label(self) -> str:
         """A short name for the configuration (for --matrix and reports)."""
@@ -152,6 +165,7 @@ class Config:
                 vpids=self.vpids,
                 ept_vpid_cap=list(self.ept_vpid_cap),
                 unrestricted_guest=self.unrestricted_guest,
+                ept_ad=self.ept_ad,
             )
         else:
             d.update(flush_by_asid=self.flush_by_asid, max_asid=self.max_asid)
@@ -268,6 +282,7 @@ class _Parser:
         self.text = text
         self.known = known
         self.zaps: dict[int, int] = {}  # zaps per GPA so far
+        self.fast_zaps = 0  # zap_all_fast ops so far
 
     def err(self, line: int, message: str, fix: str) -> ScenarioError:
         return ScenarioError(self.path, line, message, fix)
@@ -396,6 +411,7 @@ class _Parser:
             ept_vpid_cap=caps,
             unrestricted_guest=t.get("unrestricted_guest", True),
             flush_order=flush_order,
+            ept_ad=t.get("ept_ad", True),
         )
 
     # -- addresses --------------------------------------------------------------------------------
@@ -779,6 +795,13 @@ class _Parser:
                     )
                 pcpu = self.pcpu_id(args[2], line, config)
             return ResumeOp(v, pcpu, line)
+        if op in ("age", "clear_dirty_log") and len(args) == 1:
+            gpa = self.addr(args[0], line, "GPA")
+            if gpa not in host:
+                raise self.err(
+                    line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
+                )
+            return AgeOp(gpa, line) if op == "age" else ClearDirtyLogOp(gpa, line)
         if op in ("zap", "wrprotect") and len(args) == 1:
             gpa = self.addr(args[0], line, "GPA")
             if gpa not in host:
@@ -812,11 +835,54 @@ class _Parser:
             return RemapOp(gpa, hpa, line)
         if op == "flush_remote_tlbs" and not args:
             return FlushRemoteOp(line)
+        if op == "zap_gfn_range" and len(args) == 2:
+            first = self.addr(args[0], line, "GPA")
+            second = self.addr(args[1], line, "GPA")
+            for gpa in (first, second):
+                if gpa not in host:
+                    raise self.err(
+                        line,
+                        f"GPA {gpa:#x} is not mapped in [host]",
+                        "zap_gfn_range two GPAs listed in [host]",
+                    )
+            if first == second:
+                raise self.err(
+                    line,
+                    "zap_gfn_range needs two different GPAs",
+                    "write: zap_gfn_range 0x10000 0x11000",
+                )
+            return ZapGfnRangeOp(first, second, line)
+        if op == "spawn" and args:
+            inner = self.host_op(" ".join(args), line, config, host, remapped)
+            if not isinstance(inner, FlushRemoteOp | ZapGfnRangeOp):
+                raise self.err(
+                    line,
+                    f"spawn cannot run {shown(inner.describe())}",
+                    "spawn flush_remote_tlbs, or spawn zap_gfn_range GPA GPA",
+                )
+            return SpawnOp(inner, line)
+        if op == "zap_all_fast" and not args:
+            if not config.tdp:
+                raise self.err(
+                    line,
+                    "zap_all_fast needs tdp = true (shadow paging's obsolete pages are not "
+                    "modelled)",
+                    "remove the op, or set tdp = true",
+                )
+            self.fast_zaps += 1
+            if self.fast_zaps > MAX_FAST_ZAPS:
+                raise self.err(
+                    line,
+                    f"more than {MAX_FAST_ZAPS} zap_all_fast ops",
+                    f"zap all roots at most {MAX_FAST_ZAPS} times",
+                )
+            return ZapAllFastOp(line)
         raise self.err(
             line,
             f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
-            "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs",
+            "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
+            "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA",
         )
 
     def static_checks(

@@ -19,7 +19,17 @@ from typing import Any
 from kvmtlb.errors import where
 from kvmtlb.guest.ops import InvpcidOp, LinkOp, MapOp, MovCr3Op, UnlinkOp, UnmapOp
 from kvmtlb.guest.thread import GuestThread
-from kvmtlb.host.ops import RemapOp, ResumeOp, WrprotectOp, ZapOp
+from kvmtlb.host.ops import (
+    AgeOp,
+    ClearDirtyLogOp,
+    RemapOp,
+    ResumeOp,
+    SpawnOp,
+    WrprotectOp,
+    ZapAllFastOp,
+    ZapGfnRangeOp,
+    ZapOp,
+)
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
@@ -51,7 +61,7 @@ from kvmtlb.kvm.context import (
 )
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.shadow import spte_from_gpte
-from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
+from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, ROOT_FREE, ROOT_VALID, Kvm, Pcpu, Vcpu
 from kvmtlb.model.native import NativeConfig, NativeMachine
 from kvmtlb.model.scenario import MAX_ZAPS, Scenario, ScenarioError
 
@@ -86,9 +96,24 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     cfg = scenario.config
     vmx = cfg.vendor == "intel"
     b = LayoutBuilder()
-    tdp_root = (b.ept_root() if vmx else b.npt_root()) if cfg.tdp else -1
+    # EPT/NPT root pages: one, and one more per fast zap (kvm/mmu.py: a vCPU may hold an
+    # obsolete root while the others load the next one)
+    fast_zaps = sum(isinstance(op, ZapAllFastOp) for op in scenario.host_program)
+    ranged = {
+        gpa
+        for op in scenario.host_program
+        for r in (op.op if isinstance(op, SpawnOp) else op,)
+        if isinstance(r, ZapGfnRangeOp)
+        for gpa in (r.first, r.second)
+    }
+    tdp_roots = (
+        tuple(b.ept_root() if vmx else b.npt_root() for _ in range(1 + fast_zaps))
+        if cfg.tdp
+        else ()
+    )
+    tdp_root = tdp_roots[0] if cfg.tdp else -1
     root_names = scenario.root_names
-    roots = tuple(b.guest_root([tdp_root] if cfg.tdp else []) for _ in root_names)
+    roots = tuple(b.guest_root(tdp_roots) for _ in root_names)
     guest_root = roots[0]
     gvas = scenario.gvas
     gpas = scenario.gpas
@@ -144,7 +169,10 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         targets = [
             op.hpa for op in scenario.host_program if isinstance(op, RemapOp) and op.gpa == gpa
         ]
-        protect = any(isinstance(op, WrprotectOp) and op.gpa == gpa for op in scenario.host_program)
+        protect = any(
+            isinstance(op, WrprotectOp | ClearDirtyLogOp) and op.gpa == gpa
+            for op in scenario.host_program
+        )
         fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
         pages = [hpa, *targets, *fresh]
         host_pages[gpa] = (pages, protect)
@@ -153,9 +181,12 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         leaf = make_ept if vmx else make_npt
         b.map(tdp_root, gpa, leaf(hpa, r))
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
-        if targets or fresh:
+        aged = any(isinstance(op, AgeOp) and op.gpa == gpa for op in scenario.host_program)
+        if targets or fresh or fast_zaps or gpa in ranged or aged:
             values.append(0)
         b.allow(tdp_root, gpa, values)
+        for other in tdp_roots[1:]:  # empty until a root is allocated there
+            b.allow(other, gpa, [0, *values])
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
     shadow_pde: dict[tuple[int, int], int] = {}
@@ -184,23 +215,26 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     tags: list[IntelEptTags | IntelLinearTags | AmdTags]
     vpids = range(0, min(cfg.vcpus, cfg.vpids - 1) + 1)
     asids = range(1, reachable_asids(scenario) + 1)
+    fmt = Format.EPT if vmx else Format.NPT
     if cfg.tdp:
+        # (tags, stage-2 root) pairs: Intel tags carry the EP4TA, AMD's ASID does not
+        pairs: list[tuple[IntelEptTags | IntelLinearTags | AmdTags, int]]
         if vmx:
-            tags = [IntelEptTags(v, p, tdp_root) for v in vpids for p in pcids]
+            pairs = [(IntelEptTags(v, p, e), e) for e in tdp_roots for v in vpids for p in pcids]
         else:
-            tags = [AmdTags(a, p, True) for a in asids for p in pcids]
+            pairs = [(AmdTags(a, p, True), e) for e in tdp_roots for a in asids for p in pcids]
         walked = roots
     else:
         if vmx:
             tags = [IntelLinearTags(v, p) for v in vpids for p in pcids]
         else:
             tags = [AmdTags(a, p, False) for a in asids for p in pcids]
+        pairs = [(t, tdp_root) for t in tags]
         walked = shadow_roots
-    fmt = Format.EPT if vmx else Format.NPT
-    for t in tags:
+    for t, stage2 in pairs:
         for root in walked:
             for pge in (True, False):
-                contexts.append(WalkContext(t, root, tdp_root, fmt, True, pge))
+                contexts.append(WalkContext(t, root, stage2, fmt, True, pge))
     universe = Universe(layout, contexts)
     # -- configuration ---------------------------------------------------------------------------
     caps, enable_vpid = hardware_setup(
@@ -231,6 +265,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         layout=layout,
         universe=universe,
         tdp_root=tdp_root,
+        tdp_roots=tdp_roots,
+        ept_ad=cfg.ept_ad or not vmx,
         guest_root=guest_root,
         guest_cr4=guest_cr4,
         host_regs=host_regs,
@@ -369,6 +405,10 @@ def _boot(
             backing=tuple(scenario.host[g][0] for g in kvm.gpas),
             fresh=tuple(0 for _ in kvm.gpas),
             dirty=tuple(True for _ in kvm.gpas),
+            root_state=tuple(
+                ROOT_VALID if r == 0 else ROOT_FREE for r in range(len(kvm.tdp_roots))
+            ),
+            root_refs=tuple(cfg.vcpus if r == 0 else 0 for r in range(len(kvm.tdp_roots))),
         ),
         Thawed.of(
             [Vcpu(v, pc="vcpu_enter_guest", mode=OUTSIDE_GUEST_MODE) for v in range(cfg.vcpus)]
