@@ -15,6 +15,7 @@ import pytest
 from kvmsetups import exit_to_host, run_to_guest
 
 from kvmtlb.check.explorer import explore
+from kvmtlb.hw.cpu import CR3_NOFLUSH
 from kvmtlb.hw.paging import RW, P, make_pte, pte_addr
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, registry
@@ -25,7 +26,7 @@ from kvmtlb.kvm.requests import (
     KVM_REQ_TLB_FLUSH_CURRENT,
     KVM_REQ_TLB_FLUSH_GUEST,
 )
-from kvmtlb.kvm.shadow import NOFLUSH, spte_from_gpte
+from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import Vcpu
 from kvmtlb.model.properties import check_observations
 from kvmtlb.model.scenario import ScenarioError, parse
@@ -216,7 +217,7 @@ def test_mov_cr3_flush_frees_cached_roots_of_the_pcid(version: str, frees: bool)
     pol.kvm_set_cr3(k, vcpu, k.config.roots[1] | 1)
     run_to_guest(k, pol, vcpu)
     exit_to_host(k, pol, vcpu)
-    pol.kvm_set_cr3(k, vcpu, k.config.roots[0] | 1 | NOFLUSH)  # default, PCID 1, no flush
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[0] | 1 | CR3_NOFLUSH)  # default, PCID 1, no flush
     run_to_guest(k, pol, vcpu)
     exit_to_host(k, pol, vcpu)
     assert (k.config.roots[1] | 1) in vcpu.prev_roots
@@ -228,7 +229,7 @@ def test_fast_switch_requests_load_pgd_without_sync_under_noflush() -> None:
     _, k, pol, vcpu = booted("kvm-6.18")
     switch_to_b_and_back(k, pol, vcpu)
     vcpu.requests = 0
-    pol.kvm_set_cr3(k, vcpu, k.config.roots[1] | 1 | NOFLUSH)
+    pol.kvm_set_cr3(k, vcpu, k.config.roots[1] | 1 | CR3_NOFLUSH)
     assert vcpu.requests == KVM_REQ_LOAD_MMU_PGD
     assert k.config.root_index(vcpu.cr3) == 1 and vcpu.root_valid
     assert k.config.root_index(vcpu.prev_roots[0]) == 0

@@ -28,7 +28,7 @@ unsync pages, which kvm_mmu_load syncs, as KVM's hash lookup finds them).
 
 from __future__ import annotations
 
-from kvmtlb.hw.cpu import CR4_PCIDE, CR4_SMEP
+from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_SMEP
 from kvmtlb.hw.paging import E_W, RW, US, XD, P, make_pte, pte_addr
 from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.vmx import VmExitEvent, Vmwrite
@@ -46,7 +46,6 @@ from kvmtlb.kvm.state import EXITING_GUEST_MODE, IN_GUEST_MODE, Vcpu
 
 KVM_MMU_NUM_PREV_ROOTS = 3  # kvm_host.h @ v6.18 (and v5.7/v5.8)
 CR3_PCID_MASK = 0xFFF
-NOFLUSH = 1 << 63
 
 
 def spte_from_gpte(gpte: int, hpa: int, writable: bool) -> int:
@@ -74,6 +73,14 @@ class ShadowMmu:
         """x86.h:kvm_get_pcid @ v6.18."""
         cr4: int = self.kvm_read_cr4(k, vcpu)  # type: ignore[attr-defined]
         return cr3 & CR3_PCID_MASK if cr4 & CR4_PCIDE else 0
+
+    def cr3_operand(self, k: Step, vcpu: Vcpu, cr3: int) -> tuple[int, bool, int]:
+        """x86.c:kvm_set_cr3 @ v6.18 (v5.x alike), its decoding of the source: with CR4.PCIDE,
+        bit 63 asks for no flush and is not part of CR3. Returns (CR3, no flush, PCID)."""
+        pcide = bool(self.kvm_read_cr4(k, vcpu) & CR4_PCIDE)  # type: ignore[attr-defined]
+        noflush = pcide and bool(cr3 & CR3_NOFLUSH)
+        cr3 &= ~CR3_NOFLUSH
+        return cr3, noflush, cr3 & CR3_PCID_MASK if pcide else 0
 
     def sptep(self, k: Step, root: int, gva: int) -> int:
         """The slot of the last-level SPTE of `gva` in guest root `root`'s shadow table."""
@@ -317,10 +324,7 @@ class ShadowMmu:
     def kvm_set_cr3_shadow(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
         """x86.c:kvm_set_cr3 @ v6.18: with CR4.PCIDE the no-flush bit skips the flush; a new CR3
         switches roots (kvm_mmu_new_pgd); unless no-flush, kvm_invalidate_pcid."""
-        pcide = bool(self.kvm_read_cr4(k, vcpu) & CR4_PCIDE)  # type: ignore[attr-defined]
-        noflush = pcide and bool(cr3 & NOFLUSH)
-        cr3 &= ~NOFLUSH
-        pcid = cr3 & CR3_PCID_MASK if pcide else 0
+        cr3, noflush, pcid = self.cr3_operand(k, vcpu, cr3)
         k.note(f"kvm_set_cr3({cr3:#x}{', no flush' if noflush else ''})")
         if cr3 != vcpu.cr3:
             self.kvm_mmu_new_pgd(k, vcpu, cr3)

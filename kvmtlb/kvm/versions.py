@@ -29,7 +29,6 @@ from kvmtlb.kvm.requests import (
     kvm_make_request,
     request_names,
 )
-from kvmtlb.kvm.shadow import NOFLUSH
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, HostTask, Vcpu
 from kvmtlb.kvm.x86 import steal_byte_names
 
@@ -193,9 +192,7 @@ class Kvm58(Kvm618):
         cached root syncs and flushes the new root unless no-flush. No cached root is synced or
         freed: a cached root with the PCID keeps its unsync pages (fixed by 21823fbda552,
         v5.14)."""
-        pcide = bool(self.kvm_read_cr4(k, vcpu) & CR4_PCIDE)
-        noflush = pcide and bool(cr3 & NOFLUSH)
-        cr3 &= ~NOFLUSH
+        cr3, noflush, _pcid = self.cr3_operand(k, vcpu, cr3)
         k.note(f"kvm_set_cr3({cr3:#x}{', no flush' if noflush else ''})")
         if cr3 == vcpu.cr3:
             if not noflush:

@@ -347,14 +347,12 @@ class X86:
         if not k.config.tdp:
             self.kvm_set_cr3_shadow(k, vcpu, cr3)  # type: ignore[attr-defined]
             return
-        pcide = bool(self.kvm_read_cr4(k, vcpu) & CR4_PCIDE)
-        noflush = bool(cr3 >> 63) and pcide
-        cr3 &= (1 << 63) - 1
+        cr3, noflush, pcid = self.cr3_operand(k, vcpu, cr3)  # type: ignore[attr-defined]
         k.note(f"kvm_set_cr3({cr3:#x}{', no flush' if noflush else ''})")
         vcpu.cr3 = cr3
         self.kvm_x86_call(k, "set_guest_cr3", vcpu, cr3)
         if not noflush:
-            self.kvm_invalidate_pcid(k, vcpu, cr3 & 0xFFF if pcide else 0)
+            self.kvm_invalidate_pcid(k, vcpu, pcid)
 
     def kvm_invalidate_pcid(self, k: Step, vcpu: Vcpu, pcid: int) -> None:
         """x86.c:kvm_invalidate_pcid @ v6.18: with TDP, the guest's TLB entries for the PCID are
