@@ -358,7 +358,7 @@ def test_pde_store_zaps_the_shadow_pde_and_flushes_every_vcpu(version: str) -> N
     fault_in(k, pol, vcpu)
     assert pol.shadow_pde_target(k, 0, GVA) == 0
     vcpu.requests = 0
-    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, 0)
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 2, 0)
     assert pol.guest_pde_target(k, 0, GVA) == -1
     assert pol.shadow_pde_target(k, 0, GVA) == -1
     assert vcpu.requests == KVM_REQ_TLB_FLUSH
@@ -369,7 +369,7 @@ def test_fault_after_link_uses_the_other_tables_pte_and_shadow_page() -> None:
     table): root 0's shadow PDE then points at root 1's shadow page, whose SPTE is installed."""
     k, pol, vcpu = booted_pde("kvm-6.18")
     value = k.config.guest_pde[(1, GVA >> 21)]
-    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, value)
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 2, value)
     assert pol.guest_pde_target(k, 0, GVA) == 1
     fault_in(k, pol, vcpu)
     assert pol.shadow_pde_target(k, 0, GVA) == 1
@@ -378,7 +378,7 @@ def test_fault_after_link_uses_the_other_tables_pte_and_shadow_page() -> None:
 
 def test_fault_after_unlink_injects_the_guests_pf() -> None:
     k, pol, vcpu = booted_pde("kvm-6.18")
-    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, 0)
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 2, 0)
     fault_in(k, pol, vcpu)
     assert vcpu.pf_injected == GVA
 
@@ -386,7 +386,7 @@ def test_fault_after_unlink_injects_the_guests_pf() -> None:
 def test_sync_follows_the_shadow_links() -> None:
     """mmu_sync_children walks the shadow tree: after a link, root 0 reaches root 1's page."""
     k, pol, vcpu = booted_pde("kvm-6.18")
-    pol.kvm_mmu_track_write_pde(k, vcpu, 0, GVA, k.config.guest_pde[(1, GVA >> 21)])
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 2, k.config.guest_pde[(1, GVA >> 21)])
     fault_in(k, pol, vcpu)
     assert [t for t, _ in pol.reachable_pages(k, 0)] == [1]
     guest_write(k, pol, 1, NEW)
@@ -408,7 +408,7 @@ def test_emulated_pte_store_zaps_the_spte_of_a_synced_page(version: str) -> None
     _, k, pol, vcpu = booted(version)
     fault_in(k, pol, vcpu)
     vcpu.requests = 0
-    pol.kvm_mmu_track_write_pte(k, vcpu, 0, GVA, make_pte(NEW, executable=False))
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 1, make_pte(NEW, executable=False))
     assert not pol.sp_unsync(k, 0, GVA)
     assert not spte(k, pol, 0) & P
     assert vcpu.requests == KVM_REQ_TLB_FLUSH

@@ -392,10 +392,10 @@ class TrackWriteKeepsShadowPde(Kvm618):
         "guest unmapped or replaced"
     )
 
-    def kvm_mmu_track_write_pde(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
-        """The emulated store only."""
-        slot = k.config.layout.slot(k.config.roots[root], gva, 2)
-        k.write_slot(slot, value, f"emulated store: guest PDE of {gva:#x} = {value:#x}")
+    def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
+        """mmu.c:kvm_mmu_track_write with nothing done for a PDE."""
+        if level == 1:
+            super().kvm_mmu_track_write(k, vcpu, root, gva, level)
 
 
 @register
@@ -427,10 +427,10 @@ class TrackWriteKeepsSpte(Kvm618):
         "the old mapping stays"
     )
 
-    def kvm_mmu_track_write_pte(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
-        """The emulated store only."""
-        slot = k.config.layout.slot(k.config.roots[root], gva)
-        k.write_slot(slot, value, f"emulated store: guest PTE {gva:#x} = {value:#x}")
+    def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
+        """mmu.c:kvm_mmu_track_write with nothing done for a PTE."""
+        if level != 1:
+            super().kvm_mmu_track_write(k, vcpu, root, gva, level)
 
 
 @register

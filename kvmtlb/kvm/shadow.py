@@ -122,35 +122,37 @@ class ShadowMmu:
         k.write_slot(slot, value, f"{why}: SPTE[{gva:#x}] = {what}")
 
     # -- guest page-table writes: write tracking and unsync ---------------------------------------
-    def kvm_mmu_track_write_pde(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
-        """A guest store to a PDE: upper-level shadow pages never go unsync, so the write faults
-        and KVM emulates it (x86_emulate_instruction -> emulator_write_phys); the page-track
-        notifier then runs mmu.c:kvm_mmu_track_write @ v6.18 (kvm_mmu_pte_write @ v5.x): the
-        shadow PDE of the written entry is zapped (mmu_page_zap_pte unlinks the child shadow
-        page), and a zapped present SPTE is flushed on every vCPU (kvm_mmu_remote_flush_or_zap;
-        v5.x: need_remote_flush, then kvm_flush_remote_tlbs)."""
-        slot = k.config.layout.slot(k.config.roots[root], gva, 2)
-        k.write_slot(slot, value, f"emulated store: guest PDE of {gva:#x} = {value:#x}")
-        sslot = self.shadow_pde_slot(k, root, gva)
-        if not k.machine.memory.values[sslot] & P:
-            return
-        k.write_slot(sslot, 0, f"kvm_mmu_track_write: zap the shadow PDE of {gva:#x}")
-        self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
+    def kvm_emulate_guest_pt_write(
+        self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int, value: int
+    ) -> None:
+        """A store to a guest paging entry that KVM's emulator does: always for a PDE (a page
+        directory's shadow page never goes unsync, so the guest's store faults and is emulated),
+        and for a PTE when the instruction itself is emulated (`map ... emulated`). The store,
+        then the page-track notifier."""
+        self.emulator_write_phys(k, root, gva, level, value)
+        self.kvm_mmu_track_write(k, vcpu, root, gva, level)
 
-    def kvm_mmu_track_write_pte(self, k: Step, vcpu: Vcpu, root: int, gva: int, value: int) -> None:
-        """A store to a guest PTE that KVM's emulator does (emulator_write_phys), then the
-        page-track notifier: mmu.c:kvm_mmu_track_write @ v6.18 (kvm_mmu_pte_write @ v5.x) zaps the
-        SPTE of the written entry in the shadow page of that table, synced or unsync
-        (mmu_page_zap_pte), and flushes every vCPU if it was present (kvm_mmu_remote_flush_or_zap;
-        v5.x need_remote_flush: a present SPTE zapped). v5.x may then prefetch the new guest PTE
-        (mmu_pte_write_new_pte), an optional fill the model leaves to the next fault."""
-        slot = k.config.layout.slot(k.config.roots[root], gva)
-        k.write_slot(slot, value, f"emulated store: guest PTE {gva:#x} = {value:#x}")
+    def emulator_write_phys(self, k: Step, root: int, gva: int, level: int, value: int) -> None:
+        """x86.c:emulator_write_phys @ v6.18: the guest's entry (level 1: the PTE, 2: the PDE
+        of `gva` in page table `root`) takes the new value."""
+        slot = k.config.layout.slot(k.config.roots[root], gva, level)
+        what = "PTE" if level == 1 else "PDE of"
+        k.write_slot(slot, value, f"emulated store: guest {what} {gva:#x} = {value:#x}")
+
+    def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
+        """mmu.c:kvm_mmu_track_write @ v6.18 (kvm_mmu_pte_write @ v5.x): in the shadow page of
+        the written table, synced or unsync, the shadow entry of the written entry is zapped
+        (mmu_page_zap_pte; for a PDE this unlinks the child shadow page), and a zapped present
+        entry is flushed on every vCPU (kvm_mmu_remote_flush_or_zap; v5.x need_remote_flush: a
+        present entry zapped, then kvm_flush_remote_tlbs). v5.x may then prefetch a new guest
+        PTE (mmu_pte_write_new_pte), an optional fill the model leaves to the next fault."""
         if k.config.tdp:
             return
-        if not k.machine.memory.values[self.sptep(k, root, gva)] & P:
+        slot = self.sptep(k, root, gva) if level == 1 else self.shadow_pde_slot(k, root, gva)
+        if not k.machine.memory.values[slot] & P:
             return
-        self.set_shadow_spte(k, root, gva, 0, "kvm_mmu_track_write: mmu_page_zap_pte")
+        what = "SPTE" if level == 1 else "shadow PDE of"
+        k.write_slot(slot, 0, f"kvm_mmu_track_write: zap the {what} {gva:#x}")
         self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
 
     def kvm_mmu_track_write_fault(self, k: Step, vcpu: Vcpu, root: int, gva: int) -> None:

@@ -290,9 +290,9 @@ class X86:
         elif reason == EXIT_PT_WRITE:
             self.kvm_mmu_track_write_fault(k, vcpu, args[0], args[1])  # type: ignore[attr-defined]
         elif reason == EXIT_PTE_WRITE:
-            self.kvm_mmu_track_write_pte(k, vcpu, *args)  # type: ignore[attr-defined]
+            self.kvm_emulate_guest_pt_write(k, vcpu, args[0], args[1], 1, args[2])  # type: ignore[attr-defined]
         elif reason == EXIT_PDE_WRITE:
-            self.kvm_mmu_track_write_pde(k, vcpu, *args)  # type: ignore[attr-defined]
+            self.kvm_emulate_guest_pt_write(k, vcpu, args[0], args[1], 2, args[2])  # type: ignore[attr-defined]
         elif reason == EXIT_INVPCID:
             self.kvm_handle_invpcid(k, vcpu, *args)  # type: ignore[attr-defined]
         else:
