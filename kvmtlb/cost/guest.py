@@ -40,7 +40,7 @@ from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
 from kvmtlb.hw.outcomes import VmExit
 from kvmtlb.hw.paging import make_pte
 from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
-from kvmtlb.kvm.shadow import injected_exit
+from kvmtlb.kvm.context import vm_exit_event
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED
 from kvmtlb.kvm.x86 import (
     EXIT_CR3_WRITE,
@@ -115,7 +115,11 @@ def write_pte(sim: Simulation, v: int, gva: int, gpa: int) -> None:
             if sim.policy.sp_unsync(k, root, gva):
                 break
             vcpu = k.vcpus[v]
-            k.hw(vcpu.cpu, injected_exit(cfg.vmx), "store to a write-protected guest page table")
+            k.hw(
+                vcpu.cpu,
+                vm_exit_event(cfg.vmx, "#PF"),
+                "store to a write-protected guest page table",
+            )
             sim.n["kvm.exits.pt-write"] += 1
             sim.policy.vcpu_exit(k, vcpu, EXIT_PT_WRITE, (root, gva))
             sim.run_to_guest(v)

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 from kvmtlb.host.ops import HostOp, RemapOp, ZapOp
 from kvmtlb.host.thread import HOST_SENDER, HostThread, host_step, preempt
-from kvmtlb.hw.svm import SvmExitEvent
-from kvmtlb.hw.vmx import VmExitEvent
+from kvmtlb.kvm.context import vm_exit_event
 from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ def take_kick(sim: Simulation, p: int) -> None:
     exited = -1
     if running >= 0 and k.vcpus[running].pc == "guest":
         vcpu = k.vcpus[running]
-        k.hw(p, VmExitEvent("IPI") if k.config.vmx else SvmExitEvent("IPI"))
+        k.hw(p, vm_exit_event(k.config.vmx, "IPI"))
         sim.policy.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="kick IPI")
         exited = running
     sim.policy.ack_kicks(k, p)

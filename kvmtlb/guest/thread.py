@@ -46,13 +46,10 @@ from kvmtlb.guest.ops import (
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE, CR4_SMEP
 from kvmtlb.hw.outcomes import EptViolation, NestedPageFault, PageFault, VmExit
 from kvmtlb.hw.paging import make_pte
-from kvmtlb.hw.svm import SvmExitEvent
-from kvmtlb.hw.vmx import VmExitEvent
 from kvmtlb.hw.walk import ACCESS_KINDS
 from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
-from kvmtlb.kvm.context import Step, World
+from kvmtlb.kvm.context import Step, World, vm_exit_event
 from kvmtlb.kvm.policy import KvmPolicy
-from kvmtlb.kvm.shadow import injected_exit
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
 from kvmtlb.kvm.x86 import (
     EXIT_CR3_WRITE,
@@ -234,7 +231,9 @@ def _pt_write_traps(k: Step, pol: KvmPolicy, v: int, root: int, gva: int) -> boo
     if k.config.tdp or pol.sp_unsync(k, root, gva):
         return False
     vcpu = k.vcpus[v]
-    k.hw(vcpu.cpu, injected_exit(k.config.vmx), "store to a write-protected guest page table")
+    k.hw(
+        vcpu.cpu, vm_exit_event(k.config.vmx, "#PF"), "store to a write-protected guest page table"
+    )
     pol.vcpu_exit(k, vcpu, EXIT_PT_WRITE, (root, gva))
     return True
 
@@ -259,7 +258,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
             # KVM's emulator does the store (an instruction it emulates); the page-track
             # notifier follows it (kvm_mmu_track_write)
             vcpu = k.vcpus[v]
-            k.hw(vcpu.cpu, VmExitEvent("emulation") if cfg.vmx else SvmExitEvent("emulation"))
+            k.hw(vcpu.cpu, vm_exit_event(cfg.vmx, "emulation"))
             pol.vcpu_exit(k, vcpu, EXIT_PTE_WRITE, (root, op.gva, pte))
             return True
         if _pt_write_traps(k, pol, v, root, op.gva):
@@ -284,7 +283,9 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
             # the page directory is write-protected (its shadow page is never unsync): the
             # store exits and KVM emulates it; the op is done when KVM's handler has run
             vcpu = k.vcpus[v]
-            k.hw(vcpu.cpu, injected_exit(cfg.vmx), "store to a write-protected page directory")
+            k.hw(
+                vcpu.cpu, vm_exit_event(cfg.vmx, "#PF"), "store to a write-protected page directory"
+            )
             pol.vcpu_exit(k, vcpu, EXIT_PDE_WRITE, (root, op.gva, value))
     elif isinstance(op, InvlpgOp):
         _insn(k, pol, v, Invlpg(op.gva), EXIT_INVLPG, (op.gva,))
@@ -298,7 +299,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
             # an instruction KVM emulates (after an MMIO exit, or without unrestricted guest):
             # the CPU exits, KVM's emulator runs the MOV (x86.c:kvm_set_cr3)
             vcpu = k.vcpus[v]
-            k.hw(vcpu.cpu, VmExitEvent("emulation") if cfg.vmx else SvmExitEvent("emulation"))
+            k.hw(vcpu.cpu, vm_exit_event(cfg.vmx, "emulation"))
             k.native = k.native.step(v, MovToCr3(value)).machine
             pol.vcpu_exit(k, vcpu, EXIT_CR3_WRITE, (value,))
         else:
@@ -314,7 +315,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
         )
     elif isinstance(op, EmulatedReadOp):
         vcpu = k.vcpus[v]
-        exit_event = VmExitEvent("emulation") if cfg.vmx else SvmExitEvent("emulation")
+        exit_event = vm_exit_event(cfg.vmx, "emulation")
         k.hw(vcpu.cpu, exit_event)
         pol.vcpu_exit(k, vcpu, EXIT_EMULATION, (op.gva,))
     else:

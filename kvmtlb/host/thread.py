@@ -63,9 +63,7 @@ from kvmtlb.host.ops import (
     ZapGfnRangeOp,
     ZapOp,
 )
-from kvmtlb.hw.svm import SvmExitEvent
-from kvmtlb.hw.vmx import VmExitEvent
-from kvmtlb.kvm.context import Step, World
+from kvmtlb.kvm.context import Step, World, vm_exit_event
 from kvmtlb.kvm.kvm_main import HOST2_SENDER, HOST_SENDER
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.state import HostTask, Vcpu
@@ -207,7 +205,7 @@ def preempt(k: Step, pol: KvmPolicy, v: int) -> None:
     """Schedule vCPU `v` out: in guest mode a host-interrupt VM exit first, then vcpu_put."""
     vcpu = k.vcpus[v]
     if vcpu.pc == "guest":
-        event = VmExitEvent("host interrupt") if k.config.vmx else SvmExitEvent("host interrupt")
+        event = vm_exit_event(k.config.vmx, "host interrupt")
         k.hw(vcpu.cpu, event)
         pol.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="host interrupt")
     pol.vcpu_put(k, vcpu)

@@ -21,17 +21,27 @@ from kvmtlb.hw.effect import Event
 from kvmtlb.hw.layout import Layout
 from kvmtlb.hw.machine import Machine
 from kvmtlb.hw.outcomes import Outcome
+from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SvmCapabilities
 from kvmtlb.hw.vmx import (
     CAP_INVVPID,
     CAP_INVVPID_ALL,
     CAP_INVVPID_SINGLE,
+    VmExitEvent,
     ept_vpid_cap,
 )
 from kvmtlb.kvm.state import Kvm, Pcpu, Vcpu
 
 T = TypeVar("T")
+
+
+def vm_exit_event(vmx: bool, reason: str) -> Event:
+    """A VM exit (VMX) or #VMEXIT (SVM) the model triggers for `reason`: an interrupt, an
+    intercepted exception, an instruction KVM emulates."""
+    return VmExitEvent(reason) if vmx else SvmExitEvent(reason)
+
+
 PHYS_ROOT_MASK = ((1 << 52) - 1) & ~0xFFF  # CR3 bits 51:12
 
 

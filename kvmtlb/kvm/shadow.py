@@ -30,8 +30,7 @@ from __future__ import annotations
 
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_SMEP
 from kvmtlb.hw.paging import E_W, RW, US, XD, P, make_pte, pte_addr
-from kvmtlb.hw.svm import SvmExitEvent
-from kvmtlb.hw.vmx import VmExitEvent, Vmwrite
+from kvmtlb.hw.vmx import Vmwrite
 from kvmtlb.hw.walk import ACCESS_KINDS
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.requests import (
@@ -466,9 +465,4 @@ class ShadowMmu:
             self.set_shadow_spte(k, r, gva, spte & ~RW, f"rmap_write_protect({gpa:#x})")
 
 
-def injected_exit(vmx: bool) -> VmExitEvent | SvmExitEvent:
-    """The VM exit of a guest #PF KVM intercepts (exception bitmap / INTERCEPT_PF)."""
-    return VmExitEvent("#PF") if vmx else SvmExitEvent("#PF")
-
-
-__all__ = ["KVM_MMU_NUM_PREV_ROOTS", "ShadowMmu", "injected_exit", "spte_from_gpte"]
+__all__ = ["KVM_MMU_NUM_PREV_ROOTS", "ShadowMmu", "spte_from_gpte"]

@@ -266,17 +266,6 @@ class Kvm57(Kvm58):
         self.record_steal_time_clear_preempted(k, vcpu)
         vcpu.pc = "vcpu_enter_guest:mode"
 
-    def kvm_mmu_load(self, k: Step, vcpu: Vcpu) -> None:
-        """mmu.c:kvm_mmu_load @ v5.7: the new root (shadow paging: kvm_mmu_sync_roots and the
-        PGD), then kvm_x86_ops->tlb_flush(vcpu, true)."""
-        vcpu.root_valid = True
-        k.note("kvm_mmu_load: new root")
-        if k.config.tdp:
-            self.mmu_alloc_direct_roots(k, vcpu)
-        self.kvm_mmu_sync_roots(k, vcpu)
-        self.kvm_mmu_load_pgd(k, vcpu)
-        self.kvm_mmu_load_flush(k, vcpu)
-
     def kvm_mmu_load_flush(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_load @ v5.7, its last call: kvm_x86_ops->tlb_flush(vcpu, true)."""
         self.kvm_vcpu_flush_tlb(k, vcpu, True)

@@ -23,11 +23,9 @@ from typing import Any
 from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
 from kvmtlb.hw.layout import Format
 from kvmtlb.hw.outcomes import Fault
-from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.tags import IntelLinearTags
-from kvmtlb.hw.vmx import VmExitEvent
 from kvmtlb.hw.walk import Translated, WalkContext, Walker
-from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.context import Step, vm_exit_event
 from kvmtlb.kvm.requests import (
     KVM_REQ_LOAD_MMU_PGD,
     KVM_REQ_MMU_SYNC,
@@ -216,7 +214,7 @@ class X86:
         an external interrupt, and the IPI is acknowledged."""
         if vcpu.pc != "guest" or not k.pcpus[vcpu.cpu].kicks:
             return
-        event = VmExitEvent("IPI") if k.config.vmx else SvmExitEvent("IPI")
+        event = vm_exit_event(k.config.vmx, "IPI")
         k.hw(vcpu.cpu, event)
         self.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="pending IPI")
         self.ack_kicks(k, vcpu.cpu)  # type: ignore[attr-defined]

@@ -34,9 +34,7 @@ from kvmtlb.host.thread import (
 from kvmtlb.host.thread import (
     describe as host_describe,
 )
-from kvmtlb.hw.svm import SvmExitEvent
-from kvmtlb.hw.vmx import VmExitEvent
-from kvmtlb.kvm.context import Record, Step, World
+from kvmtlb.kvm.context import Record, Step, World, vm_exit_event
 from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
 from kvmtlb.model.system import System
 
@@ -137,7 +135,7 @@ def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
         running = k.pcpus[p].running
         if running >= 0 and k.vcpus[running].pc == "guest":
             vcpu = k.vcpus[running]
-            k.hw(p, VmExitEvent("IPI") if system.kvm.vmx else SvmExitEvent("IPI"))
+            k.hw(p, vm_exit_event(system.kvm.vmx, "IPI"))
             pol.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="kick IPI")
         pol.ack_kicks(k, p)
     elif a.kind == "load":
