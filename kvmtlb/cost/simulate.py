@@ -72,7 +72,7 @@ from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.kvm.x86 import EXIT_SHADOW_PF, EXIT_TDP_FAULT
-from kvmtlb.model.system import pde_owner, pde_values
+from kvmtlb.model.system import pde_owner, pde_values, shadow_page_bits
 
 HPA_BASE = 0x1_0000_0000  # the host pages first backing the guest frames
 NR_VPIDS = 1 << 16  # VMX_NR_VPIDS
@@ -168,7 +168,8 @@ class Simulation:
                 b.map(tdp_root, gpa, leaf(backing[j], E_ALL))
         else:
             shadow_roots = tuple(b.linear_root() for _ in roots)
-            spt_bit = _shadow_layout(b, shadow_roots, every, ptes, backing, frames[0])
+            _shadow_layout(b, shadow_roots, every, ptes, backing, frames[0])
+            spt_bit = shadow_page_bits(len(roots), every)
         # the PDEs of each page table and shadow table (kvm/shadow.py follows the shadow links)
         guest_pde = pde_values(b, roots, every) if not tdp else {}
         shadow_pde = pde_values(b, shadow_roots, every) if not tdp else {}
@@ -463,16 +464,12 @@ def _shadow_layout(
     ptes: dict[tuple[int, int], int],
     backing: tuple[int, ...],
     gpa_base: int,
-) -> tuple[tuple[int, ...], ...]:
+) -> None:
     """The shadow tables (model/system.py's `_shadow_layout`, without value domains: the cost
     model's memory takes any value): per guest page table a linear hierarchy naming every GVA of
     every address space, with the SPTE of each page the table maps already made (the host page
-    backing its frame, writable as its guest PTE is). Returns, per page table and GVA, the bit
-    of Kvm.unsync of the last-level shadow page holding the SPTE (one per 2 MiB)."""
-    bits: dict[tuple[int, int], int] = {}
-    out: list[tuple[int, ...]] = []
+    backing its frame, writable as its guest PTE is)."""
     for r, sroot in enumerate(shadow_roots):
-        row = []
         for gva in every:
             gpte = ptes.get((r, gva))
             if gpte is None:
@@ -480,9 +477,6 @@ def _shadow_layout(
             else:
                 hpa = backing[(pte_addr(gpte) - gpa_base) // 0x1000]
                 b.map(sroot, gva, spte_from_gpte(gpte, hpa, True))
-            row.append(bits.setdefault((r, gva >> 21), len(bits)))
-        out.append(tuple(row))
-    return tuple(out)
 
 
 def _instrument(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:

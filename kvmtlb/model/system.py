@@ -192,7 +192,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     shadow_pde: dict[tuple[int, int], int] = {}
     if not cfg.tdp:
         shadow_roots = tuple(b.linear_root() for _ in roots)
-        spt_bit = _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
+        _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
+        spt_bit = shadow_page_bits(len(roots), gvas)
         shadow_pde = pde_values(b, shadow_roots, gvas)
         # KVM zaps a shadow PDE when the guest writes the PDE it shadows, and FNAME(fetch) links
         # it again to the shadow page of whichever table the guest's PDE then names
@@ -351,18 +352,14 @@ def _shadow_layout(
     pte_values: dict[tuple[int, int], list[int]],
     host_pages: dict[int, tuple[list[int], bool]],
     rights: tuple[int, ...],
-) -> tuple[tuple[int, ...], ...]:
+) -> None:
     """The shadow page tables KVM builds for each guest page table (kvm/shadow.py): one linear
     hierarchy per guest root, its upper levels present from the start (KVM created the shadow
     pages of every table the scenario names before the run), and for each GVA a last-level SPTE
     whose values are every guest PTE value combined with every host page of its frame, with
-    write permission or without (dirty logging, or a read-only guest PTE). Returns, per root and
-    GVA, the bit of Kvm.unsync of the last-level shadow page holding the SPTE."""
-    bits: dict[tuple[int, int], int] = {}
-    out: list[tuple[int, ...]] = []
+    write permission or without (dirty logging, or a read-only guest PTE)."""
     gpas = scenario.gpas
     for r, sroot in enumerate(shadow_roots):
-        row = []
         for gva in scenario.gvas:
             values: list[int] = [0]
             for pte in pte_values.get((r, gva), [0]):
@@ -378,9 +375,15 @@ def _shadow_layout(
                             values.append(v)
             b.name(sroot, gva)
             b.allow(sroot, gva, values)
-            row.append(bits.setdefault((r, gva >> 21), len(bits)))
-        out.append(tuple(row))
-    return tuple(out)
+
+
+def shadow_page_bits(nroots: int, gvas: tuple[int, ...] | list[int]) -> tuple[tuple[int, ...], ...]:
+    """Per guest root and GVA, the bit of Kvm.unsync of the last-level shadow page holding the
+    GVA's SPTE (KvmConfig.spt_bit): one page per root and 2 MiB region, numbered in order."""
+    bits: dict[tuple[int, int], int] = {}
+    return tuple(
+        tuple(bits.setdefault((r, gva >> 21), len(bits)) for gva in gvas) for r in range(nroots)
+    )
 
 
 def _pte(gpa: int, flags: str) -> int:
