@@ -508,3 +508,19 @@ class ClearDirtyLogNoFlush(Kvm618):
         """The flush of kvm_clear_dirty_log_protect left out."""
         k.note("kvm_clear_dirty_log_protect: no kvm_flush_remote_tlbs_memslot")
         task.return_()
+
+
+@register
+class SyncChildrenNoProtectFlush(Kvm618):
+    name = "bug-sync-children-no-protect-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "mmu_sync_children write-protects the guest tables it is about to sync but does not "
+        "flush before reading their PTEs: a vCPU with a writable translation of a table still "
+        "cached stores to it unseen, and the page, now synced, keeps the old mapping"
+    )
+
+    def kvm_mmu_remote_flush(self, k: Step, vcpu: Vcpu, why: str) -> None:
+        """The flush after kvm_vcpu_write_protect_gfn in mmu_sync_children left out."""
+        k.note("mmu_sync_children: no flush after write-protecting", why)

@@ -116,6 +116,10 @@ class KvmConfig:
 
     # The inverse of both: a PDE value -> the root whose table page it points at.
     pde_owner: dict[int, int] = field(default_factory=dict, compare=False)
+    # [tables]: the guest frame holding each root's last-level table page of the first 2 MiB
+    # region (-1: the file does not place it; the guest's stores to it are then modelled as
+    # traps, not as accesses through its own mapping of the table)
+    table_frame: tuple[int, ...] = ()
 
     def pde_root(self, value: int) -> int:
         """Which root's last-level table page a (guest or shadow) PDE value points at; -1 if

@@ -282,6 +282,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         guest_pde=guest_pde,
         shadow_pde=shadow_pde,
         pde_owner=pde_owner(guest_pde, shadow_pde),
+        table_frame=tuple(scenario.tables.get(name, -1) for name in root_names),
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
