@@ -1,4 +1,5 @@
-"""Write issue 12's PV-flush protocol benchmark for any N: python bench/gen_pvflush.py N [OUT].
+"""Write issue 12's PV-flush protocol benchmark for any N:
+python bench/gen_pvflush.py N [OUT] [--schedule K].
 
 vCPU0 reads a page, remaps it and PV-flushes the other N-1 vCPUs (`flush_tlb ... others`), each
 of which reads the page twice. vCPU v's home is pCPU v mod 2; vCPUs sharing a home time-share it
@@ -7,6 +8,9 @@ back. Intel, EPT, VPID. kvm-6.18 is expected safe; kvm-5.7 and kvm-5.8 break gue
 (record_steal_time clears the preempted byte only after its flush: the overwrite that
 7e2175ebd695 closed, as in the built-in pv-flush-preempted-target), as do the two CVE-2019-3016
 variants of the bug zoo.
+
+With --schedule K the host script is replaced by SPIN's scheduler: `[schedule] moves = K`, so
+any vCPU may be put and loaded again on any pCPU, at most K times each.
 
 Without OUT the scenario is written to standard output.
 """
@@ -17,16 +21,26 @@ import sys
 from pathlib import Path
 
 
-def scenario(n: int) -> str:
+def scenario(n: int, schedule: int = 0) -> str:
     if n < 2:
         raise ValueError("N must be at least 2 (one sender, one target)")
     pcpus = min(n, 2)
     placement = "\n".join(f'vcpu{v} = "pcpu{v % pcpus}"' for v in range(n))
     targets = "".join(f'vcpu{v} = """\nread 0x1000\nread 0x1000\n"""\n' for v in range(1, n))
+    moved = (
+        f"the scheduler may put any vCPU and load it on any pCPU, {schedule} time(s) each"
+        if schedule
+        else "the host migrates vCPU1 to pCPU0 and back"
+    )
     doc = (
         f"Issue 12's PV-flush protocol, N = {n}: vCPU0 remaps a page and PV-flushes {n - 1} "
-        "target(s) that read it twice; vCPU v's home is pCPU v mod 2; the host migrates vCPU1 "
-        "to pCPU0 and back."
+        f"target(s) that read it twice; vCPU v's home is pCPU v mod 2; {moved}."
+    )
+    host = (
+        f"[schedule]\nmoves = {schedule}\n"
+        if schedule
+        else 'host = """\npreempt vcpu1\nresume vcpu1 on pcpu0\n'
+        'preempt vcpu1\nresume vcpu1 on pcpu1\n"""\n'
     )
     return f'''name = "pvflush-{n}"
 doc = "{doc}"
@@ -55,13 +69,7 @@ read 0x1000
 map 0x1000 -> 0x11000 w
 flush_tlb 0x1000 others
 """
-{targets}host = """
-preempt vcpu1
-resume vcpu1 on pcpu0
-preempt vcpu1
-resume vcpu1 on pcpu1
-"""
-
+{targets}{host}
 [expect]
 "kvm-6.18" = "safe"
 "kvm-5.8" = "violation:guest-transparency"  # record_steal_time's late clear (7e2175ebd695)
@@ -72,11 +80,19 @@ resume vcpu1 on pcpu1
 
 
 def main(argv: list[str]) -> int:
+    schedule = 0
+    if "--schedule" in argv:
+        i = argv.index("--schedule")
+        if i + 1 >= len(argv) or not argv[i + 1].isdigit() or not 1 <= int(argv[i + 1]) <= 4:
+            print("gen_pvflush: --schedule takes a number from 1 to 4", file=sys.stderr)
+            return 2
+        schedule = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2 :]
     if not 1 <= len(argv) <= 2 or not argv[0].isdigit():
-        print("usage: python bench/gen_pvflush.py N [OUT.toml]", file=sys.stderr)
+        print("usage: python bench/gen_pvflush.py N [OUT.toml] [--schedule K]", file=sys.stderr)
         return 2
     try:
-        text = scenario(int(argv[0]))
+        text = scenario(int(argv[0]), schedule)
     except ValueError as e:
         print(f"gen_pvflush: {e}", file=sys.stderr)
         return 2

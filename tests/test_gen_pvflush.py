@@ -32,7 +32,17 @@ def test_scenario_loads(tmp_path: Path, n: int) -> None:
     assert len(s.host_program) == 4
 
 
-@pytest.mark.parametrize("argv", [["1"], ["x"], [], ["2", "a", "b"]])
+def test_schedule_replaces_the_host_script(tmp_path: Path) -> None:
+    out = tmp_path / "pv3s.toml"
+    assert _gen().main(["3", str(out), "--schedule", "2"]) == 0
+    s = load(str(out), set(registry()))
+    assert s.host_program == () and s.schedule == (2, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["1"], ["x"], [], ["2", "a", "b"], ["2", "--schedule"], ["2", "--schedule", "9"]],
+)
 def test_bad_arguments(argv: list[str]) -> None:
     assert _gen().main(argv) == 2
 

@@ -88,6 +88,10 @@ class HostThread(NamedTuple):
     bg_phase: str = ""
     bg_ret: tuple[str, ...] = ()
     bg_frame: tuple[int, ...] = ()
+    # [schedule]: the moves each vCPU has left, and the vCPUs the scheduler put and has not
+    # loaded again (neither the host program nor time-sharing loads them)
+    moves: tuple[int, ...] = ()
+    parked: int = 0
 
 
 def preemptible(pol: KvmPolicy, vcpu_state: tuple[object, ...]) -> bool:

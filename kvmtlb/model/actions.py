@@ -7,8 +7,9 @@ Actors, in the deterministic order successors are generated:
    outcome the hardware allows);
 2. the host thread (`host`);
 3. the environment: a pCPU taking a pending KVM kick (`pcpuN`: in guest mode a VM exit for the
-   IPI, in host mode with interrupts on just the acknowledgement), and the scheduler switching
-   vCPUs that time-share a pCPU (`sched`).
+   IPI, in host mode with interrupts on just the acknowledgement), the scheduler switching
+   vCPUs that time-share a pCPU (`sched`), and, with `[schedule]`, the scheduler putting a vCPU
+   and loading it again on any pCPU, at most `moves` times per vCPU (`sched`: `put`, `move`).
 
 VM exits happen where they lead somewhere: for a guest instruction KVM intercepts, for an EPT
 violation or #NPF, for emulation, for a kick, and for preemption (a host-interrupt exit followed
@@ -81,7 +82,7 @@ def enabled(system: System, w: World) -> list[Action]:
         waiting = [
             u
             for u, vc in enumerate(w.vcpus)
-            if vc[V_CPU] < 0 and h.home[u] == p and not h.held >> u & 1
+            if vc[V_CPU] < 0 and h.home[u] == p and not (h.held | h.parked) >> u & 1
         ]
         if not waiting:
             continue
@@ -90,6 +91,27 @@ def enabled(system: System, w: World) -> list[Action]:
             acts.extend(Action("sched", "load", (p, u)) for u in waiting)
         elif w.vcpus[running][V_PC] not in pol.NOT_PREEMPTIBLE:
             acts.extend(Action("sched", "switch", (p, u)) for u in waiting)
+    if h.moves:
+        acts.extend(_schedule_actions(system, w, h))
+    return acts
+
+
+def _schedule_actions(system: System, w: World, h: HostThread) -> list[Action]:
+    """[schedule]: put a loaded vCPU that has moves left (not one a host op preempted), at a
+    preemptible label; load a parked vCPU on any pCPU that is idle or whose vCPU is at a
+    preemptible label (that vCPU is scheduled out first, as by `resume ... on`)."""
+    pol = system.policy
+    acts: list[Action] = []
+    for v, vc in enumerate(w.vcpus):
+        if h.moves[v] and vc[V_CPU] >= 0 and vc[V_PC] not in pol.NOT_PREEMPTIBLE:
+            acts.append(Action("sched", "put", (v,)))
+    for v in range(len(w.vcpus)):
+        if not h.parked >> v & 1:
+            continue
+        for p, pc in enumerate(w.pcpus):
+            running = pc[P_RUNNING]
+            if running < 0 or w.vcpus[running][V_PC] not in pol.NOT_PREEMPTIBLE:
+                acts.append(Action("sched", "move", (p, v)))
     return acts
 
 
@@ -145,6 +167,22 @@ def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
         p, u = a.args
         preempt(k, pol, k.pcpus[p].running)
         pol.vcpu_load(k, k.vcpus[u], p)
+    elif a.kind == "put":
+        (v,) = a.args
+        preempt(k, pol, v)
+        h = k.host
+        moves = list(h.moves)
+        moves[v] -= 1
+        k.host = h._replace(moves=tuple(moves), parked=h.parked | 1 << v)
+    elif a.kind == "move":
+        p, v = a.args
+        if k.pcpus[p].running >= 0:
+            preempt(k, pol, k.pcpus[p].running)
+        pol.vcpu_load(k, k.vcpus[v], p)
+        h = k.host
+        home = list(h.home)
+        home[v] = p
+        k.host = h._replace(home=tuple(home), parked=h.parked & ~(1 << v))
     else:
         raise AssertionError(f"unknown action {a}")
     return Outcome(k.freeze(), k.log, k.observations)
@@ -166,4 +204,8 @@ def describe(system: System, w: World, a: Action) -> str:
         return "takes the kick IPI"
     if a.kind == "load":
         return f"schedule vcpu{a.args[1]} in on pCPU{a.args[0]}"
+    if a.kind == "put":
+        return f"schedule vcpu{a.args[0]} out ([schedule])"
+    if a.kind == "move":
+        return f"schedule vcpu{a.args[1]} in on pCPU{a.args[0]} ([schedule])"
     return f"switch pCPU{a.args[0]} to vcpu{a.args[1]}"

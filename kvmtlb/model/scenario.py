@@ -66,6 +66,7 @@ TOP_LEVEL = (
     "host",
     "name",
     "placement",
+    "schedule",
     "tables",
     "threads",
 )
@@ -91,6 +92,7 @@ LIMITS = (
     ("vpids", 1 << 16, "VPIDs are 16 bits: KVM's bitmap has VMX_NR_VPIDS = 65,536"),
     ("max_asid", 1 << 20, "real processors have at most 32,767"),
 )
+MAX_MOVES = 4  # [schedule]: times the scheduler may move one vCPU
 MAX_ZAPS = 16  # zaps of one guest frame (each takes a fresh host page from the frame's pool)
 MAX_FAST_ZAPS = 3  # zap_all_fast ops of a scenario (each may need one more EPT/NPT root page)
 INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest", "ept_ad")
@@ -201,6 +203,9 @@ class Scenario:
     # [tables]: page-table name -> the guest frame holding its last-level table page of the
     # first 2 MiB region (shadow paging: the guest stores to it through its own mappings)
     tables: dict[str, int] = field(default_factory=dict)
+    # [schedule]: per vCPU, how many times the scheduler may put it and load it again on any
+    # pCPU (empty: no such scheduler; only the host program and time-sharing move vCPUs)
+    schedule: tuple[int, ...] = ()
 
     @property
     def root_names(self) -> tuple[str, ...]:
@@ -251,6 +256,7 @@ class Scenario:
             self.text,
             self.roots,
             self.tables,
+            self.schedule,
         )
 
 
@@ -309,6 +315,7 @@ class _Parser:
         guest, roots = self.guest_map(host)
         tables = self.tables(config, host, roots)
         placement = self.placement(config)
+        schedule = self.schedule(config)
         programs, host_program = self.threads(config, guest, host, roots)
         expect = self.expect()
         return Scenario(
@@ -325,6 +332,7 @@ class _Parser:
             self.text,
             roots,
             tables,
+            schedule,
         )
 
     def _table(self, name: str) -> dict[str, Any]:
@@ -605,6 +613,48 @@ class _Parser:
             v = self.vcpu_id(key, line, config)
             place[v] = self.pcpu_id(str(value), line, config)
         return tuple(place)
+
+    def schedule(self, config: Config) -> tuple[int, ...]:
+        """[schedule]: `moves = K` (1..MAX_MOVES) and optionally `vcpus = ["vcpuN", ...]` (default
+        every vCPU): the scheduler may put each of those vCPUs and load it again, on any pCPU, at
+        most K times."""
+        table = self._table("schedule")
+        if not table:
+            return ()
+        for key in table:
+            if key not in ("moves", "vcpus"):
+                raise self.err(
+                    self.lines.key("schedule", key),
+                    f"unknown key {shown(key)} in [schedule]",
+                    'use moves = K and, optionally, vcpus = ["vcpu1", ...]',
+                )
+        moves = table.get("moves")
+        line = (
+            self.lines.key("schedule", "moves")
+            if "moves" in table
+            else self.lines.section("schedule")
+        )
+        if isinstance(moves, bool) or not isinstance(moves, int) or not 1 <= moves <= MAX_MOVES:
+            raise self.err(
+                line,
+                f"[schedule] moves must be a number from 1 to {MAX_MOVES}, not {shown(moves)}",
+                "write moves = 1 (each vCPU may be moved once)",
+            )
+        which = table.get("vcpus", [f"vcpu{v}" for v in range(config.vcpus)])
+        vline = self.lines.key("schedule", "vcpus") if "vcpus" in table else line
+        if not isinstance(which, list) or not which:
+            raise self.err(
+                vline,
+                f"[schedule] vcpus must be a non-empty list of vCPU names, not {shown(which)}",
+                'write vcpus = ["vcpu1"]',
+            )
+        chosen: set[int] = set()
+        for name in which:
+            v = self.vcpu_id(str(name), vline, config)
+            if v in chosen:
+                raise self.err(vline, f"vcpu{v} is listed twice", "list each vCPU once")
+            chosen.add(v)
+        return tuple(moves if v in chosen else 0 for v in range(config.vcpus))
 
     def vcpu_id(self, s: str, line: int, config: Config) -> int:
         m = re.fullmatch(r"vcpu(\d+)", s)

@@ -420,7 +420,7 @@ def _boot(
         Thawed.of([Pcpu(p) for p in range(cfg.pcpus)]),
         native,
         [GuestThread() for _ in range(cfg.vcpus)],
-        HostThread(home=scenario.placement),
+        HostThread(home=scenario.placement, moves=scenario.schedule),
         "boot",
     )
     policy.hardware_enable(k)
