@@ -493,7 +493,7 @@ class LocalGroup:
             out.append(e)
             done_states += len(p.table) + len(p.offers)
             done_transitions += e.transitions
-            if e.aborted or e.error is not None:
+            if e.aborted:
                 break
         return out
 
@@ -771,7 +771,7 @@ def explore_partitioned(
     (backend "local"; one worker: in this process), or Ray actors (backend "ray",
     kvmtlb.check.ray_backend; `spec`: its SystemSpec, from which the actors build the system;
     `ray_address`: a cluster's, or None for a local Ray). Options: those of `Options`. Raises
-    checkpoint.CheckpointError for a bad checkpoint, ray_backend.RayMissing without Ray."""
+    checkpoint.CheckpointError for a bad checkpoint, ray_backend.RayError without Ray."""
     from kvmtlb.check import checkpoint as ck
 
     opts = Options(**options)

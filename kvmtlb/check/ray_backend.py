@@ -25,8 +25,8 @@ from kvmtlb.model.system import System
 INSTALL = "the Ray backend needs Ray: pip install 'kvmtlb[ray]'"
 
 
-class RayMissing(Exception):
-    pass
+class RayError(Exception):
+    """Ray is not installed, or the cluster cannot be joined (an input error: exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RayMissing(INSTALL) from None
+        raise RayError(INSTALL) from None
     return ray
 
 
@@ -142,10 +142,17 @@ class RayGroup:
         self.stop_reason: str | None = None
         self.started = False
         if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=max(parts, 1), include_dashboard=False, log_to_driver=False)
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=max(parts, 1), include_dashboard=False, log_to_driver=False)
+            except Exception as e:
+                where_ = f"--ray-address {address}" if address else "a local Ray"
+                raise RayError(
+                    f"{where_}: cannot start or join Ray ({type(e).__name__}: {e}); check the "
+                    "address (`ray status` on the head node prints it)"
+                ) from None
             self.started = True
         actor = ray.remote(num_cpus=1)(PartitionActor)
         self.actors = [actor.remote(spec, p, parts) for p in range(parts)]
