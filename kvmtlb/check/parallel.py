@@ -142,6 +142,7 @@ class _Outbox:
         self.items: list[tuple[Any, ...]] = []
 
     def add(self, fp: int, key: int, ref: int, ai: int, w: World) -> int:
+        # by value: Partition._intern made equal machines one object, so this hits by identity
         ids = self.ids
         m, n = w.machine, w.native
         mi = ids.get(m)
@@ -241,6 +242,19 @@ class Partition:
         self.table.add(self.fingerprint(self.system.initial), -1, 0)
         self.frontier = [(self.system.initial, 0, 0)]
 
+    def _intern(self, w: World) -> World:
+        """`w` with the machine and native reference this partition holds for their values:
+        the ones received from other partitions and the ones made here are then one object
+        each, and the memo tables of the hardware model and the canonicalizer hit by identity."""
+        local = self.local
+        if len(local) >= SENT_LIMIT // 8:
+            local.clear()
+        m = local.setdefault((False, w.machine), w.machine)
+        n = local.setdefault((True, w.native), w.native)
+        if m is w.machine and n is w.native:
+            return w
+        return w._replace(machine=m, native=n)
+
     def offer(self, fp: int, key: int, parent: int, action: int, w: World) -> None:
         if self.table.contains(fp):
             return
@@ -307,7 +321,10 @@ class Partition:
                             (PRECEDENCE.index(v.prop), base + ai, v.prop, v.detail, ref, ai)
                         )
                         continue
-                fp = fingerprint(o.world)
+                nw = o.world
+                if parts > 1 and (nw.machine is not w.machine or nw.native is not w.native):
+                    nw = self._intern(nw)
+                fp = fingerprint(nw)
                 if fp in sent:
                     continue  # offered before by this partition, with a smaller key
                 if len(sent) >= SENT_LIMIT:
@@ -315,10 +332,10 @@ class Partition:
                 sent.add(fp)
                 dest = (fp >> 32) % parts
                 if dest == part:
-                    self.offer(fp, base + ai, ref, ai, o.world)
+                    self.offer(fp, base + ai, ref, ai, nw)
                 else:
                     box = outboxes[dest]
-                    if box.add(fp, base + ai, ref, ai, o.world) >= BATCH:
+                    if box.add(fp, base + ai, ref, ai, nw) >= BATCH:
                         send(dest, box.flush())
             now = time.perf_counter()
             if now - last > POLL_SECONDS:
@@ -528,6 +545,16 @@ class WorkerDied(RuntimeError):
     pass
 
 
+_WORKER_PIDS: set[int] = set()  # the worker processes of the searches running in this process
+
+
+def workers_rss_mb() -> float:
+    """The resident memory of this process's search workers (for --max-memory and progress)."""
+    from kvmtlb.jobs import rss_mb
+
+    return sum(rss_mb(pid) for pid in list(_WORKER_PIDS))
+
+
 def _serve(
     system: System,
     part: int,
@@ -633,6 +660,8 @@ class ProcessGroup:
             ]
             for proc in self.procs:
                 proc.start()
+                if proc.pid is not None:
+                    _WORKER_PIDS.add(proc.pid)
         finally:
             signal.signal(signal.SIGINT, old)
         self.progress: dict[int, tuple[int, int]] = {}
@@ -721,6 +750,7 @@ class ProcessGroup:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=2)
+            _WORKER_PIDS.discard(proc.pid or 0)
         for q in [*self.commands, *self.inboxes, self.replies]:
             q.cancel_join_thread()
             q.close()

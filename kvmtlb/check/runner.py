@@ -34,6 +34,7 @@ from kvmtlb import jobs
 from kvmtlb.check.checkpoint import CheckpointError
 from kvmtlb.check.explorer import INTERRUPTED, Progress, Result, TraceStep, explore, replay
 from kvmtlb.check.hunt import PROVE_STATES, hunt
+from kvmtlb.check.parallel import workers_rss_mb
 from kvmtlb.check.ray_backend import RayError
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import Step
@@ -475,7 +476,7 @@ def _watch(
     worker, through jobs.stop_requested), at --timeout and at --max-memory."""
 
     def hook(p: Progress) -> str | None:
-        rss = jobs.rss_mb()
+        rss = jobs.rss_mb() + (workers_rss_mb() if job.partitioned else 0.0)
         jobs.report_progress(
             {
                 "states": p.states,
