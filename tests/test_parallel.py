@@ -291,3 +291,20 @@ def test_bad_scale_options_are_input_errors(args: list[str], message: str) -> No
 def test_checkpoint_needs_one_run(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["check", PV, "--checkpoint", str(tmp_path / "ck")])
     assert r.exit_code == 2 and "go with one run" in r.output, r.output
+
+
+def test_backend_ray_without_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    r = CliRunner().invoke(
+        app,
+        [
+            "check",
+            str(BUILTIN / "emulated-read-pv-flush.toml"),
+            "--policy",
+            "kvm-6.18",
+            "--backend",
+            "ray",
+        ],
+    )
+    assert r.exit_code == 2, r.output
+    assert "pip install 'kvmtlb[ray]'" in r.output
