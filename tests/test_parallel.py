@@ -171,29 +171,20 @@ def test_resuming_reads_no_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert r.verdict == "safe" and r.states == 6325
 
 
-def test_ctrl_c_checkpoints_and_resume_finishes_alike(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_ctrl_c_or_a_crash_then_resume_finishes_alike(tmp_path: Path, sig: int) -> None:
     """A real Ctrl-C (SIGINT to the process group) in the middle of a search on two workers
-    writes a checkpoint and exits 3; resuming gives the uninterrupted result."""
+    writes a checkpoint and exits 3; a crash (SIGKILL) leaves the last periodic one. Resuming
+    either gives the uninterrupted result."""
     base = [PV, "--policy", "kvm-6.18"]
     code, (whole,) = records(base)
     assert code == 0
     ck = tmp_path / "ck"
     env = {**os.environ, "KVMTLB_PROGRESS_SECONDS": "1000"}
+    cmd = [sys.executable, "-c", "from kvmtlb.cli import main; main()", "check", *base]
+    cmd += ["--workers", "2", "--json", "--checkpoint", str(ck), "--checkpoint-every", "0.2"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from kvmtlb.cli import main; main()",
-            "check",
-            *base,
-            "--workers",
-            "2",
-            "--json",
-            "--checkpoint",
-            str(ck),
-            "--checkpoint-every",
-            "0.2",
-        ],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -203,11 +194,14 @@ def test_ctrl_c_checkpoints_and_resume_finishes_alike(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     while not (ck / "manifest.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 3, (out, err)
-    rec = json.loads(out.splitlines()[0])
-    assert rec["label"] == "stopped:interrupted" and "--resume" in rec["detail"]
+    if sig == signal.SIGINT:
+        assert proc.returncode == 3, (out, err)
+        rec = json.loads(out.splitlines()[0])
+        assert rec["label"] == "stopped:interrupted" and "--resume" in rec["detail"]
+    else:
+        assert proc.returncode == -signal.SIGKILL, (out, err)
     code, (resumed,) = records([*base, "--resume", str(ck)])
     assert code == 0
     assert {k: resumed[k] for k in KEYS} == {k: whole[k] for k in KEYS}

@@ -118,7 +118,18 @@ def prepare(directory: str) -> None:
 
 
 def save(directory: str, ident: dict[str, Any], dumps: list[dict[str, Any]], meta: Meta) -> None:
-    """Write a checkpoint of `dumps` (parallel.Partition.dump of every partition)."""
+    """Write a checkpoint of `dumps` (parallel.Partition.dump of every partition); a file system
+    error is a CheckpointError naming the directory."""
+    try:
+        _save(directory, ident, dumps, meta)
+    except OSError as e:
+        raise CheckpointError(
+            f"--checkpoint {directory}: cannot write the checkpoint ({e.strerror or e}); give a "
+            "writable directory with room for it"
+        ) from None
+
+
+def _save(directory: str, ident: dict[str, Any], dumps: list[dict[str, Any]], meta: Meta) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     old = _read_manifest(d) if (d / MANIFEST).exists() else None
