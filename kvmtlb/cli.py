@@ -285,7 +285,7 @@ def check(
         typer.Option(
             metavar="local|ray",
             help="Where a partitioned search runs: local worker processes, or Ray actors "
-            "(pip install 'kvmtlb[ray]').",
+            "(the ray extra: pip install 'kvmtlb\\[ray]').",
         ),
     ] = "local",
     ray_address: Annotated[

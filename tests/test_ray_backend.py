@@ -32,13 +32,14 @@ CASES = [
 ]
 
 
-def test_ray_equals_the_local_backend() -> None:
+def test_ray_equals_the_local_backend(tmp_path: Path) -> None:
     """One test, so that one pytest worker starts Ray, once."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for name, policy in CASES:
             same_as_local(name, policy)
         on_the_command_line()
+        checkpoint_and_resume_on_ray(tmp_path)
     finally:
         ray.shutdown()
 
@@ -69,3 +70,28 @@ def on_the_command_line() -> None:
     one, two = json.loads(local.stdout.splitlines()[0]), json.loads(r.stdout.splitlines()[0])
     for key in ("label", "states", "transitions", "depth", "path", "trace"):
         assert one[key] == two[key], key
+
+
+def checkpoint_and_resume_on_ray(tmp_path: Path) -> None:
+    """A checkpoint written by Ray actors resumes on Ray actors to the plain result."""
+    path = str(BUILTIN / "amd-migration-round-trip.toml")
+    spec = spec_of(path, "kvm-6.18", None)
+
+    def system():  # type: ignore[no-untyped-def]
+        return build(load(path, set(registry())), registry()["kvm-6.18"]())
+
+    whole = explore_partitioned(system(), workers=1)
+    ck = str(tmp_path / "ck")
+    part = explore_partitioned(
+        system(), workers=2, backend="ray", spec=spec, checkpoint=ck, max_states=2000
+    )
+    assert part.stopped == "max-states" and part.states < whole.states
+    resumed = explore_partitioned(
+        system(), workers=2, backend="ray", spec=spec, checkpoint=ck, resume=True
+    )
+    assert (resumed.label, resumed.states, resumed.transitions, resumed.path) == (
+        whole.label,
+        whole.states,
+        whole.transitions,
+        whole.path,
+    )
