@@ -271,9 +271,59 @@ def check(
         int,
         typer.Option(metavar="N", help="With --hunt: the walks' seed.", show_default=False),
     ] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Processes per search: one search split over N partitioned workers (0, the "
+            "default: --jobs N given and fewer runs than N share its N cores; else 1).",
+            show_default=False,
+        ),
+    ] = 0,
+    backend: Annotated[
+        str,
+        typer.Option(
+            metavar="local|ray",
+            help="Where a partitioned search runs: local worker processes, or Ray actors "
+            "(the ray extra: pip install 'kvmtlb\\[ray]').",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR",
+            help="With --backend ray: join this Ray cluster (auto, HOST:6379, ray://HOST:10001); "
+            "default: start Ray on this machine.",
+            show_default=False,
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Checkpoint the search to DIR (one run only) every --checkpoint-every seconds "
+            "and when it stops; continue it with --resume DIR.",
+            show_default=False,
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", help="Seconds between checkpoints."),
+    ] = 300.0,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Continue the search checkpointed in DIR (the same scenario and policy); it "
+            "goes on checkpointing there.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Explore every interleaving of scenarios under policies; print verdicts and traces (the
     exit codes: EXIT_CODES_HELP)."""
+    from dataclasses import replace
+
     from kvmtlb.check import report
     from kvmtlb.check.runner import (
         InputError,
@@ -295,6 +345,10 @@ def check(
         max_memory=max_memory,
         hunt_seconds=hunt_seconds,
         seed=seed,
+        workers=workers,
+    )
+    _check_scale_options(
+        exact, hunt, workers, backend, ray_address, checkpoint, checkpoint_every, resume
     )
     if (hunt_seconds != 30.0 or seed) and not hunt:
         typer.echo("error: --hunt-seconds and --seed go with --hunt", err=True)
@@ -331,8 +385,32 @@ def check(
             if matrix:
                 for cfg in configurations(sc):
                     job_list.append(hunting(path, sp, cfg, exact, max_states, timeout, max_memory))
-    # a hunt uses every core for one run's walks: runs go one after the other
-    workers = 1 if hunt else jobs_ or min(len(job_list), os.cpu_count() or 1)
+    if (checkpoint is not None or resume is not None) and len(job_list) != 1:
+        typer.echo(
+            f"error: --checkpoint and --resume go with one run, not {len(job_list)}: give one "
+            "scenario and one --policy, without --matrix",
+            err=True,
+        )
+        raise typer.Exit(jobs.EXIT_INPUT)
+    per_run = search_workers(workers, jobs_, len(job_list), exact or hunt, backend)
+    if per_run > 1 or backend == "ray" or checkpoint is not None or resume is not None:
+        where_ = resume if resume is not None else checkpoint
+        job_list = [
+            replace(
+                j,
+                workers=per_run,
+                backend=backend,
+                ray_address=ray_address,
+                checkpoint=str(where_) if where_ is not None else None,
+                checkpoint_every=checkpoint_every,
+                resume=resume is not None,
+            )
+            for j in job_list
+        ]
+    # a hunt uses every core for one run's walks: runs go one after the other; a partitioned
+    # search uses per_run cores, so fewer runs go at once
+    cores = jobs_ or os.cpu_count() or 1
+    workers = 1 if hunt else max(1, min(len(job_list), cores // per_run))
     t0 = time.perf_counter()
     with _Ticker(len(job_list)) as ticker:
         results, interrupted = run_all(
@@ -403,11 +481,65 @@ def _check_limits(**limits: float) -> None:
             flag = "--" + name.replace("_", "-")
             typer.echo(
                 f"error: {flag} {value:g}: give a number >= 0 (0: "
-                + ("one worker per core" if name == "jobs" else "no limit")
+                + {"jobs": "one worker per core", "workers": "automatic"}.get(name, "no limit")
                 + ")",
                 err=True,
             )
             raise typer.Exit(jobs.EXIT_INPUT)
+
+
+def search_workers(workers: int, jobs_: int, runs: int, single_only: bool, backend: str) -> int:
+    """Processes per search (docs/checker.md, "All cores"): --workers if given; else with
+    --jobs N and fewer runs than N, the runs share the N cores (N // runs each: one run, N);
+    else 1. --exact and --hunt searches are single-process; Ray needs at least 2 actors
+    unless --workers 1 says otherwise."""
+    if single_only:
+        return 1
+    if workers:
+        return workers
+    if jobs_ and runs < jobs_:
+        return max(1, jobs_ // max(runs, 1))
+    if backend == "ray":
+        return max(2, jobs_ or os.cpu_count() or 1)
+    return 1
+
+
+def _check_scale_options(
+    exact: bool,
+    hunt: bool,
+    workers: int,
+    backend: str,
+    ray_address: str | None,
+    checkpoint: Path | None,
+    checkpoint_every: float,
+    resume: Path | None,
+) -> None:
+    """Refuse the combinations of --workers, --backend, --checkpoint and --resume that make no
+    sense (exit 2)."""
+
+    def fail(text: str) -> None:
+        typer.echo(f"error: {text}", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT)
+
+    if backend not in ("local", "ray"):
+        fail(f"--backend {backend}: give local or ray")
+    if ray_address is not None and backend != "ray":
+        fail("--ray-address goes with --backend ray")
+    scale = workers > 1 or backend == "ray" or checkpoint is not None or resume is not None
+    if scale and exact:
+        fail(
+            "--exact keeps full states in one process: it does not go with --workers, "
+            "--backend ray, --checkpoint or --resume"
+        )
+    if scale and hunt:
+        fail("--hunt does not go with --workers, --backend ray, --checkpoint or --resume")
+    if checkpoint_every <= 0:
+        fail(f"--checkpoint-every {checkpoint_every:g}: give a number of seconds > 0")
+    if checkpoint is not None and resume is not None and checkpoint != resume:
+        fail(
+            f"--checkpoint {checkpoint} and --resume {resume}: a resumed search goes on "
+            "checkpointing where it was; give --resume DIR alone"
+        )
 
 
 class _Ticker:

@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from kvmtlb import jobs
+from kvmtlb.check.checkpoint import CheckpointError
 from kvmtlb.check.explorer import INTERRUPTED, Progress, Result, TraceStep, explore, replay
 from kvmtlb.check.hunt import PROVE_STATES, hunt
+from kvmtlb.check.parallel import workers_rss_mb
+from kvmtlb.check.ray_backend import RayError
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import KvmPolicy, registry
@@ -330,6 +333,17 @@ class Job:
     hunt: float = 0.0  # seconds of swarm walks before the breadth-first search; 0: no hunt
     hunt_workers: int = 0  # walker processes of a hunt (0: one per core)
     seed: int = 0  # the hunt's seed
+    workers: int = 1  # partitions of one search (kvmtlb.check.parallel); 1: explorer.explore
+    backend: str = "local"  # "local": worker processes; "ray": Ray actors (kvmtlb[ray])
+    ray_address: str | None = None  # a Ray cluster's address; None: a local Ray
+    checkpoint: str | None = None  # a directory: checkpoint the search there
+    checkpoint_every: float = 300.0  # seconds between checkpoints
+    resume: bool = False  # continue the search checkpointed in `checkpoint`
+
+    @property
+    def partitioned(self) -> bool:
+        """The search runs as kvmtlb.check.parallel's partitioned one."""
+        return self.workers > 1 or self.backend == "ray" or self.checkpoint is not None
 
 
 def configurations(s: Scenario) -> list[Config]:
@@ -391,6 +405,8 @@ def run(job: Job, show: Callable[[Progress, float], None] | None = None) -> dict
                 stop=jobs.stop_requested,
                 progress=_watch(job, show),
             )
+        if result is None and job.partitioned:
+            result = _partitioned(job, scenario, cls, system, show)
         if result is None:
             result = explore(
                 system,
@@ -399,7 +415,7 @@ def run(job: Job, show: Callable[[Progress, float], None] | None = None) -> dict
                 progress=_watch(job, show),
                 explain=user_where(job.policy) if user else where,
             )
-    except (ScenarioError, InputError) as e:
+    except (ScenarioError, InputError, CheckpointError, RayError) as e:
         return error_record(job, scenario, cls, "input", str(e))
     except Exception as e:  # BootError (the policy raised while booting) or a bug of ours
         return _exception_record(job, scenario, cls, e, user)
@@ -418,6 +434,41 @@ def run(job: Job, show: Callable[[Progress, float], None] | None = None) -> dict
     return rec
 
 
+def _partitioned(
+    job: Job,
+    scenario: Scenario,
+    cls: type[KvmPolicy],
+    system: System,
+    show: Callable[[Progress, float], None] | None,
+) -> Result:
+    """The search on `job.workers` partitions (kvmtlb.check.parallel), checkpointed if asked."""
+    from kvmtlb.check import checkpoint
+    from kvmtlb.check.parallel import explore_partitioned
+
+    spec = None
+    if job.backend == "ray":
+        from kvmtlb.check.ray_backend import spec_of
+
+        spec = spec_of(job.scenario, job.policy, job.config)
+    ident = checkpoint.identity(
+        scenario.name, job.scenario, cls.name, job.policy, scenario.config.as_dict()
+    )
+    return explore_partitioned(
+        system,
+        workers=job.workers,
+        backend=job.backend,
+        ray_address=job.ray_address,
+        spec=spec,
+        max_states=job.max_states,
+        progress=_watch(job, show),
+        explain=user_where(job.policy) if is_user_spec(job.policy) else where,
+        checkpoint=job.checkpoint,
+        checkpoint_every=job.checkpoint_every,
+        resume=job.resume,
+        identity=ident,
+    )
+
+
 def _watch(
     job: Job, show: Callable[[Progress, float], None] | None
 ) -> Callable[[Progress], str | None]:
@@ -425,7 +476,7 @@ def _watch(
     worker, through jobs.stop_requested), at --timeout and at --max-memory."""
 
     def hook(p: Progress) -> str | None:
-        rss = jobs.rss_mb()
+        rss = jobs.rss_mb() + (workers_rss_mb() if job.partitioned else 0.0)
         jobs.report_progress(
             {
                 "states": p.states,
