@@ -116,6 +116,8 @@ class KvmConfig:
 
     # The inverse of both: a PDE value -> the root whose table page it points at.
     pde_owner: dict[int, int] = field(default_factory=dict, compare=False)
+    # Nested VMX (kvm/nested_vmx.py): the guest roots L1 runs L2 on (vmlaunch ROOT).
+    nested_roots: tuple[int, ...] = ()
 
     def pde_root(self, value: int) -> int:
         """Which root's last-level table page a (guest or shadow) PDE value points at; -1 if
