@@ -194,3 +194,11 @@ def test_vmcs02_vpid_follows_vmcs12() -> None:
     assert off.vmcs is not None and off.vmcs.vpid == off.vpid == 1
     back = _after(Kvm618, "vmxon\nvmlaunch l2 vpid=1\nvmcall")
     assert back.vmcs is not None and back.vmcs.vpid == 1 and not back.guest_mode
+
+
+def test_bug_12_fix_makes_the_reuse_scenario_safe() -> None:
+    """bench/scenarios/nested-vmxoff-vpid-reuse: kvm-6.18 as released is unsafe there (its
+    [expect]); with Yosry Ahmed's fix (last_vpid = 0 at VMXON) every interleaving is safe."""
+    s = load(ROOT / "bench" / "scenarios" / "nested-vmxoff-vpid-reuse.toml")
+    assert s.expect["kvm-6.18"] == "violation:guest-transparency"
+    assert explore(build(s, FixedLastVpid())).label == "safe"
