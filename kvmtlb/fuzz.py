@@ -222,6 +222,26 @@ TOKENS = (
     "r",
     "q",
     "#",
+    # nested VMX (docs/scenarios.md, "Nested VMX")
+    "vmxon",
+    "vmxoff",
+    "vmlaunch",
+    "vmresume",
+    "invvpid",
+    "vmcall",
+    "vpid=0",
+    "vpid=1",
+    "vpid=2",
+    "vpid=65536",
+    "vpid=",
+    "l2",
+    "[guest.l2]",
+    "vmrun",
+    "invlpga",
+    "asid=1",
+    "asid=16",
+    "tlb_control=3",
+    "tlb_control=2",
 )
 
 
@@ -234,12 +254,13 @@ class Grammar:
 
 
 def scenario_grammar() -> Grammar:
+    from kvmtlb.model.nested_scenario import NESTED_OPS
     from kvmtlb.model.scenario import CONFIG_KEYS, GUEST_OPS, HOST_OPS
 
     kinds = {bool: "bool", int: "int", str: "str", list: "list"}
     return Grammar(
         {"config": {k: kinds[t] for k, t in CONFIG_KEYS.items()}},
-        (*GUEST_OPS, *HOST_OPS),
+        (*GUEST_OPS, *NESTED_OPS, *HOST_OPS),
     )
 
 

@@ -132,6 +132,9 @@ def fix_cell(cls: type[KvmPolicy]) -> str:
         parts.append(f"`{cls.fix}`")
     if cls.cve:
         parts.append(cls.cve)
+    upstream_fix = str(getattr(cls, "upstream_fix", ""))  # a fix whose commit hash is not known
+    if not parts and upstream_fix:
+        return upstream_fix
     return " / ".join(parts) if parts else "none (a plausible mistake)"
 
 

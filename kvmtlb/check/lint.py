@@ -39,6 +39,7 @@ KINDS = (
     "never-resumed",
     "root-never-loaded",
     "knob",
+    "invvpid-unused-vpid",
 )
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
 REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
@@ -86,6 +87,7 @@ def _build_checks(scenario: object) -> None:
 
 
 def warnings(scenario: object) -> list[LintWarning]:
+    from kvmtlb.guest.l1_ops import InvvpidOp, VmlaunchOp, VmresumeOp, VmrunOp
     from kvmtlb.guest.ops import (
         AccessOp,
         EmulatedReadOp,
@@ -112,6 +114,7 @@ def warnings(scenario: object) -> list[LintWarning]:
     for table in s.roots.values():
         mapped |= set(table)
     loaded = {op.root for p in s.programs for op in p if isinstance(op, MovCr3Op) and op.root}
+    loaded |= {op.root for p in s.programs for op in p if isinstance(op, VmlaunchOp | VmrunOp)}
     lines = Lines(s.text)
     for name in s.roots:
         if name not in loaded:
@@ -136,6 +139,18 @@ def warnings(scenario: object) -> list[LintWarning]:
                     "never-mapped",
                     f"{op.gva:#x} is never mapped ([guest] or a map op): every access to it "
                     "faults; map it if the access should translate",
+                )
+    # -- L1's INVVPIDs ----------------------------------------------------------------------------
+    for v, prog in enumerate(s.programs):
+        used = {op.vpid for op in prog if isinstance(op, VmlaunchOp | VmresumeOp)}
+        for op in prog:
+            if isinstance(op, InvvpidOp) and op.type != 2 and op.vpid not in used:
+                warn(
+                    op.line,
+                    "invvpid-unused-vpid",
+                    f"vcpu{v}'s L1 invalidates VPID {op.vpid}, which no vmlaunch or vmresume of "
+                    f"its gives L2: it removes nothing L2 uses (KVM flushes vpid02 anyway); name "
+                    f"a VPID of a vmcs12 ({', '.join(map(str, sorted(used))) or 'none'})",
                 )
     # -- the host thread -------------------------------------------------------------------------
     sharing = {v for v in range(cfg.vcpus) if s.placement.count(s.placement[v]) > 1}

@@ -137,6 +137,18 @@ class EmulatedReadOp(NamedTuple):
         return f"emulated_read {self.gva:#x}"
 
 
+# L1's VMX instructions (a guest that runs a nested guest; kvmtlb.guest.l1_ops).
+from kvmtlb.guest.l1_ops import (  # noqa: E402
+    InvlpgaOp,
+    InvvpidOp,
+    VmcallOp,
+    VmlaunchOp,
+    VmresumeOp,
+    VmrunOp,
+    VmxoffOp,
+    VmxonOp,
+)
+
 GuestOp: TypeAlias = (
     AccessOp
     | MapOp
@@ -149,4 +161,12 @@ GuestOp: TypeAlias = (
     | InvpcidOp
     | FlushTlbOp
     | EmulatedReadOp
+    | VmxonOp
+    | VmxoffOp
+    | VmlaunchOp
+    | VmresumeOp
+    | InvvpidOp
+    | VmcallOp
+    | VmrunOp
+    | InvlpgaOp
 )

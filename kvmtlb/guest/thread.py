@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, NamedTuple
 
+from kvmtlb.guest.l1 import l1_step
+from kvmtlb.guest.l1_ops import L1_OPS
 from kvmtlb.guest.ops import (
     FLUSH_MM,
     FLUSH_NAMES,
@@ -385,6 +387,8 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
         exit_event = vm_exit_event(cfg.vmx, "emulation")
         k.hw(vcpu.cpu, exit_event)
         pol.vcpu_exit(k, vcpu, EXIT_EMULATION, (op.gva,))
+    elif isinstance(op, L1_OPS):
+        l1_step(k, pol, v, op)
     else:
         raise AssertionError(f"unknown guest op {op!r}")
     return True

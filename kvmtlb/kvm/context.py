@@ -120,6 +120,8 @@ class KvmConfig:
     # region (-1: the file does not place it; the guest's stores to it are then modelled as
     # traps, not as accesses through its own mapping of the table)
     table_frame: tuple[int, ...] = ()
+    # Nested VMX (kvm/nested_vmx.py): the guest roots L1 runs L2 on (vmlaunch ROOT).
+    nested_roots: tuple[int, ...] = ()
 
     def pde_root(self, value: int) -> int:
         """Which root's last-level table page a (guest or shadow) PDE value points at; -1 if

@@ -17,6 +17,8 @@ from typing import ClassVar
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.kvm_main import KvmMain
 from kvmtlb.kvm.mmu import Mmu
+from kvmtlb.kvm.nested_svm import NestedSvm
+from kvmtlb.kvm.nested_vmx import NestedVmx
 from kvmtlb.kvm.shadow import ShadowMmu
 from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.svm import Svm
@@ -24,7 +26,7 @@ from kvmtlb.kvm.vmx import Vmx
 from kvmtlb.kvm.x86 import X86
 
 
-class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
+class KvmPolicy(NestedVmx, NestedSvm, X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
     """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
 
     name: ClassVar[str] = ""
@@ -117,7 +119,7 @@ def register(cls: type[KvmPolicy]) -> type[KvmPolicy]:
 
 def registry() -> dict[str, type[KvmPolicy]]:
     """Every known policy by name: the upstream versions and the bug zoo."""
-    from kvmtlb.kvm import bugs, versions  # noqa: F401  (they register themselves)
+    from kvmtlb.kvm import bugs, nested_bugs, versions  # noqa: F401  (they register themselves)
 
     return dict(_REGISTRY)
 

@@ -105,6 +105,17 @@ class Vcpu:
     pf_injected: int = -1  # the GVA of a #PF KVM injected, for the guest to take; -1: none
     # TDP: which of the VM's EPT/NPT root pages (KvmConfig.tdp_roots) mmu->root.hpa is; -1 none
     tdp_root: int = 0
+    # Nested VMX (kvm/nested_vmx.py): vmx->nested.vmxon, is_guest_mode (L2 runs),
+    # vmx->nested.vpid02 and last_vpid, and the vmcs12 fields the TLB rules read: its VPID
+    # (0: VPID disabled in vmcs12), GUEST_CR3 as of the last nested VM exit (L2's CR3) and
+    # HOST_CR3 (L1's CR3 at the nested VM entry).
+    nested_vmxon: bool = False
+    guest_mode: bool = False
+    vpid02: int = 0
+    last_vpid: int = 0
+    vpid12: int = 0
+    vmcs12_guest_cr3: int = 0
+    vmcs12_host_cr3: int = 0
 
     @property
     def loaded(self) -> bool:

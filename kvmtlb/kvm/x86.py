@@ -61,6 +61,7 @@ EXIT_PT_WRITE = 9  # a guest store to a write-protected guest page table: frame 
 EXIT_INVPCID = 10  # frame (type, pcid, gva)
 EXIT_PDE_WRITE = 11  # a guest store to a PDE, emulated: frame (root, gva, value)
 EXIT_PTE_WRITE = 12  # a guest PTE store KVM's emulator does: frame (root, gva, value)
+EXIT_NESTED = 13  # L1's VMX instruction or L2's exit to L1: frame (op code, a, b, c); nested_vmx
 EXIT_NAMES = {
     EXIT_EXTERNAL_INTERRUPT: "external interrupt",
     EXIT_CR4_WRITE: "CR4 write",
@@ -74,6 +75,7 @@ EXIT_NAMES = {
     EXIT_INVPCID: "INVPCID",
     EXIT_PDE_WRITE: "#PF on a write-protected guest page directory",
     EXIT_PTE_WRITE: "emulation of a store to a guest PTE",
+    EXIT_NESTED: "VMX instruction (nested)",
 }
 
 
@@ -293,6 +295,8 @@ class X86:
             self.kvm_emulate_guest_pt_write(k, vcpu, args[0], args[1], 2, args[2])  # type: ignore[attr-defined]
         elif reason == EXIT_INVPCID:
             self.kvm_handle_invpcid(k, vcpu, *args)  # type: ignore[attr-defined]
+        elif reason == EXIT_NESTED:
+            self.handle_nested_exit(k, vcpu, *args)  # type: ignore[attr-defined]
         else:
             raise AssertionError(f"unhandled exit {reason}")
 

@@ -48,6 +48,7 @@ from kvmtlb.host.ops import (
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
+from kvmtlb.model.nested_scenario import check_nested, parse_l1_op
 from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
@@ -843,11 +844,15 @@ class _Parser:
         if op == "emulated_read":
             need(1, "GVA")
             return EmulatedReadOp(self.addr(args[0], line, "GVA"), line)
+        l1 = parse_l1_op(op, args, line, roots, self.addr, self.err)
+        if l1 is not None:
+            return l1  # type: ignore[no-any-return]
         raise self.err(
             line,
             f"unknown guest op {shown(op)}",
             "use read, write, exec, map, unmap, link, unlink, invlpg, mov_cr3, set_cr4, "
-            "invpcid, flush_tlb or emulated_read",
+            "invpcid, flush_tlb or emulated_read; L1's vmxon, vmxoff, vmlaunch, vmresume, "
+            "invvpid, and L2's vmcall",
         )
 
     def root_name(self, name: str, line: int, roots: dict[str, dict[int, tuple[int, str]]]) -> str:
@@ -1003,6 +1008,14 @@ class _Parser:
         programs: list[list[GuestOp]],
         roots: dict[str, dict[int, tuple[int, str]]],
     ) -> None:
+        check_nested(
+            config.vendor,
+            config.tdp,
+            config.vpid,
+            programs,
+            self.err,
+            self.lines.section("threads"),
+        )
         executable = {gva for gva, (_, f) in guest.items() if "x" in f}
         for table in roots.values():
             executable |= {gva for gva, (_, f) in table.items() if "x" in f}

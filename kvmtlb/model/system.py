@@ -34,6 +34,7 @@ from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR4_DEFAULT,
+    CR4_VMXE,
     VMX_ROOT,
     Capabilities,
     Cpu,
@@ -63,6 +64,8 @@ from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, ROOT_FREE, ROOT_VALID, Kvm, Pcpu, Vcpu
 from kvmtlb.model.native import NativeConfig, NativeMachine
+from kvmtlb.model.nested_native import nested_native
+from kvmtlb.model.nested_scenario import is_nested, l2_roots, vpid12s
 from kvmtlb.model.scenario import MAX_ZAPS, Scenario, ScenarioError
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
@@ -75,7 +78,9 @@ class System:
     scenario: Scenario
     policy: KvmPolicy
     kvm: KvmConfig
-    native: NativeConfig  # the native reference runs on kvmtlb.oracle (model/native.py)
+    # the native reference runs on kvmtlb.oracle (model/native.py); a nested scenario's on the
+    # hardware model with L1 as the hypervisor (model/nested_native.py)
+    native: NativeConfig | MachineConfig
     initial: World
     memo: dict[Any, Any] = field(default_factory=dict)  # properties.check's memo
 
@@ -214,7 +219,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     pcids = sorted(pcid_set)
     contexts: list[WalkContext] = []
     tags: list[IntelEptTags | IntelLinearTags | AmdTags]
-    vpids = range(0, min(cfg.vcpus, cfg.vpids - 1) + 1)
+    # nested VMX: each vCPU may also hold a vpid02 (kvm/nested_vmx.py)
+    nested = is_nested(scenario.programs)
+    vpids = range(0, min(cfg.vcpus * (2 if nested and vmx else 1), cfg.vpids - 1) + 1)
     asids = range(1, reachable_asids(scenario) + 1)
     fmt = Format.EPT if vmx else Format.NPT
     if cfg.tdp:
@@ -250,7 +257,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             'keep "invept-all" in ept_vpid_cap',
         )
     arch = None if vmx else AmdArch()
-    guest_cr4 = initial_guest_cr4(cfg.pge, cfg.pcid)
+    guest_cr4 = initial_guest_cr4(cfg.pge, cfg.pcid) | (CR4_VMXE if nested and vmx else 0)
     host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
     kvm = KvmConfig(
         vendor=cfg.vendor,
@@ -283,6 +290,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         shadow_pde=shadow_pde,
         pde_owner=pde_owner(guest_pde, shadow_pde),
         table_frame=tuple(scenario.tables.get(name, -1) for name in root_names),
+        nested_roots=l2_roots(scenario) if nested else (),
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
@@ -292,9 +300,16 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     else:
         pcpus = [SvmCpu(SVM_HOST, host_regs, None, host_regs) for _ in range(cfg.pcpus)]
     machine = Machine.boot(mconfig, memory, pcpus)
-    native_config, native = NativeMachine.start(
-        layout, memory, roots, sorted(pcids), CR0_DEFAULT, guest_cr4, cfg.vcpus
-    )
+    native_config: NativeConfig | MachineConfig
+    native: Machine
+    if nested:
+        native_config, native = nested_native(
+            cfg.vendor, layout, memory, roots, pcids, vpid12s(scenario), guest_cr4, cfg.vcpus
+        )
+    else:
+        native_config, native = NativeMachine.start(
+            layout, memory, roots, sorted(pcids), CR0_DEFAULT, guest_cr4, cfg.vcpus
+        )
     try:
         initial = _boot(scenario, policy, kvm, machine, native)
     except Exception as e:  # a policy's bug: reported with where it happened, not a traceback

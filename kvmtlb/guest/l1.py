@@ -1,0 +1,118 @@
+"""L1's VMX instructions and L2's exit to L1, on the vCPU's processor and on the native reference.
+
+On the processor KVM drives, every VMX instruction of L1 (which runs in VMX non-root operation)
+causes a VM exit to KVM, which emulates it (kvm/nested_vmx.py); L2's VMCALL exits to KVM too,
+which reflects it to L1 as a nested VM exit. On the native reference (model/nested_native.py) L1
+is the hypervisor: the same instructions run on a processor in VMX root operation, with a vmcs12
+of L1's, and L2 runs in VMX non-root operation under it. Guest-transparency compares the two.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmtlb.guest.l1_ops import (
+    InvlpgaOp,
+    InvvpidOp,
+    L1Op,
+    VmcallOp,
+    VmlaunchOp,
+    VmresumeOp,
+    VmrunOp,
+    VmxoffOp,
+    VmxonOp,
+)
+from kvmtlb.hw.cpu import Regs, Vmcs
+from kvmtlb.hw.svm import Invlpga, SvmExitEvent, Vmrun
+from kvmtlb.hw.vmcb import Vmcb
+from kvmtlb.hw.vmx import Invvpid, VmEntry, VmExitEvent, Vmptrld, Vmwrite, Vmxoff, Vmxon
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.nested_vmx import (
+    NESTED_INVLPGA,
+    NESTED_INVVPID,
+    NESTED_VMCALL,
+    NESTED_VMLAUNCH,
+    NESTED_VMRESUME,
+    NESTED_VMRUN,
+    NESTED_VMXOFF,
+    NESTED_VMXON,
+)
+from kvmtlb.kvm.policy import KvmPolicy
+from kvmtlb.kvm.x86 import EXIT_NESTED
+
+VMCS12_IDENT = 0x7000  # the address of L1's vmcs12 (any value: one vmcs12 per vCPU)
+
+
+def _native(k: Step, v: int, *events: Any) -> None:
+    for event in events:
+        k.native = k.native.step(v, event).machine
+
+
+def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> None:
+    """Run L1's (or L2's exit) instruction `op` of vCPU `v`: on the vCPU's processor it exits to
+    KVM, whose handler runs next; on the native reference it runs as the SDM says."""
+    vcpu = k.vcpus[v]
+    cfg = k.config
+    frame: tuple[int, int, int, int]
+    if isinstance(op, VmxonOp):
+        event: Any = Vmxon()
+        frame = (NESTED_VMXON, 0, 0, 0)
+        _native(k, v, Vmxon())
+    elif isinstance(op, VmxoffOp):
+        event = Vmxoff()
+        frame = (NESTED_VMXOFF, 0, 0, 0)
+        _native(k, v, Vmxoff())
+    elif isinstance(op, VmlaunchOp):
+        root = cfg.root_names.index(op.root)
+        event = VmEntry(launch=True)
+        frame = (NESTED_VMLAUNCH, root, op.vpid, 0)
+        ncpu = k.native.cpus[v]
+        vmcs12 = Vmcs(
+            ident=VMCS12_IDENT,
+            vpid=op.vpid,
+            enable_vpid=op.vpid != 0,
+            guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
+        )
+        _native(k, v, Vmptrld(vmcs12), VmEntry(launch=True))
+    elif isinstance(op, VmresumeOp):
+        event = VmEntry(launch=False)
+        frame = (NESTED_VMRESUME, -1, op.vpid, 0)
+        if op.vpid >= 0:
+            _native(k, v, Vmwrite("vpid", op.vpid), Vmwrite("enable_vpid", op.vpid != 0))
+        _native(k, v, VmEntry(launch=False))
+    elif isinstance(op, InvvpidOp):
+        event = Invvpid(op.type, op.vpid, op.gva)
+        frame = (NESTED_INVVPID, op.type, op.vpid, op.gva)
+        _native(k, v, event)
+    elif isinstance(op, VmcallOp) and cfg.vmx:
+        event = VmExitEvent("VMCALL")
+        frame = (NESTED_VMCALL, 0, 0, 0)
+        _native(k, v, VmExitEvent("VMCALL"))
+    elif isinstance(op, VmcallOp):
+        event = SvmExitEvent("VMMCALL")
+        frame = (NESTED_VMCALL, 0, 0, 0)
+        _native(k, v, SvmExitEvent("VMMCALL"))
+    elif isinstance(op, VmrunOp):
+        root = cfg.root_names.index(op.root)
+        ncpu = k.native.cpus[v]
+        vmcb12 = Vmcb(
+            ident=VMCS12_IDENT,
+            asid=op.asid,
+            tlb_control=op.tlb_control,
+            np_enable=False,
+            guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
+        )
+        event = Vmrun(vmcb12)
+        frame = (NESTED_VMRUN, root, op.asid, op.tlb_control)
+        _native(k, v, event)
+    elif isinstance(op, InvlpgaOp):
+        event = Invlpga(op.gva, op.asid)
+        frame = (NESTED_INVLPGA, op.gva, op.asid, 0)
+        _native(k, v, event)
+    else:
+        raise AssertionError(f"unknown L1 op {op!r}")
+    k.hw(vcpu.cpu, event, "L2" if isinstance(op, VmcallOp) else "L1")
+    pol.vcpu_exit(k, vcpu, EXIT_NESTED, frame)
+
+
+__all__ = ["l1_step"]

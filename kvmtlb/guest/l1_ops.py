@@ -1,0 +1,118 @@
+"""The operations of a guest that is itself a hypervisor (L1) running a nested guest (L2).
+
+A vCPU's thread may contain, besides the guest kernel's ops (kvmtlb.guest.ops), L1's VMX
+instructions: `vmxon`, `vmxoff`, `vmlaunch ROOT [vpid=N]`, `vmresume [vpid=N]`, `invvpid TYPE
+[vpid=N] [GVA]`; on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and `invlpga GVA [asid=N]`; and
+`vmcall` (VMMCALL on AMD), the instruction with which L2 exits to L1. Between a `vmlaunch` /
+`vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest ops there are L2's (its page
+table is the vmcs12's GUEST_CR3, the scenario's table ROOT). docs/scenarios.md, "Nested VMX".
+
+vmcs12 is modelled by what the TLB rules read: VPID (`vpid=N`, N > 0 enables VPID in vmcs12,
+vpid=0 disables it), GUEST_CR3 (the L2 page table) and 'enable EPT' = 0 (EPT12 is not modelled).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class VmxonOp(NamedTuple):
+    line: int = 0
+
+    def describe(self) -> str:
+        return "vmxon"
+
+
+class VmxoffOp(NamedTuple):
+    line: int = 0
+
+    def describe(self) -> str:
+        return "vmxoff"
+
+
+class VmlaunchOp(NamedTuple):
+    """VMPTRLD of a fresh vmcs12 whose GUEST_CR3 is page table `root` and VPID `vpid` (0: VPID
+    disabled in vmcs12), then VMLAUNCH."""
+
+    root: str
+    vpid: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"vmlaunch {self.root} vpid={self.vpid}"
+
+
+class VmresumeOp(NamedTuple):
+    """VMRESUME of the current vmcs12; with vpid >= 0, L1 first writes that VPID into it."""
+
+    vpid: int = -1
+    line: int = 0
+
+    def describe(self) -> str:
+        return "vmresume" + (f" vpid={self.vpid}" if self.vpid >= 0 else "")
+
+
+class InvvpidOp(NamedTuple):
+    type: int
+    vpid: int
+    gva: int = 0
+    line: int = 0
+
+    def describe(self) -> str:
+        extra = f" {self.gva:#x}" if self.type == 0 else ""
+        return f"invvpid {self.type} vpid={self.vpid}{extra}"
+
+
+class VmcallOp(NamedTuple):
+    """L2 executes VMCALL: a VM exit to L1 (through L0, which reflects it)."""
+
+    line: int = 0
+
+    def describe(self) -> str:
+        return "vmcall"
+
+
+class VmrunOp(NamedTuple):
+    """SVM: VMRUN of L1's vmcb12: CR3 page table `root`, ASID `asid`, TLB_CONTROL
+    `tlb_control` (0 nothing, 1 every ASID, 3 the ASID, 7 its non-global entries)."""
+
+    root: str
+    asid: int = 1
+    tlb_control: int = 0
+    line: int = 0
+
+    def describe(self) -> str:
+        tc = f" tlb_control={self.tlb_control}" if self.tlb_control else ""
+        return f"vmrun {self.root} asid={self.asid}{tc}"
+
+
+class InvlpgaOp(NamedTuple):
+    """SVM: L1's INVLPGA of page `gva` in ASID `asid`."""
+
+    gva: int
+    asid: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"invlpga {self.gva:#x} asid={self.asid}"
+
+
+L1Op = VmxonOp | VmxoffOp | VmlaunchOp | VmresumeOp | InvvpidOp | VmcallOp | VmrunOp | InvlpgaOp
+L1_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, InvvpidOp, VmcallOp, VmrunOp, InvlpgaOp)
+VMX_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, InvvpidOp)
+SVM_OPS = (VmrunOp, InvlpgaOp)
+
+__all__ = [
+    "L1_OPS",
+    "SVM_OPS",
+    "VMX_OPS",
+    "InvlpgaOp",
+    "InvvpidOp",
+    "L1Op",
+    "VmcallOp",
+    "VmlaunchOp",
+    "VmresumeOp",
+    "VmrunOp",
+    "VmxoffOp",
+    "VmxonOp",
+]

@@ -1,0 +1,139 @@
+"""The bug zoo's nested-VMX variants: kvm-6.18 with one historical nested TLB-flush bug back.
+
+Each variant overrides one method of kvm/nested_vmx.py or the L2 case of a vmx.c hook, records the
+upstream fix, and is caught on a built-in nested scenario (docs/bug-zoo.md). Bug #12 has no
+variant here: kvm-6.18 itself ships it (the fix came in 2026), see nested-vmxoff-vpid-reuse.
+"""
+
+from __future__ import annotations
+
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.policy import register
+from kvmtlb.kvm.state import Vcpu
+from kvmtlb.kvm.versions import Kvm618
+
+
+@register
+class RemoteFlushL1VpidOnly(Kvm618):
+    name = "bug-nested-remote-flush-l1-vpid-only"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    # the series' first patch; its commit hash was not recovered from the stored sources
+    upstream_fix = '"KVM: VMX: Flush all EPTP/VPID contexts on remote TLB flush" (v5.8)'
+    summary = (
+        "bug #1: without EPT, KVM_REQ_TLB_FLUSH flushes only vmx->vpid (L1's), so L2's vpid02 "
+        "keeps translations of a page the host zapped and freed"
+    )
+
+    def vmx_flush_tlb_all(self, k: Step, vcpu: Vcpu) -> None:
+        """vmx.h:vmx_flush_tlb(vcpu, true) @ v5.7 without EPT: vpid_sync_context(vmx->vpid)."""
+        if k.config.tdp:
+            super().vmx_flush_tlb_all(k, vcpu)
+            return
+        self.vpid_sync_context(k, vcpu, vcpu.vpid)
+
+
+@register
+class InvvpidKeepsL2Roots(Kvm618):
+    name = "bug-nested-invvpid-keeps-l2-roots"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    # Junaid Shahid's patch in the seed's series; its commit hash was not recovered
+    upstream_fix = '"KVM: nVMX: Invalidate all roots when emulating INVVPID without EPT" (v5.8)'
+    summary = (
+        "bug #2: L1's INVVPID flushes vpid02 but leaves L2's shadow roots cached, so the next "
+        "nested VM-Enter switches to a root whose unsync SPTEs L1 just invalidated"
+    )
+
+    def kvm_mmu_free_guest_mode_roots(self, k: Step, vcpu: Vcpu) -> None:
+        """handle_invvpid before Junaid Shahid's fix: no root is freed."""
+        k.note("handle_invvpid: L2's shadow roots kept")
+
+
+@register
+class GuestFlushL1Vpid(Kvm618):
+    name = "bug-nested-flush-guest-l1-vpid"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "2b4a5a5d5688"
+    summary = (
+        "bug #9: KVM_REQ_TLB_FLUSH_GUEST (and INVLPG's flush) while L2 runs flushes vpid01 "
+        "instead of L2's current VPID"
+    )
+
+    def vmx_flush_tlb_guest(self, k: Step, vcpu: Vcpu) -> None:
+        """vmx.c:vmx_flush_tlb_guest before 2b4a5a5d5688 (v5.16): vmx->vpid."""
+        self.vpid_sync_context(k, vcpu, vcpu.vpid)
+
+    def vmx_flush_tlb_gva(self, k: Step, vcpu: Vcpu, addr: int) -> None:
+        """vmx.c:vmx_flush_tlb_gva before 2b4a5a5d5688 (v5.16): vmx->vpid."""
+        self.vpid_sync_vcpu_addr(k, vcpu, vcpu.vpid, addr)
+
+
+@register
+class NewVpid12InvvpidOnly(Kvm618):
+    name = "bug-nested-new-vpid12-no-sync"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "712494de96f3"
+    summary = (
+        "bug #10: a nested VM-Enter with a new vpid12 only INVVPIDs vpid02 instead of emulating "
+        "a guest TLB flush, so L2's unsync shadow pages are not synced"
+    )
+
+    def nested_vmx_transition_tlb_flush(self, k: Step, vcpu: Vcpu, is_vmenter: bool) -> None:
+        """nested.c:nested_vmx_transition_tlb_flush before 712494de96f3 (v5.16), on a new
+        vpid12: vpid_sync_context(nested_get_vpid02(vcpu))."""
+        if (
+            is_vmenter
+            and self.nested_cpu_has_vpid(vcpu)
+            and vcpu.vpid12 != vcpu.last_vpid
+            and self.nested_has_guest_tlb_tag(k, vcpu)
+        ):
+            vcpu.last_vpid = vcpu.vpid12
+            k.note(f"nested_vmx_transition_tlb_flush: new vpid12 {vcpu.vpid12}", "INVVPID only")
+            self.vpid_sync_context(k, vcpu, self.nested_get_vpid02(vcpu))
+            return
+        super().nested_vmx_transition_tlb_flush(k, vcpu, is_vmenter)
+
+
+@register
+class CurrentVpidIgnoresVmcs12(Kvm618):
+    name = "bug-nested-current-vpid-ignores-vmcs12"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    fix = "2657b82a78f1"
+    summary = (
+        "bug #11: with L2 active but VPID off in vmcs12, the 'current' VPID is taken to be "
+        "vpid02 while L2 runs on vpid01: the flush of a nested VM-Enter misses L1's entries"
+    )
+
+    def vmx_get_current_vpid(self, k: Step, vcpu: Vcpu) -> int:
+        """vmx.c:vmx_get_current_vpid @ v5.16..v6.11: is_guest_mode alone picks vpid02."""
+        return self.nested_get_vpid02(vcpu) if vcpu.guest_mode else vcpu.vpid
+
+
+@register
+class SvmNoTransitionFlush(Kvm618):
+    name = "bug-nested-svm-no-transition-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "nested SVM without nested_svm_transition_tlb_flush: L1 and L2 share the vCPU's ASID, "
+        "so one's translations of an address reach the other after VMRUN or #VMEXIT"
+    )
+
+    def nested_svm_transition_tlb_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """A plausible mistake: trusting vmcb12's ASID to separate L2 from L1 (KVM gives L2 the
+        vCPU's own ASID, so nothing does)."""
+        k.note("nested_svm_transition_tlb_flush: nothing")
+
+
+__all__ = [
+    "CurrentVpidIgnoresVmcs12",
+    "GuestFlushL1Vpid",
+    "InvvpidKeepsL2Roots",
+    "NewVpid12InvvpidOnly",
+    "RemoteFlushL1VpidOnly",
+    "SvmNoTransitionFlush",
+]

@@ -1,0 +1,100 @@
+"""Nested SVM: KVM emulating SVM for a guest hypervisor (L1) that runs a nested guest (L2).
+
+Ports arch/x86/kvm/svm/nested.c and svm.c's invlpga_interception @ v6.18 (`NestedSvm`), and
+svm/nested.c @ v5.8 / v5.7 (`NestedSvm58`), as far as TLB flushes go. KVM runs L1 and L2 on one
+ASID (the vCPU's), so it flushes that ASID, and syncs the MMU, on every nested VMRUN and
+#VMEXIT: L1's TLB_CONTROL and ASID in vmcb12 are not needed (the TODO list of
+nested_svm_transition_tlb_flush). With shadow paging (the only L0 the model nests on) L2's page
+tables are shadowed like L1's (kvm/shadow.py). L1's INVLPGA is handled like INVLPG.
+
+The state reuses `Vcpu`'s nested fields: `guest_mode`, `vmcs12_guest_cr3` (vmcb12's CR3 as of
+the last #VMEXIT) and `vmcs12_host_cr3` (the host save area's CR3: L1's at VMRUN).
+"""
+
+from __future__ import annotations
+
+from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.requests import KVM_REQ_MMU_SYNC, KVM_REQ_TLB_FLUSH_CURRENT, kvm_make_request
+from kvmtlb.kvm.state import Vcpu
+
+
+class NestedSvm:
+    """svm/nested.c @ v6.18."""
+
+    def nested_svm_vmrun(self, k: Step, vcpu: Vcpu, root: int, asid: int, tlb_ctl: int) -> None:
+        """nested.c:nested_svm_vmrun -> enter_svm_guest_mode @ v6.18: vmcb01's state saved
+        (L1's CR3), nested_vmcb02_prepare_control (vmcb02's TLB_CONTROL = DO_NOTHING; L2 runs
+        on the vCPU's ASID, not vmcb12's), nested_svm_transition_tlb_flush, then L2's CR3
+        (nested_svm_load_cr3)."""
+        vcpu.vmcs12_host_cr3 = vcpu.cr3
+        vcpu.vmcs12_guest_cr3 = k.config.roots[root]
+        vcpu.guest_mode = True
+        k.note(
+            f"nested_svm_vmrun: vmcb12 ASID {asid}, TLB_CONTROL {tlb_ctl}, "
+            f"CR3 {vcpu.vmcs12_guest_cr3:#x}",
+            "enter_svm_guest_mode: L2 runs on the vCPU's own ASID",
+        )
+        self.nested_svm_transition_tlb_flush(k, vcpu)
+        self.nested_svm_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
+
+    def nested_svm_vmexit(self, k: Step, vcpu: Vcpu) -> None:
+        """nested.c:nested_svm_vmexit @ v6.18: vmcb12 keeps L2's CR3, leave guest mode,
+        nested_svm_transition_tlb_flush, L1's CR3 from vmcb01 (nested_svm_load_cr3)."""
+        vcpu.vmcs12_guest_cr3 = vcpu.cr3
+        vcpu.guest_mode = False
+        k.note("nested_svm_vmexit: leave_guest_mode")
+        self.nested_svm_transition_tlb_flush(k, vcpu)
+        self.nested_svm_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
+
+    def nested_svm_transition_tlb_flush(self, k: Step, vcpu: Vcpu) -> None:
+        """nested.c:nested_svm_transition_tlb_flush @ v6.18: KVM_REQ_MMU_SYNC and
+        KVM_REQ_TLB_FLUSH_CURRENT, unconditionally (L1 and L2 share the ASID)."""
+        kvm_make_request(vcpu, KVM_REQ_MMU_SYNC | KVM_REQ_TLB_FLUSH_CURRENT)
+        k.note(
+            "nested_svm_transition_tlb_flush: "
+            "kvm_make_request(KVM_REQ_MMU_SYNC, KVM_REQ_TLB_FLUSH_CURRENT)"
+        )
+
+    def nested_svm_load_cr3(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
+        """nested.c:nested_svm_load_cr3 @ v6.18 without nested NPT: kvm_mmu_new_pgd, then
+        vcpu->arch.cr3."""
+        self.kvm_mmu_new_pgd(k, vcpu, cr3)  # type: ignore[attr-defined]
+        vcpu.cr3 = cr3
+
+    def invlpga_interception(self, k: Step, vcpu: Vcpu, gva: int, asid: int) -> None:
+        """svm.c:invlpga_interception @ v6.18 (v5.7 alike): the ASID operand is ignored; the
+        address is invalidated as INVLPG would (kvm_mmu_invlpg: flush_tlb_gva on the vCPU's
+        ASID, the SPTE synced in every root)."""
+        k.note(f"invlpga_interception({gva:#x}, ASID {asid})", "kvm_mmu_invlpg")
+        self.kvm_mmu_invlpg(k, vcpu, gva)  # type: ignore[attr-defined]
+
+
+class NestedSvm58(NestedSvm):
+    """svm/nested.c @ v5.8 (v5.7 alike): enter_svm_guest_mode and nested_svm_vmexit load the
+    CR3 with kvm_set_cr3 and reset the MMU context (every root unloaded: the next entry loads,
+    syncs and flushes a root); VMRUN also flushes the ASID (svm_flush_tlb)."""
+
+    def nested_svm_vmrun(self, k: Step, vcpu: Vcpu, root: int, asid: int, tlb_ctl: int) -> None:
+        """nested.c:enter_svm_guest_mode @ v5.8: kvm_set_cr3(vmcb12 CR3),
+        kvm_mmu_reset_context, svm_flush_tlb (v5.7: svm_flush_tlb(vcpu, true))."""
+        vcpu.vmcs12_host_cr3 = vcpu.cr3
+        vcpu.vmcs12_guest_cr3 = k.config.roots[root]
+        vcpu.guest_mode = True
+        k.note(f"enter_svm_guest_mode: vmcb12 ASID {asid}, TLB_CONTROL {tlb_ctl}")
+        self.nested_svm_set_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
+        self.svm_flush_tlb_asid(k, vcpu)  # type: ignore[attr-defined]
+
+    def nested_svm_vmexit(self, k: Step, vcpu: Vcpu) -> None:
+        """nested.c:nested_svm_vmexit @ v5.8: kvm_set_cr3(hsave CR3), kvm_mmu_reset_context."""
+        vcpu.vmcs12_guest_cr3 = vcpu.cr3
+        vcpu.guest_mode = False
+        k.note("nested_svm_vmexit: leave_guest_mode")
+        self.nested_svm_set_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
+
+    def nested_svm_set_cr3(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
+        """(void)kvm_set_cr3(vcpu, cr3); kvm_mmu_reset_context(vcpu) @ v5.8 (without NPT)."""
+        self.kvm_set_cr3(k, vcpu, cr3)  # type: ignore[attr-defined]
+        self.kvm_mmu_reset_context(k, vcpu)  # type: ignore[attr-defined]
+
+
+__all__ = ["NestedSvm", "NestedSvm58"]

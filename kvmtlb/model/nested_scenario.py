@@ -1,0 +1,285 @@
+"""The scenario format's nested-VMX ops: parsing and the static checks of an L1 thread.
+
+An L1 thread is a vCPU thread with VMX instructions in it (kvmtlb.guest.l1_ops). The checks
+follow the thread in order (VMX operation on or off, L1 or L2 running) and reject what the model
+cannot run or what would fail architecturally: VMX instructions outside VMX operation, a
+VMRESUME before any VMLAUNCH, L1 instructions while L2 runs, INVVPID operands the processor
+rejects, and the guest ops the nested model does not support inside L2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kvmtlb.errors import InputFileError
+from kvmtlb.guest.l1_ops import (
+    L1_OPS,
+    SVM_OPS,
+    VMX_OPS,
+    InvlpgaOp,
+    InvvpidOp,
+    VmcallOp,
+    VmlaunchOp,
+    VmresumeOp,
+    VmrunOp,
+    VmxoffOp,
+    VmxonOp,
+)
+from kvmtlb.guest.ops import DEFAULT_ROOT, EmulatedReadOp, FlushTlbOp, MapOp, SetCr4Op, UnmapOp
+
+# The nested ops and their usage (docs/scenarios.md, "Nested VMX"; the fuzzer's op words).
+NESTED_OPS = {
+    "vmxon": "vmxon",
+    "vmxoff": "vmxoff",
+    "vmlaunch": "vmlaunch ROOT [vpid=N]",
+    "vmresume": "vmresume [vpid=N]",
+    "invvpid": "invvpid TYPE [vpid=N] [GVA]",
+    "vmcall": "vmcall",
+    "vmrun": "vmrun ROOT [asid=N] [tlb_control=0|1|3|7]",
+    "invlpga": "invlpga GVA [asid=N]",
+}
+L1_OP_WORDS = tuple(NESTED_OPS)
+Err = Callable[[int, str, str], InputFileError]
+
+
+def _vpid(arg: str, line: int, err: Err) -> int:
+    if not arg.startswith("vpid="):
+        raise err(
+            line, f"expected vpid=N, got {arg!r}", "write vpid=1 (vpid=0: VPID off in vmcs12)"
+        )
+    try:
+        value = int(arg[5:], 0)
+    except ValueError:
+        raise err(line, f"bad VPID {arg[5:]!r}", "use a number 0..65535") from None
+    if not 0 <= value <= 0xFFFF:
+        raise err(line, f"VPID {value} out of range", "use a number 0..65535")
+    return value
+
+
+def _number(text: str, line: int, what: str, low: int, high: int, err: Err) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise err(line, f"bad {what} {text!r}", f"use a number {low}..{high}") from None
+    if not low <= value <= high:
+        raise err(line, f"{what} {value} out of range", f"use a number {low}..{high}")
+    return value
+
+
+def parse_l1_op(
+    op: str,
+    args: list[str],
+    line: int,
+    roots: dict[str, Any],
+    addr: Callable[[str, int, str], int],
+    err: Err,
+) -> Any:
+    """The L1 op `op args`, or None if `op` is not one."""
+    if op not in L1_OP_WORDS:
+        return None
+    if op in ("vmxon", "vmxoff", "vmcall"):
+        if args:
+            raise err(line, f"{op} takes no operands", f"write: {op}")
+        return {"vmxon": VmxonOp, "vmxoff": VmxoffOp, "vmcall": VmcallOp}[op](line)
+    if op == "vmrun":
+        if not args:
+            raise err(line, "vmrun takes ROOT [asid=N] [tlb_control=N]", "write: vmrun l2 asid=1")
+        root = args[0]
+        if root not in roots:
+            raise err(
+                line,
+                f"no guest page table named {root!r} for L2",
+                f"declare L2's page table as [guest.{root}]",
+            )
+        asid, tlb = 1, 0
+        for a in args[1:]:
+            if a.startswith("asid="):
+                asid = _number(a[5:], line, "ASID", 1, 15, err)
+            elif a.startswith("tlb_control="):
+                tlb = _number(a[12:], line, "TLB_CONTROL", 0, 7, err)
+                if tlb not in (0, 1, 3, 7):
+                    raise err(line, f"TLB_CONTROL {tlb} is reserved", "use 0, 1, 3 or 7")
+            else:
+                raise err(
+                    line, f"unknown vmrun argument {a!r}", "write: vmrun l2 asid=1 tlb_control=3"
+                )
+        return VmrunOp(root, asid, tlb, line)
+    if op == "invlpga":
+        if not args or len(args) > 2:
+            raise err(line, "invlpga takes GVA [asid=N]", "write: invlpga 0x1000 asid=1")
+        asid = _number(args[1][5:], line, "ASID", 0, 15, err) if len(args) == 2 else 1
+        if len(args) == 2 and not args[1].startswith("asid="):
+            raise err(line, f"expected asid=N, got {args[1]!r}", "write: invlpga 0x1000 asid=1")
+        return InvlpgaOp(addr(args[0], line, "GVA"), asid, line)
+    if op == "vmlaunch":
+        if len(args) not in (1, 2):
+            raise err(line, "vmlaunch takes ROOT [vpid=N]", "write: vmlaunch l2 vpid=1")
+        root = args[0]
+        if root not in roots:
+            known = ", ".join(roots) or "none declared"
+            raise err(
+                line,
+                f"no guest page table named {root!r} for L2",
+                f"declare L2's page table as [guest.{root}] (known: {known}); L2 never runs on "
+                f"L1's own table [guest] (KVM keys L2's roots by role, the model by table)",
+            )
+        vpid = _vpid(args[1], line, err) if len(args) == 2 else 1
+        return VmlaunchOp(root, vpid, line)
+    if op == "vmresume":
+        if len(args) > 1:
+            raise err(line, "vmresume takes [vpid=N]", "write: vmresume vpid=2")
+        return VmresumeOp(_vpid(args[0], line, err) if args else -1, line)
+    # invvpid TYPE [vpid=N] [GVA]
+    if not args:
+        raise err(line, "invvpid takes TYPE [vpid=N] [GVA]", "write: invvpid 1 vpid=1")
+    try:
+        t = int(args[0], 0)
+    except ValueError:
+        raise err(line, f"bad INVVPID type {args[0]!r}", "use 0, 1, 2 or 3") from None
+    if not 0 <= t <= 3:
+        raise err(line, f"INVVPID type {t} out of range", "use 0, 1, 2 or 3")
+    vpid, gva = 0, 0
+    for a in args[1:]:
+        if a.startswith("vpid="):
+            vpid = _vpid(a, line, err)
+        else:
+            gva = addr(a, line, "GVA")
+    if t != 2 and vpid == 0:
+        raise err(
+            line,
+            f"INVVPID type {t} with VPID 0 fails (VMfailValid)",
+            f"write: invvpid {t} vpid=1" + (" GVA" if t == 0 else ""),
+        )
+    if t == 0 and not gva:
+        raise err(line, "invvpid type 0 needs a GVA", "write: invvpid 0 vpid=1 0x1000")
+    return InvvpidOp(t, vpid, gva, line)
+
+
+def is_nested(programs: Sequence[Sequence[object]]) -> bool:
+    return any(isinstance(op, L1_OPS) for prog in programs for op in prog)
+
+
+def _check_l2_op(op: object, err: Err) -> None:
+    """The guest ops the nested model does not run inside L2."""
+    ln = getattr(op, "line", 0)
+    if isinstance(op, FlushTlbOp | SetCr4Op | EmulatedReadOp):
+        raise err(
+            ln,
+            f"{op.describe()} inside L2 is not modelled",
+            "keep L2 to reads, writes, map/unmap, link/unlink, invlpg, mov_cr3, invpcid",
+        )
+    if isinstance(op, MapOp | UnmapOp) and op.emulated:
+        raise err(ln, "emulated stores inside L2 are not modelled", "drop emulated")
+    if isinstance(op, MapOp | UnmapOp) and op.root == DEFAULT_ROOT:
+        raise err(ln, "L2 writes L1's page table [guest]", "L2 writes its own table: add root=NAME")
+
+
+def _check_svm_threads(programs: Sequence[Sequence[object]], err: Err) -> None:
+    """An SVM L1 thread: VMRUN enters L2 (EFER.SVME is taken as set), `vmcall` (VMMCALL)
+    leaves it; INVLPGA and VMRUN are L1's."""
+    for prog in programs:
+        l2 = False
+        for op in prog:
+            ln = getattr(op, "line", 0)
+            if isinstance(op, VmrunOp | InvlpgaOp):
+                if l2:
+                    raise err(ln, f"{op.describe()} while L2 runs", "let L2 exit first: vmcall")
+                l2 = isinstance(op, VmrunOp)
+            elif isinstance(op, VmcallOp):
+                if not l2:
+                    raise err(ln, "vmcall outside L2", "vmrun first")
+                l2 = False
+            elif l2:
+                _check_l2_op(op, err)
+
+
+def l2_roots(scenario: Any) -> tuple[int, ...]:
+    """The indices of the guest page tables L1 runs L2 on (KvmConfig.nested_roots)."""
+    names = scenario.root_names
+    return tuple(
+        sorted(
+            {
+                names.index(op.root)
+                for p in scenario.programs
+                for op in p
+                if isinstance(op, VmlaunchOp | VmrunOp)
+            }
+        )
+    )
+
+
+def vpid12s(scenario: Any) -> tuple[int, ...]:
+    """Every VPID L1 gives L2 in a vmcs12 (0: VPID off), or ASID in a vmcb12 (SVM)."""
+    out = {
+        op.vpid for p in scenario.programs for op in p if isinstance(op, VmlaunchOp | VmresumeOp)
+    }
+    out |= {op.asid for p in scenario.programs for op in p if isinstance(op, VmrunOp | InvlpgaOp)}
+    return tuple(sorted(v for v in out if v > 0))
+
+
+def check_nested(
+    vendor: str, tdp: bool, vpid: bool, programs: Sequence[Sequence[object]], err: Err, line0: int
+) -> None:
+    """The static checks of every L1 thread (see the module docstring)."""
+    if not is_nested(programs):
+        return
+    first = next(op for prog in programs for op in prog if isinstance(op, L1_OPS))
+    line = getattr(first, "line", line0)
+    for prog in programs:
+        for op in prog:
+            if vendor == "intel" and isinstance(op, SVM_OPS):
+                raise err(op.line, f"{op.describe()} is an SVM instruction", 'set vendor = "amd"')
+            if vendor == "amd" and isinstance(op, VMX_OPS):
+                raise err(op.line, f"{op.describe()} is a VMX instruction", 'set vendor = "intel"')
+    if tdp:
+        raise err(
+            line,
+            "nested virtualization is modelled on a shadow-paging L0 only (EPT02/NPT02 from "
+            "EPT01/NPT01 is not built)",
+            "set tdp = false in [config]",
+        )
+    if vendor == "amd":
+        _check_svm_threads(programs, err)
+        return
+    if not vpid:
+        raise err(
+            line,
+            "nested VMX is modelled with VPID in L0 only",
+            "set vpid = true in [config]",
+        )
+    for prog in programs:
+        vmxon = l2 = launched = False
+        for op in prog:
+            ln = getattr(op, "line", 0)
+            if isinstance(op, VmxonOp):
+                if vmxon:
+                    raise err(ln, "vmxon in VMX operation fails (VMfailValid)", "drop it")
+                vmxon = True
+                launched = False
+            elif isinstance(op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp):
+                if not vmxon:
+                    raise err(ln, f"{op.describe()} outside VMX operation is #UD", "vmxon first")
+                if l2:
+                    raise err(
+                        ln,
+                        f"{op.describe()} while L2 runs (L1's instruction in L2's stream)",
+                        "let L2 exit to L1 first: vmcall",
+                    )
+                if isinstance(op, VmxoffOp):
+                    vmxon = False
+                elif isinstance(op, VmlaunchOp):
+                    l2 = launched = True
+                elif isinstance(op, VmresumeOp):
+                    if not launched:
+                        raise err(ln, "vmresume of a vmcs12 never launched", "vmlaunch first")
+                    l2 = True
+            elif isinstance(op, VmcallOp):
+                if not l2:
+                    raise err(ln, "vmcall outside L2", "vmlaunch or vmresume first")
+                l2 = False
+            elif l2:
+                _check_l2_op(op, err)
+
+
+__all__ = ["L1_OP_WORDS", "NESTED_OPS", "check_nested", "is_nested", "parse_l1_op"]
