@@ -18,6 +18,7 @@ it only makes KVM service its requests earlier (removing entries) before it re-e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from kvmtlb.guest.thread import GuestThread, guest_actions, guest_step
@@ -55,10 +56,19 @@ class Outcome(NamedTuple):
     observations: list[tuple[int, int, int, int]]
 
 
-def enabled(system: System, w: World) -> list[Action]:
+def enabled(
+    system: System, w: World, mark: Callable[[int], None] | None = None
+) -> list[Action]:
+    """The enabled steps of `w`, in successor order. `mark`, if given, is called with the number
+    of steps listed so far before each actor's section (each vCPU, each host thread, each pCPU's
+    kick, the scheduler of each pCPU): kvmtlb.model.footprint charges each step with what its
+    section read."""
     pol = system.policy
     acts: list[Action] = []
-    for v, vc in enumerate(w.vcpus):
+    for v in range(len(w.vcpus)):
+        if mark is not None:
+            mark(len(acts))
+        vc = w.vcpus[v]
         cpu = vc[V_CPU]
         if cpu < 0:
             continue
@@ -69,15 +79,23 @@ def enabled(system: System, w: World) -> list[Action]:
                 w, v, system.scenario.programs[v], cpu, system.kvm.pv_tlb_flush
             ):
                 acts.append(Action(f"guest{v}", name, args))
+    if mark is not None:
+        mark(len(acts))
     if host_actions(w, pol, system.scenario.host_program):
         acts.append(Action("host", "host"))
+    if mark is not None:
+        mark(len(acts))
     if host2_enabled(w, pol, system.scenario.host_program):
         acts.append(Action("host2", "host"))
-    for p, pc in enumerate(w.pcpus):
-        if pc[P_KICKS] and _interruptible(system, w, p):
-            acts.append(Action(f"pcpu{p}", "ipi"))
-    h: HostThread = w.host
     for p in range(len(w.pcpus)):
+        if mark is not None:
+            mark(len(acts))
+        if w.pcpus[p][P_KICKS] and _interruptible(system, w, p):
+            acts.append(Action(f"pcpu{p}", "ipi"))
+    for p in range(len(w.pcpus)):
+        if mark is not None:
+            mark(len(acts))
+        h: HostThread = w.host
         waiting = [
             u
             for u, vc in enumerate(w.vcpus)
@@ -118,8 +136,14 @@ def unfinished(system: System, w: World) -> list[str]:
 
 def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
     """Run one enabled step; deterministic. Without `tracing` the step keeps no trace lines."""
-    pol = system.policy
     k = Step.thaw(system.kvm, w, a.actor, tracing)
+    run(system, k, a)
+    return Outcome(k.freeze(), k.log, k.observations)
+
+
+def run(system: System, k: Step, a: Action) -> None:
+    """Run action `a` on the thawed world `k` (`apply` without the thawing and freezing)."""
+    pol = system.policy
     if a.kind == "kvm":
         v = int(a.actor[4:])
         pol.step(k, k.vcpus[v])
@@ -147,7 +171,6 @@ def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
         pol.vcpu_load(k, k.vcpus[u], p)
     else:
         raise AssertionError(f"unknown action {a}")
-    return Outcome(k.freeze(), k.log, k.observations)
 
 
 def describe(system: System, w: World, a: Action) -> str:
