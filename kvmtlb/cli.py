@@ -271,6 +271,16 @@ def check(
         int,
         typer.Option(metavar="N", help="With --hunt: the walks' seed.", show_default=False),
     ] = 0,
+    por: Annotated[
+        bool,
+        typer.Option(
+            "--por/--no-por",
+            help="Partial-order reduction by sleep sets: steps of different actors that touch "
+            "disjoint state are taken in one order only (same verdicts, states and shortest "
+            "traces; fewer transitions). Off by default: it costs more than it saves on the "
+            "built-in suite (docs/performance.md).",
+        ),
+    ] = False,
 ) -> None:
     """Explore every interleaving of scenarios under policies; print verdicts and traces (the
     exit codes: EXIT_CODES_HELP)."""
@@ -323,7 +333,7 @@ def check(
         raise typer.Exit(jobs.EXIT_INPUT) from None
     job_list: list[Job] = []
     hunting = functools.partial(
-        Job, hunt=hunt_seconds if hunt else 0.0, hunt_workers=jobs_, seed=seed
+        Job, hunt=hunt_seconds if hunt else 0.0, hunt_workers=jobs_, seed=seed, por=por
     )
     for path, sc in zip(paths, scenarios, strict=True):
         for sp in specs:

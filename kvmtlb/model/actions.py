@@ -56,9 +56,7 @@ class Outcome(NamedTuple):
     observations: list[tuple[int, int, int, int]]
 
 
-def enabled(
-    system: System, w: World, mark: Callable[[int], None] | None = None
-) -> list[Action]:
+def enabled(system: System, w: World, mark: Callable[[int], None] | None = None) -> list[Action]:
     """The enabled steps of `w`, in successor order. `mark`, if given, is called with the number
     of steps listed so far before each actor's section (each vCPU, each host thread, each pCPU's
     kick, the scheduler of each pCPU): kvmtlb.model.footprint charges each step with what its

@@ -278,7 +278,7 @@ class TrackingStep(Step):
         return k
 
     # The machine, the native reference and the host thread, seen through recording views.
-    @property  # type: ignore[override]
+    @property
     def machine(self) -> Any:
         loc = self._loc
         return _MachineView(self._raw_machine, self._rd, loc.cpu0, loc.mem, loc.machine_all)
@@ -287,7 +287,7 @@ class TrackingStep(Step):
     def machine(self, m: Any) -> None:
         self._raw_machine = m._m if isinstance(m, _MachineView) else m
 
-    @property  # type: ignore[override]
+    @property
     def native(self) -> Any:
         loc = self._loc
         n = self._raw_native
@@ -300,7 +300,7 @@ class TrackingStep(Step):
     def native(self, n: Any) -> None:
         self._raw_native = n._m if isinstance(n, _MachineView) else n
 
-    @property  # type: ignore[override]
+    @property
     def host(self) -> Any:
         self._rd.bits |= self._loc.host
         return self._raw_host
