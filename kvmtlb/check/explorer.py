@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import Record, World
-from kvmtlb.model.actions import Action, apply, describe, enabled, unfinished
+from kvmtlb.model.actions import Action, all_done, apply, describe, enabled, unfinished
 from kvmtlb.model.actions import Outcome as ActionOutcome
 from kvmtlb.model.canonical import Canonicalizer
 from kvmtlb.model.properties import PRECEDENCE, Violation, check, check_observations
@@ -287,7 +287,7 @@ def _explore(
                         continue
                     nxt.append((out.world, new))
                     if not finished:
-                        finished = not unfinished(system, out.world)
+                        finished = all_done(system, out.world)
                 if progress is not None:
                     now = time.perf_counter()
                     if now - last_report > 0.25:

@@ -54,7 +54,7 @@ from kvmtlb.check.explorer import (
 )
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import World
-from kvmtlb.model.actions import Action, Outcome, apply, enabled, run, unfinished
+from kvmtlb.model.actions import Action, Outcome, all_done, apply, enabled, run, unfinished
 from kvmtlb.model.canonical import Canonicalizer
 from kvmtlb.model.footprint import Locations, TrackingStep, independent, sections
 from kvmtlb.model.properties import PRECEDENCE, Violation, check, check_observations
@@ -220,7 +220,7 @@ def explore_por(
                     at[key] = len(nxt)
                     nxt.append((out.world, new, z))
                     if not finished:
-                        finished = not unfinished(system, out.world)
+                        finished = all_done(system, out.world)
                 if progress is not None:
                     now = time.perf_counter()
                     if now - last_report > 0.25:

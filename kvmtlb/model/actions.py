@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from kvmtlb.guest.thread import GuestThread, guest_actions, guest_step
 from kvmtlb.guest.thread import describe as guest_describe
+from kvmtlb.guest.thread import guest_actions, guest_step
 from kvmtlb.host.thread import (
     HostThread,
     host2_describe,
@@ -42,6 +42,12 @@ from kvmtlb.model.system import System
 # Field positions in the frozen vCPU and pCPU tuples (kvm/state.py).
 V_PC, V_CPU = 1, 5
 P_RUNNING, P_KICKS = 1, 2
+
+
+# Actor names, made once (scenarios have at most a few dozen processors).
+_VCPU = [f"vcpu{i}" for i in range(256)]
+_GUEST = [f"guest{i}" for i in range(256)]
+_PCPU = [f"pcpu{i}" for i in range(256)]
 
 
 class Action(NamedTuple):
@@ -71,12 +77,13 @@ def enabled(system: System, w: World, mark: Callable[[int], None] | None = None)
         if cpu < 0:
             continue
         if vc[V_PC] != "guest":
-            acts.append(Action(f"vcpu{v}", "kvm"))
+            acts.append(Action(_VCPU[v], "kvm"))
         else:
+            actor = _GUEST[v]
             for name, args in guest_actions(
                 w, v, system.scenario.programs[v], cpu, system.kvm.pv_tlb_flush
             ):
-                acts.append(Action(f"guest{v}", name, args))
+                acts.append(Action(actor, name, args))
     if mark is not None:
         mark(len(acts))
     if host_actions(w, pol, system.scenario.host_program):
@@ -89,7 +96,7 @@ def enabled(system: System, w: World, mark: Callable[[int], None] | None = None)
         if mark is not None:
             mark(len(acts))
         if w.pcpus[p][P_KICKS] and _interruptible(system, w, p):
-            acts.append(Action(f"pcpu{p}", "ipi"))
+            acts.append(Action(_PCPU[p], "ipi"))
     for p in range(len(w.pcpus)):
         if mark is not None:
             mark(len(acts))
@@ -121,7 +128,6 @@ def unfinished(system: System, w: World) -> list[str]:
     wait for, and the host thread with ops left."""
     out = []
     for v, g in enumerate(w.guests):
-        assert isinstance(g, GuestThread)
         if g.op < len(system.scenario.programs[v]) or g.inbox or g.handler:
             out.append(f"vcpu{v}")
     h: HostThread = w.host
@@ -130,6 +136,19 @@ def unfinished(system: System, w: World) -> list[str]:
     if h.bg_op >= 0:
         out.append("host2")
     return out
+
+
+def all_done(system: System, w: World) -> bool:
+    """`not unfinished(system, w)`, without naming anyone (the explorer asks it of every new
+    world until one is done)."""
+    h: HostThread = w.host
+    if h.op < len(system.scenario.host_program) or h.bg_op >= 0:
+        return False
+    programs = system.scenario.programs
+    for v, g in enumerate(w.guests):
+        if g.op < len(programs[v]) or g.inbox or g.handler:
+            return False
+    return True
 
 
 def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
