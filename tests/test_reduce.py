@@ -111,3 +111,12 @@ def test_footprints_are_measured() -> None:
                         switches += 1
         frontier = nxt
     assert reads and stores and switches
+
+
+@pytest.mark.parametrize("stem", ["pv-flush-preempted-twice", "emulated-read-pv-flush"])
+def test_sleep_sets_in_exact_mode(stem: str) -> None:
+    """With full canonical states (--exact) the reduced search keeps the plain search's too."""
+    plain = explore(system(stem, "kvm-5.8"), exact=True)
+    r = explore(system(stem, "kvm-5.8"), exact=True, por=True)
+    assert (r.label, r.states, len(r.path)) == (plain.label, plain.states, len(plain.path))
+    assert r.transitions + r.pruned == plain.transitions
