@@ -66,6 +66,9 @@ Sleep = dict[Action, tuple[int, int]]
 # Footprint of a visible step: dependent on every step.
 VISIBLE = -1
 
+# The empty sleep set, shared by every world that has one (most do): never modified.
+AWAKE: Sleep = {}
+
 
 class Stepper:
     """Enabled steps and successors of one system's worlds, with their footprints."""
@@ -134,7 +137,7 @@ def explore_por(
     depth = 0
     if first is not None:
         return _result(system, table, "violation", first, 0, 0, 0, t0, exact)
-    frontier: list[tuple[World, int, Sleep]] = [(w0, 0, {})]
+    frontier: list[tuple[World, int, Sleep]] = [(w0, 0, AWAKE)]
     finished = not unfinished(system, w0)
     last_report = t0
     try:
@@ -218,7 +221,7 @@ def explore_por(
                         found.append((PRECEDENCE.index(v.prop), order, _tag(v, new)))
                         continue
                     at[key] = len(nxt)
-                    nxt.append((out.world, new, z))
+                    nxt.append((out.world, new, z or AWAKE))
                     if not finished:
                         finished = all_done(system, out.world)
                 if progress is not None:
