@@ -151,7 +151,10 @@ def explore_por(
                 acts = enabled(system, w)
                 # one actor and nothing asleep: no step can fall asleep, no footprint is needed
                 plain = not sleep and all(a.actor == acts[0].actor for a in acts)
-                enab = [] if plain or not acts else stepper.enabled(w)[1]
+                enab: list[int] = []
+                if not plain and acts:
+                    listed, enab = stepper.enabled(w)
+                    assert listed == acts, "enabled() listed other steps on a tracking view"
                 if not acts:
                     left = unfinished(system, w)
                     if left and deadlock is None:
