@@ -319,6 +319,16 @@ def check(
             show_default=False,
         ),
     ] = None,
+    por: Annotated[
+        bool,
+        typer.Option(
+            "--por/--no-por",
+            help="Partial-order reduction by sleep sets: steps of different actors that touch "
+            "disjoint state are taken in one order only (same verdicts, states and shortest "
+            "traces; fewer transitions). Off by default: it costs more than it saves on the "
+            "built-in suite (docs/performance.md).",
+        ),
+    ] = False,
 ) -> None:
     """Explore every interleaving of scenarios under policies; print verdicts and traces (the
     exit codes: EXIT_CODES_HELP)."""
@@ -348,7 +358,7 @@ def check(
         workers=workers,
     )
     _check_scale_options(
-        exact, hunt, workers, backend, ray_address, checkpoint, checkpoint_every, resume
+        exact, hunt, por, workers, backend, ray_address, checkpoint, checkpoint_every, resume
     )
     if (hunt_seconds != 30.0 or seed) and not hunt:
         typer.echo("error: --hunt-seconds and --seed go with --hunt", err=True)
@@ -377,7 +387,7 @@ def check(
         raise typer.Exit(jobs.EXIT_INPUT) from None
     job_list: list[Job] = []
     hunting = functools.partial(
-        Job, hunt=hunt_seconds if hunt else 0.0, hunt_workers=jobs_, seed=seed
+        Job, hunt=hunt_seconds if hunt else 0.0, hunt_workers=jobs_, seed=seed, por=por
     )
     for path, sc in zip(paths, scenarios, strict=True):
         for sp in specs:
@@ -392,7 +402,7 @@ def check(
             err=True,
         )
         raise typer.Exit(jobs.EXIT_INPUT)
-    per_run = search_workers(workers, jobs_, len(job_list), exact or hunt, backend)
+    per_run = search_workers(workers, jobs_, len(job_list), exact or hunt or por, backend)
     if per_run > 1 or backend == "ray" or checkpoint is not None or resume is not None:
         where_ = resume if resume is not None else checkpoint
         job_list = [
@@ -507,6 +517,7 @@ def search_workers(workers: int, jobs_: int, runs: int, single_only: bool, backe
 def _check_scale_options(
     exact: bool,
     hunt: bool,
+    por: bool,
     workers: int,
     backend: str,
     ray_address: str | None,
@@ -533,6 +544,11 @@ def _check_scale_options(
         )
     if scale and hunt:
         fail("--hunt does not go with --workers, --backend ray, --checkpoint or --resume")
+    if scale and por:
+        fail(
+            "--por prunes the plain search only: it does not go with --workers, --backend ray, "
+            "--checkpoint or --resume"
+        )
     if checkpoint_every <= 0:
         fail(f"--checkpoint-every {checkpoint_every:g}: give a number of seconds > 0")
     if checkpoint is not None and resume is not None and checkpoint != resume:

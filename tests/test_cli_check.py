@@ -611,3 +611,20 @@ def test_deterministic_across_processes_and_hash_seeds() -> None:
     assert runs[0] == runs[1]
     _, here = check_json(*files, *[a for p in pols for a in ("--policy", p)], "--jobs", "1")
     assert [without_time(r) for r in here] == runs[0]
+
+
+def test_por_gives_the_same_verdicts_states_and_trace_lengths() -> None:
+    """`check --por` (sleep sets) against the plain search, on a violation and a safe run: the
+    same verdict, states and trace length, no more transitions; `--no-por` is the plain search."""
+    files = [scenario_path("emulated-read-pv-flush"), scenario_path("pv-flush-preempted-twice")]
+    args = [*files, "--policy", "kvm-5.8", "--jobs", "1"]
+    code0, plain = check_json(*args)
+    code1, reduced = check_json(*args, "--por")
+    code2, off = check_json(*args, "--no-por")
+    assert code0 == code1 == code2 == 0
+    key = [(r["verdict"], r["property"], r["states"], len(r["trace"])) for r in plain]
+    assert key == [(r["verdict"], r["property"], r["states"], len(r["trace"])) for r in reduced]
+    assert key == [(r["verdict"], r["property"], r["states"], len(r["trace"])) for r in off]
+    assert [r["transitions"] for r in off] == [r["transitions"] for r in plain]
+    assert all(a["transitions"] >= b["transitions"] for a, b in zip(plain, reduced, strict=True))
+    assert any(a["transitions"] > b["transitions"] for a, b in zip(plain, reduced, strict=True))

@@ -333,6 +333,7 @@ class Job:
     hunt: float = 0.0  # seconds of swarm walks before the breadth-first search; 0: no hunt
     hunt_workers: int = 0  # walker processes of a hunt (0: one per core)
     seed: int = 0  # the hunt's seed
+    por: bool = False  # partial-order reduction by sleep sets (kvmtlb.check.reduce)
     workers: int = 1  # partitions of one search (kvmtlb.check.parallel); 1: explorer.explore
     backend: str = "local"  # "local": worker processes; "ray": Ray actors (kvmtlb[ray])
     ray_address: str | None = None  # a Ray cluster's address; None: a local Ray
@@ -410,6 +411,7 @@ def run(job: Job, show: Callable[[Progress, float], None] | None = None) -> dict
         if result is None:
             result = explore(
                 system,
+                por=job.por,
                 exact=job.exact,
                 max_states=job.max_states,
                 progress=_watch(job, show),

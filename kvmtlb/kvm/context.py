@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, Capabilities, Regs
 from kvmtlb.hw.effect import Event
@@ -216,11 +216,20 @@ class Thawed(Generic[T]):
             yield self[i]
 
     def freeze(self) -> tuple[tuple[Any, ...], ...]:
+        """The records as tuples. A record thawed but left as it was keeps its frozen tuple, and
+        if none changed the frozen records are returned as they were: the canonicalizer
+        recognizes unchanged parts by identity (issue 12's hot path)."""
         if not self._thawed:
             return self._frozen
-        return tuple(
-            [f if o is None else _tuple(o) for o, f in zip(self._live, self._frozen, strict=True)]
-        )
+        out = None
+        for i, o in enumerate(self._live):
+            if o is not None:
+                t = _tuple(o)
+                if t != self._frozen[i]:
+                    if out is None:
+                        out = list(self._frozen)
+                    out[i] = t
+        return self._frozen if out is None else tuple(out)
 
 
 @dataclass
@@ -250,23 +259,52 @@ class Step:
 
     @classmethod
     def thaw(cls, config: KvmConfig, w: World, actor: str = "", tracing: bool = True) -> Step:
-        return cls(
-            config,
-            w.machine,
-            Kvm(*w.kvm),
-            Thawed(Vcpu, w.vcpus),
-            Thawed(Pcpu, w.pcpus),
-            w.native,
-            list(w.guests),
-            w.host,
-            actor,
-            tracing,
-        )
+        if cls is not Step:
+            return cls(
+                config,
+                w.machine,
+                Kvm(*w.kvm),
+                Thawed(Vcpu, w.vcpus),
+                Thawed(Pcpu, w.pcpus),
+                w.native,
+                list(w.guests),
+                w.host,
+                actor,
+                tracing,
+            )
+        # The explorer thaws every world it expands once per successor: filling the instance
+        # dict directly skips the dataclass __init__ and __post_init__ (issue 12's hot path).
+        k = object.__new__(Step)
+        k.__dict__ = {
+            "config": config,
+            "machine": w.machine,
+            "_kvm_frozen": w.kvm,  # thawed into `kvm` on first use (__getattr__)
+            "vcpus": Thawed(Vcpu, w.vcpus),
+            "pcpus": Thawed(Pcpu, w.pcpus),
+            "native": w.native,
+            "guests": list(w.guests),
+            "host": w.host,
+            "actor": actor,
+            "tracing": tracing,
+            "log": [],
+            "observations": [],
+        }
+        return k
+
+    if not TYPE_CHECKING:  # (for mypy, `kvm` is the field above)
+
+        def __getattr__(self, name: str) -> Any:
+            """KVM's record, thawed on first use: most steps do not touch it."""
+            if name == "kvm":
+                kvm = self.__dict__["kvm"] = Kvm(*self.__dict__["_kvm_frozen"])
+                return kvm
+            raise AttributeError(name)
 
     def freeze(self) -> World:
+        d = self.__dict__
         return World(
             self.machine,
-            _tuple(self.kvm),
+            _tuple(d["kvm"]) if "kvm" in d else d["_kvm_frozen"],
             self.vcpus.freeze(),
             self.pcpus.freeze(),
             self.native,
@@ -336,6 +374,21 @@ class Step:
             self.native = self.native.write(slot, value)
         self.note(what)
 
+
+assert [f.name for f in fields(Step)] == [
+    "config",
+    "machine",
+    "kvm",
+    "vcpus",
+    "pcpus",
+    "native",
+    "guests",
+    "host",
+    "actor",
+    "tracing",
+    "log",
+    "observations",
+], "Step.thaw fills these fields directly"
 
 _GETTERS: dict[type, Any] = {}
 

@@ -19,10 +19,11 @@ it only makes KVM service its requests earlier (removing entries) before it re-e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
-from kvmtlb.guest.thread import GuestThread, guest_actions, guest_step
 from kvmtlb.guest.thread import describe as guest_describe
+from kvmtlb.guest.thread import guest_actions, guest_step
 from kvmtlb.host.thread import (
     HostThread,
     host2_describe,
@@ -44,6 +45,12 @@ V_PC, V_CPU = 1, 5
 P_RUNNING, P_KICKS = 1, 2
 
 
+# Actor names, made once (scenarios have at most a few dozen processors).
+_VCPU = [f"vcpu{i}" for i in range(256)]
+_GUEST = [f"guest{i}" for i in range(256)]
+_PCPU = [f"pcpu{i}" for i in range(256)]
+
+
 class Action(NamedTuple):
     actor: str  # "vcpu0", "guest1", "host", "pcpu0", "sched"
     kind: str  # "kvm", a guest step name, "host", "ipi", "load", "switch"
@@ -56,29 +63,45 @@ class Outcome(NamedTuple):
     observations: list[tuple[int, int, int, int]]
 
 
-def enabled(system: System, w: World) -> list[Action]:
+def enabled(system: System, w: World, mark: Callable[[int], None] | None = None) -> list[Action]:
+    """The enabled steps of `w`, in successor order. `mark`, if given, is called with the number
+    of steps listed so far before each actor's section (each vCPU, each host thread, each pCPU's
+    kick, the scheduler of each pCPU): kvmtlb.model.footprint charges each step with what its
+    section read."""
     pol = system.policy
     acts: list[Action] = []
-    for v, vc in enumerate(w.vcpus):
+    for v in range(len(w.vcpus)):
+        if mark is not None:
+            mark(len(acts))
+        vc = w.vcpus[v]
         cpu = vc[V_CPU]
         if cpu < 0:
             continue
         if vc[V_PC] != "guest":
-            acts.append(Action(f"vcpu{v}", "kvm"))
+            acts.append(Action(_VCPU[v], "kvm"))
         else:
+            actor = _GUEST[v]
             for name, args in guest_actions(
                 w, v, system.scenario.programs[v], cpu, system.kvm.pv_tlb_flush, system.kvm
             ):
-                acts.append(Action(f"guest{v}", name, args))
+                acts.append(Action(actor, name, args))
+    if mark is not None:
+        mark(len(acts))
     if host_actions(w, pol, system.scenario.host_program):
         acts.append(Action("host", "host"))
+    if mark is not None:
+        mark(len(acts))
     if host2_enabled(w, pol, system.scenario.host_program):
         acts.append(Action("host2", "host"))
-    for p, pc in enumerate(w.pcpus):
-        if pc[P_KICKS] and _interruptible(system, w, p):
-            acts.append(Action(f"pcpu{p}", "ipi"))
-    h: HostThread = w.host
     for p in range(len(w.pcpus)):
+        if mark is not None:
+            mark(len(acts))
+        if w.pcpus[p][P_KICKS] and _interruptible(system, w, p):
+            acts.append(Action(_PCPU[p], "ipi"))
+    for p in range(len(w.pcpus)):
+        if mark is not None:
+            mark(len(acts))
+        h: HostThread = w.host
         waiting = [
             u
             for u, vc in enumerate(w.vcpus)
@@ -127,7 +150,6 @@ def unfinished(system: System, w: World) -> list[str]:
     wait for, and the host thread with ops left."""
     out = []
     for v, g in enumerate(w.guests):
-        assert isinstance(g, GuestThread)
         if g.op < len(system.scenario.programs[v]) or g.inbox or g.handler:
             out.append(f"vcpu{v}")
     h: HostThread = w.host
@@ -138,10 +160,29 @@ def unfinished(system: System, w: World) -> list[str]:
     return out
 
 
+def all_done(system: System, w: World) -> bool:
+    """`not unfinished(system, w)`, without naming anyone (the explorer asks it of every new
+    world until one is done)."""
+    h: HostThread = w.host
+    if h.op < len(system.scenario.host_program) or h.bg_op >= 0:
+        return False
+    programs = system.scenario.programs
+    for v, g in enumerate(w.guests):
+        if g.op < len(programs[v]) or g.inbox or g.handler:
+            return False
+    return True
+
+
 def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
     """Run one enabled step; deterministic. Without `tracing` the step keeps no trace lines."""
-    pol = system.policy
     k = Step.thaw(system.kvm, w, a.actor, tracing)
+    run(system, k, a)
+    return Outcome(k.freeze(), k.log, k.observations)
+
+
+def run(system: System, k: Step, a: Action) -> None:
+    """Run action `a` on the thawed world `k` (`apply` without the thawing and freezing)."""
+    pol = system.policy
     if a.kind == "kvm":
         v = int(a.actor[4:])
         pol.step(k, k.vcpus[v])
@@ -185,7 +226,6 @@ def apply(system: System, w: World, a: Action, tracing: bool = True) -> Outcome:
         k.host = h._replace(home=tuple(home), parked=h.parked & ~(1 << v))
     else:
         raise AssertionError(f"unknown action {a}")
-    return Outcome(k.freeze(), k.log, k.observations)
 
 
 def describe(system: System, w: World, a: Action) -> str:

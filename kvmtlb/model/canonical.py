@@ -65,6 +65,15 @@ class Canonicalizer:
         self.native_keep = native_keep
         self._machines: dict[Any, int] = {}
         self._vcpus: dict[tuple[Any, ...], int] = {}
+        # The last host thread and pCPU records seen, and what they gave: the successors of a
+        # world come one after the other and most share them (issue 12's hot path).
+        self._last_host: Any = None
+        self._last_host_key: tuple[Any, ...] = ()
+        self._last_pcpus: Any = None
+        self._last_base = 0
+        self._last_pcpus_key: tuple[Any, ...] = ()
+        self._last_kvm: Any = None
+        self._last_kvm_hash = 0
 
     def _cpu(self, c: tuple[Any, ...], keep: int, exact: bool) -> tuple[Any, ...]:
         """A processor: field 2 (VMCS/VMCB) may be None; the last field is the MAY-set."""
@@ -111,7 +120,19 @@ class Canonicalizer:
             nh = machines[n] = hash(
                 (1, tuple(self._cpu(c, self.native_keep, False) for c in n.cpus))
             )
-        base = _generation_base(w.pcpus)
+        pcpus = w.pcpus
+        if pcpus is self._last_pcpus:
+            base = self._last_base
+            pkey = self._last_pcpus_key
+        else:
+            base = _generation_base(pcpus)
+            pkey = _pcpus(pcpus, base)
+            self._last_pcpus, self._last_base, self._last_pcpus_key = pcpus, base, pkey
+        host = w.host
+        if host is not self._last_host:
+            self._last_host, self._last_host_key = host, _host(host)
+        if w.kvm is not self._last_kvm:
+            self._last_kvm, self._last_kvm_hash = w.kvm, hash(w.kvm)
         vcpus = self._vcpus
         vh = []
         for v in w.vcpus:
@@ -122,17 +143,16 @@ class Canonicalizer:
                     vcpus.clear()
                 h = vcpus[key] = hash(self._vcpu(v, base))
             vh.append(h)
-        host = w.host
         return (
             hash(
                 (
                     mh,
                     nh,
-                    w.kvm,
+                    self._last_kvm_hash,
                     tuple(vh),
-                    _pcpus(w.pcpus, base),
+                    pkey,
                     w.guests,
-                    _host(host),
+                    self._last_host_key,
                 )
             )
             & 0xFFFF_FFFF_FFFF_FFFF
