@@ -97,6 +97,33 @@ class ZapAllFastOp(NamedTuple):
         return "zap_all_fast"
 
 
+class CreateVcpuOp(NamedTuple):
+    """`create vcpuN [on pcpuM]`: a vCPU of the second VM created during the run, then loaded
+    (KVM_CREATE_VCPU, then KVM_RUN's vcpu_load)."""
+
+    vcpu: int
+    pcpu: int  # -1: its placement
+    line: int = 0
+
+    def describe(self) -> str:
+        on = f" on pcpu{self.pcpu}" if self.pcpu >= 0 else ""
+        return f"create vcpu{self.vcpu}{on}"
+
+
+class DestroyVmOp(NamedTuple):
+    """`destroy vmN`: userspace stops the VM's vCPU threads (the op waits until their ops are
+    done) and closes the VM (kvm_destroy_vm). `vcpus` and `ops` (each one's number of guest ops)
+    are filled in by the parser."""
+
+    vm: int
+    vcpus: tuple[int, ...] = ()
+    ops: tuple[int, ...] = ()
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"destroy vm{self.vm}"
+
+
 HostOp: TypeAlias = (
     PreemptOp
     | ResumeOp
@@ -109,4 +136,6 @@ HostOp: TypeAlias = (
     | SpawnOp
     | AgeOp
     | ClearDirtyLogOp
+    | CreateVcpuOp
+    | DestroyVmOp
 )

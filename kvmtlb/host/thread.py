@@ -43,6 +43,11 @@ waits for it. Its kicks carry their own bit (HOST2_SENDER), so each thread waits
 
 `preempt` and `resume` schedule a vCPU out and in (vcpu_put, vcpu_load); a vCPU preempted by a
 host op stays out (`held`) until a `resume`.
+
+With a second VM (kvm/vm.py): `create vcpuN [on pcpuM]` creates a vCPU of it during the run and
+loads it (a vCPU a `create` names is `held` from the start: it does not exist yet); `destroy vmN`
+waits until that VM's guest threads are done, schedules its loaded vCPUs out and destroys the VM
+(kvm_destroy_vm); its vCPUs stay `held` for good.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ from typing import NamedTuple
 from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
+    CreateVcpuOp,
+    DestroyVmOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
@@ -115,6 +122,18 @@ def host_actions(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> list[
         return ["step"]
     if isinstance(op, SpawnOp):
         return ["step"] if h.bg_op < 0 else []
+    if isinstance(op, CreateVcpuOp):
+        target = op.pcpu if op.pcpu >= 0 else h.home[op.vcpu]
+        occupant = w.pcpus[target][1]
+        return ["step"] if occupant < 0 or preemptible(pol, w.vcpus[occupant]) else []
+    if isinstance(op, DestroyVmOp):
+        for u, n in zip(op.vcpus, op.ops, strict=True):
+            g = w.guests[u]
+            if g.op < n or g.inbox or g.handler:  # its vCPU thread still runs guest code
+                return []
+            if Vcpu(*w.vcpus[u]).loaded and not preemptible(pol, w.vcpus[u]):
+                return []
+        return ["step"]
     if h.phase in pol.HOST_STEPS:
         return ["step"] if pol.host_step_enabled(w, h.phase, h.frame) else []
     if h.phase == "" and isinstance(op, ZapOp | RemapOp | ZapGfnRangeOp):  # KVM's step first
@@ -193,6 +212,27 @@ def host_step(k: Step, pol: KvmPolicy, program: tuple[HostOp, ...]) -> None:
         home = list(h.home)
         home[op.vcpu] = target
         k.host = h._replace(op=h.op + 1, held=h.held & ~(1 << op.vcpu), home=tuple(home))
+        return
+    if isinstance(op, CreateVcpuOp):
+        target = op.pcpu if op.pcpu >= 0 else h.home[op.vcpu]
+        vcpu = k.vcpus[op.vcpu]
+        pol.kvm_vm_ioctl_create_vcpu(k, vcpu)
+        occupant = k.pcpus[target].running
+        if occupant >= 0:
+            preempt(k, pol, occupant)
+        pol.vcpu_load(k, vcpu, target)
+        home = list(h.home)
+        home[op.vcpu] = target
+        k.host = h._replace(op=h.op + 1, held=h.held & ~(1 << op.vcpu), home=tuple(home))
+        return
+    if isinstance(op, DestroyVmOp):
+        held = h.held
+        for u in op.vcpus:
+            if k.vcpus[u].loaded:
+                preempt(k, pol, u)
+            held |= 1 << u
+        pol.kvm_destroy_vm(k, op.vm)
+        k.host = h._replace(op=h.op + 1, held=held)
         return
     if isinstance(op, SpawnOp):
         k.note(f"host2 starts {op.op.describe()}", "it runs concurrently with the next host ops")

@@ -20,11 +20,12 @@ from kvmtlb.kvm.mmu import Mmu
 from kvmtlb.kvm.shadow import ShadowMmu
 from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.svm import Svm
+from kvmtlb.kvm.vm import VmLifecycle
 from kvmtlb.kvm.vmx import Vmx
 from kvmtlb.kvm.x86 import X86
 
 
-class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
+class KvmPolicy(X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu, VmLifecycle):
     """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
 
     name: ClassVar[str] = ""
