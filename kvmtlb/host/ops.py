@@ -124,6 +124,18 @@ class DestroyVmOp(NamedTuple):
         return f"destroy vm{self.vm}"
 
 
+class DeleteMemslotOp(NamedTuple):
+    """`delete_memslot GPA`: userspace deletes the frame's memslot (KVM_SET_USER_MEMORY_REGION
+    with size 0: kvm_set_memslot, KVM_MR_DELETE), frees the memory behind it, and creates the
+    slot again on new memory (a memory-region update, as a VMM does when it remaps a region)."""
+
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"delete_memslot {self.gpa:#x}"
+
+
 HostOp: TypeAlias = (
     PreemptOp
     | ResumeOp
@@ -138,4 +150,5 @@ HostOp: TypeAlias = (
     | ClearDirtyLogOp
     | CreateVcpuOp
     | DestroyVmOp
+    | DeleteMemslotOp
 )

@@ -25,6 +25,11 @@ of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
 - `age GPA` (page aging by reclaim: the MMU notifier's clear_young): KVM ages the frame's SPTEs
   without a TLB flush; without EPT A/D bits that is access tracking (the SPTE is made not
   present, and restored by the next fault).
+- `delete_memslot GPA` (KVM_SET_USER_MEMORY_REGION deleting the frame's slot; kvm/memslot.py):
+  KVM marks the slot invalid, waits for faults that read it, zaps all roots
+  (kvm_arch_flush_shadow_memslot: kvm_mmu_zap_all_fast) and deletes it; when the ioctl returns,
+  userspace frees the memory (`mm:free`: from then on no guest access may reach the old page)
+  and creates the slot again on new memory (`mm:recreate`).
 - `zap_all_fast`: kvm_mmu_zap_all_fast (a memslot deletion's, or a write of the nx_huge_pages
   parameter's): every EPT/NPT root becomes obsolete, every vCPU must drop it before it enters
   again, and the obsolete roots are zapped.
@@ -58,6 +63,7 @@ from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
     CreateVcpuOp,
+    DeleteMemslotOp,
     DestroyVmOp,
     FlushRemoteOp,
     HostOp,
@@ -277,8 +283,20 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             return _call(k, pol, op, h, "kvm_clear_dirty_log_protect", DONE)
         if isinstance(op, ZapGfnRangeOp):
             return _call(k, pol, op, h, "kvm_zap_gfn_range", DONE)
+        if isinstance(op, DeleteMemslotOp):
+            page = k.kvm.backing[k.config.gpa_index(op.gpa)]
+            return _call(k, pol, op, h._replace(page=page), "kvm_set_memslot", "mm:free")
         assert isinstance(op, FlushRemoteOp)
         return _call(k, pol, op, h, "kvm_flush_remote_tlbs", DONE)
+    if isinstance(op, DeleteMemslotOp):
+        i = k.config.gpa_index(op.gpa)
+        if h.phase == "mm:free":
+            k.kvm.set_backing(i, -1)
+            k.note(f"userspace unmaps the deleted slot's memory at {op.gpa:#x}")
+            return _release(k, h, "mm:recreate", "is freed")
+        assert h.phase == "mm:recreate", f"host op {op!r} in phase {h.phase!r}"
+        pol.kvm_create_memslot(k, op.gpa)
+        return h._replace(op=h.op + 1, phase="", ret=(), frame=(), page=-1)
     assert isinstance(op, ZapOp | RemapOp), f"host op {op!r} in phase {h.phase!r}"
     i = k.config.gpa_index(op.gpa)
     if h.phase == "mm:unmap":

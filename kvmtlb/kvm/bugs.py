@@ -538,3 +538,20 @@ class SvmFreeAsidReuse(Kvm618):
             )
             return
         super().svm_vcpu_free(k, vcpu)
+
+
+@register
+class MemslotDeleteStillValid(Kvm618):
+    name = "bug-memslot-delete-still-valid"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_set_memslot deletes a memslot without first marking it KVM_MEMSLOT_INVALID: a "
+        "fault after the fast zap maps the slot's old page again into a new root, and userspace "
+        "frees that memory once the ioctl returns"
+    )
+
+    def kvm_invalidate_memslot(self, k: Step, gpa: int) -> None:
+        """kvm_main.c:kvm_invalidate_memslot @ v6.18 left out: the zap alone is trusted to
+        remove every mapping of the slot."""
+        k.note(f"kvm_set_memslot({gpa:#x}, KVM_MR_DELETE): the slot stays valid")

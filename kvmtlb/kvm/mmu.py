@@ -365,6 +365,8 @@ class Mmu:
             return
         if self.fast_page_fault(k, vcpu, gpa, write, hpa, rights):
             return
+        if self.kvm_faultin_memslot_invalid(k, gpa):  # type: ignore[attr-defined]
+            return
         mmu_seq = k.kvm.mmu_invalidate_seq
         pfn = self.gfn_to_pfn(k, gpa)
         k.note(f"kvm_faultin_pfn({gpa:#x}) = {pfn:#x}", f"mmu_seq = {mmu_seq}")

@@ -147,6 +147,9 @@ class Kvm:
     # while it is not free (each struct kvm has its own roots; the pages come from one pool, so a
     # page the destroyed VM freed may become the other VM's root). Empty with one VM.
     root_vm: tuple[int, ...] = ()
+    # Guest frames (bitmask by index) whose memslot is being deleted: marked KVM_MEMSLOT_INVALID
+    # (kvm_invalidate_memslot), then gone until userspace creates it again (kvm/memslot.py)
+    slot_invalid: int = 0
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)

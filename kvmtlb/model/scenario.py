@@ -37,6 +37,7 @@ from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
     CreateVcpuOp,
+    DeleteMemslotOp,
     DestroyVmOp,
     FlushRemoteOp,
     HostOp,
@@ -122,6 +123,7 @@ HOST_OPS = {
     "age": "age GPA",
     "clear_dirty_log": "clear_dirty_log GPA",
     "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA",
+    "delete_memslot": "delete_memslot GPA",
     "create": "create vcpuN [on pcpuM]",
     "destroy": "destroy vm0|vm1",
 }
@@ -1082,6 +1084,29 @@ class _Parser:
                     "write: destroy vm0 (the first VM) or destroy vm1 (the [vm1] table's)",
                 )
             return DestroyVmOp(int(args[0][2]), line=line)
+        if op == "delete_memslot" and len(args) == 1:
+            gpa = self.addr(args[0], line, "GPA")
+            if gpa not in host:
+                raise self.err(
+                    line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
+                )
+            if not config.tdp:
+                raise self.err(
+                    line,
+                    "delete_memslot needs tdp = true (shadow paging's obsolete pages are not "
+                    "modelled)",
+                    "remove the op, or set tdp = true",
+                )
+            self.zaps[gpa] = self.zaps.get(gpa, 0) + 1
+            self.fast_zaps += 1
+            if self.zaps[gpa] > MAX_ZAPS or self.fast_zaps > MAX_FAST_ZAPS:
+                raise self.err(
+                    line,
+                    f"more than {MAX_FAST_ZAPS} zap_all_fast and delete_memslot ops, or more "
+                    f"than {MAX_ZAPS} zaps and deletions of {gpa:#x}",
+                    "delete the memslot fewer times",
+                )
+            return DeleteMemslotOp(gpa, line)
         if op == "zap_all_fast" and not args:
             if not config.tdp:
                 raise self.err(
@@ -1094,7 +1119,7 @@ class _Parser:
             if self.fast_zaps > MAX_FAST_ZAPS:
                 raise self.err(
                     line,
-                    f"more than {MAX_FAST_ZAPS} zap_all_fast ops",
+                    f"more than {MAX_FAST_ZAPS} zap_all_fast and delete_memslot ops",
                     f"zap all roots at most {MAX_FAST_ZAPS} times",
                 )
             return ZapAllFastOp(line)
@@ -1104,7 +1129,7 @@ class _Parser:
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
             "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA | "
-            "create vcpuN [on pcpuM] | destroy vm0|vm1",
+            "create vcpuN [on pcpuM] | destroy vm0|vm1 | delete_memslot GPA",
         )
 
     def static_checks(

@@ -23,6 +23,7 @@ from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
     CreateVcpuOp,
+    DeleteMemslotOp,
     RemapOp,
     ResumeOp,
     SpawnOp,
@@ -99,7 +100,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     b = LayoutBuilder()
     # EPT/NPT root pages: one, and one more per fast zap (kvm/mmu.py: a vCPU may hold an
     # obsolete root while the others load the next one)
-    fast_zaps = sum(isinstance(op, ZapAllFastOp) for op in scenario.host_program)
+    # (a memslot deletion zaps all roots too: kvm_arch_flush_shadow_memslot)
+    fast_zaps = sum(isinstance(op, ZapAllFastOp | DeleteMemslotOp) for op in scenario.host_program)
     ranged = {
         gpa
         for op in scenario.host_program
@@ -163,7 +165,12 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     for i, gpa in enumerate(gpas):
         hpa = scenario.host[gpa][0]
         r = rights[i]
-        zap_ops = [op for op in scenario.host_program if isinstance(op, ZapOp) and op.gpa == gpa]
+        # each zap, and each memslot deletion (new memory), gives the frame a fresh page
+        zap_ops = [
+            op
+            for op in scenario.host_program
+            if isinstance(op, ZapOp | DeleteMemslotOp) and op.gpa == gpa
+        ]
         zaps = len(zap_ops)
         if zaps > MAX_ZAPS:
             raise ScenarioError(
