@@ -1119,7 +1119,7 @@ class _Parser:
             if self.fast_zaps > MAX_FAST_ZAPS:
                 raise self.err(
                     line,
-                    f"more than {MAX_FAST_ZAPS} zap_all_fast and delete_memslot ops",
+                    f"more than {MAX_FAST_ZAPS} zap_all_fast ops (a delete_memslot counts as one)",
                     f"zap all roots at most {MAX_FAST_ZAPS} times",
                 )
             return ZapAllFastOp(line)
