@@ -4,7 +4,10 @@ Models what a Linux guest does for a scenario's ops, on the vCPU's processor in 
 
 - accesses (one successor per outcome the hardware model gives: a translation, a #PF that the
   guest takes, or an EPT violation / #NPF that exits to KVM and is retried);
-- page-table writes (a store to the PTE; the page table is shared by all vCPUs);
+- page-table writes (a store to the PTE; the page table is shared by all vCPUs). With shadow
+  paging and a `[tables]` frame that the vCPU's page table maps writable, the store is a write
+  access through that mapping, with one successor per outcome (a stale writable translation lets
+  it land without KVM seeing it); else KVM's write protection is modelled as a trap;
 - INVLPG, MOV to CR3, MOV to CR4 and INVPCID, each run on the hardware (where KVM intercepts one,
   the VM exit hands it to KVM's emulation) and on the vCPU's native reference;
 - `flush_tlb`, the kernel's shootdown (arch/x86/mm/tlb.c:flush_tlb_mm_range): the local flush, then
@@ -44,12 +47,13 @@ from kvmtlb.guest.ops import (
     UnmapOp,
 )
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE, CR4_SMEP
-from kvmtlb.hw.outcomes import EptViolation, NestedPageFault, PageFault, VmExit
+from kvmtlb.hw.outcomes import Access, EptViolation, NestedPageFault, PageFault, VmExit
 from kvmtlb.hw.paging import make_pte
 from kvmtlb.hw.walk import ACCESS_KINDS
 from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
-from kvmtlb.kvm.context import Step, World, vm_exit_event
+from kvmtlb.kvm.context import KvmConfig, Step, World, vm_exit_event
 from kvmtlb.kvm.policy import KvmPolicy
+from kvmtlb.kvm.shadow import self_map_gva
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
 from kvmtlb.kvm.x86 import (
     EXIT_CR3_WRITE,
@@ -66,6 +70,7 @@ from kvmtlb.kvm.x86 import (
 
 # The position of Vcpu.pf_injected in the frozen vCPU tuple.
 V_PF_INJECTED = [f.name for f in fields(Vcpu)].index("pf_injected")
+V_CR3 = [f.name for f in fields(Vcpu)].index("cr3")
 
 # flush_tlb phases (GuestThread.sub while the op runs)
 _LOCAL_1, _LOCAL_2, _TARGETS, _CMPXCHG, _SEND, _WAIT = 1, 2, 3, 4, 5, 6
@@ -93,8 +98,20 @@ def finished(g: GuestThread, program: tuple[GuestOp, ...]) -> bool:
     return g.op >= len(program) and not g.handler and not g.inbox
 
 
+def store_gva(cfg: KvmConfig, values: Any, cr3: int, op: GuestOp) -> int:
+    """The GVA a `map`/`unmap` stores through (kvm/shadow.py:self_map_gva), or -1."""
+    if cfg.tdp or not isinstance(op, MapOp | UnmapOp) or op.emulated:
+        return -1
+    return self_map_gva(cfg, values, cfg.root_index(cr3), cfg.root_names.index(op.root), op.gva)
+
+
 def guest_actions(
-    w: World, v: int, program: tuple[GuestOp, ...], pcpu: int, pv: bool
+    w: World,
+    v: int,
+    program: tuple[GuestOp, ...],
+    pcpu: int,
+    pv: bool,
+    cfg: KvmConfig | None = None,
 ) -> list[tuple[str, tuple[int, ...]]]:
     """The guest steps vCPU `v` may take now (it must be in guest mode on `pcpu`)."""
     g: GuestThread = w.guests[v]
@@ -114,6 +131,15 @@ def guest_actions(
         acts.extend(("access", (i,)) for i in range(len(outcomes)))
     elif isinstance(op, FlushTlbOp) and g.sub == _WAIT:
         if not g.awaiting:
+            acts.append(("op", ()))
+    elif cfg is not None and cfg.table_frame and isinstance(op, MapOp | UnmapOp):
+        via = store_gva(cfg, w.machine.memory.values, w.vcpus[v][V_CR3], op)
+        if w.vcpus[v][V_PF_INJECTED] >= 0:
+            acts.append(("store", (-1,)))
+        elif via >= 0:
+            outcomes = w.machine.outcomes(pcpu, via, "write")
+            acts.extend(("store", (i,)) for i in range(len(outcomes)))
+        else:
             acts.append(("op", ()))
     else:
         acts.append(("op", ()))
@@ -190,6 +216,9 @@ def guest_step(
     op = program[g.op]
     if isinstance(op, AccessOp):
         k.guests[v] = _access(k, pol, v, g, op, args[0])
+    elif name == "store":
+        assert isinstance(op, MapOp | UnmapOp)
+        k.guests[v] = _store(k, pol, v, g, op, args[0])
     elif isinstance(op, FlushTlbOp):
         k.guests[v] = _flush_tlb(k, pol, v, g, op)
     elif _simple(k, pol, v, op):
@@ -225,6 +254,59 @@ def _access(
     return _done(g)
 
 
+def _store(
+    k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: MapOp | UnmapOp, choice: int
+) -> GuestThread:
+    """A PTE store through the guest's own writable mapping of the table's frame: a write
+    access on the vCPU's processor. A #PF (KVM write-protects the mappings of a synced table)
+    exits, and KVM unsyncs the table (FNAME(fetch)); the store is retried. A translation to the
+    table's frame writes the PTE, without KVM seeing it; one to another frame (a stale
+    translation) leaves the table as it was."""
+    vcpu = k.vcpus[v]
+    cfg = k.config
+    if choice < 0:
+        vcpu.pf_injected = -1
+        k.note(op.describe(), "the store takes the #PF KVM injected; the PTE is unchanged")
+        return _done(g)
+    via = store_gva(cfg, k.machine.memory.values, vcpu.cr3, op)
+    outcome, succ = k.machine.access(vcpu.cpu, via, "write")[choice]
+    k.machine = succ
+    k.sync_control(vcpu.cpu)
+    k.note(f"{op.describe()}: a store through {via:#x}", f"pCPU{vcpu.cpu}: {outcome.describe()}")
+    if isinstance(outcome, PageFault):
+        pol.vcpu_exit(k, vcpu, EXIT_SHADOW_PF, (via, ACCESS_KINDS.index("write")))
+        return g
+    root = cfg.root_names.index(op.root)
+    assert isinstance(outcome, Access)
+    if cfg.frame_of_page(outcome.frame) != cfg.table_frame[root]:
+        k.note(f"the store lands in host page {outcome.frame:#x}", "the page table is unchanged")
+        return _done(g)
+    _write_pte(k, op, root)
+    return _done(g)
+
+
+def _pte_value(op: MapOp | UnmapOp) -> int:
+    if isinstance(op, UnmapOp):
+        return 0
+    return make_pte(
+        op.gpa,
+        writable="w" in op.flags,
+        user="u" in op.flags,
+        executable="x" in op.flags,
+        glob="g" in op.flags,
+    )
+
+
+def _write_pte(k: Step, op: MapOp | UnmapOp, root: int) -> None:
+    """The store itself: the guest PTE of `op.gva` in page table `root` takes its new value."""
+    slot = k.config.layout.slot(k.config.roots[root], op.gva)
+    where = "" if root == 0 else f" (page table {op.root})"
+    if isinstance(op, MapOp):
+        k.write_slot(slot, _pte_value(op), f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}{where}")
+    else:
+        k.write_slot(slot, 0, f"guest PTE {op.gva:#x}: not present{where}")
+
+
 def _pt_write_traps(k: Step, pol: KvmPolicy, v: int, root: int, gva: int) -> bool:
     """With shadow paging, a store to a guest page table whose shadow page is synced (the table
     is write-protected) exits to KVM instead; the guest retries it. Returns whether it exited."""
@@ -243,17 +325,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
     cfg = k.config
     if isinstance(op, MapOp | UnmapOp):
         root = cfg.root_names.index(op.root)
-        pte = (
-            make_pte(
-                op.gpa,
-                writable="w" in op.flags,
-                user="u" in op.flags,
-                executable="x" in op.flags,
-                glob="g" in op.flags,
-            )
-            if isinstance(op, MapOp)
-            else 0
-        )
+        pte = _pte_value(op)
         if op.emulated:
             # KVM's emulator does the store (an instruction it emulates); the page-track
             # notifier follows it (kvm_mmu_track_write)
@@ -263,12 +335,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
             return True
         if _pt_write_traps(k, pol, v, root, op.gva):
             return False
-        slot = cfg.layout.slot(cfg.roots[root], op.gva)
-        where = "" if root == 0 else f" (page table {op.root})"
-        if isinstance(op, MapOp):
-            k.write_slot(slot, pte, f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}{where}")
-        else:
-            k.write_slot(slot, 0, f"guest PTE {op.gva:#x}: not present{where}")
+        _write_pte(k, op, root)
     elif isinstance(op, LinkOp | UnlinkOp):
         root = cfg.root_names.index(op.root)
         value = (

@@ -555,3 +555,19 @@ class MemslotDeleteStillValid(Kvm618):
         """kvm_main.c:kvm_invalidate_memslot @ v6.18 left out: the zap alone is trusted to
         remove every mapping of the slot."""
         k.note(f"kvm_set_memslot({gpa:#x}, KVM_MR_DELETE): the slot stays valid")
+
+
+@register
+class SyncChildrenNoProtectFlush(Kvm618):
+    name = "bug-sync-children-no-protect-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "mmu_sync_children write-protects the guest tables it is about to sync but does not "
+        "flush before reading their PTEs: a vCPU with a writable translation of a table still "
+        "cached stores to it unseen, and the page, now synced, keeps the old mapping"
+    )
+
+    def kvm_mmu_remote_flush(self, k: Step, vcpu: Vcpu, why: str) -> None:
+        """The flush after kvm_vcpu_write_protect_gfn in mmu_sync_children left out."""
+        k.note("mmu_sync_children: no flush after write-protecting", why)

@@ -116,6 +116,10 @@ class KvmConfig:
 
     # The inverse of both: a PDE value -> the root whose table page it points at.
     pde_owner: dict[int, int] = field(default_factory=dict, compare=False)
+    # [tables]: the guest frame holding each root's last-level table page of the first 2 MiB
+    # region (-1: the file does not place it; the guest's stores to it are then modelled as
+    # traps, not as accesses through its own mapping of the table)
+    table_frame: tuple[int, ...] = ()
     # A second VM (scenario table [vm1]; kvm/vm.py): the VM of each vCPU (0 or 1; empty: one VM),
     # the index in `roots` of the guest page table each VM's vCPUs start on, and the VM each
     # guest frame of `gpas` belongs to (the two VMs' frames are disjoint in the model).

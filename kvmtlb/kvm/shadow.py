@@ -19,20 +19,27 @@ one for one:
 - the rmap (a GFN to the SPTEs that map it) is the reverse of the SPTE values: every host page
   belongs to one guest frame (`KvmConfig.frame_of`).
 
-What is not modelled: the guest's own mapping of its page-table pages (a store to a synced guest
-table is an exit, not an access through a translation), so write protection's remote flush in
-mmu_sync_children and a store racing it are out of reach; huge pages; guest A/D bits; the shadow
-page lifecycle (pages are never zapped or reallocated, so a root KVM "frees" comes back with its
-unsync pages, which kvm_mmu_load syncs, as KVM's hash lookup finds them).
+- a last-level table page the scenario places in a guest frame (`[tables]`,
+  `KvmConfig.table_frame`) is reached by the guest's stores through its own mapping of that frame
+  (`self_map_gva`): write protection is then the SPTEs of that mapping (read-only while the page
+  is synced), FNAME(fetch) unsyncs the page when it makes such an SPTE writable, and
+  mmu_sync_children write-protects the frame and flushes every vCPU before it syncs. Without
+  `[tables]` a store to a synced table is an exit, not an access through a translation.
+
+What is not modelled: huge pages; guest A/D bits; CR0.WP (the guest runs with WP = 1); the
+shadow page lifecycle (pages are never zapped or reallocated, so a root KVM "frees" comes back
+with its unsync pages, which kvm_mmu_load syncs, as KVM's hash lookup finds them).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_SMEP
 from kvmtlb.hw.paging import E_W, RW, US, XD, P, make_pte, pte_addr
 from kvmtlb.hw.vmx import Vmwrite
 from kvmtlb.hw.walk import ACCESS_KINDS
-from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.context import KvmConfig, Step, vm_exit_event
 from kvmtlb.kvm.requests import (
     KVM_REQ_LOAD_MMU_PGD,
     KVM_REQ_MMU_SYNC,
@@ -42,6 +49,7 @@ from kvmtlb.kvm.requests import (
     kvm_make_request,
 )
 from kvmtlb.kvm.state import EXITING_GUEST_MODE, IN_GUEST_MODE, Vcpu
+from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
 
 KVM_MMU_NUM_PREV_ROOTS = 3  # kvm_host.h @ v6.18 (and v5.7/v5.8)
 CR3_PCID_MASK = 0xFFF
@@ -53,6 +61,25 @@ def spte_from_gpte(gpte: int, hpa: int, writable: bool) -> int:
     global entries in shadow page tables (the reason kvm_handle_invpcid treats a non-global flush
     as a global one)."""
     return make_pte(hpa, writable=writable, user=bool(gpte & US), executable=not gpte & XD)
+
+
+def self_map_gva(cfg: KvmConfig, values: Any, current: int, root: int, gva: int) -> int:
+    """The GVA through which the guest's store to the PTE of `gva` in page table `root` goes,
+    when the vCPU runs on page table `current`: a GVA whose present, writable guest PTE (as
+    `current`'s PDE resolves it) names the frame `[tables]` gives that table page. -1 when the
+    file places no such frame, or `current` does not map it writable (the store is then modelled
+    as a trap on a synced table, as without `[tables]`)."""
+    if not cfg.table_frame or gva >> 21 or cfg.table_frame[root] < 0:
+        return -1
+    frame = cfg.table_frame[root]
+    for s in cfg.gvas:
+        t = cfg.pde_root(int(values[cfg.layout.slot(cfg.roots[current], s, 2)]))
+        if t < 0:
+            continue
+        gpte = int(values[cfg.layout.slot(cfg.roots[t], s)])
+        if gpte & P and gpte & RW and pte_addr(gpte) == frame:
+            return s
+    return -1
 
 
 def vcpu_sender(vcpu: Vcpu) -> int:
@@ -113,6 +140,28 @@ class ShadowMmu:
         """The GVAs whose SPTEs live in last-level shadow page `bit` of root `root`."""
         return [g for i, g in enumerate(k.config.gvas) if k.config.spt_bit[root][i] == bit]
 
+    def table_root(self, k: Step, gpa: int) -> int:
+        """The page table whose last-level table page of the first region `[tables]` places in
+        guest frame `gpa` (-1: none; the frame is not a guest page table KVM shadows)."""
+        frames = k.config.table_frame
+        return frames.index(gpa) if gpa >= 0 and gpa in frames else -1
+
+    def table_sp_bit(self, k: Step, root: int) -> int:
+        """The last-level shadow page that shadows that table page (-1: no GVA of the scenario
+        lives in the first region, so nothing shadows it)."""
+        for i, gva in enumerate(k.config.gvas):
+            if not gva >> 21:
+                return k.config.spt_bit[root][i]
+        return -1
+
+    def sp_frame(self, k: Step, root: int, bit: int) -> int:
+        """sp->gfn for last-level shadow page `bit` of page table `root`: its `[tables]` frame,
+        or -1 when the file does not place it (no mapping of it to write-protect)."""
+        frames = k.config.table_frame
+        if frames and frames[root] >= 0 and self.table_sp_bit(k, root) == bit:
+            return frames[root]
+        return -1
+
     def set_shadow_spte(self, k: Step, root: int, gva: int, value: int, why: str) -> None:
         slot = self.sptep(k, root, gva)
         if k.machine.memory.values[slot] == value:
@@ -170,6 +219,18 @@ class ShadowMmu:
             "the guest writes that page table without exits until it is synced",
         )
 
+    def mmu_try_to_unsync_gfn(self, k: Step, gpa: int) -> None:
+        """mmu.c:mmu_try_to_unsync_pages @ v6.18 called with the frame (make_spte of a writable
+        mapping of a shadowed guest table): its last-level shadow page goes unsync, if synced."""
+        table = self.table_root(k, gpa)
+        bit = self.table_sp_bit(k, table)
+        if bit >= 0 and not k.kvm.unsync >> bit & 1:
+            k.kvm.unsync |= 1 << bit
+            k.note(
+                f"mmu_try_to_unsync_pages({gpa:#x}): the shadow page of that guest table is unsync",
+                "its mapping may be writable: the guest's stores to it do not exit",
+            )
+
     # -- sync -------------------------------------------------------------------------------------
     def kvm_sync_spte(self, k: Step, root: int, gva: int) -> bool:
         """paging_tmpl.h:FNAME(sync_spte) @ v6.18: bring one SPTE of an unsync page in line with
@@ -185,7 +246,13 @@ class ShadowMmu:
         if not gpte & P or k.config.frame_of_page(hpa) != pte_addr(gpte):
             self.set_shadow_spte(k, root, gva, 0, "FNAME(sync_spte): guest PTE changed, drop")
             return True
-        new = spte_from_gpte(gpte, hpa, bool(spte & RW) and bool(gpte & RW))
+        writable = bool(spte & RW) and bool(gpte & RW)
+        table = self.table_root(k, pte_addr(gpte))
+        if writable and table >= 0 and not k.kvm.unsync >> self.table_sp_bit(k, table) & 1:
+            # make_spte with synchronizing: mmu_try_to_unsync_pages may not unsync, so a
+            # mapping of a synced guest table stays write-protected
+            writable = False
+        new = spte_from_gpte(gpte, hpa, writable)
         if new == spte:
             return False
         self.set_shadow_spte(k, root, gva, new, "FNAME(sync_spte): new access rights")
@@ -201,13 +268,23 @@ class ShadowMmu:
         return flush
 
     def mmu_sync_children(self, k: Step, vcpu: Vcpu, root: int) -> None:
-        """mmu.c:mmu_sync_children @ v6.18: sync every unsync page under the root; flush if an
-        SPTE changed (kvm_mmu_remote_flush_or_zap)."""
+        """mmu.c:mmu_sync_children @ v6.18 (v5.7/v5.8 alike): write-protect the guest table of
+        every unsync page under the root (kvm_vcpu_write_protect_gfn; rmap_write_protect @
+        v5.x) and, if a mapping of one lost write permission, flush every vCPU and wait
+        (kvm_mmu_remote_flush_or_zap; kvm_flush_remote_tlbs @ v5.x) before reading the guest's
+        PTEs; then sync each page, and flush if an SPTE changed."""
+        pages = [(t, bit) for t, bit in self.reachable_pages(k, root) if k.kvm.unsync >> bit & 1]
+        protected = False
+        for t, bit in pages:
+            frame = self.sp_frame(k, t, bit)
+            if frame >= 0:
+                protected |= self.kvm_vcpu_write_protect_gfn(k, frame)
+        if protected:
+            self.kvm_mmu_remote_flush(k, vcpu, "mmu_sync_children: guest tables write-protected")
         flush = False
-        for t, bit in self.reachable_pages(k, root):
-            if k.kvm.unsync >> bit & 1:
-                k.note(f"mmu_sync_children: sync the last-level shadow page {bit}")
-                flush |= self.kvm_sync_page(k, t, bit)
+        for t, bit in pages:
+            k.note(f"mmu_sync_children: sync the last-level shadow page {bit}")
+            flush |= self.kvm_sync_page(k, t, bit)
         if flush:
             self.kvm_mmu_sync_flush(k, vcpu)
 
@@ -250,6 +327,22 @@ class ShadowMmu:
                 other.mode = EXITING_GUEST_MODE
                 k.pcpus[other.cpu].kicks |= vcpu_sender(vcpu)
         k.note("kvm_flush_remote_tlbs: KVM_REQ_TLB_FLUSH to every vCPU", why)
+
+    def kvm_mmu_remote_flush(self, k: Step, vcpu: Vcpu, why: str) -> None:
+        """kvm_main.c:kvm_flush_remote_tlbs @ v6.18 from a vCPU that must not go on before every
+        other vCPU left guest mode (KVM_REQ_TLB_FLUSH waits for its IPIs): the request on every
+        vCPU, and each one running guest code takes the IPI now, a VM exit; it flushes before it
+        enters again. Taking the IPIs at once leaves out only interleavings in which a target
+        acts before its IPI lands, which are the same as the target acting before the flush."""
+        for other in k.vcpus:
+            kvm_make_request(other, KVM_REQ_TLB_FLUSH)
+        k.note("kvm_flush_remote_tlbs: KVM_REQ_TLB_FLUSH to every vCPU, and wait", why)
+        for other in k.vcpus:
+            if other is vcpu or other.cpu < 0 or other.pc != "guest":
+                continue
+            k.hw(other.cpu, vm_exit_event(k.config.vmx, "IPI"))
+            self.vcpu_exit(k, other, EXIT_EXTERNAL_INTERRUPT, (), cause="kick IPI")  # type: ignore[attr-defined]
+            self.ack_kicks(k, other.cpu)  # type: ignore[attr-defined]
 
     # -- INVLPG and INVPCID -----------------------------------------------------------------------
     def kvm_mmu_invalidate_addr(self, k: Step, vcpu: Vcpu, gva: int, roots: list[int]) -> None:
@@ -434,6 +527,10 @@ class ShadowMmu:
             )
         gpa = pte_addr(gpte)
         writable = bool(gpte & RW) and bool(self.host_rights(k, gpa) & E_W)  # type: ignore[attr-defined]
+        if writable and self.table_root(k, gpa) >= 0:
+            # make_spte -> mmu_try_to_unsync_pages: the frame is a guest table KVM shadows
+            # (write-tracked); its shadow page goes unsync and the mapping may be writable
+            self.mmu_try_to_unsync_gfn(k, gpa)
         if writable and self.kvm_slot_dirty_track_enabled(k, gpa):  # type: ignore[attr-defined]
             self.mark_page_dirty_in_slot(k, gpa)  # type: ignore[attr-defined]
         value = spte_from_gpte(gpte, pfn, writable)
@@ -457,12 +554,22 @@ class ShadowMmu:
         for r, gva in self.rmap_sptes(k, gpa):
             self.set_shadow_spte(k, r, gva, 0, f"kvm_zap_rmap({gpa:#x})")
 
-    def rmap_write_protect(self, k: Step, gpa: int) -> None:
-        """mmu.c:rmap_write_protect (kvm_mmu_slot_remove_write_access's shadow part) @ v6.18."""
+    def rmap_write_protect(self, k: Step, gpa: int) -> bool:
+        """mmu.c:rmap_write_protect (kvm_mmu_slot_remove_write_access's shadow part) @ v6.18.
+        Returns whether an SPTE lost write permission."""
         values = k.machine.memory.values
+        changed = False
         for r, gva in self.rmap_sptes(k, gpa):
             spte = int(values[self.sptep(k, r, gva)])
-            self.set_shadow_spte(k, r, gva, spte & ~RW, f"rmap_write_protect({gpa:#x})")
+            if spte & RW:
+                self.set_shadow_spte(k, r, gva, spte & ~RW, f"rmap_write_protect({gpa:#x})")
+                changed = True
+        return changed
+
+    def kvm_vcpu_write_protect_gfn(self, k: Step, gpa: int) -> bool:
+        """mmu.c:kvm_vcpu_write_protect_gfn @ v6.18 (rmap_write_protect @ v5.x): every SPTE
+        that maps the frame loses write permission; returns whether one had it."""
+        return self.rmap_write_protect(k, gpa)
 
 
-__all__ = ["KVM_MMU_NUM_PREV_ROOTS", "ShadowMmu", "spte_from_gpte"]
+__all__ = ["KVM_MMU_NUM_PREV_ROOTS", "ShadowMmu", "self_map_gva", "spte_from_gpte"]

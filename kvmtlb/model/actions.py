@@ -66,7 +66,7 @@ def enabled(system: System, w: World) -> list[Action]:
             acts.append(Action(f"vcpu{v}", "kvm"))
         else:
             for name, args in guest_actions(
-                w, v, system.scenario.programs[v], cpu, system.kvm.pv_tlb_flush
+                w, v, system.scenario.programs[v], cpu, system.kvm.pv_tlb_flush, system.kvm
             ):
                 acts.append(Action(f"guest{v}", name, args))
     if host_actions(w, pol, system.scenario.host_program):

@@ -61,7 +61,18 @@ CAP_NAMES = INVALIDATION_CAP_NAMES
 PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isolation")
 # The parser's tables: what a file may say. docs/scenarios.md documents each entry, and
 # tests/test_scenarios_doc.py checks that the guide and these tables agree.
-TOP_LEVEL = ("config", "doc", "expect", "guest", "host", "name", "placement", "threads", "vm1")
+TOP_LEVEL = (
+    "config",
+    "doc",
+    "expect",
+    "guest",
+    "host",
+    "name",
+    "placement",
+    "tables",
+    "threads",
+    "vm1",
+)
 # The second VM's table [vm1] (kvm/vm.py): its vCPUs, guest page table and EPT/NPT. Its page
 # table is the guest page table named VM1_ROOT among Scenario.roots.
 VM1_KEYS = ("vcpus", "guest", "host")
@@ -202,6 +213,9 @@ class Scenario:
     # Further guest page tables ([guest.NAME]): name -> GVA -> (GPA, flags). The plain [guest]
     # table is the page table named DEFAULT_ROOT, which CR3 points at when the vCPUs start.
     roots: dict[str, dict[int, tuple[int, str]]] = field(default_factory=dict)
+    # [tables]: page-table name -> the guest frame holding its last-level table page of the
+    # first 2 MiB region (shadow paging: the guest stores to it through its own mappings)
+    tables: dict[str, int] = field(default_factory=dict)
     # A second VM ([vm1]): its vCPUs and its guest frames (in `host` too); its page table is
     # roots[VM1_ROOT]. Empty with one VM.
     vm1: tuple[int, ...] = ()
@@ -255,6 +269,7 @@ class Scenario:
             self.expect,
             self.text,
             self.roots,
+            self.tables,
             self.vm1,
             self.vm1_gpas,
         )
@@ -313,6 +328,7 @@ class _Parser:
         config = self.config()
         host = self.host_map()
         guest, roots = self.guest_map(host)
+        tables = self.tables(config, host, roots)
         vm1, vm1_host = self.vm1(config, host, roots)
         placement = self.placement(config)
         both = {**host, **vm1_host}  # the frames of both VMs (disjoint)
@@ -333,6 +349,7 @@ class _Parser:
             expect,
             self.text,
             roots,
+            tables,
             vm1,
             tuple(vm1_host),
         )
@@ -562,6 +579,51 @@ class _Parser:
         if gva in out:
             raise self.err(line, f"GVA {gva:#x} is mapped twice", "keep one mapping per GVA")
         out[gva] = (gpa, flags)
+
+    def tables(
+        self,
+        config: Config,
+        host: dict[int, tuple[int, str]],
+        roots: dict[str, dict[int, tuple[int, str]]],
+    ) -> dict[str, int]:
+        """[tables]: NAME = "GPA", the guest frame that holds page table NAME's last-level table
+        page for GVAs below 2 MiB (shadow paging only)."""
+        out: dict[str, int] = {}
+        for key, value in self._table("tables").items():
+            line = self.lines.key("tables", key)
+            if key != DEFAULT_ROOT and key not in roots:
+                raise self.err(
+                    line,
+                    f"unknown page table {shown(key)}",
+                    f'name "{DEFAULT_ROOT}" or a [guest.NAME] table: '
+                    + ", ".join((DEFAULT_ROOT, *roots)),
+                )
+            if config.tdp:
+                raise self.err(
+                    line,
+                    "[tables] needs shadow paging",
+                    "set tdp = false (with EPT/NPT the guest's page-table stores are plain "
+                    "writes KVM does not track)",
+                )
+            gpa = self.addr(str(value), line, "GPA")
+            if gpa not in host:
+                raise self.err(
+                    line,
+                    f"GPA {gpa:#x} of page table {key} is not mapped in [host]",
+                    f'add "{gpa:#x}" = "HPA rw" to [host]',
+                )
+            if "w" not in host[gpa][1]:
+                raise self.err(
+                    line,
+                    f"GPA {gpa:#x} holds a page table but its memslot is read-only",
+                    f'map it writable in [host]: "{gpa:#x}" = "{host[gpa][0]:#x} rw"',
+                )
+            if gpa in out.values():
+                raise self.err(
+                    line, f"two page tables in GPA {gpa:#x}", "give each table its own frame"
+                )
+            out[key] = gpa
+        return out
 
     def flags(self, flags: str, line: int) -> None:
         if not set(flags) <= set("wuxg") or len(set(flags)) != len(flags):
