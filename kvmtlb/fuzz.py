@@ -194,6 +194,17 @@ TOKENS = (
     "[guest.b]",
     "[guest.default]",
     "[guest.b.c]",
+    "vm0",
+    "vm1",
+    "vm2",
+    "vm-1",
+    "[vm1]",
+    "[vm1.guest]",
+    "[vm1.host]",
+    "[guest.vm1]",
+    'vcpus = ["vcpu1"]',
+    'vcpus = ["vcpu0", "vcpu1"]',
+    '"0x20000" = "0x90000 rwx"',
     "[tables]",
     "[schedule]",
     "moves = 1",
@@ -259,7 +270,7 @@ def scenario_grammar() -> Grammar:
 
     kinds = {bool: "bool", int: "int", str: "str", list: "list"}
     return Grammar(
-        {"config": {k: kinds[t] for k, t in CONFIG_KEYS.items()}},
+        {"config": {k: kinds[t] for k, t in CONFIG_KEYS.items()}, "vm1": {"vcpus": "list"}},
         (*GUEST_OPS, *NESTED_OPS, *HOST_OPS),
     )
 
@@ -410,6 +421,9 @@ def _value_of(kind: str, rng: random.Random) -> str:
                 "[1]",
                 '[["invept-all"]]',
                 '"invept-all"',
+                '["vcpu1"]',
+                '["vcpu0", "vcpu1"]',
+                '["vcpu9"]',
             )
         )
     if kind == "float":

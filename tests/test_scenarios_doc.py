@@ -101,7 +101,14 @@ OP
 )
 def test_every_op_example_parses(thread: str, example: str) -> None:
     op = example.strip("`")
-    s = parse(OP_SCENARIO.replace("THREAD", thread).replace("OP", op), "example.toml")
+    text = OP_SCENARIO.replace("THREAD", thread).replace("OP", op)
+    if op.split()[0] in ("create", "destroy"):  # ops of a second VM
+        text = text.replace(
+            '[guest.b]\n"0x1000" = "0x11000 w"',
+            '[vm1]\nvcpus = ["vcpu1"]\n[vm1.guest]\n"0x1000" = "0x20000 w"',
+        )
+        text = text.replace("[host]", '[vm1.host]\n"0x20000" = "0x90000 rwx"\n[host]')
+    s = parse(text, "example.toml")
     ops = s.programs[0] if thread == "vcpu0" else s.host_program
     assert len(ops) == 1 and ops[0].describe().split()[0] == op.split()[0]
 

@@ -15,6 +15,8 @@ its pool of fresh host pages). Warnings flag what is valid but probably not what
 - `never-mapped`: a GVA that neither [guest] nor any `map` maps: every access to it faults;
 - `root-never-loaded`: a `[guest.NAME]` page table no `mov_cr3` loads: no access ever translates
   through it (its PTE writes only matter to shadow paging's write tracking);
+- `created-idle`: a `create vcpuN` (second VM) of a vCPU without guest ops: nothing it runs
+  reads a translation, so no property can see a stale one;
 - `knob`: `vpids` or `max_asid` set far from real hardware (processors have far more VPIDs than a
   scenario has vCPUs, at least 63 ASIDs and at most 32,767), which usually forces exhaustion or a
   wrap on purpose; the warning says what it does.
@@ -38,6 +40,7 @@ KINDS = (
     "unreachable",
     "never-resumed",
     "root-never-loaded",
+    "created-idle",
     "knob",
     "invvpid-unused-vpid",
 )
@@ -96,8 +99,8 @@ def warnings(scenario: object) -> list[LintWarning]:
         MapOp,
         MovCr3Op,
     )
-    from kvmtlb.host.ops import PreemptOp, ResumeOp
-    from kvmtlb.model.scenario import Scenario
+    from kvmtlb.host.ops import CreateVcpuOp, PreemptOp, ResumeOp
+    from kvmtlb.model.scenario import VM1_ROOT, Scenario
     from kvmtlb.tomlfile import Lines
 
     assert isinstance(scenario, Scenario)
@@ -111,10 +114,15 @@ def warnings(scenario: object) -> list[LintWarning]:
 
     # -- guest threads ---------------------------------------------------------------------------
     mapped = set(s.guest) | {op.gva for p in s.programs for op in p if isinstance(op, MapOp)}
-    for table in s.roots.values():
-        mapped |= set(table)
+    for name, table in s.roots.items():
+        if name != VM1_ROOT or not s.vm1:
+            mapped |= set(table)
+    # a vCPU of the second VM translates through its VM's page table only
+    vm1_mapped = set(s.roots.get(VM1_ROOT, {})) if s.vm1 else set()
     loaded = {op.root for p in s.programs for op in p if isinstance(op, MovCr3Op) and op.root}
     loaded |= {op.root for p in s.programs for op in p if isinstance(op, VmlaunchOp | VmrunOp)}
+    if s.vm1:
+        loaded.add(VM1_ROOT)  # the second VM's vCPUs start on it
     lines = Lines(s.text)
     for name in s.roots:
         if name not in loaded:
@@ -133,7 +141,8 @@ def warnings(scenario: object) -> list[LintWarning]:
                     f"vcpu{v}'s flush_tlb has no other vCPU to shoot down (vcpus = {cfg.vcpus}): "
                     "only the local flush runs; set vcpus = 2 or more for a shootdown",
                 )
-            if isinstance(op, AccessOp | EmulatedReadOp | InvlpgOp) and op.gva not in mapped:
+            known = vm1_mapped if v in s.vm1 else mapped
+            if isinstance(op, AccessOp | EmulatedReadOp | InvlpgOp) and op.gva not in known:
                 warn(
                     op.line,
                     "never-mapped",
@@ -174,6 +183,14 @@ def warnings(scenario: object) -> list[LintWarning]:
                 )
                 blocked = hop.line
             held[hop.vcpu] = hop.line
+        elif isinstance(hop, CreateVcpuOp):
+            if not s.programs[hop.vcpu]:
+                warn(
+                    hop.line,
+                    "created-idle",
+                    f"vcpu{hop.vcpu} is created but has no guest ops: no access of it can see a "
+                    f"stale translation; give vcpu{hop.vcpu} a read",
+                )
         elif isinstance(hop, ResumeOp):
             if hop.vcpu in held:
                 del held[hop.vcpu]

@@ -97,6 +97,45 @@ class ZapAllFastOp(NamedTuple):
         return "zap_all_fast"
 
 
+class CreateVcpuOp(NamedTuple):
+    """`create vcpuN [on pcpuM]`: a vCPU of the second VM created during the run, then loaded
+    (KVM_CREATE_VCPU, then KVM_RUN's vcpu_load)."""
+
+    vcpu: int
+    pcpu: int  # -1: its placement
+    line: int = 0
+
+    def describe(self) -> str:
+        on = f" on pcpu{self.pcpu}" if self.pcpu >= 0 else ""
+        return f"create vcpu{self.vcpu}{on}"
+
+
+class DestroyVmOp(NamedTuple):
+    """`destroy vmN`: userspace stops the VM's vCPU threads (the op waits until their ops are
+    done) and closes the VM (kvm_destroy_vm). `vcpus` and `ops` (each one's number of guest ops)
+    are filled in by the parser."""
+
+    vm: int
+    vcpus: tuple[int, ...] = ()
+    ops: tuple[int, ...] = ()
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"destroy vm{self.vm}"
+
+
+class DeleteMemslotOp(NamedTuple):
+    """`delete_memslot GPA`: userspace deletes the frame's memslot (KVM_SET_USER_MEMORY_REGION
+    with size 0: kvm_set_memslot, KVM_MR_DELETE), frees the memory behind it, and creates the
+    slot again on new memory (a memory-region update, as a VMM does when it remaps a region)."""
+
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"delete_memslot {self.gpa:#x}"
+
+
 HostOp: TypeAlias = (
     PreemptOp
     | ResumeOp
@@ -109,4 +148,7 @@ HostOp: TypeAlias = (
     | SpawnOp
     | AgeOp
     | ClearDirtyLogOp
+    | CreateVcpuOp
+    | DestroyVmOp
+    | DeleteMemslotOp
 )

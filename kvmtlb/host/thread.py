@@ -25,6 +25,11 @@ of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
 - `age GPA` (page aging by reclaim: the MMU notifier's clear_young): KVM ages the frame's SPTEs
   without a TLB flush; without EPT A/D bits that is access tracking (the SPTE is made not
   present, and restored by the next fault).
+- `delete_memslot GPA` (KVM_SET_USER_MEMORY_REGION deleting the frame's slot; kvm/memslot.py):
+  KVM marks the slot invalid, waits for faults that read it, zaps all roots
+  (kvm_arch_flush_shadow_memslot: kvm_mmu_zap_all_fast) and deletes it; when the ioctl returns,
+  userspace frees the memory (`mm:free`: from then on no guest access may reach the old page)
+  and creates the slot again on new memory (`mm:recreate`).
 - `zap_all_fast`: kvm_mmu_zap_all_fast (a memslot deletion's, or a write of the nx_huge_pages
   parameter's): every EPT/NPT root becomes obsolete, every vCPU must drop it before it enters
   again, and the obsolete roots are zapped.
@@ -43,6 +48,11 @@ waits for it. Its kicks carry their own bit (HOST2_SENDER), so each thread waits
 
 `preempt` and `resume` schedule a vCPU out and in (vcpu_put, vcpu_load); a vCPU preempted by a
 host op stays out (`held`) until a `resume`.
+
+With a second VM (kvm/vm.py): `create vcpuN [on pcpuM]` creates a vCPU of it during the run and
+loads it (a vCPU a `create` names is `held` from the start: it does not exist yet); `destroy vmN`
+waits until that VM's guest threads are done, schedules its loaded vCPUs out and destroys the VM
+(kvm_destroy_vm); its vCPUs stay `held` for good.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ from typing import NamedTuple
 from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
+    CreateVcpuOp,
+    DeleteMemslotOp,
+    DestroyVmOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
@@ -119,6 +132,18 @@ def host_actions(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> list[
         return ["step"]
     if isinstance(op, SpawnOp):
         return ["step"] if h.bg_op < 0 else []
+    if isinstance(op, CreateVcpuOp):
+        target = op.pcpu if op.pcpu >= 0 else h.home[op.vcpu]
+        occupant = w.pcpus[target][1]
+        return ["step"] if occupant < 0 or preemptible(pol, w.vcpus[occupant]) else []
+    if isinstance(op, DestroyVmOp):
+        for u, n in zip(op.vcpus, op.ops, strict=True):
+            g = w.guests[u]
+            if g.op < n or g.inbox or g.handler:  # its vCPU thread still runs guest code
+                return []
+            if Vcpu(*w.vcpus[u]).loaded and not preemptible(pol, w.vcpus[u]):
+                return []
+        return ["step"]
     if h.phase in pol.HOST_STEPS:
         return ["step"] if pol.host_step_enabled(w, h.phase, h.frame) else []
     if h.phase == "" and isinstance(op, ZapOp | RemapOp | ZapGfnRangeOp):  # KVM's step first
@@ -198,6 +223,27 @@ def host_step(k: Step, pol: KvmPolicy, program: tuple[HostOp, ...]) -> None:
         home[op.vcpu] = target
         k.host = h._replace(op=h.op + 1, held=h.held & ~(1 << op.vcpu), home=tuple(home))
         return
+    if isinstance(op, CreateVcpuOp):
+        target = op.pcpu if op.pcpu >= 0 else h.home[op.vcpu]
+        vcpu = k.vcpus[op.vcpu]
+        pol.kvm_vm_ioctl_create_vcpu(k, vcpu)
+        occupant = k.pcpus[target].running
+        if occupant >= 0:
+            preempt(k, pol, occupant)
+        pol.vcpu_load(k, vcpu, target)
+        home = list(h.home)
+        home[op.vcpu] = target
+        k.host = h._replace(op=h.op + 1, held=h.held & ~(1 << op.vcpu), home=tuple(home))
+        return
+    if isinstance(op, DestroyVmOp):
+        held = h.held
+        for u in op.vcpus:
+            if k.vcpus[u].loaded:
+                preempt(k, pol, u)
+            held |= 1 << u
+        pol.kvm_destroy_vm(k, op.vm)
+        k.host = h._replace(op=h.op + 1, held=held)
+        return
     if isinstance(op, SpawnOp):
         k.note(f"host2 starts {op.op.describe()}", "it runs concurrently with the next host ops")
         k.host = h._replace(op=h.op + 1, bg_op=h.op, bg_phase="", bg_ret=(), bg_frame=())
@@ -241,8 +287,20 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             return _call(k, pol, op, h, "kvm_clear_dirty_log_protect", DONE)
         if isinstance(op, ZapGfnRangeOp):
             return _call(k, pol, op, h, "kvm_zap_gfn_range", DONE)
+        if isinstance(op, DeleteMemslotOp):
+            page = k.kvm.backing[k.config.gpa_index(op.gpa)]
+            return _call(k, pol, op, h._replace(page=page), "kvm_set_memslot", "mm:free")
         assert isinstance(op, FlushRemoteOp)
         return _call(k, pol, op, h, "kvm_flush_remote_tlbs", DONE)
+    if isinstance(op, DeleteMemslotOp):
+        i = k.config.gpa_index(op.gpa)
+        if h.phase == "mm:free":
+            k.kvm.set_backing(i, -1)
+            k.note(f"userspace unmaps the deleted slot's memory at {op.gpa:#x}")
+            return _release(k, h, "mm:recreate", "is freed")
+        assert h.phase == "mm:recreate", f"host op {op!r} in phase {h.phase!r}"
+        pol.kvm_create_memslot(k, op.gpa)
+        return h._replace(op=h.op + 1, phase="", ret=(), frame=(), page=-1)
     assert isinstance(op, ZapOp | RemapOp), f"host op {op!r} in phase {h.phase!r}"
     i = k.config.gpa_index(op.gpa)
     if h.phase == "mm:unmap":

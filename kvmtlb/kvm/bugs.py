@@ -511,6 +511,53 @@ class ClearDirtyLogNoFlush(Kvm618):
 
 
 @register
+class SvmFreeAsidReuse(Kvm618):
+    name = "bug-svm-free-asid-reuse"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "svm_vcpu_free hands the vCPU's ASID back to its pCPU's allocator, as free_vpid does a "
+        "VPID, without TLB_CONTROL FLUSH_ALL_ASID: the next vCPU given it there, in the same "
+        "generation, finds the destroyed VM's entries"
+    )
+
+    def svm_vcpu_free(self, k: Step, vcpu: Vcpu) -> None:
+        """svm.c:svm_vcpu_free @ v6.18 with an ASID hand-back it does not have: the generation
+        allocator hands an ASID out once per generation, and only a new generation (with its
+        flush of every ASID) may reuse it."""
+        sd = k.pcpus[vcpu.last_cpu] if vcpu.last_cpu >= 0 else None
+        if (
+            sd is not None
+            and vcpu.asid_generation == sd.asid_generation
+            and vcpu.asid == sd.next_asid - 1
+        ):
+            sd.next_asid = vcpu.asid
+            k.note(
+                f"svm_vcpu_free(vcpu{vcpu.id}): ASID {vcpu.asid} back to pCPU{sd.id}",
+                "no flush of the ASID",
+            )
+            return
+        super().svm_vcpu_free(k, vcpu)
+
+
+@register
+class MemslotDeleteStillValid(Kvm618):
+    name = "bug-memslot-delete-still-valid"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_set_memslot deletes a memslot without first marking it KVM_MEMSLOT_INVALID: a "
+        "fault after the fast zap maps the slot's old page again into a new root, and userspace "
+        "frees that memory once the ioctl returns"
+    )
+
+    def kvm_invalidate_memslot(self, k: Step, gpa: int) -> None:
+        """kvm_main.c:kvm_invalidate_memslot @ v6.18 left out: the zap alone is trusted to
+        remove every mapping of the slot."""
+        k.note(f"kvm_set_memslot({gpa:#x}, KVM_MR_DELETE): the slot stays valid")
+
+
+@register
 class SyncChildrenNoProtectFlush(Kvm618):
     name = "bug-sync-children-no-protect-flush"
     kind = "bug"

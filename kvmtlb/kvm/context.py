@@ -122,6 +122,27 @@ class KvmConfig:
     table_frame: tuple[int, ...] = ()
     # Nested VMX (kvm/nested_vmx.py): the guest roots L1 runs L2 on (vmlaunch ROOT).
     nested_roots: tuple[int, ...] = ()
+    # A second VM (scenario table [vm1]; kvm/vm.py): the VM of each vCPU (0 or 1; empty: one VM),
+    # the index in `roots` of the guest page table each VM's vCPUs start on, and the VM each
+    # guest frame of `gpas` belongs to (the two VMs' frames are disjoint in the model).
+    vm_of: tuple[int, ...] = ()
+    vm_start_root: tuple[int, ...] = (0,)
+    gpa_vm: tuple[int, ...] = ()
+
+    def vcpu_vm(self, v: int) -> int:
+        """The VM vCPU `v` belongs to (0 with one VM)."""
+        return self.vm_of[v] if self.vm_of else 0
+
+    def start_root(self, v: int) -> int:
+        """The guest page table (its root GPA) CR3 points at when vCPU `v` starts."""
+        return self.roots[self.vm_start_root[self.vcpu_vm(v)]] if self.roots else self.guest_root
+
+    def page_vm(self, hpa: int) -> int:
+        """The VM whose guest frame host page `hpa` backs (-1: none, or one VM)."""
+        gpa = self.frame_of_page(hpa)
+        if gpa < 0 or not self.gpa_vm:
+            return -1
+        return self.gpa_vm[self.gpa_index(gpa)]
 
     def pde_root(self, value: int) -> int:
         """Which root's last-level table page a (guest or shadow) PDE value points at; -1 if

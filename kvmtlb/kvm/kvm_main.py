@@ -33,6 +33,7 @@ HOST_SENDER = 1  # the host thread's bit in Pcpu.kicks
 HOST2_SENDER = 1 << 16  # the second host thread's (`spawn`); vCPUs have bits 1 to 8
 P_KICKS = 2  # position of Pcpu.kicks in the frozen Pcpu tuple
 K_MMU_LOCK = [f.name for f in fields(Kvm)].index("mmu_lock")
+V_PC = [f.name for f in fields(Vcpu)].index("pc")  # position of Vcpu.pc in the frozen tuple
 # Host labels that take mmu_lock, so wait while a yielding zap holds it.
 TAKES_MMU_LOCK = frozenset(
     {
@@ -199,6 +200,8 @@ class KvmMain:
             )
         if pc in TAKES_MMU_LOCK:
             return not w.kvm[K_MMU_LOCK]
+        if pc == "kvm_set_memslot:swap":  # synchronize_srcu: no fault between lookup and map
+            return not any(vc[V_PC] == "kvm_tdp_page_fault:map" for vc in w.vcpus)
         return True
 
     # -- the MMU notifier, as host-task steps --------------------------------------------------

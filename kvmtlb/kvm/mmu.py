@@ -107,6 +107,9 @@ class Mmu:
             vcpu.tdp_root = 0
             return
         valid = self.valid_tdp_roots(k)
+        vm = k.config.vcpu_vm(vcpu.id)
+        if k.kvm.root_vm:  # two VMs: only a root of the vCPU's own struct kvm (kvm/vm.py)
+            valid = [r for r in valid if k.kvm.root_vm[r] == vm]
         if valid:
             r = valid[0]
             k.kvm.set_root(r, ROOT_VALID, k.kvm.root_refs[r] + 1)
@@ -117,6 +120,8 @@ class Mmu:
                 raise AssertionError("no free root page: the layout has too few (system.py)")
             r = free[0]
             k.kvm.set_root(r, ROOT_VALID, 1)
+            if k.kvm.root_vm:
+                k.kvm.set_root_vm(r, vm)
             k.note(f"kvm_tdp_mmu_alloc_root: a new root on page {r}", self.root_desc(k, r))
         vcpu.tdp_root = r
 
@@ -359,6 +364,8 @@ class Mmu:
             k.note(f"kvm_tdp_page_fault({gpa:#x}): spurious, SPTE already allows it")
             return
         if self.fast_page_fault(k, vcpu, gpa, write, hpa, rights):
+            return
+        if self.kvm_faultin_memslot_invalid(k, gpa):  # type: ignore[attr-defined]
             return
         mmu_seq = k.kvm.mmu_invalidate_seq
         pfn = self.gfn_to_pfn(k, gpa)

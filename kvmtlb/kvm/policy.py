@@ -16,17 +16,21 @@ from typing import ClassVar
 
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.kvm_main import KvmMain
+from kvmtlb.kvm.memslot import Memslots
 from kvmtlb.kvm.mmu import Mmu
 from kvmtlb.kvm.nested_svm import NestedSvm
 from kvmtlb.kvm.nested_vmx import NestedVmx
 from kvmtlb.kvm.shadow import ShadowMmu
 from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.svm import Svm
+from kvmtlb.kvm.vm import VmLifecycle
 from kvmtlb.kvm.vmx import Vmx
 from kvmtlb.kvm.x86 import X86
 
 
-class KvmPolicy(NestedVmx, NestedSvm, X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
+class KvmPolicy(
+    NestedVmx, NestedSvm, X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu, VmLifecycle, Memslots
+):
     """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
 
     name: ClassVar[str] = ""
@@ -69,6 +73,10 @@ class KvmPolicy(NestedVmx, NestedSvm, X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu):
         "kvm_zap_gfn_range:unlock": "kvm_zap_gfn_range_unlock",
         "kvm_zap_gfn_range:relock": "kvm_zap_gfn_range_relock",
         "kvm_zap_gfn_range:done": "kvm_zap_gfn_range_done",
+        "kvm_set_memslot": "kvm_set_memslot",
+        "kvm_set_memslot:swap": "kvm_set_memslot_swap",
+        "kvm_arch_flush_shadow_memslot": "kvm_arch_flush_shadow_memslot",
+        "kvm_set_memslot:delete": "kvm_set_memslot_delete",
     }
     NOT_PREEMPTIBLE: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
     IRQS_OFF: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})

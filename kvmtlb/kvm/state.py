@@ -154,6 +154,13 @@ class Kvm:
     root_refs: tuple[int, ...] = ()
     # kvm->mmu_lock, as far as a zap that yields it (kvm_zap_gfn_range) holds it across steps
     mmu_lock: bool = False
+    # With a second VM (KvmConfig.vm_of): which VM each root page of Kvm.root_state belongs to
+    # while it is not free (each struct kvm has its own roots; the pages come from one pool, so a
+    # page the destroyed VM freed may become the other VM's root). Empty with one VM.
+    root_vm: tuple[int, ...] = ()
+    # Guest frames (bitmask by index) whose memslot is being deleted: marked KVM_MEMSLOT_INVALID
+    # (kvm_invalidate_memslot), then gone until userspace creates it again (kvm/memslot.py)
+    slot_invalid: int = 0
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)
@@ -172,6 +179,11 @@ class Kvm:
         r[index] = refs
         self.root_state = tuple(s)
         self.root_refs = tuple(r)
+
+    def set_root_vm(self, index: int, vm: int) -> None:
+        v = list(self.root_vm)
+        v[index] = vm
+        self.root_vm = tuple(v)
 
     def bump_fresh(self, index: int) -> int:
         f = list(self.fresh)

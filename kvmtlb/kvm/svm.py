@@ -74,12 +74,14 @@ class Svm:
         (init_vmcb's !npt_enabled branch) #PF, INVLPG, INVPCID and CR3 writes are intercepted and
         the guest runs on the shadow root (svm_load_mmu_pgd)."""
         tdp = k.config.tdp
-        vcpu.cr3 = k.config.guest_root
+        start = k.config.start_root(vcpu.id)  # its VM's page table (kvm/vm.py)
+        roots = k.config.tdp_roots or (k.config.tdp_root,)
+        vcpu.cr3 = start
         vcpu.vmcb = Vmcb(
             ident=0x1000 * (vcpu.id + 1),
             asid=0,
             np_enable=tdp,
-            ncr3=k.config.tdp_root if tdp else 0,
+            ncr3=roots[max(vcpu.tdp_root, 0)] if tdp else 0,
             intercept_invlpg=not tdp,
             intercept_invpcid=not tdp,
             intercept_cr3_write=not tdp,
@@ -88,7 +90,7 @@ class Svm:
             intercept_pf=not tdp,
             guest=Regs(
                 CR0_DEFAULT,
-                k.config.guest_root if tdp else k.config.shadow_roots[0],
+                start if tdp else k.config.shadow_roots[0],
                 k.config.guest_cr4,
             ),
         )

@@ -176,7 +176,8 @@ class Vmx:
         vcpu.vpid = self.allocate_vpid(k)
         cr4 = k.config.guest_cr4
         tdp = k.config.tdp
-        vcpu.cr3 = k.config.guest_root
+        start = k.config.start_root(vcpu.id)  # its VM's page table (kvm/vm.py)
+        vcpu.cr3 = start
         vcpu.vmcs = Vmcs(
             ident=0x1000 * (vcpu.id + 1),
             vpid=vcpu.vpid,
@@ -193,7 +194,7 @@ class Vmx:
             cr0_read_shadow=CR0_DEFAULT,
             cr4_guest_host_mask=CR4_MODELLED & ~self.vmx_cr4_guest_owned_bits(k),
             cr4_read_shadow=cr4,
-            guest=Regs(CR0_DEFAULT, k.config.guest_root if tdp else k.config.shadow_roots[0], cr4),
+            guest=Regs(CR0_DEFAULT, start if tdp else k.config.shadow_roots[0], cr4),
             host=k.config.host_regs,
         )
 

@@ -78,6 +78,7 @@ class NativeMachine(Machine):
         cr0: int,
         cr4: int,
         n: int,
+        starts: Sequence[int] = (),
     ) -> tuple[NativeConfig, NativeMachine]:
         ref = NativeReference(
             tuple(roots),
@@ -89,9 +90,11 @@ class NativeMachine(Machine):
             lambda t, i: layout.domain(t, i),
         )
         config = NativeConfig(ref)
-        regs = Regs(cr0, roots[0], cr4)  # CR3 points at the first page table at start
-        may = ref.fill(regs, 0, memory.reader, memory)
-        cpus = tuple(NativeCpu(0, regs, may=may) for _ in range(n))
+        # CR3 points at the first page table at start, or at `starts[i]` (a second VM's)
+        cpus = tuple(
+            NativeCpu(0, r, may=ref.fill(r, 0, memory.reader, memory))
+            for r in (Regs(cr0, starts[i] if starts else roots[0], cr4) for i in range(n))
+        )
         return config, cls(config, memory, cpus)  # type: ignore[arg-type]
 
     def _refill(self, memory: Memory, cpus: Sequence[NativeCpu]) -> NativeMachine:

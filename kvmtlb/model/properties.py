@@ -10,6 +10,10 @@
   by KVM's), no translation a vCPU in guest mode may use may reach it. dirty-logging: once write
   protection of a frame for dirty logging returned to userspace (its kvm_flush_remote_tlbs
   returned), a write through any translation of that frame must be logged in the dirty bitmap.
+- vm-isolation (with a second VM, kvm/vm.py): no outcome of an access by a vCPU of one VM may
+  reach a host page that backs a guest frame of the other VM (a stale entry under a VPID or ASID
+  or EP4TA that a vCPU of the other VM used). The destroyed VM's pages stay its own: userspace
+  owns guest memory, not the VM.
 
 When several properties fail in one world, the first in PRECEDENCE is reported.
 """
@@ -72,10 +76,13 @@ def _transparency(
 ) -> tuple[Violation, ...]:
     found: list[Violation] = []
     shadow = shadow_frames(system)
+    kvm = system.kvm
     for v, cpu in running:
         for gva in system.scenario.gvas:
             for access in ACCESS_KINDS:
                 model = w.machine.outcomes(cpu, gva, access)
+                if kvm.vm_of:
+                    found.extend(_isolation(system, v, gva, access, model))
                 native = None
                 for o in model:
                     seen = visible(o, shadow)
@@ -159,6 +166,28 @@ def _shown(o: object, shadow: dict[int, int] | None) -> str:
 
 def _list(outcomes: list[object]) -> str:
     return "; ".join(o.describe() for o in outcomes) or "none"  # type: ignore[attr-defined]
+
+
+def _isolation(
+    system: System, v: int, gva: int, access: str, model: Sequence[object]
+) -> list[Violation]:
+    """vm-isolation: outcomes of vCPU `v`'s access that reach a page of the other VM."""
+    kvm = system.kvm
+    mine = kvm.vcpu_vm(v)
+    out: list[Violation] = []
+    for o in model:
+        if not isinstance(o, Access):
+            continue
+        owner = kvm.page_vm(o.frame & ~0xFFF)
+        if owner >= 0 and owner != mine:
+            out.append(
+                Violation(
+                    "vm-isolation",
+                    f"vcpu{v} (VM {mine}) {access} {gva:#x} may reach host page {o.frame:#x}, "
+                    f"which backs GPA {kvm.frame_of_page(o.frame & ~0xFFF):#x} of VM {owner}",
+                )
+            )
+    return out
 
 
 def _coherence(

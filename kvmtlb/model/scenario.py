@@ -36,6 +36,9 @@ from kvmtlb.guest.ops import (
 from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
+    CreateVcpuOp,
+    DeleteMemslotOp,
+    DestroyVmOp,
     FlushRemoteOp,
     HostOp,
     PreemptOp,
@@ -70,7 +73,16 @@ TOP_LEVEL = (
     "schedule",
     "tables",
     "threads",
+    "vm1",
 )
+# The second VM's table [vm1] (kvm/vm.py): its vCPUs, guest page table and EPT/NPT. Its page
+# table is the guest page table named VM1_ROOT among Scenario.roots.
+VM1_KEYS = ("vcpus", "guest", "host")
+VM1_ROOT = "vm1"
+# The ops a scenario with a second VM may use (the others act on one VM's memory or vCPUs as a
+# whole, and the model keeps one VM's worth of that state).
+VM2_GUEST_OPS = ("read", "write", "exec", "invlpg", "map", "unmap")
+VM2_HOST_OPS = ("preempt", "resume", "create", "destroy")
 CONFIG_KEYS: dict[str, type] = {
     "vendor": str,
     "tdp": bool,
@@ -125,6 +137,9 @@ HOST_OPS = {
     "age": "age GPA",
     "clear_dirty_log": "clear_dirty_log GPA",
     "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA",
+    "delete_memslot": "delete_memslot GPA",
+    "create": "create vcpuN [on pcpuM]",
+    "destroy": "destroy vm0|vm1",
 }
 
 
@@ -207,6 +222,10 @@ class Scenario:
     # [schedule]: per vCPU, how many times the scheduler may put it and load it again on any
     # pCPU (empty: no such scheduler; only the host program and time-sharing move vCPUs)
     schedule: tuple[int, ...] = ()
+    # A second VM ([vm1]): its vCPUs and its guest frames (in `host` too); its page table is
+    # roots[VM1_ROOT]. Empty with one VM.
+    vm1: tuple[int, ...] = ()
+    vm1_gpas: tuple[int, ...] = ()
 
     @property
     def root_names(self) -> tuple[str, ...]:
@@ -258,6 +277,8 @@ class Scenario:
             self.roots,
             self.tables,
             self.schedule,
+            self.vm1,
+            self.vm1_gpas,
         )
 
 
@@ -315,9 +336,13 @@ class _Parser:
         host = self.host_map()
         guest, roots = self.guest_map(host)
         tables = self.tables(config, host, roots)
+        vm1, vm1_host = self.vm1(config, host, roots)
         placement = self.placement(config)
         schedule = self.schedule(config)
-        programs, host_program = self.threads(config, guest, host, roots)
+        both = {**host, **vm1_host}  # the frames of both VMs (disjoint)
+        programs, host_program = self.threads(config, guest, both, roots)
+        if vm1 or any(isinstance(op, CreateVcpuOp | DestroyVmOp) for op in host_program):
+            host_program = self.vm_checks(config, vm1, host, programs, host_program)
         expect = self.expect()
         return Scenario(
             self.path,
@@ -325,7 +350,7 @@ class _Parser:
             doc,
             config,
             guest,
-            host,
+            both,
             placement,
             programs,
             host_program,
@@ -334,6 +359,8 @@ class _Parser:
             roots,
             tables,
             schedule,
+            vm1,
+            tuple(vm1_host),
         )
 
     def _table(self, name: str) -> dict[str, Any]:
@@ -463,11 +490,20 @@ class _Parser:
             )
         return value
 
-    def host_map(self) -> dict[int, tuple[int, str]]:
+    def host_map(
+        self,
+        section: str = "host",
+        table: dict[str, Any] | None = None,
+        taken: frozenset[int] = frozenset(),
+    ) -> dict[int, tuple[int, str]]:
         out: dict[int, tuple[int, str]] = {}
-        hpas: set[int] = set()
-        for key, value in self._table("host").items():
-            line = self.lines.key("host", key)
+        hpas: set[int] = set(taken)
+        for key, value in (self._table("host") if table is None else table).items():
+            line = (
+                self.lines.key("host", key)
+                if section == "host"
+                else self.lines.nested(*section.split("."), key)
+            )
             gpa = self.addr(key, line, "GPA")
             parts = str(value).split()
             if len(parts) != 2 or not set(parts[1]) <= set("rwx") or "r" not in parts[1]:
@@ -485,7 +521,7 @@ class _Parser:
             if gpa in out:
                 raise self.err(line, f"GPA {gpa:#x} is mapped twice", "keep one mapping per GPA")
             out[gpa] = (hpa, parts[1])
-        if not out:
+        if not out and section == "host":
             raise self.err(
                 self.lines.section("host"),
                 "no [host] mappings",
@@ -606,6 +642,176 @@ class _Parser:
                 "use each of w (writable), u (user), x (executable), g (global) at most once, "
                 'separated by spaces or not ("w g" or "wg")',
             )
+
+    # -- [vm1]: a second VM -----------------------------------------------------------------------
+    def vm1(
+        self,
+        config: Config,
+        host: dict[int, tuple[int, str]],
+        roots: dict[str, dict[int, tuple[int, str]]],
+    ) -> tuple[tuple[int, ...], dict[int, tuple[int, str]]]:
+        """The second VM's vCPUs and EPT/NPT; its page table joins `roots` as VM1_ROOT."""
+        if VM1_ROOT not in self.data:
+            return (), {}
+        t = self._table(VM1_ROOT)
+        line = self.lines.section(VM1_ROOT)
+        for key in t:
+            if key not in VM1_KEYS:
+                raise self.err(
+                    self.lines.key(VM1_ROOT, key),
+                    f"unknown [vm1] key {shown(key)}",
+                    f"use one of {', '.join(VM1_KEYS)}",
+                )
+        if not config.tdp:
+            raise self.err(
+                line,
+                "a second VM needs tdp = true (two VMs' shadow page tables are not modelled)",
+                "set tdp = true, or remove [vm1]",
+            )
+        names = t.get("vcpus")
+        vline = self.lines.key(VM1_ROOT, "vcpus")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise self.err(
+                vline or line,
+                "[vm1] needs vcpus, a list of the vCPUs of the second VM",
+                'write vcpus = ["vcpu1"] in [vm1]',
+            )
+        vcpus = sorted({self.vcpu_id(n, vline, config) for n in names})
+        if len(vcpus) != len(names):
+            raise self.err(vline, "a vCPU is listed twice in [vm1] vcpus", "list each vCPU once")
+        if len(vcpus) == config.vcpus:
+            raise self.err(
+                vline,
+                "every vCPU is in [vm1]: the first VM has none",
+                "leave at least one vCPU to the first VM, or raise config vcpus",
+            )
+        if VM1_ROOT in roots:
+            raise self.err(
+                self.lines.nested("guest", VM1_ROOT),
+                f"[guest.{VM1_ROOT}] is the name of the second VM's page table",
+                "rename the [guest.NAME] table",
+            )
+        for sub in ("guest", "host"):
+            if not isinstance(t.get(sub, {}), dict):
+                raise self.err(
+                    self.lines.key(VM1_ROOT, sub) or line,
+                    f"[vm1] {sub} must be a table",
+                    f"write it as [vm1.{sub}]",
+                )
+        vm1_host = self.host_map(
+            f"{VM1_ROOT}.host",
+            t.get("host", {}),
+            frozenset(h for h, _ in host.values()),
+        )
+        if not vm1_host:
+            raise self.err(
+                line,
+                "no [vm1.host] mappings",
+                'map at least one GPA of the second VM, e.g. [vm1.host] "0x20000" = "0x90000 rwx"',
+            )
+        for gpa in vm1_host:
+            if gpa in host:
+                raise self.err(
+                    self.lines.nested(VM1_ROOT, "host", f"{gpa:#x}") or line,
+                    f"GPA {gpa:#x} is a frame of both VMs",
+                    "give the second VM its own GPAs (the model keeps the VMs' frames disjoint)",
+                )
+        if len(roots) >= MAX_ROOTS - 1:
+            raise self.err(
+                line,
+                f"more than {MAX_ROOTS} guest page tables (the second VM's counts)",
+                f"use at most {MAX_ROOTS - 2} [guest.NAME] tables with [vm1]",
+            )
+        table: dict[int, tuple[int, str]] = {}
+        for gkey, gvalue in t.get("guest", {}).items():
+            gline = self.lines.nested(VM1_ROOT, "guest", gkey)
+            self.guest_entry(gkey, gvalue, gline, vm1_host, table)
+        roots[VM1_ROOT] = table
+        return tuple(vcpus), vm1_host
+
+    def vm_checks(
+        self,
+        config: Config,
+        vm1: tuple[int, ...],
+        host: dict[int, tuple[int, str]],
+        programs: tuple[tuple[GuestOp, ...], ...],
+        host_program: tuple[HostOp, ...],
+    ) -> tuple[HostOp, ...]:
+        """A scenario with a second VM: the ops it may use, each vCPU's ops on its own VM's page
+        table and frames, and the order of `create` and `destroy`. Returns the host program with
+        each `destroy` told its VM's vCPUs and their op counts."""
+        for op in host_program:
+            if isinstance(op, CreateVcpuOp | DestroyVmOp) and not vm1:
+                raise self.err(
+                    op.line,
+                    f"{op.describe()} needs a second VM",
+                    'declare it: [vm1] vcpus = ["vcpu1"], with [vm1.guest] and [vm1.host]',
+                )
+        for v, prog in enumerate(programs):
+            mine = v in vm1
+            for gop in prog:
+                # the op's name in the file: MovCr3Op -> mov_cr3
+                name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(gop).__name__[:-2]).lower()
+                if isinstance(gop, AccessOp | InvlpgOp):
+                    continue
+                if isinstance(gop, MapOp | UnmapOp) and not mine and gop.root == DEFAULT_ROOT:
+                    if isinstance(gop, MapOp) and gop.gpa not in host:
+                        raise self.err(
+                            gop.line,
+                            f"GPA {gop.gpa:#x} is a frame of the second VM",
+                            "map a GPA of the first VM's [host]",
+                        )
+                    continue
+                what = "a vCPU of the second VM" if mine else "a scenario with two VMs"
+                raise self.err(
+                    gop.line,
+                    f"{name} is not supported for {what}",
+                    f"use {', '.join(VM2_GUEST_OPS[:4])}"
+                    + ("" if mine else ", and map/unmap of the default page table"),
+                )
+        vm_vcpus = (tuple(v for v in range(config.vcpus) if v not in vm1), vm1)
+        later = {op.vcpu for op in host_program if isinstance(op, CreateVcpuOp)}
+        created: set[int] = set()
+        destroyed: set[int] = set()
+        out: list[HostOp] = []
+        for op in host_program:
+            if not isinstance(op, PreemptOp | ResumeOp | CreateVcpuOp | DestroyVmOp):
+                raise self.err(
+                    op.line,
+                    f"{op.describe().split()[0]} is not supported in a scenario with two VMs",
+                    f"use {', '.join(VM2_HOST_OPS)}",
+                )
+            if isinstance(op, DestroyVmOp):
+                if op.vm in destroyed:
+                    raise self.err(op.line, f"vm{op.vm} is destroyed twice", "destroy it once")
+                destroyed.add(op.vm)
+                vcpus = vm_vcpus[op.vm]
+                op = op._replace(vcpus=vcpus, ops=tuple(len(programs[u]) for u in vcpus))
+                out.append(op)
+                continue
+            v = op.vcpu
+            if (1 if v in vm1 else 0) in destroyed:
+                raise self.err(
+                    op.line,
+                    f"{op.describe()} after its VM was destroyed",
+                    "move the op before the destroy",
+                )
+            if isinstance(op, CreateVcpuOp):
+                if v not in vm1:
+                    raise self.err(
+                        op.line,
+                        f"vcpu{v} belongs to the first VM, which exists with its vCPUs at start",
+                        "create only vCPUs of the second VM ([vm1] vcpus)",
+                    )
+                if v in created:
+                    raise self.err(op.line, f"vcpu{v} is created twice", "create it once")
+                created.add(v)
+            elif v in later and v not in created:
+                raise self.err(
+                    op.line, f"{op.describe()} before vcpu{v} is created", "create it first"
+                )
+            out.append(op)
+        return tuple(out)
 
     def placement(self, config: Config) -> tuple[int, ...]:
         place = [v % config.pcpus for v in range(config.vcpus)]
@@ -977,6 +1183,47 @@ class _Parser:
                     "spawn flush_remote_tlbs, or spawn zap_gfn_range GPA GPA",
                 )
             return SpawnOp(inner, line)
+        if op == "create" and len(args) in (1, 3):
+            v = self.vcpu_id(args[0], line, config)
+            pcpu = -1
+            if len(args) == 3:
+                if args[1] != "on":
+                    raise self.err(
+                        line, "create takes vcpuN [on pcpuM]", "write: create vcpu1 on pcpu0"
+                    )
+                pcpu = self.pcpu_id(args[2], line, config)
+            return CreateVcpuOp(v, pcpu, line)
+        if op == "destroy" and len(args) == 1:
+            if args[0] not in ("vm0", "vm1"):
+                raise self.err(
+                    line,
+                    f"unknown VM {shown(args[0])}",
+                    "write: destroy vm0 (the first VM) or destroy vm1 (the [vm1] table's)",
+                )
+            return DestroyVmOp(int(args[0][2]), line=line)
+        if op == "delete_memslot" and len(args) == 1:
+            gpa = self.addr(args[0], line, "GPA")
+            if gpa not in host:
+                raise self.err(
+                    line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
+                )
+            if not config.tdp:
+                raise self.err(
+                    line,
+                    "delete_memslot needs tdp = true (shadow paging's obsolete pages are not "
+                    "modelled)",
+                    "remove the op, or set tdp = true",
+                )
+            self.zaps[gpa] = self.zaps.get(gpa, 0) + 1
+            self.fast_zaps += 1
+            if self.zaps[gpa] > MAX_ZAPS or self.fast_zaps > MAX_FAST_ZAPS:
+                raise self.err(
+                    line,
+                    f"more than {MAX_FAST_ZAPS} zap_all_fast and delete_memslot ops, or more "
+                    f"than {MAX_ZAPS} zaps and deletions of {gpa:#x}",
+                    "delete the memslot fewer times",
+                )
+            return DeleteMemslotOp(gpa, line)
         if op == "zap_all_fast" and not args:
             if not config.tdp:
                 raise self.err(
@@ -989,7 +1236,7 @@ class _Parser:
             if self.fast_zaps > MAX_FAST_ZAPS:
                 raise self.err(
                     line,
-                    f"more than {MAX_FAST_ZAPS} zap_all_fast ops",
+                    f"more than {MAX_FAST_ZAPS} zap_all_fast ops (a delete_memslot counts as one)",
                     f"zap all roots at most {MAX_FAST_ZAPS} times",
                 )
             return ZapAllFastOp(line)
@@ -998,7 +1245,8 @@ class _Parser:
             f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
-            "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA",
+            "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA | "
+            "create vcpuN [on pcpuM] | destroy vm0|vm1 | delete_memslot GPA",
         )
 
     def static_checks(

@@ -22,6 +22,8 @@ from kvmtlb.guest.thread import GuestThread
 from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
+    CreateVcpuOp,
+    DeleteMemslotOp,
     RemapOp,
     ResumeOp,
     SpawnOp,
@@ -66,7 +68,7 @@ from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, ROOT_FREE, ROOT_VALID, Kvm, Pcp
 from kvmtlb.model.native import NativeConfig, NativeMachine
 from kvmtlb.model.nested_native import nested_native
 from kvmtlb.model.nested_scenario import is_nested, l2_roots, vpid12s
-from kvmtlb.model.scenario import MAX_ZAPS, Scenario, ScenarioError
+from kvmtlb.model.scenario import MAX_ZAPS, VM1_ROOT, Scenario, ScenarioError
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
 
@@ -103,7 +105,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     b = LayoutBuilder()
     # EPT/NPT root pages: one, and one more per fast zap (kvm/mmu.py: a vCPU may hold an
     # obsolete root while the others load the next one)
-    fast_zaps = sum(isinstance(op, ZapAllFastOp) for op in scenario.host_program)
+    # (a memslot deletion zaps all roots too: kvm_arch_flush_shadow_memslot)
+    fast_zaps = sum(isinstance(op, ZapAllFastOp | DeleteMemslotOp) for op in scenario.host_program)
     ranged = {
         gpa
         for op in scenario.host_program
@@ -111,11 +114,16 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         if isinstance(r, ZapGfnRangeOp)
         for gpa in (r.first, r.second)
     }
+    # a second VM ([vm1]; kvm/vm.py) has its own root page, from the same pool
+    two_vms = bool(scenario.vm1)
     tdp_roots = (
-        tuple(b.ept_root() if vmx else b.npt_root() for _ in range(1 + fast_zaps))
+        tuple(b.ept_root() if vmx else b.npt_root() for _ in range(1 + fast_zaps + two_vms))
         if cfg.tdp
         else ()
     )
+    vm_of = tuple(int(v in scenario.vm1) for v in range(cfg.vcpus)) if two_vms else ()
+    gpa_vm = tuple(int(g in scenario.vm1_gpas) for g in scenario.gpas) if two_vms else ()
+    booted = boot_vcpus(scenario)
     tdp_root = tdp_roots[0] if cfg.tdp else -1
     root_names = scenario.root_names
     roots = tuple(b.guest_root(tdp_roots) for _ in root_names)
@@ -162,7 +170,12 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     for i, gpa in enumerate(gpas):
         hpa = scenario.host[gpa][0]
         r = rights[i]
-        zap_ops = [op for op in scenario.host_program if isinstance(op, ZapOp) and op.gpa == gpa]
+        # each zap, and each memslot deletion (new memory), gives the frame a fresh page
+        zap_ops = [
+            op
+            for op in scenario.host_program
+            if isinstance(op, ZapOp | DeleteMemslotOp) and op.gpa == gpa
+        ]
         zaps = len(zap_ops)
         if zaps > MAX_ZAPS:
             raise ScenarioError(
@@ -184,8 +197,18 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         if not cfg.tdp:
             continue
         leaf = make_ept if vmx else make_npt
-        b.map(tdp_root, gpa, leaf(hpa, r))
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
+        if two_vms:
+            # its VM's boot root maps it (if that VM has a vCPU at boot); either root page may
+            # come to hold it (a page the destroyed VM freed becomes the other VM's root), and
+            # kvm_destroy_vm zaps it
+            vm = gpa_vm[i]
+            for n, root in enumerate(tdp_roots):
+                if n == vm and any(vm_of[v] == vm for v in booted):
+                    b.map(root, gpa, leaf(hpa, r))
+                b.allow(root, gpa, [0, *values])
+            continue
+        b.map(tdp_root, gpa, leaf(hpa, r))
         aged = any(isinstance(op, AgeOp) and op.gpa == gpa for op in scenario.host_program)
         if targets or fresh or fast_zaps or gpa in ranged or aged:
             values.append(0)
@@ -291,6 +314,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         pde_owner=pde_owner(guest_pde, shadow_pde),
         table_frame=tuple(scenario.tables.get(name, -1) for name in root_names),
         nested_roots=l2_roots(scenario) if nested else (),
+        vm_of=vm_of,
+        vm_start_root=(0, root_names.index(VM1_ROOT)) if two_vms else (0,),
+        gpa_vm=gpa_vm,
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
@@ -308,7 +334,14 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         )
     else:
         native_config, native = NativeMachine.start(
-            layout, memory, roots, sorted(pcids), CR0_DEFAULT, guest_cr4, cfg.vcpus
+            layout,
+            memory,
+            roots,
+            sorted(pcids),
+            CR0_DEFAULT,
+            guest_cr4,
+            cfg.vcpus,
+            tuple(kvm.start_root(v) for v in range(cfg.vcpus)) if two_vms else (),
         )
     try:
         initial = _boot(scenario, policy, kvm, machine, native)
@@ -344,6 +377,12 @@ def reachable_asids(scenario: Scenario) -> int:
         ops = sum(len(p) for p in scenario.programs) + len(scenario.host_program)
         allocations += FLUSHES_PER_OP * (ops + 1) * cfg.vcpus
     return min(cfg.max_asid, allocations)
+
+
+def boot_vcpus(scenario: Scenario) -> tuple[int, ...]:
+    """The vCPUs that exist at start: all but those a `create` op creates during the run."""
+    later = {op.vcpu for op in scenario.host_program if isinstance(op, CreateVcpuOp)}
+    return tuple(v for v in range(scenario.config.vcpus) if v not in later)
 
 
 def pde_values(
@@ -417,6 +456,12 @@ def _boot(
     scenario: Scenario, policy: KvmPolicy, kvm: KvmConfig, machine: Machine, native: Machine
 ) -> World:
     cfg = scenario.config
+    booted = boot_vcpus(scenario)
+    # the boot root of each VM (root page n for VM n) and the vCPUs holding it
+    holders = [
+        sum(1 for v in booted if kvm.vcpu_vm(v) == r) if kvm.vm_of or r == 0 else 0
+        for r in range(len(kvm.tdp_roots))
+    ]
     k = Step(
         kvm,
         machine,
@@ -424,25 +469,38 @@ def _boot(
             backing=tuple(scenario.host[g][0] for g in kvm.gpas),
             fresh=tuple(0 for _ in kvm.gpas),
             dirty=tuple(True for _ in kvm.gpas),
-            root_state=tuple(
-                ROOT_VALID if r == 0 else ROOT_FREE for r in range(len(kvm.tdp_roots))
-            ),
-            root_refs=tuple(cfg.vcpus if r == 0 else 0 for r in range(len(kvm.tdp_roots))),
+            root_state=tuple(ROOT_VALID if n else ROOT_FREE for n in holders),
+            root_refs=tuple(holders),
+            root_vm=tuple(range(len(kvm.tdp_roots))) if kvm.vm_of else (),
         ),
         Thawed.of(
-            [Vcpu(v, pc="vcpu_enter_guest", mode=OUTSIDE_GUEST_MODE) for v in range(cfg.vcpus)]
+            [
+                Vcpu(
+                    v,
+                    pc="vcpu_enter_guest",
+                    mode=OUTSIDE_GUEST_MODE,
+                    tdp_root=kvm.vcpu_vm(v) if v in booted else -1,
+                    root_valid=v in booted,
+                )
+                for v in range(cfg.vcpus)
+            ]
         ),
         Thawed.of([Pcpu(p) for p in range(cfg.pcpus)]),
         native,
         [GuestThread() for _ in range(cfg.vcpus)],
-        HostThread(home=scenario.placement, moves=scenario.schedule),
+        HostThread(
+            home=scenario.placement,
+            held=sum(1 << v for v in range(cfg.vcpus) if v not in booted),
+            moves=scenario.schedule,
+        ),
         "boot",
     )
     policy.hardware_enable(k)
     for vcpu in k.vcpus:
-        policy.vcpu_create(k, vcpu)
+        if vcpu.id in booted:
+            policy.vcpu_create(k, vcpu)
     for p in range(cfg.pcpus):
-        first = [v for v in range(cfg.vcpus) if scenario.placement[v] == p]
+        first = [v for v in booted if scenario.placement[v] == p]
         if first:
             policy.vcpu_load(k, k.vcpus[first[0]], p)
     for vcpu in k.vcpus:
