@@ -313,31 +313,9 @@ def _explore(
                 raise _Stop(MAX_DEPTH)
     except (KeyboardInterrupt, _Stop) as e:
         reason = e.reason if isinstance(e, _Stop) else INTERRUPTED
-        return Result(
-            "stopped",
-            None,
-            f"stopped ({STOP_WHY.get(reason, reason)}): the search did not finish, nothing is "
-            "proven",
-            len(table),
-            transitions,
-            depth,
-            time.perf_counter() - t0,
-            exact=exact,
-            store_bytes=table.bytes_used(),
-            stopped=reason,
-        )
+        return stopped_result(table, reason, transitions, depth, t0, exact)
     if not finished:
-        # Every execution cycles before all threads are done (e.g. a policy that never serves a
-        # request it makes keeps backing out of VM entry): no state is stuck, so it is no
-        # deadlock in the contract's sense, but calling it safe would hide it.
-        last = len(table) - 1
-        busy = ", ".join(unfinished(system, _world_at(system, table, last)))
-        livelock = Violation(
-            "deadlock",
-            f"livelock: no interleaving lets every thread finish (left with work: {busy}); "
-            "the trace leads to the last state found",
-        )
-        return _result(system, table, "deadlock", livelock, transitions, depth, last, t0, exact)
+        return livelock_result(system, table, transitions, depth, t0, exact)
     return Result(
         "safe",
         None,
@@ -349,6 +327,41 @@ def _explore(
         exact=exact,
         store_bytes=table.bytes_used(),
     )
+
+
+def stopped_result(
+    table: FingerprintTable, reason: str, transitions: int, depth: int, t0: float, exact: bool
+) -> Result:
+    """A search that stopped before it finished (Ctrl-C or a limit): nothing is proven."""
+    return Result(
+        "stopped",
+        None,
+        f"stopped ({STOP_WHY.get(reason, reason)}): the search did not finish, nothing is proven",
+        len(table),
+        transitions,
+        depth,
+        time.perf_counter() - t0,
+        exact=exact,
+        store_bytes=table.bytes_used(),
+        stopped=reason,
+    )
+
+
+def livelock_result(
+    system: System, table: FingerprintTable, transitions: int, depth: int, t0: float, exact: bool
+) -> Result:
+    """Every execution cycles before all threads are done (e.g. a policy that never serves a
+    request it makes keeps backing out of VM entry): no state is stuck, so it is no deadlock in
+    the contract's sense, but calling it safe would hide it. The trace leads to the last state
+    found."""
+    last = len(table) - 1
+    busy = ", ".join(unfinished(system, _world_at(system, table, last)))
+    livelock = Violation(
+        "deadlock",
+        f"livelock: no interleaving lets every thread finish (left with work: {busy}); "
+        "the trace leads to the last state found",
+    )
+    return _result(system, table, "deadlock", livelock, transitions, depth, last, t0, exact)
 
 
 @dataclass

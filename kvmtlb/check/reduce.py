@@ -40,7 +40,6 @@ from kvmtlb.check.explorer import (
     INTERRUPTED,
     MAX_DEPTH,
     MAX_STATES,
-    STOP_WHY,
     ExactTable,
     FingerprintTable,
     Progress,
@@ -50,7 +49,8 @@ from kvmtlb.check.explorer import (
     _result,
     _Stop,
     _tag,
-    _world_at,
+    livelock_result,
+    stopped_result,
 )
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import World
@@ -256,29 +256,11 @@ def explore_por(
                 raise _Stop(MAX_DEPTH)
     except (KeyboardInterrupt, _Stop) as e:
         reason = e.reason if isinstance(e, _Stop) else INTERRUPTED
-        return Result(
-            "stopped",
-            None,
-            f"stopped ({STOP_WHY.get(reason, reason)}): the search did not finish, nothing is "
-            "proven",
-            len(table),
-            transitions,
-            depth,
-            time.perf_counter() - t0,
-            exact=exact,
-            store_bytes=table.bytes_used(),
-            stopped=reason,
-            pruned=pruned,
-        )
+        res = stopped_result(table, reason, transitions, depth, t0, exact)
+        res.pruned = pruned
+        return res
     if not finished:
-        last = len(table) - 1
-        busy = ", ".join(unfinished(system, _world_at(system, table, last)))
-        livelock = Violation(
-            "deadlock",
-            f"livelock: no interleaving lets every thread finish (left with work: {busy}); "
-            "the trace leads to the last state found",
-        )
-        res = _result(system, table, "deadlock", livelock, transitions, depth, last, t0, exact)
+        res = livelock_result(system, table, transitions, depth, t0, exact)
         res.pruned = pruned
         return res
     return Result(
