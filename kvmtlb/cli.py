@@ -193,6 +193,14 @@ def check(
             help="Scenario files, directories or built-in names (default: the built-in suite).",
         ),
     ] = None,
+    suite: Annotated[
+        str,
+        typer.Option(
+            metavar="default|extended|all",
+            help="Without FILE: which built-in suite (extended: scenarios too slow for the "
+            "default run).",
+        ),
+    ] = "default",
     policy: Annotated[
         list[str] | None,
         typer.Option(
@@ -338,7 +346,6 @@ def check(
     from kvmtlb.check.runner import (
         InputError,
         Job,
-        builtin_scenarios,
         configurations,
         distinct_names,
         known_policies,
@@ -372,9 +379,19 @@ def check(
         typer.echo(f"error: --html {html}: is a file; give a directory for the pages", err=True)
         raise typer.Exit(jobs.EXIT_INPUT)
     console = _wide_console()
-    from kvmtlb.check.inputs import scenario_paths_or_exit  # files, directories, names
+    from kvmtlb.check.inputs import (  # files, directories, names; the suites
+        SUITES,
+        builtin_scenarios,
+        scenario_paths_or_exit,
+    )
 
-    paths = scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios()]
+    if suite not in SUITES:
+        typer.echo(f"error: --suite {suite}: give one of {', '.join(SUITES)}", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT)
+    if files and suite != "default":
+        typer.echo("error: --suite goes without FILE|DIR|NAME arguments", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT)
+    paths = scenario_paths_or_exit(files) if files else [str(p) for p in builtin_scenarios(suite)]
     specs = list(dict.fromkeys(policy or [c.name for c in upstream()]))
     try:
         classes = [load_policy(sp) for sp in specs]

@@ -628,3 +628,24 @@ def test_por_gives_the_same_verdicts_states_and_trace_lengths() -> None:
     assert [r["transitions"] for r in off] == [r["transitions"] for r in plain]
     assert all(a["transitions"] >= b["transitions"] for a, b in zip(plain, reduced, strict=True))
     assert any(a["transitions"] > b["transitions"] for a, b in zip(plain, reduced, strict=True))
+
+
+def test_suites() -> None:
+    """--suite extended runs kvmtlb/scenarios/extended (not in the default run); names reach
+    both; --suite goes without files and takes one of three names."""
+    from kvmtlb.check.inputs import builtin_names, builtin_scenarios
+
+    default = {p.stem for p in builtin_scenarios()}
+    extended = {p.stem for p in builtin_scenarios("extended")}
+    assert "nested-vmxoff-vpid-reuse" in extended and not extended & default
+    assert {p.stem for p in builtin_scenarios("all")} == default | extended
+    assert set(builtin_names()) == default | extended
+    r = CliRunner().invoke(app, ["check", "--suite", "extended", "--policy", "kvm-5.8", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert {row["scenario"] for row in rows} == extended
+    assert all(row["label"] == row["expected"] for row in rows)
+    r = CliRunner().invoke(app, ["check", "zap-race-access", "--suite", "all"])
+    assert r.exit_code == 2 and "--suite goes without" in r.output
+    r = CliRunner().invoke(app, ["check", "--suite", "quick"])
+    assert r.exit_code == 2 and "give one of default, extended, all" in r.output

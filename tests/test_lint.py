@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kvmtlb.check.inputs import builtin_names, scenario_paths
+from kvmtlb.check.inputs import builtin_names, builtin_scenarios, scenario_paths
 from kvmtlb.check.lint import lint
 from kvmtlb.cli import app
 from kvmtlb.model.scenario import ScenarioError
@@ -96,9 +96,14 @@ def test_seventeen_zaps_are_an_error_for_lint_too(tmp_path: Path) -> None:
 
 
 def test_builtin_suite_lints_without_errors() -> None:
-    result = CliRunner().invoke(app, ["lint", str(next(iter(builtin_names().values())).parent)])
-    assert result.exit_code == 0, result.output
-    assert f"{len(builtin_names())} files: 0 with errors" in result.stdout
+    """Both suites: the default one's directory, and the extended one's."""
+    for suite in ("default", "extended"):
+        paths = builtin_scenarios(suite)
+        result = CliRunner().invoke(app, ["lint", str(paths[0].parent)])
+        assert result.exit_code == 0, result.output
+        files = "file" if len(paths) == 1 else "files"
+        assert f"{len(paths)} {files}: 0 with errors" in result.stdout
+    assert len(builtin_names()) == len(builtin_scenarios("all"))
 
 
 def test_names_directories_and_files(tmp_path: Path) -> None:

@@ -197,8 +197,8 @@ def test_vmcs02_vpid_follows_vmcs12() -> None:
 
 
 def test_bug_12_fix_makes_the_reuse_scenario_safe() -> None:
-    """bench/scenarios/nested-vmxoff-vpid-reuse: kvm-6.18 as released is unsafe there (its
+    """nested-vmxoff-vpid-reuse (extended suite): kvm-6.18 as released is unsafe there (its
     [expect]); with Yosry Ahmed's fix (last_vpid = 0 at VMXON) every interleaving is safe."""
-    s = load(ROOT / "bench" / "scenarios" / "nested-vmxoff-vpid-reuse.toml")
+    s = load(ROOT / "kvmtlb" / "scenarios" / "extended" / "nested-vmxoff-vpid-reuse.toml")
     assert s.expect["kvm-6.18"] == "violation:guest-transparency"
     assert explore(build(s, FixedLastVpid())).label == "safe"

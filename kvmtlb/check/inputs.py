@@ -2,8 +2,10 @@
 
 `kvmtlb check` and `kvmtlb lint` take any mix of: a path to a scenario file; a directory, which
 stands for its `*.toml` files in name order (not those of its subdirectories); and the name of a
-built-in scenario (the file name without `.toml`, e.g. `zap-while-away`). A path that exists wins
-over a built-in name. Anything else is an input error (exit code 2) that lists the names.
+built-in scenario (the file name without `.toml`, e.g. `zap-while-away`), of the default suite
+or of the extended one (`kvmtlb/scenarios/extended/`: scenarios too slow for the default run). A
+path that exists wins over a built-in name. Anything else is an input error (exit code 2) that
+lists the names.
 """
 
 from __future__ import annotations
@@ -14,10 +16,20 @@ from pathlib import Path
 from kvmtlb.model.scenario import ScenarioError
 
 BUILTIN = Path(__file__).parent.parent / "scenarios"
+EXTENDED = BUILTIN / "extended"
+SUITES = ("default", "extended", "all")
+
+
+def builtin_scenarios(suite: str = "default") -> list[Path]:
+    """The built-in scenarios of a suite: `default` (what `kvmtlb check` runs), `extended` (the
+    slower ones) or `all`."""
+    default = sorted(BUILTIN.glob("*.toml"))
+    extended = sorted(EXTENDED.glob("*.toml"))
+    return {"default": default, "extended": extended, "all": default + extended}[suite]
 
 
 def builtin_names() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(BUILTIN.glob("*.toml"))}
+    return {p.stem: p for p in builtin_scenarios("all")}
 
 
 def scenario_paths(args: Sequence[str | Path]) -> list[str]:
@@ -61,4 +73,10 @@ def scenario_paths_or_exit(args: Sequence[str | Path]) -> list[str]:
         raise typer.Exit(2) from None
 
 
-__all__ = ["builtin_names", "scenario_paths", "scenario_paths_or_exit"]
+__all__ = [
+    "SUITES",
+    "builtin_names",
+    "builtin_scenarios",
+    "scenario_paths",
+    "scenario_paths_or_exit",
+]

@@ -34,6 +34,7 @@ from kvmtlb import jobs
 from kvmtlb.check.checkpoint import CheckpointError
 from kvmtlb.check.explorer import INTERRUPTED, Progress, Result, TraceStep, explore, replay
 from kvmtlb.check.hunt import PROVE_STATES, hunt
+from kvmtlb.check.inputs import builtin_scenarios as builtin_scenarios  # the suites
 from kvmtlb.check.parallel import workers_rss_mb
 from kvmtlb.check.ray_backend import RayError
 from kvmtlb.errors import where
@@ -311,10 +312,6 @@ def _check_signatures(path: str, cls: type[KvmPolicy]) -> None:
             raise InputError(
                 f"{path}: STEPS maps {label!r} to {method!r}, which {cls.__name__} does not define"
             )
-
-
-def builtin_scenarios() -> list[Path]:
-    return sorted(BUILTIN.glob("*.toml"))
 
 
 def known_policies(extra: list[str] = ()) -> set[str]:  # type: ignore[assignment]
