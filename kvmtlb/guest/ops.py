@@ -106,6 +106,15 @@ class SetCr4Op(NamedTuple):
         return f"set_cr4 {self.bit}={self.value}"
 
 
+class SetCr0Op(NamedTuple):
+    bit: str  # "wp"
+    value: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"set_cr0 {self.bit}={self.value}"
+
+
 class InvpcidOp(NamedTuple):
     type: int
     pcid: int
@@ -158,6 +167,7 @@ GuestOp: TypeAlias = (
     | InvlpgOp
     | MovCr3Op
     | SetCr4Op
+    | SetCr0Op
     | InvpcidOp
     | FlushTlbOp
     | EmulatedReadOp

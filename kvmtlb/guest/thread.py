@@ -44,20 +44,22 @@ from kvmtlb.guest.ops import (
     LinkOp,
     MapOp,
     MovCr3Op,
+    SetCr0Op,
     SetCr4Op,
     UnlinkOp,
     UnmapOp,
 )
-from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE, CR4_SMEP
+from kvmtlb.hw.cpu import CR0_DEFAULT, CR0_WP, CR3_NOFLUSH, CR4_PCIDE, CR4_PGE, CR4_SMEP
 from kvmtlb.hw.outcomes import Access, EptViolation, NestedPageFault, PageFault, VmExit
 from kvmtlb.hw.paging import make_pte
 from kvmtlb.hw.walk import ACCESS_KINDS
-from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
+from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr0, MovToCr3, MovToCr4
 from kvmtlb.kvm.context import KvmConfig, Step, World, vm_exit_event
 from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.shadow import self_map_gva
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, Vcpu
 from kvmtlb.kvm.x86 import (
+    EXIT_CR0_WRITE,
     EXIT_CR3_WRITE,
     EXIT_CR4_WRITE,
     EXIT_EMULATION,
@@ -378,6 +380,9 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
         cr4 = _guest_regs(k, v).cr4
         value = cr4 | bit if op.value else cr4 & ~bit
         _insn(k, pol, v, MovToCr4(value), EXIT_CR4_WRITE, (value,))
+    elif isinstance(op, SetCr0Op):
+        value = CR0_DEFAULT | CR0_WP if op.value else CR0_DEFAULT & ~CR0_WP
+        _insn(k, pol, v, MovToCr0(value), EXIT_CR0_WRITE, (value,))
     elif isinstance(op, InvpcidOp):
         _insn(
             k, pol, v, Invpcid(op.type, op.pcid, op.gva), EXIT_INVPCID, (op.type, op.pcid, op.gva)

@@ -571,3 +571,20 @@ class SyncChildrenNoProtectFlush(Kvm618):
     def kvm_mmu_remote_flush(self, k: Step, vcpu: Vcpu, why: str) -> None:
         """The flush after kvm_vcpu_write_protect_gfn in mmu_sync_children left out."""
         k.note("mmu_sync_children: no flush after write-protecting", why)
+
+
+@register
+class PostSetCr0IgnoresWp(Kvm618):
+    name = "bug-post-set-cr0-ignores-wp"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_post_set_cr0 treats CR0.WP as no MMU role bit (as v6.18 may with TDP) under shadow "
+        "paging: no reset, so the writable supervisor-only SPTEs made for CR0.WP = 0 stay in use "
+        "after the guest sets WP again, and supervisor writes to read-only pages go through"
+    )
+
+    def kvm_post_set_cr0(self, k: Step, vcpu: Vcpu, old_wp: bool, wp: bool) -> None:
+        """x86.c:kvm_post_set_cr0 @ v6.18 with its TDP shortcut for a WP-only change taken
+        without TDP too."""
+        k.note("kvm_post_set_cr0: CR0.WP only", "no MMU reset")

@@ -26,7 +26,11 @@ one for one:
   mmu_sync_children write-protects the frame and flushes every vCPU before it syncs. Without
   `[tables]` a store to a synced table is an exit, not an access through a translation.
 
-What is not modelled: huge pages; guest A/D bits; CR0.WP (the guest runs with WP = 1); the
+- the guest's CR0.WP (`set_cr0`, one vCPU) is KVM's to emulate: the processor keeps WP = 1,
+  FNAME(page_fault) makes writable supervisor-only SPTEs for WP = 0, and a WP change resets the
+  MMU (a root of the other role, `kvm_mmu_cr0_wp_role`).
+
+What is not modelled: huge pages; guest A/D bits; the
 shadow page lifecycle (pages are never zapped or reallocated, so a root KVM "frees" comes back
 with its unsync pages, which kvm_mmu_load syncs, as KVM's hash lookup finds them).
 """
@@ -491,13 +495,13 @@ class ShadowMmu:
         vcpu.pc = "FNAME(page_fault):fetch"
 
     def guest_permits(self, k: Step, vcpu: Vcpu, gpte: int, access: str) -> bool:
-        """mmu.h:permission_fault @ v6.18 for a supervisor access with CR0.WP = 1: a present PTE,
-        write permission for a write, no XD for a fetch, and no fetch from a user page under
-        SMEP."""
+        """mmu.h:permission_fault @ v6.18 for a supervisor access: a present PTE, write
+        permission for a write unless CR0.WP = 0, no XD for a fetch, and no fetch from a user page
+        under SMEP."""
         if not gpte & P:
             return False
         if access == "write":
-            return bool(gpte & RW)
+            return bool(gpte & RW) or not vcpu.cr0_wp
         if access == "exec":
             smep = bool(self.kvm_read_cr4(k, vcpu) & CR4_SMEP)  # type: ignore[attr-defined]
             return not gpte & XD and not (smep and gpte & US)
@@ -508,7 +512,7 @@ class ShadowMmu:
         FNAME(fetch) retries if the guest PTE changed since the walk (FNAME(gpte_changed)); else
         the SPTE is made (make_spte: writable if the guest PTE and the memslot allow it, marking
         the page dirty under dirty logging)."""
-        gva, _kind, mmu_seq, pfn, gpte, table = vcpu.frame
+        gva, kind, mmu_seq, pfn, gpte, table = vcpu.frame
         vcpu.frame = ()
         vcpu.pc = "vcpu_enter_guest"
         if self.mmu_invalidate_retry_gfn(k, mmu_seq):  # type: ignore[attr-defined]
@@ -534,7 +538,32 @@ class ShadowMmu:
         if writable and self.kvm_slot_dirty_track_enabled(k, gpa):  # type: ignore[attr-defined]
             self.mark_page_dirty_in_slot(k, gpa)  # type: ignore[attr-defined]
         value = spte_from_gpte(gpte, pfn, writable)
+        if ACCESS_KINDS[kind] == "write" and not gpte & RW and not vcpu.cr0_wp:
+            value = self.cr0_wp_clear_spte(k, vcpu, gpte, pfn)
         self.set_shadow_spte(k, table, gva, value, "FNAME(fetch)")
+
+    def cr0_wp_clear_spte(self, k: Step, vcpu: Vcpu, gpte: int, pfn: int) -> int:
+        """paging_tmpl.h:FNAME(page_fault) @ v6.18 (v5.x alike): a supervisor write fault on a
+        read-only guest PTE with CR0.WP = 0 is let through by making the SPTE writable but
+        supervisor-only (the processor runs with WP = 1), and not executable under SMEP."""
+        smep = bool(self.kvm_read_cr4(k, vcpu) & CR4_SMEP)  # type: ignore[attr-defined]
+        k.note("FNAME(page_fault): CR0.WP = 0", "a writable, supervisor-only SPTE")
+        return make_pte(pfn, writable=True, user=False, executable=not gpte & XD and not smep)
+
+    def kvm_mmu_cr0_wp_role(self, k: Step, vcpu: Vcpu) -> None:
+        """The model's stand-in for role.cr0_wp (mmu.c:kvm_calc_cpu_role @ v6.18): after a CR0.WP
+        change KVM runs the vCPU on other shadow pages, those of the new role; the model's pages
+        are shared by both roles (set_cr0 needs vcpus = 1), so on a return to WP = 1 the
+        SPTEs only WP = 0 makes (writable over a read-only guest PTE) are dropped, as the WP = 1
+        pages never held them. No flush: the new root's load flushes (kvm_mmu_load)."""
+        if k.config.tdp or not vcpu.cr0_wp:
+            return
+        values = k.machine.memory.values
+        for r in range(len(k.config.shadow_roots)):
+            for gva in k.config.gvas:
+                spte = int(values[self.sptep(k, r, gva)])
+                if spte & P and spte & RW and not self.gpte(k, r, gva) & RW:
+                    self.set_shadow_spte(k, r, gva, 0, "role cr0_wp = 1: not in its pages")
 
     # -- the host's changes, through the rmap -----------------------------------------------------
     def rmap_sptes(self, k: Step, gpa: int) -> list[tuple[int, int]]:

@@ -116,6 +116,9 @@ class Vcpu:
     vpid12: int = 0
     vmcs12_guest_cr3: int = 0
     vmcs12_host_cr3: int = 0
+    # The guest's CR0.WP as KVM holds it (vcpu->arch.cr0): with shadow paging the processor runs
+    # with WP = 1 whatever the guest wrote, and KVM emulates WP = 0 (kvm/shadow.py)
+    cr0_wp: bool = True
 
     @property
     def loaded(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR0_PG,
+    CR0_WP,
     CR4_PAE,
     CR4_PCIDE,
     CR4_PGE,
@@ -190,7 +191,9 @@ class Vmx:
             invlpg_exiting=not tdp,
             cr3_load_exiting=not tdp,
             pf_exiting=not tdp,
-            cr0_guest_host_mask=CR0_PG,
+            # CR0.WP is the guest's only with EPT (v6.18: vmx_l1_guest_owned_cr0_bits drops it
+            # without EPT; v5.x never gives it): shadow paging must see every WP write
+            cr0_guest_host_mask=CR0_PG if tdp else CR0_PG | CR0_WP,
             cr0_read_shadow=CR0_DEFAULT,
             cr4_guest_host_mask=CR4_MODELLED & ~self.vmx_cr4_guest_owned_bits(k),
             cr4_read_shadow=cr4,
@@ -258,6 +261,12 @@ class Vmx:
         if vcpu.vmcs.guest.cr3 != value:
             guest = vcpu.vmcs.guest._replace(cr3=value)
             k.hw(vcpu.cpu, Vmwrite("guest", guest), "vmx_load_mmu_pgd: GUEST_CR3")
+
+    def vmx_set_guest_cr0(self, k: Step, vcpu: Vcpu, value: int) -> None:
+        """vmx.c:vmx_set_cr0 @ v6.18 for a CR0.WP change without EPT: CR0_READ_SHADOW takes the
+        guest's value; GUEST_CR0 keeps WP = 1 (KVM_VM_CR0_ALWAYS_ON with shadow paging), so the
+        processor enforces the shadow tables' write protection in supervisor mode too."""
+        k.hw(vcpu.cpu, Vmwrite("cr0_read_shadow", value), "vmx_set_cr0")
 
     def vmx_set_guest_cr4(self, k: Step, vcpu: Vcpu, value: int) -> None:
         """vmx.c:vmx_set_cr4 @ v6.18: GUEST_CR4 and CR4_READ_SHADOW (VMWRITEs of the loaded

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
+from kvmtlb.hw.cpu import CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP
 from kvmtlb.hw.layout import Format
 from kvmtlb.hw.outcomes import Fault
 from kvmtlb.hw.tags import IntelLinearTags
@@ -277,6 +277,8 @@ class X86:
         vcpu.pc = "vcpu_enter_guest"
         if reason == EXIT_CR4_WRITE:
             self.kvm_set_cr4(k, vcpu, args[0])
+        elif reason == EXIT_CR0_WRITE:
+            self.kvm_set_cr0(k, vcpu, args[0])
         elif reason == EXIT_CR3_WRITE:
             self.kvm_set_cr3(k, vcpu, args[0])
         elif reason == EXIT_INVLPG:
@@ -333,6 +335,26 @@ class X86:
         elif changed & CR4_PAE or (changed & CR4_SMEP and cr4 & CR4_SMEP):
             kvm_make_request(vcpu, KVM_REQ_TLB_FLUSH_CURRENT)
             k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_CURRENT)", "kvm_post_set_cr4")
+
+    def kvm_set_cr0(self, k: Step, vcpu: Vcpu, cr0: int) -> None:
+        """x86.c:kvm_set_cr0 @ v6.18 for the bit the model's guest changes, CR0.WP (with shadow
+        paging, where KVM intercepts it): vcpu->arch.cr0, the vendor's set_cr0, then
+        kvm_post_set_cr0."""
+        old, wp = vcpu.cr0_wp, bool(cr0 & CR0_WP)
+        k.note(f"kvm_set_cr0({cr0:#x})", f"CR0.WP {int(old)} -> {int(wp)}")
+        vcpu.cr0_wp = wp
+        self.kvm_x86_call(k, "set_guest_cr0", vcpu, cr0)
+        self.kvm_post_set_cr0(k, vcpu, old, wp)
+
+    def kvm_post_set_cr0(self, k: Step, vcpu: Vcpu, old_wp: bool, wp: bool) -> None:
+        """x86.c:kvm_post_set_cr0 @ v6.18 (kvm_set_cr0's update_bits check @ v5.7/v5.8, the same
+        here): CR0.WP is an MMU role bit (KVM_MMU_CR0_ROLE_BITS), so changing it resets the MMU
+        context; only with TDP does v6.18 skip the reset for a WP-only change, and set_cr0 needs
+        shadow paging. The next entry loads a root of the new role (kvm_mmu_load, which
+        flushes)."""
+        if old_wp != wp:
+            self.kvm_mmu_reset_context(k, vcpu)
+            self.kvm_mmu_cr0_wp_role(k, vcpu)  # type: ignore[attr-defined]
 
     def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_reset_context @ v6.18 (and v5.8): kvm_mmu_unload; the next entry loads a

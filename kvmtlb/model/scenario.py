@@ -29,6 +29,7 @@ from kvmtlb.guest.ops import (
     LinkOp,
     MapOp,
     MovCr3Op,
+    SetCr0Op,
     SetCr4Op,
     UnlinkOp,
     UnmapOp,
@@ -121,6 +122,7 @@ GUEST_OPS = {
     "invlpg": "invlpg GVA",
     "mov_cr3": "mov_cr3 [ROOT] [pcid=N] [noflush] [emulated]",
     "set_cr4": "set_cr4 pge=0|1 | pcide=0|1 | smep=0|1",
+    "set_cr0": "set_cr0 wp=0|1",
     "invpcid": "invpcid TYPE [pcid=N] [GVA]",
     "flush_tlb": "flush_tlb GVA|mm|all others|all|vcpuN,...",
     "emulated_read": "emulated_read GVA",
@@ -1023,6 +1025,16 @@ class _Parser:
                     "write: set_cr4 pge=0 (or pge=1, pcide=0, pcide=1, smep=0, smep=1)",
                 )
             return SetCr4Op(m.group(1), int(m.group(2)), line)
+        if op == "set_cr0":
+            need(1, "wp=0|1")
+            m = re.fullmatch(r"wp=([01])", args[0])
+            if not m:
+                raise self.err(
+                    line,
+                    f"bad set_cr0 argument {shown(args[0])}",
+                    "write: set_cr0 wp=0 (or wp=1): the model changes CR0.WP only",
+                )
+            return SetCr0Op("wp", int(m.group(1)), line)
         if op == "invpcid":
             if not args:
                 raise self.err(
@@ -1056,7 +1068,7 @@ class _Parser:
         raise self.err(
             line,
             f"unknown guest op {shown(op)}",
-            "use read, write, exec, map, unmap, link, unlink, invlpg, mov_cr3, set_cr4, "
+            "use read, write, exec, map, unmap, link, unlink, invlpg, mov_cr3, set_cr4, set_cr0, "
             "invpcid, flush_tlb or emulated_read; L1's vmxon, vmxoff, vmlaunch, vmresume, "
             "invvpid, and L2's vmcall",
         )
@@ -1272,6 +1284,20 @@ class _Parser:
         for prog in programs:
             pcide = config.pcid
             for op in prog:
+                if isinstance(op, SetCr0Op) and config.tdp:
+                    raise self.err(
+                        op.line,
+                        "set_cr0 needs shadow paging",
+                        "set tdp = false (with EPT/NPT the processor applies CR0.WP itself, and "
+                        "the model's hardware access check takes WP = 1)",
+                    )
+                if isinstance(op, SetCr0Op) and config.vcpus > 1:
+                    raise self.err(
+                        op.line,
+                        "set_cr0 needs vcpus = 1",
+                        "use one vCPU: KVM keeps vCPUs with different CR0.WP on different shadow "
+                        "pages (role.cr0_wp), which the model shares",
+                    )
                 if isinstance(op, SetCr4Op) and op.bit == "pcide":
                     pcide = bool(op.value)
                 if isinstance(op, InvpcidOp) and op.type in (0, 1) and op.pcid and not pcide:

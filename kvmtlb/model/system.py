@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmtlb.errors import where
-from kvmtlb.guest.ops import InvpcidOp, LinkOp, MapOp, MovCr3Op, UnlinkOp, UnmapOp
+from kvmtlb.guest.ops import InvpcidOp, LinkOp, MapOp, MovCr3Op, SetCr0Op, UnlinkOp, UnmapOp
 from kvmtlb.guest.thread import GuestThread
 from kvmtlb.host.ops import (
     AgeOp,
@@ -414,6 +414,9 @@ def _shadow_layout(
     whose values are every guest PTE value combined with every host page of its frame, with
     write permission or without (dirty logging, or a read-only guest PTE)."""
     gpas = scenario.gpas
+    wp_clear = any(
+        isinstance(op, SetCr0Op) and not op.value for prog in scenario.programs for op in prog
+    )
     for r, sroot in enumerate(shadow_roots):
         for gva in scenario.gvas:
             values: list[int] = [0]
@@ -428,6 +431,12 @@ def _shadow_layout(
                         v = spte_from_gpte(pte, hpa, w)
                         if v not in values:
                             values.append(v)
+                    if wp_clear and not pte & RW and host_w:
+                        # FNAME(page_fault)'s SPTE for a supervisor write with CR0.WP = 0
+                        for x in (True, False):
+                            v = make_pte(hpa, writable=True, user=False, executable=x)
+                            if v not in values:
+                                values.append(v)
             b.name(sroot, gva)
             b.allow(sroot, gva, values)
 
