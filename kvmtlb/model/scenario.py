@@ -127,6 +127,15 @@ GUEST_OPS = {
     "flush_tlb": "flush_tlb GVA|mm|all others|all|vcpuN,...",
     "emulated_read": "emulated_read GVA",
 }
+# set_cr4 / set_cr0: the bits the model's guest changes, the usage and the fix of a bad argument
+CR_WRITES = {
+    "set_cr4": (
+        ("pge", "pcide", "smep"),
+        "pge=0|1, pcide=0|1 or smep=0|1",
+        "write: set_cr4 pge=0 (or pge=1, pcide=0, pcide=1, smep=0, smep=1)",
+    ),
+    "set_cr0": (("wp",), "wp=0|1", "write: set_cr0 wp=0 (or wp=1): the model changes CR0.WP only"),
+}
 HOST_OPS = {
     "preempt": "preempt vcpuN",
     "resume": "resume vcpuN [on pcpuM]",
@@ -1015,26 +1024,14 @@ class _Parser:
                         f"{names} (the page tables [guest] and [guest.NAME])",
                     )
             return MovCr3Op(pcid, noflush, line, root, emulated)
-        if op == "set_cr4":
-            need(1, "pge=0|1, pcide=0|1 or smep=0|1")
-            m = re.fullmatch(r"(pge|pcide|smep)=([01])", args[0])
+        if op in CR_WRITES:
+            bits, usage, fix = CR_WRITES[op]
+            need(1, usage)
+            m = re.fullmatch(rf"({'|'.join(bits)})=([01])", args[0])
             if not m:
-                raise self.err(
-                    line,
-                    f"bad set_cr4 argument {shown(args[0])}",
-                    "write: set_cr4 pge=0 (or pge=1, pcide=0, pcide=1, smep=0, smep=1)",
-                )
-            return SetCr4Op(m.group(1), int(m.group(2)), line)
-        if op == "set_cr0":
-            need(1, "wp=0|1")
-            m = re.fullmatch(r"wp=([01])", args[0])
-            if not m:
-                raise self.err(
-                    line,
-                    f"bad set_cr0 argument {shown(args[0])}",
-                    "write: set_cr0 wp=0 (or wp=1): the model changes CR0.WP only",
-                )
-            return SetCr0Op("wp", int(m.group(1)), line)
+                raise self.err(line, f"bad {op} argument {shown(args[0])}", fix)
+            cls = SetCr4Op if op == "set_cr4" else SetCr0Op
+            return cls(m.group(1), int(m.group(2)), line)
         if op == "invpcid":
             if not args:
                 raise self.err(
