@@ -288,15 +288,7 @@ def _explore(
                     nxt.append((out.world, new))
                     if not finished:
                         finished = all_done(system, out.world)
-                if progress is not None:
-                    now = time.perf_counter()
-                    if now - last_report > 0.25:
-                        last_report = now
-                        reason = progress(Progress(len(table), transitions, depth + 1, now - t0))
-                        if reason:
-                            raise _Stop(reason)
-                if max_states and len(table) >= max_states:
-                    raise _Stop(MAX_STATES)
+                last_report = tick(progress, last_report, table, transitions, depth, t0, max_states)
             depth += 1
             if found:
                 _, _, hit = min(found, key=lambda f: (f[0], f[1]))
@@ -316,35 +308,72 @@ def _explore(
         return stopped_result(table, reason, transitions, depth, t0, exact)
     if not finished:
         return livelock_result(system, table, transitions, depth, t0, exact)
+    return safe_result(table, transitions, depth, t0, exact)
+
+
+def tick(
+    progress: Callable[[Progress], str | None] | None,
+    last_report: float,
+    table: FingerprintTable,
+    transitions: int,
+    depth: int,
+    t0: float,
+    max_states: int,
+) -> float:
+    """After a state is expanded: report progress at most four times a second (a reason the
+    hook returns stops the search) and stop at --max-states. Returns the last report's time."""
+    if progress is not None:
+        now = time.perf_counter()
+        if now - last_report > 0.25:
+            last_report = now
+            reason = progress(Progress(len(table), transitions, depth + 1, now - t0))
+            if reason:
+                raise _Stop(reason)
+    if max_states and len(table) >= max_states:
+        raise _Stop(MAX_STATES)
+    return last_report
+
+
+def _finished_result(
+    table: FingerprintTable,
+    verdict: str,
+    detail: str,
+    transitions: int,
+    depth: int,
+    t0: float,
+    exact: bool,
+    stopped: str = "",
+) -> Result:
+    """A result without a trace: the search's counts."""
     return Result(
-        "safe",
+        verdict,
         None,
-        "",
+        detail,
         len(table),
         transitions,
         depth,
         time.perf_counter() - t0,
         exact=exact,
         store_bytes=table.bytes_used(),
+        stopped=stopped,
     )
+
+
+def safe_result(
+    table: FingerprintTable, transitions: int, depth: int, t0: float, exact: bool
+) -> Result:
+    """Every reachable state explored, every thread finished somewhere, no violation."""
+    return _finished_result(table, "safe", "", transitions, depth, t0, exact)
 
 
 def stopped_result(
     table: FingerprintTable, reason: str, transitions: int, depth: int, t0: float, exact: bool
 ) -> Result:
     """A search that stopped before it finished (Ctrl-C or a limit): nothing is proven."""
-    return Result(
-        "stopped",
-        None,
-        f"stopped ({STOP_WHY.get(reason, reason)}): the search did not finish, nothing is proven",
-        len(table),
-        transitions,
-        depth,
-        time.perf_counter() - t0,
-        exact=exact,
-        store_bytes=table.bytes_used(),
-        stopped=reason,
+    detail = (
+        f"stopped ({STOP_WHY.get(reason, reason)}): the search did not finish, nothing is proven"
     )
+    return _finished_result(table, "stopped", detail, transitions, depth, t0, exact, reason)
 
 
 def livelock_result(

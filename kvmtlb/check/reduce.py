@@ -39,7 +39,6 @@ from typing import Any, cast
 from kvmtlb.check.explorer import (
     INTERRUPTED,
     MAX_DEPTH,
-    MAX_STATES,
     ExactTable,
     FingerprintTable,
     Progress,
@@ -50,7 +49,9 @@ from kvmtlb.check.explorer import (
     _Stop,
     _tag,
     livelock_result,
+    safe_result,
     stopped_result,
+    tick,
 )
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import World
@@ -227,15 +228,7 @@ def explore_por(
                     nxt.append((out.world, new, z or AWAKE))
                     if not finished:
                         finished = all_done(system, out.world)
-                if progress is not None:
-                    now = time.perf_counter()
-                    if now - last_report > 0.25:
-                        last_report = now
-                        reason = progress(Progress(len(table), transitions, depth + 1, now - t0))
-                        if reason:
-                            raise _Stop(reason)
-                if max_states and len(table) >= max_states:
-                    raise _Stop(MAX_STATES)
+                last_report = tick(progress, last_report, table, transitions, depth, t0, max_states)
             depth += 1
             if found:
                 _, _, hit = min(found, key=lambda f: (f[0], f[1]))
@@ -263,15 +256,6 @@ def explore_por(
         res = livelock_result(system, table, transitions, depth, t0, exact)
         res.pruned = pruned
         return res
-    return Result(
-        "safe",
-        None,
-        "",
-        len(table),
-        transitions,
-        depth,
-        time.perf_counter() - t0,
-        exact=exact,
-        store_bytes=table.bytes_used(),
-        pruned=pruned,
-    )
+    res = safe_result(table, transitions, depth, t0, exact)
+    res.pruned = pruned
+    return res
