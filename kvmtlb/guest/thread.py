@@ -233,6 +233,15 @@ def _done(g: GuestThread) -> GuestThread:
     return g._replace(op=g.op + 1, sub=0, target=0, seen=0, mask=0)
 
 
+def _hw_access(k: Step, vcpu: Vcpu, gva: int, kind: str, choice: int, what: str) -> Any:
+    """Outcome `choice` of an access on the vCPU's processor (the machine moves on with it)."""
+    outcome, succ = k.machine.access(vcpu.cpu, gva, kind)[choice]
+    k.machine = succ
+    k.sync_control(vcpu.cpu)
+    k.note(what, f"pCPU{vcpu.cpu}: {outcome.describe()}")
+    return outcome
+
+
 def _access(
     k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: AccessOp, choice: int
 ) -> GuestThread:
@@ -241,10 +250,7 @@ def _access(
         vcpu.pf_injected = -1
         k.note(f"{op.kind} {op.gva:#x}", "the guest takes the #PF KVM injected")
         return _done(g)
-    outcome, succ = k.machine.access(vcpu.cpu, op.gva, op.kind)[choice]
-    k.machine = succ
-    k.sync_control(vcpu.cpu)
-    k.note(f"{op.kind} {op.gva:#x}", f"pCPU{vcpu.cpu}: {outcome.describe()}")
+    outcome = _hw_access(k, vcpu, op.gva, op.kind, choice, f"{op.kind} {op.gva:#x}")
     if isinstance(outcome, EptViolation | NestedPageFault):
         pol.vcpu_exit(k, vcpu, EXIT_TDP_FAULT, (outcome.gpa, int(op.kind == "write")))
         return g  # retried once KVM has handled the fault
@@ -273,10 +279,9 @@ def _store(
         k.note(op.describe(), "the store takes the #PF KVM injected; the PTE is unchanged")
         return _done(g)
     via = store_gva(cfg, k.machine.memory.values, vcpu.cr3, op)
-    outcome, succ = k.machine.access(vcpu.cpu, via, "write")[choice]
-    k.machine = succ
-    k.sync_control(vcpu.cpu)
-    k.note(f"{op.describe()}: a store through {via:#x}", f"pCPU{vcpu.cpu}: {outcome.describe()}")
+    outcome = _hw_access(
+        k, vcpu, via, "write", choice, f"{op.describe()}: a store through {via:#x}"
+    )
     if isinstance(outcome, PageFault):
         pol.vcpu_exit(k, vcpu, EXIT_SHADOW_PF, (via, ACCESS_KINDS.index("write")))
         return g

@@ -118,7 +118,7 @@ class KvmConfig:
     pde_owner: dict[int, int] = field(default_factory=dict, compare=False)
     # [tables]: the guest frame holding each root's last-level table page of the first 2 MiB
     # region (-1: the file does not place it; the guest's stores to it are then modelled as
-    # traps, not as accesses through its own mapping of the table)
+    # traps, not as accesses through its own mapping of the table); empty without [tables]
     table_frame: tuple[int, ...] = ()
     # Nested VMX (kvm/nested_vmx.py): the guest roots L1 runs L2 on (vmlaunch ROOT).
     nested_roots: tuple[int, ...] = ()

@@ -312,7 +312,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         guest_pde=guest_pde,
         shadow_pde=shadow_pde,
         pde_owner=pde_owner(guest_pde, shadow_pde),
-        table_frame=tuple(scenario.tables.get(name, -1) for name in root_names),
+        table_frame=(
+            tuple(scenario.tables.get(name, -1) for name in root_names) if scenario.tables else ()
+        ),
         nested_roots=l2_roots(scenario) if nested else (),
         vm_of=vm_of,
         vm_start_root=(0, root_names.index(VM1_ROOT)) if two_vms else (0,),
