@@ -387,13 +387,13 @@ class TrackWriteKeepsShadowPde(Kvm618):
     kind = "bug"
     based_on = "kvm-6.18"
     summary = (
-        "KVM emulates the guest's store to a page directory but leaves the shadow PDE linked "
-        "(no kvm_mmu_track_write zap): the shadow tables keep translating through the table the "
-        "guest unmapped or replaced"
+        "KVM emulates the guest's store to an upper-level table (a PDE, PDPTE or PML4E) but "
+        "leaves the shadow entry linked (no kvm_mmu_track_write zap): the shadow tables keep "
+        "translating through the table the guest unmapped or replaced"
     )
 
     def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
-        """mmu.c:kvm_mmu_track_write with nothing done for a PDE."""
+        """mmu.c:kvm_mmu_track_write with nothing done for a non-leaf entry."""
         if level == 1:
             super().kvm_mmu_track_write(k, vcpu, root, gva, level)
 

@@ -7,11 +7,11 @@ whose last-level SPTEs map a GVA straight to the host page of the guest frame th
 names. The model's shadow hierarchies (kvmtlb.model.system builds them) mirror the guest's tables
 one for one:
 
-- upper-level shadow entries are present from the start; the guest's stores to a PDE (`link`,
-  `unlink`) are emulated, and the shadow PDE they shadow is zapped (kvm_mmu_track_write); the
-  next fault links the shadow page of the table the guest's PDE then names (FNAME(fetch));
-  shadow pages are keyed by the guest table they shadow, so a table page two page tables share
-  has one shadow page;
+- upper-level shadow entries are present from the start; the guest's stores to a PDE, PDPTE
+  or PML4E (`link`, `unlink`) are emulated, and the shadow entry they shadow is zapped
+  (kvm_mmu_track_write); the next fault links, level by level, the shadow page of the table
+  the guest's entry then names (FNAME(fetch)); shadow pages are keyed by the guest table they
+  shadow, so a table page two page tables share (at any level) has one shadow page;
 - each last-level shadow page is synced (its guest table write-protected: a guest store to it
   exits and KVM unsyncs the page, mmu_try_to_unsync_pages) or unsync (`Kvm.unsync`: the guest
   writes its PTEs freely, and the SPTEs may be stale until a sync point: INVLPG, MOV CR3 with
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmtlb.hw.addr import ENTRY_NAMES, region
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_SMEP
 from kvmtlb.hw.paging import E_W, RW, US, XD, P, make_pte, pte_addr
 from kvmtlb.hw.vmx import Vmwrite
@@ -77,7 +78,7 @@ def self_map_gva(cfg: KvmConfig, values: Any, current: int, root: int, gva: int)
         return -1
     frame = cfg.table_frame[root]
     for s in cfg.gvas:
-        t = cfg.pde_root(int(values[cfg.layout.slot(cfg.roots[current], s, 2)]))
+        t = cfg.table_owners(values, cfg.roots, current, s)
         if t < 0:
             continue
         gpte = int(values[cfg.layout.slot(cfg.roots[t], s)])
@@ -122,17 +123,19 @@ class ShadowMmu:
         return int(k.machine.memory.values[slot])
 
     def guest_pde_target(self, k: Step, root: int, gva: int) -> int:
-        """Whose last-level table page the guest's PDE for `gva` in page table `root` names
-        (a root index; -1 if not present)."""
-        slot = k.config.layout.slot(k.config.roots[root], gva, 2)
-        return k.config.pde_root(int(k.machine.memory.values[slot]))
+        """Whose last-level table page the guest's walk of `gva` from page table `root` reaches
+        through its PML4E, PDPTE and PDE (a root index; -1: one is not present)."""
+        return k.config.table_owners(k.machine.memory.values, k.config.roots, root, gva)
 
-    def shadow_pde_slot(self, k: Step, root: int, gva: int) -> int:
-        return k.config.layout.slot(k.config.shadow_roots[root], gva, 2)
+    def shadow_entry_slot(self, k: Step, root: int, gva: int, level: int) -> int:
+        """The slot of the level-`level` shadow entry of `gva` in the shadow page of guest page
+        table `root`'s table of that level."""
+        return k.config.layout.slot(k.config.shadow_roots[root], gva, level)
 
     def shadow_pde_target(self, k: Step, root: int, gva: int) -> int:
-        """The same for the shadow PDE: the shadow page it links (-1: zapped)."""
-        return k.config.pde_root(int(k.machine.memory.values[self.shadow_pde_slot(k, root, gva)]))
+        """The same for the shadow walk: the last-level shadow page the shadow PML4E, PDPTE and
+        PDE link (-1: one is zapped)."""
+        return k.config.table_owners(k.machine.memory.values, k.config.shadow_roots, root, gva)
 
     def sp_unsync(self, k: Step, root: int, gva: int) -> bool:
         return bool(k.kvm.unsync >> self.sp_bit(k, root, gva) & 1)
@@ -177,33 +180,35 @@ class ShadowMmu:
     def kvm_emulate_guest_pt_write(
         self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int, value: int
     ) -> None:
-        """A store to a guest paging entry that KVM's emulator does: always for a PDE (a page
-        directory's shadow page never goes unsync, so the guest's store faults and is emulated),
-        and for a PTE when the instruction itself is emulated (`map ... emulated`). The store,
-        then the page-track notifier."""
+        """A store to a guest paging entry that KVM's emulator does: always for a PDE, PDPTE or
+        PML4E (an upper-level shadow page never goes unsync, so the guest's store faults and is
+        emulated), and for a PTE when the instruction itself is emulated (`map ... emulated`).
+        The store, then the page-track notifier."""
         self.emulator_write_phys(k, root, gva, level, value)
         self.kvm_mmu_track_write(k, vcpu, root, gva, level)
 
     def emulator_write_phys(self, k: Step, root: int, gva: int, level: int, value: int) -> None:
-        """x86.c:emulator_write_phys @ v6.18: the guest's entry (level 1: the PTE, 2: the PDE
-        of `gva` in page table `root`) takes the new value."""
+        """x86.c:emulator_write_phys @ v6.18: the guest's level-`level` entry of `gva` (1: the
+        PTE, 2: the PDE, 3: the PDPTE, 4: the PML4E) in page table `root` takes the new
+        value."""
         slot = k.config.layout.slot(k.config.roots[root], gva, level)
-        what = "PTE" if level == 1 else "PDE of"
-        k.write_slot(slot, value, f"emulated store: guest {what} {gva:#x} = {value:#x}")
+        what = ENTRY_NAMES[level]
+        k.write_slot(slot, value, f"emulated store: guest {what} of {gva:#x} = {value:#x}")
 
     def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
         """mmu.c:kvm_mmu_track_write @ v6.18 (kvm_mmu_pte_write @ v5.x): in the shadow page of
-        the written table, synced or unsync, the shadow entry of the written entry is zapped
-        (mmu_page_zap_pte; for a PDE this unlinks the child shadow page), and a zapped present
-        entry is flushed on every vCPU (kvm_mmu_remote_flush_or_zap; v5.x need_remote_flush: a
-        present entry zapped, then kvm_flush_remote_tlbs). v5.x may then prefetch a new guest
-        PTE (mmu_pte_write_new_pte), an optional fill the model leaves to the next fault."""
+        the written table, synced or unsync and at whatever level, the shadow entry of the
+        written entry is zapped (mmu_page_zap_pte; for a PDE, PDPTE or PML4E this unlinks the
+        child shadow page), and a zapped present entry is flushed on every vCPU
+        (kvm_mmu_remote_flush_or_zap; v5.x need_remote_flush: a present entry zapped, then
+        kvm_flush_remote_tlbs). v5.x may then prefetch a new guest PTE (mmu_pte_write_new_pte),
+        an optional fill the model leaves to the next fault."""
         if k.config.tdp:
             return
-        slot = self.sptep(k, root, gva) if level == 1 else self.shadow_pde_slot(k, root, gva)
+        slot = self.shadow_entry_slot(k, root, gva, level)
         if not k.machine.memory.values[slot] & P:
             return
-        what = "SPTE" if level == 1 else "shadow PDE of"
+        what = "SPTE" if level == 1 else f"shadow {ENTRY_NAMES[level]} of"
         k.write_slot(slot, 0, f"kvm_mmu_track_write: zap the {what} {gva:#x}")
         self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
 
@@ -479,7 +484,8 @@ class ShadowMmu:
         (kvm_inject_emulated_page_fault); else the host page is looked up with the
         mmu_invalidate_seq snapshot, and FNAME(fetch) is the next step."""
         root = k.config.root_index(vcpu.cr3)
-        table = self.guest_pde_target(k, root, gva)
+        chain = k.config.table_chain(k.machine.memory.values, k.config.roots, root, gva)
+        table = chain[-1] if len(chain) == 3 else -1
         gpte = self.gpte(k, table, gva) if table >= 0 else 0
         access = ACCESS_KINDS[kind]
         if not self.guest_permits(k, vcpu, gpte, access):
@@ -491,7 +497,7 @@ class ShadowMmu:
         mmu_seq = k.kvm.mmu_invalidate_seq
         pfn = self.gfn_to_pfn(k, gpa)  # type: ignore[attr-defined]
         k.note(f"FNAME(walk_addr)({gva:#x}) = {gpa:#x}; kvm_faultin_pfn = {pfn:#x}")
-        vcpu.frame = (gva, kind, mmu_seq, pfn, gpte, table)
+        vcpu.frame = (gva, kind, mmu_seq, pfn, gpte, *chain)
         vcpu.pc = "FNAME(page_fault):fetch"
 
     def guest_permits(self, k: Step, vcpu: Vcpu, gpte: int, access: str) -> bool:
@@ -509,26 +515,38 @@ class ShadowMmu:
 
     def fname_page_fault_fetch(self, k: Step, vcpu: Vcpu) -> None:
         """paging_tmpl.h:FNAME(page_fault) @ v6.18 under mmu_lock: is_page_fault_stale retries;
-        FNAME(fetch) retries if the guest PTE changed since the walk (FNAME(gpte_changed)); else
-        the SPTE is made (make_spte: writable if the guest PTE and the memslot allow it, marking
-        the page dirty under dirty logging)."""
-        gva, kind, mmu_seq, pfn, gpte, table = vcpu.frame
+        FNAME(fetch) retries if a guest entry on the walk changed since (FNAME(gpte_changed)),
+        links at each upper level the shadow page of the guest table the walk went through
+        where the shadow entry was zapped (kvm_mmu_get_child_sp, link_shadow_page), and makes
+        the SPTE (make_spte: writable if the guest PTE and the memslot allow it, marking the page
+        dirty under dirty logging)."""
+        gva, kind, mmu_seq, pfn, gpte, *walked = vcpu.frame
+        chain = tuple(walked)
+        table = chain[-1]
         vcpu.frame = ()
         vcpu.pc = "vcpu_enter_guest"
         if self.mmu_invalidate_retry_gfn(k, mmu_seq):  # type: ignore[attr-defined]
             k.note(f"FNAME(page_fault)({gva:#x}): mmu_invalidate_retry_gfn, retry")
             return
         root = k.config.root_index(vcpu.cr3)
-        if self.guest_pde_target(k, root, gva) != table or self.gpte(k, table, gva) != gpte:
+        values = k.machine.memory.values
+        if (
+            k.config.table_chain(values, k.config.roots, root, gva) != chain
+            or self.gpte(k, table, gva) != gpte
+        ):
             k.note(f"FNAME(fetch)({gva:#x}): FNAME(gpte_changed), retry")
             return
-        if self.shadow_pde_target(k, root, gva) != table:
-            value = k.config.shadow_pde[(table, gva >> 21)]
-            k.write_slot(
-                self.shadow_pde_slot(k, root, gva),
-                value,
-                f"FNAME(fetch): link_shadow_page, shadow PDE of {gva:#x} -> {value:#x}",
-            )
+        owners = (root, *chain[:-1])  # the walk's PML4, PDPT and page directory pages
+        for level, owner, child in zip((4, 3, 2), owners, chain, strict=True):
+            slot = self.shadow_entry_slot(k, owner, gva, level)
+            value = k.config.shadow_ptr[(child, level, region(gva, level))]
+            if values[slot] != value:
+                k.write_slot(
+                    slot,
+                    value,
+                    f"FNAME(fetch): link_shadow_page, shadow {ENTRY_NAMES[level]} of {gva:#x} "
+                    f"-> {value:#x}",
+                )
         gpa = pte_addr(gpte)
         writable = bool(gpte & RW) and bool(self.host_rights(k, gpa) & E_W)  # type: ignore[attr-defined]
         if writable and self.table_root(k, gpa) >= 0:
