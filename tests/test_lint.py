@@ -45,9 +45,7 @@ WARNINGS = {
     "preempt-twice": case(host="preempt vcpu1\npreempt vcpu1  # W\nresume vcpu1  # U"),
     "never-resumed": case(host="preempt vcpu0  # W"),
     "knob-vpids": case(config="vpids = 1  # W"),
-    "root-never-loaded": case().replace(
-        "[host]", '[guest.b]  # W\n"0x1000" = "0x10000 w"\n[host]'
-    ),
+    "root-never-loaded": case().replace("[host]", '[guest.b]  # W\n"0x1000" = "0x10000 w"\n[host]'),
     "knob-max-asid": case(config="max_asid = 4  # W").replace('"intel"', '"amd"'),
 }
 
@@ -69,6 +67,20 @@ def test_each_warning_names_its_line(name: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     for line, k in want:
         assert f"{path}:{line}: warning[{k}]" in result.stdout
+
+
+def test_a_linked_page_table_is_reached(tmp_path: Path) -> None:
+    """root-never-loaded: a `link` from a walked page table reaches the target's tables (and a
+    link from a table nothing reaches does not)."""
+    tables = '[guest.b]\n"0x1000" = "0x10000 w"\n[guest.c]  # W\n"0x1000" = "0x10000 w"\n[host]'
+    text = case("link 0x1000 -> b level=3\nlink 0x1000 -> c root=d\nread 0x1000")
+    text = text.replace(
+        "[host]", tables.replace("[host]", '[guest.d]  # W\n"0x2000" = "0x10000"\n[host]')
+    )
+    path = tmp_path / "linked.toml"
+    path.write_text(text)
+    got = sorted(w.line for w in lint(path) if w.kind == "root-never-loaded")
+    assert got == marked(text, "# W")
 
 
 def test_clean_file_has_no_warning() -> None:

@@ -103,6 +103,9 @@ class KvmConfig:
     # root, and the shadow page (a bit of Kvm.unsync) holding each (root, GVA)'s last-level SPTE.
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
+    # role.cr0_wp (a guest that clears CR0.WP, `set_cr0 wp=0`): shadow_roots then holds a second
+    # set of hierarchies, guest root g's shadow pages of role CR0.WP = 0 at len(roots) + g
+    wp_roles: bool = False
     # EPT accessed/dirty bits (enable_ept_ad_bits; NPT always has them); else access tracking
     ept_ad: bool = True
     # The VM's EPT/NPT root pages (TDP; kvm/mmu.py): tdp_root and the pages fast zaps may use.
@@ -143,6 +146,18 @@ class KvmConfig:
         if gpa < 0 or not self.gpa_vm:
             return -1
         return self.gpa_vm[self.gpa_index(gpa)]
+
+    def shadow_index(self, g: int, wp: bool) -> int:
+        """The shadow hierarchy of guest root `g` for shadow pages of role CR0.WP = `wp`."""
+        return g + len(self.roots) if self.wp_roles and not wp else g
+
+    def shadows_of(self, g: int) -> range:
+        """Every shadow hierarchy of guest root `g` (one per role)."""
+        return range(g, len(self.shadow_roots), len(self.roots))
+
+    def guest_of(self, s: int) -> int:
+        """The guest root a shadow hierarchy shadows."""
+        return s % len(self.roots)
 
     def pde_root(self, value: int) -> int:
         """Which root's table page a (guest or shadow) non-leaf entry value points at; -1 if

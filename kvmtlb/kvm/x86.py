@@ -232,6 +232,7 @@ class X86:
         provenance is unknown, so flush the current context right after loading it (freeing a
         root then needs no flush)."""
         vcpu.root_valid = True
+        vcpu.root_wp = vcpu.cr0_wp  # the root's role: the MMU's role as of now
         k.note("kvm_mmu_load: new root")
         if k.config.tdp:
             self.mmu_alloc_direct_roots(k, vcpu)  # type: ignore[attr-defined]
@@ -354,7 +355,6 @@ class X86:
         flushes)."""
         if old_wp != wp:
             self.kvm_mmu_reset_context(k, vcpu)
-            self.kvm_mmu_cr0_wp_role(k, vcpu)  # type: ignore[attr-defined]
 
     def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_reset_context @ v6.18 (and v5.8): kvm_mmu_unload; the next entry loads a

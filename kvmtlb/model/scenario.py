@@ -1309,13 +1309,6 @@ class _Parser:
                         "set tdp = false (with EPT/NPT the processor applies CR0.WP itself, and "
                         "the model's hardware access check takes WP = 1)",
                     )
-                if isinstance(op, SetCr0Op) and config.vcpus > 1:
-                    raise self.err(
-                        op.line,
-                        "set_cr0 needs vcpus = 1",
-                        "use one vCPU: KVM keeps vCPUs with different CR0.WP on different shadow "
-                        "pages (role.cr0_wp), which the model shares",
-                    )
                 if isinstance(op, SetCr4Op) and op.bit == "pcide":
                     pcide = bool(op.value)
                 if isinstance(op, InvpcidOp) and op.type in (0, 1) and op.pcid and not pcide:

@@ -223,17 +223,28 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
     shadow_ptr: dict[tuple[int, int, int], int] = {}
+    # role.cr0_wp: a guest that clears CR0.WP runs on shadow pages of its own (kvm/shadow.py)
+    wp_roles = any(
+        isinstance(op, SetCr0Op) and not op.value for prog in scenario.programs for op in prog
+    )
     if not cfg.tdp:
-        shadow_roots = tuple(b.linear_root() for _ in roots)
+        n = len(roots)
+        shadow_roots = tuple(b.linear_root() for _ in range(2 * n if wp_roles else n))
         _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
-        spt_bit = shadow_page_bits(len(roots), gvas)
+        spt_bit = shadow_page_bits(len(shadow_roots), gvas)
         shadow_ptr = ptr_values(b, shadow_roots, gvas)
         # KVM zaps a shadow entry when the guest writes the entry it shadows, and FNAME(fetch)
-        # links it again to the shadow page of whichever table the guest's entry then names
+        # links it again to the shadow page (of the same role) of whichever table the guest's
+        # entry then names
         for r, level, reg in sorted(relinked):
             gva = next(g for g in gvas if region(g, level) == reg)
-            targets = [v for (_, lv, rg), v in shadow_ptr.items() if (lv, rg) == (level, reg)]
-            b.allow(shadow_roots[r], gva, [0, *targets], level=level)
+            for s in range(r, len(shadow_roots), n):
+                targets = [
+                    v
+                    for (t, lv, rg), v in shadow_ptr.items()
+                    if (lv, rg) == (level, reg) and t // n == s // n
+                ]
+                b.allow(shadow_roots[s], gva, [0, *targets], level=level)
     layout = b.build()
     frame_of = {h: gpa for gpa, (pages, _) in host_pages.items() for h in pages}
     # -- tags the run can reach ----------------------------------------------------------------
@@ -313,6 +324,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         gvas=gvas,
         shadow_roots=shadow_roots,
         spt_bit=spt_bit,
+        wp_roles=wp_roles and not cfg.tdp,
         frame_of=frame_of,
         guest_ptr=guest_ptr,
         shadow_ptr=shadow_ptr,
@@ -424,7 +436,8 @@ def _shadow_layout(
     rights: tuple[int, ...],
 ) -> None:
     """The shadow page tables KVM builds for each guest page table (kvm/shadow.py): one linear
-    hierarchy per guest root, its upper levels present from the start (KVM created the shadow
+    hierarchy per guest root (and per role, with `KvmConfig.wp_roles`: hierarchy s shadows guest
+    root s % len(roots)), its upper levels present from the start (KVM created the shadow
     pages of every table the scenario names before the run), and for each GVA a last-level SPTE
     whose values are every guest PTE value combined with every host page of its frame, with
     write permission or without (dirty logging, or a read-only guest PTE)."""
@@ -432,10 +445,11 @@ def _shadow_layout(
     wp_clear = any(
         isinstance(op, SetCr0Op) and not op.value for prog in scenario.programs for op in prog
     )
-    for r, sroot in enumerate(shadow_roots):
+    n = len(scenario.root_names)
+    for s, sroot in enumerate(shadow_roots):
         for gva in scenario.gvas:
             values: list[int] = [0]
-            for pte in pte_values.get((r, gva), [0]):
+            for pte in pte_values.get((s % n, gva), [0]):
                 if not pte & P:
                     continue
                 gpa = pte_addr(pte)
