@@ -176,9 +176,8 @@ class ShadowMmu:
         """Whether some shadow page of guest page table `table`'s `[tables]` page (of either
         role) is synced: its guest table is then write-protected (mmu_try_to_unsync_pages with
         can_unsync false fails on the first synced page of the GFN)."""
-        return any(
-            not k.kvm.unsync >> self.table_sp_bit(k, s) & 1 for s in k.config.shadows_of(table)
-        )
+        bits = [self.table_sp_bit(k, s) for s in k.config.shadows_of(table)]
+        return any(bit >= 0 and not k.kvm.unsync >> bit & 1 for bit in bits)
 
     def sp_frame(self, k: Step, s: int, bit: int) -> int:
         """sp->gfn for last-level shadow page `bit` of hierarchy `s`: its guest table's `[tables]`
