@@ -129,7 +129,6 @@ def test_the_bug_variant_keeps_the_wp0_spte() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("tdp = false", "tdp = true"), "set_cr0 needs shadow paging"),
         (("set_cr0 wp=0", "set_cr0 wp=2"), "bad set_cr0 argument 'wp=2'"),
         (("set_cr0 wp=0", "set_cr0 pg=0"), "bad set_cr0 argument 'pg=0'"),
         (("set_cr0 wp=0", "set_cr0"), "set_cr0"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
-from kvmtlb.hw.cpu import CR4_SMAP, CR4_SMEP, VMX_NONROOT, Capabilities, Cpu
+from kvmtlb.hw.cpu import CR0_WP, CR4_SMAP, CR4_SMEP, VMX_NONROOT, Capabilities, Cpu
 from kvmtlb.hw.effect import DEFAULT_READINGS, Effect, Event, Readings
 from kvmtlb.hw.errors import ModelError, UnknownEvent
 from kvmtlb.hw.invalidation import Invalidation, union
@@ -85,7 +85,13 @@ class IntelArch:
                 return EptMisconfig(r.gpa)
             return EptViolation(r.gpa, gva if r.final else -1)
         cr4 = cpu.regs.cr4
-        if guest_denies(r, access, smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP)):
+        if guest_denies(
+            r,
+            access,
+            smep=bool(cr4 & CR4_SMEP),
+            smap=bool(cr4 & CR4_SMAP),
+            wp=bool(cpu.regs.cr0 & CR0_WP),
+        ):
             return PageFault(gva, "rights")
         if stage2_denies(r, access):
             return EptViolation(r.gpa, gva)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmtlb.hw.addr import is_canonical
-from kvmtlb.hw.cpu import CR4_SMAP, CR4_SMEP
+from kvmtlb.hw.cpu import CR0_WP, CR4_SMAP, CR4_SMEP
 from kvmtlb.hw.effect import Effect, Readings
 from kvmtlb.hw.errors import ModelError
 from kvmtlb.hw.invalidation import ASID_KINDS, Invalidation, Select, union
@@ -181,7 +181,13 @@ class AmdArch:
         if isinstance(r, Stage2Fault):
             return NestedPageFault(r.gpa, gva if r.final else -1)
         cr4 = cpu.regs.cr4
-        if guest_denies(r, access, smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP)):
+        if guest_denies(
+            r,
+            access,
+            smep=bool(cr4 & CR4_SMEP),
+            smap=bool(cr4 & CR4_SMAP),
+            wp=bool(cpu.regs.cr0 & CR0_WP),
+        ):
             return PageFault(gva, "rights")
         if stage2_denies(r, access):
             return NestedPageFault(r.gpa, gva)

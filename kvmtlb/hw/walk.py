@@ -373,15 +373,21 @@ READ, WRITE, EXEC = "read", "write", "exec"
 ACCESS_KINDS = (READ, WRITE, EXEC)
 
 
-def guest_denies(t: Translated, access: str, *, smep: bool = False, smap: bool = False) -> bool:
-    """Whether guest paging denies `access` (CPL 0, CR0.WP = 1, NXE = 1, RFLAGS.AC = 0; SDM §4.6):
+def guest_denies(
+    t: Translated, access: str, *, smep: bool = False, smap: bool = False, wp: bool = True
+) -> bool:
+    """Whether guest paging denies `access` (CPL 0, NXE = 1, RFLAGS.AC = 0; SDM §4.6):
     SMEP forbids supervisor fetches from user pages, SMAP supervisor data accesses to them
-    (§4.6.1). Protection keys are not modelled: PKRU is taken as 0, which denies nothing."""
+    (§4.6.1), and a supervisor write to a read-only page is denied only with CR0.WP = 1
+    (§4.6.1: with WP = 0 it may write any page its data accesses may read). The check is made
+    when the access is, on the rights the TLB entry holds (§4.10.2.2), so a CR0.WP change needs
+    no invalidation. Protection keys are not modelled: PKRU is taken as 0, which denies
+    nothing."""
     user = bool(t.rights & G_U)
     if smap and user and access != EXEC:
         return True
     if access == WRITE:
-        return not t.rights & G_W
+        return wp and not t.rights & G_W
     if access == EXEC:
         return not t.rights & G_X or (smep and user)
     return False

@@ -145,11 +145,18 @@ class Svm:
         vcpu.vmcb = vcpu.vmcb._replace(guest=vcpu.vmcb.guest._replace(cr3=value))
 
     def svm_set_guest_cr0(self, k: Step, vcpu: Vcpu, value: int) -> None:
-        """svm.c:svm_set_cr0 @ v6.18 for a CR0.WP change without NPT: the VMCB's CR0 keeps
-        PG and WP set (hcr0 |= X86_CR0_PG | X86_CR0_WP when !npt_enabled), so the processor
-        still enforces the shadow tables' write protection; the guest's value lives in
-        vcpu->arch.cr0 (Vcpu.cr0_wp) only."""
-        k.note("svm_set_cr0: the VMCB's CR0 keeps WP = 1 (shadow paging)")
+        """svm.c:svm_set_cr0 @ v6.18 for a CR0.WP change: without NPT the VMCB's CR0 keeps PG
+        and WP set (hcr0 |= X86_CR0_PG | X86_CR0_WP when !npt_enabled), so the processor still
+        enforces the shadow tables' write protection and the guest's value lives in
+        vcpu->arch.cr0 (Vcpu.cr0_wp) only; with NPT it is the guest's value. (SVM has no
+        per-bit CR0 ownership: with NPT the selective CR0 write intercept still exits on a WP
+        change, which the model's intercept_cr0_write stands for.)"""
+        assert vcpu.vmcb is not None
+        if not k.config.tdp:
+            k.note("svm_set_cr0: the VMCB's CR0 keeps WP = 1 (shadow paging)")
+            return
+        vcpu.vmcb = vcpu.vmcb._replace(guest=vcpu.vmcb.guest._replace(cr0=value))
+        k.note(f"svm_set_cr0: vmcb->save.cr0 = {value:#x}")
 
     def svm_set_guest_cr4(self, k: Step, vcpu: Vcpu, value: int) -> None:
         """svm.c:svm_set_cr4 @ v6.18: the VMCB's guest CR4."""

@@ -64,6 +64,18 @@ class Kvm58(NestedVmx58, NestedSvm58, Kvm618):
         vcpu.st_preempted = True
         k.note(f"kvm_steal_time_set_preempted(vcpu{vcpu.id}): st->preempted = KVM_VCPU_PREEMPTED")
 
+    def vmx_l1_guest_owned_cr0_bits(self, k: Step) -> int:
+        """vmx.c:init_vmcs @ v5.8 (v5.7 alike): cr0_guest_owned_bits is
+        KVM_POSSIBLE_CR0_GUEST_BITS, X86_CR0_TS only: every CR0.WP write exits, EPT or not."""
+        return 0
+
+    def kvm_post_set_cr0(self, k: Step, vcpu: Vcpu, old_wp: bool, wp: bool) -> None:
+        """x86.c:kvm_set_cr0 @ v5.8 (v5.7 alike): a change of an update_bits bit (PG, WP)
+        resets the MMU context, with or without TDP; the next entry loads a root and flushes
+        the current context."""
+        if old_wp != wp:
+            self.kvm_mmu_reset_context(k, vcpu)
+
     def kvm_post_set_cr4(self, k: Step, vcpu: Vcpu, old: int, cr4: int) -> None:
         """x86.c:kvm_set_cr4 @ v5.8: a change of a paging-role bit, or clearing PCIDE, resets the
         MMU context; the next entry loads a new root and flushes the current context."""

@@ -191,15 +191,20 @@ class Vmx:
             invlpg_exiting=not tdp,
             cr3_load_exiting=not tdp,
             pf_exiting=not tdp,
-            # CR0.WP is the guest's only with EPT (v6.18: vmx_l1_guest_owned_cr0_bits drops it
-            # without EPT; v5.x never gives it): shadow paging must see every WP write
-            cr0_guest_host_mask=CR0_PG if tdp else CR0_PG | CR0_WP,
+            # init_vmcs: CR0_GUEST_HOST_MASK is ~cr0_guest_owned_bits (of the bits modelled)
+            cr0_guest_host_mask=(CR0_PG | CR0_WP) & ~self.vmx_l1_guest_owned_cr0_bits(k),
             cr0_read_shadow=CR0_DEFAULT,
             cr4_guest_host_mask=CR4_MODELLED & ~self.vmx_cr4_guest_owned_bits(k),
             cr4_read_shadow=cr4,
             guest=Regs(CR0_DEFAULT, start if tdp else k.config.shadow_roots[0], cr4),
             host=k.config.host_regs,
         )
+
+    def vmx_l1_guest_owned_cr0_bits(self, k: Step) -> int:
+        """vmx.h:vmx_l1_guest_owned_cr0_bits @ v6.18 (of the CR0 bits modelled): CR0.WP is the
+        guest's with EPT (fb509f76acc8, "KVM: VMX: Make CR0.WP a guest owned bit", v6.4), so
+        its toggles do not exit; without EPT shadow paging must see every WP write."""
+        return CR0_WP if k.config.tdp else 0
 
     def vmx_cr4_guest_owned_bits(self, k: Step) -> int:
         """vmx.c:vmx_setup_cr4_guest_owned_bits @ v6.18 (set_cr4_guest_host_mask @ v5.7/v5.8,
@@ -263,10 +268,15 @@ class Vmx:
             k.hw(vcpu.cpu, Vmwrite("guest", guest), "vmx_load_mmu_pgd: GUEST_CR3")
 
     def vmx_set_guest_cr0(self, k: Step, vcpu: Vcpu, value: int) -> None:
-        """vmx.c:vmx_set_cr0 @ v6.18 for a CR0.WP change without EPT: CR0_READ_SHADOW takes the
-        guest's value; GUEST_CR0 keeps WP = 1 (KVM_VM_CR0_ALWAYS_ON with shadow paging), so the
-        processor enforces the shadow tables' write protection in supervisor mode too."""
+        """vmx.c:vmx_set_cr0 @ v6.18 for a CR0.WP change: CR0_READ_SHADOW takes the guest's
+        value; without EPT, GUEST_CR0 keeps WP = 1 (KVM_VM_CR0_ALWAYS_ON with shadow paging), so
+        the processor enforces the shadow tables' write protection in supervisor mode too; with
+        EPT, GUEST_CR0 is the guest's value, WP included."""
         k.hw(vcpu.cpu, Vmwrite("cr0_read_shadow", value), "vmx_set_cr0")
+        assert vcpu.vmcs is not None
+        if k.config.tdp and vcpu.vmcs.guest.cr0 != value:
+            guest = vcpu.vmcs.guest._replace(cr0=value)
+            k.hw(vcpu.cpu, Vmwrite("guest", guest), "vmx_set_cr0: GUEST_CR0")
 
     def vmx_set_guest_cr4(self, k: Step, vcpu: Vcpu, value: int) -> None:
         """vmx.c:vmx_set_cr4 @ v6.18: GUEST_CR4 and CR4_READ_SHADOW (VMWRITEs of the loaded

@@ -348,13 +348,18 @@ class X86:
         self.kvm_post_set_cr0(k, vcpu, old, wp)
 
     def kvm_post_set_cr0(self, k: Step, vcpu: Vcpu, old_wp: bool, wp: bool) -> None:
-        """x86.c:kvm_post_set_cr0 @ v6.18 (kvm_set_cr0's update_bits check @ v5.7/v5.8, the same
-        here): CR0.WP is an MMU role bit (KVM_MMU_CR0_ROLE_BITS), so changing it resets the MMU
-        context; only with TDP does v6.18 skip the reset for a WP-only change, and set_cr0 needs
-        shadow paging. The next entry loads a root of the new role (kvm_mmu_load, which
-        flushes)."""
-        if old_wp != wp:
-            self.kvm_mmu_reset_context(k, vcpu)
+        """x86.c:kvm_post_set_cr0 @ v6.18: CR0.WP is an MMU role bit (KVM_MMU_CR0_ROLE_BITS), so
+        changing it resets the MMU context, and the next entry loads a root of the new role
+        (kvm_mmu_load, which flushes); with TDP a WP-only change only refreshes the MMU's
+        permission checks (kvm_init_mmu), keeping the roots: the TDP roots do not depend on
+        the guest's WP ("KVM: x86: Do not unload MMU roots when only toggling CR0.WP with TDP
+        enabled", v6.4)."""
+        if old_wp == wp:
+            return
+        if k.config.tdp:
+            k.note("kvm_post_set_cr0: CR0.WP only, with TDP", "kvm_init_mmu, the roots stay")
+            return
+        self.kvm_mmu_reset_context(k, vcpu)
 
     def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_reset_context @ v6.18 (and v5.8): kvm_mmu_unload; the next entry loads a

@@ -1302,13 +1302,6 @@ class _Parser:
         for prog in programs:
             pcide = config.pcid
             for op in prog:
-                if isinstance(op, SetCr0Op) and config.tdp:
-                    raise self.err(
-                        op.line,
-                        "set_cr0 needs shadow paging",
-                        "set tdp = false (with EPT/NPT the processor applies CR0.WP itself, and "
-                        "the model's hardware access check takes WP = 1)",
-                    )
                 if isinstance(op, SetCr4Op) and op.bit == "pcide":
                     pcide = bool(op.value)
                 if isinstance(op, InvpcidOp) and op.type in (0, 1) and op.pcid and not pcide:
