@@ -24,6 +24,7 @@ from kvmtlb.hw.concrete import PathWalker
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR0_PG,
+    CR0_WP,
     CR4_DEFAULT,
     CR4_PCIDE,
     CR4_PGE,
@@ -402,7 +403,7 @@ class Pair:
             return self.step(i, MovToCr4(value), ("mov_cr4", value))
         if k == 6 and not isinstance(cpu, SvmCpu):
             return self.step(i, VmfuncEptpSwitch(b % 2), ("vmfunc", b % 2))
-        value = regs.cr0 ^ CR0_PG
+        value = regs.cr0 ^ (CR0_WP if b % 2 else CR0_PG)  # WP: applied at the access check
         return self.step(i, MovToCr0(value), ("mov_cr0", value))
 
     def _host_event(self, i: int, cpu: Any, k: int, a: int, b: int) -> Any:
