@@ -129,9 +129,31 @@ class SvmNoTransitionFlush(Kvm618):
         k.note("nested_svm_transition_tlb_flush: nothing")
 
 
+
+
+@register
+class InveptNoop(Kvm618):
+    name = "bug-nested-invept-noop"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    upstream_fix = (
+        '"KVM: nVMX: Invalidate all EPTP contexts when emulating INVEPT for L1" (v5.8)'
+    )
+    summary = (
+        "bug #3: handle_invept frees no guest_mmu root (v5.7's emulation), while nested "
+        "VM-Enter no longer syncs or flushes EPT02: L2 keeps the EPT02 SPTE or the EPTP02 "
+        "translation L1 just invalidated"
+    )
+
+    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int) -> None:
+        """nested.c:handle_invept @ v5.7: nothing after the checks."""
+        k.note("handle_invept: nothing (v5.7's emulation)")
+
+
 __all__ = [
     "CurrentVpidIgnoresVmcs12",
     "GuestFlushL1Vpid",
+    "InveptNoop",
     "InvvpidKeepsL2Roots",
     "NewVpid12InvvpidOnly",
     "RemoteFlushL1VpidOnly",

@@ -27,7 +27,7 @@ from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.outcomes import Access, PageFault
 from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.walk import ACCESS_KINDS
-from kvmtlb.kvm.context import World
+from kvmtlb.kvm.context import KvmConfig, World
 from kvmtlb.model.system import System
 
 PRECEDENCE = ("host-isolation", "vm-isolation", "dirty-logging", "guest-transparency")
@@ -85,11 +85,14 @@ def _transparency(
                     found.extend(_isolation(system, v, gva, access, model))
                 native = None
                 for o in model:
-                    seen = visible(o, shadow)
+                    seen = visible(o, shadow) if not kvm.nested_ept else visible_l1(o, kvm)
                     if seen is None:
                         continue
                     if native is None:
-                        native = {visible(n, shadow) for n in w.native.outcomes(v, gva, access)}
+                        native = {
+                            visible(n, shadow) if not kvm.nested_ept else visible_l1(n, None)
+                            for n in w.native.outcomes(v, gva, access)
+                        }
                     if seen not in native:
                         found.append(
                             Violation(
@@ -139,6 +142,19 @@ def visible(o: object, shadow: dict[int, int] | None = None) -> tuple[object, ..
             return ("access", o.gpa, o.rights)
         return ("access", outcome_gpa(o, shadow))
     if isinstance(o, PageFault) and shadow is None:
+        return ("#PF",)
+    return None
+
+
+def visible_l1(o: object, kvm: KvmConfig | None) -> tuple[object, ...] | None:
+    """Nested EPT: what L1 and L2 see of an outcome, with the L1 GPA it ends at: L2's GPA and
+    rights, and the guest frame of the host page (`kvm`: KVM's processor, whose frames are host
+    pages) or the frame itself (None: the native reference, whose frames are L1 GPAs). For L1's
+    own accesses the GPA and the L1 GPA are the same page."""
+    if isinstance(o, Access):
+        page = o.frame & ~0xFFF
+        return ("access", o.gpa, o.rights, kvm.frame_of_page(page) if kvm else page)
+    if isinstance(o, PageFault):
         return ("#PF",)
     return None
 
