@@ -136,9 +136,10 @@ class InveptNoop(Kvm618):
     name = "bug-nested-invept-noop"
     kind = "bug"
     based_on = "kvm-6.18"
-    upstream_fix = (
-        '"KVM: nVMX: Invalidate all EPTP contexts when emulating INVEPT for L1" (v5.8)'
-    )
+    # "KVM: nVMX: Invalidate all EPTP contexts when emulating INVEPT for L1" (patch 03/37 of
+    # the seed's series, v5.8 merge window); the hash as a mirror of a mainline-derived tree
+    # shows the commit (docs/bug-zoo.md)
+    fix = "f8aa7e3958bc"
     summary = (
         "bug #3: handle_invept frees no guest_mmu root (v5.7's emulation), while nested "
         "VM-Enter no longer syncs or flushes EPT02: L2 keeps the EPT02 SPTE or the EPTP02 "
