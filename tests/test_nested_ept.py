@@ -125,7 +125,7 @@ def test_invept_noop_bug_is_caught_and_57_is_not() -> None:
 def test_lint_warns_of_an_ept12_store_no_l2_table_uses() -> None:
     from kvmtlb.check.lint import warnings
 
-    s = parse(ept_scenario("vmxon\nept_map 0x50000 -> 0x12000 rwx"), "e.toml")
+    s = parse(ept_scenario("vmxon\nvmlaunch l2\nvmcall\nept_map 0x50000 -> 0x12000 rwx"), "e.toml")
     assert [w.kind for w in warnings(s)] == ["ept12-unused-gpa"]
-    s = parse(ept_scenario("vmxon\nept_map 0x40000 -> 0x12000 rwx"), "e.toml")
+    s = parse(ept_scenario("vmxon\nvmlaunch l2\nvmcall\nept_map 0x40000 -> 0x12000 rwx"), "e.toml")
     assert [w.kind for w in warnings(s)] == []
