@@ -40,7 +40,9 @@ def test_ept02_spte_is_ept12_then_ept01() -> None:
     assert spte == [0x81000, 7]
 
 
-@pytest.mark.parametrize(("policy", "freed"), [("kvm-6.18", True), ("kvm-5.8", True), ("kvm-5.7", False)])
+@pytest.mark.parametrize(
+    ("policy", "freed"), [("kvm-6.18", True), ("kvm-5.8", True), ("kvm-5.7", False)]
+)
 @pytest.mark.parametrize("kind", [1, 2])
 def test_handle_invept_frees_guest_mmu_roots(policy: str, freed: bool, kind: int) -> None:
     """handle_invept @ v6.18 / v5.8.18 frees the EPT02 root (single context: the matching EPTP);
@@ -58,7 +60,9 @@ def test_ept12_store_unsyncs_then_lands() -> None:
     assert spte == [0x81000, 7]
 
 
-@pytest.mark.parametrize(("policy", "synced"), [("kvm-6.18", False), ("kvm-5.8", False), ("kvm-5.7", True)])
+@pytest.mark.parametrize(
+    ("policy", "synced"), [("kvm-6.18", False), ("kvm-5.8", False), ("kvm-5.7", True)]
+)
 def test_nested_vmenter_syncs_ept02_only_in_57(policy: str, synced: bool) -> None:
     """kvm_init_shadow_ept_mmu @ v5.7: __kvm_mmu_new_cr3(.., false) syncs (KVM_REQ_MMU_SYNC) and
     flushes the reused EPT02 root; v5.8 and v6.18 skip both."""

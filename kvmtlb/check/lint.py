@@ -168,6 +168,7 @@ def warnings(scenario: object) -> list[LintWarning]:
     l2_gpas |= {
         op.gpa for p in s.programs for op in p if isinstance(op, MapOp) and op.root != DEFAULT_ROOT
     }
+    named = ", ".join(f"{g:#x}" for g in sorted(l2_gpas)) or "none"
     for v, prog in enumerate(s.programs):
         for op in prog:
             if isinstance(op, EptMapOp) and op.l2gpa not in l2_gpas:
@@ -176,7 +177,7 @@ def warnings(scenario: object) -> list[LintWarning]:
                     "ept12-unused-gpa",
                     f"vcpu{v}'s L1 changes the EPT12 entry of L2 GPA {op.l2gpa:#x}, which no "
                     "page table of L2 names: no L2 access goes through it; name an L2 GPA of a "
-                    f"[guest.NAME] table ({', '.join(f'{g:#x}' for g in sorted(l2_gpas)) or 'none'})",
+                    f"[guest.NAME] table ({named})",
                 )
     # -- the host thread -------------------------------------------------------------------------
     sharing = {v for v in range(cfg.vcpus) if s.placement.count(s.placement[v]) > 1}

@@ -25,9 +25,9 @@ from kvmtlb.guest.l1_ops import (
     VmxonOp,
 )
 from kvmtlb.hw.cpu import Regs, Vmcs
+from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept
 from kvmtlb.hw.svm import Invlpga, SvmExitEvent, Vmrun
 from kvmtlb.hw.vmcb import Vmcb
-from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept
 from kvmtlb.hw.vmx import (
     Invept,
     Invvpid,

@@ -132,7 +132,8 @@ class NestedEpt:
         current MMU."""
         if self.nested_ept_active(k, vcpu):
             return make_eptp(k.config.ept02_root)
-        return super().construct_eptp(k, vcpu)  # type: ignore[misc]
+        eptp: int = super().construct_eptp(k, vcpu)  # type: ignore[misc]
+        return eptp
 
     def kvm_mmu_load_pgd(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.h:kvm_mmu_load_pgd -> vmx_load_mmu_pgd @ v6.18: vmcs02's EPT_POINTER is EPT02."""
@@ -200,7 +201,7 @@ class NestedEpt:
         self.set_ept02_spte(k, l2gpa, new, "ept_sync_spte: new access rights")
         return True
 
-    # -- L1's stores to EPT12 -----------------------------------------------------------------------
+    # -- L1's stores to EPT12 ----------------------------------------------------------------------
     def ept12_write_fault(self, k: Step, vcpu: Vcpu, l2gpa: int) -> None:
         """mmu.c:kvm_tdp_page_fault on EPT01 for L1's write to its write-tracked EPT12 table ->
         make_spte -> mmu_try_to_unsync_pages @ v6.18: the last-level EPT02 page shadowing it
@@ -245,7 +246,7 @@ class NestedEpt:
         value = self.make_spte(k, l1gpa, hpa, rights)  # type: ignore[attr-defined]
         self.set_ept02_spte(k, gpa, value, f"FNAME(fetch) (EPT12: L1 GPA {l1gpa:#x})")
 
-    # -- the host's zap ------------------------------------------------------------------------------
+    # -- the host's zap ----------------------------------------------------------------------------
     def kvm_unmap_gfn_range(self, k: Step, gpa: int) -> bool:
         """mmu.c:kvm_unmap_gfn_range @ v6.18: besides the TDP MMU's SPTE, the shadow MMU's rmap
         of the L1 GPA reaches every EPT02 SPTE mapping it (kvm_zap_rmap)."""

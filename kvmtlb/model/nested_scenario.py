@@ -304,7 +304,9 @@ def check_nested(
                     raise err(ln, "vmxon in VMX operation fails (VMfailValid)", "drop it")
                 vmxon = True
                 launched = False
-            elif isinstance(op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp | InveptOp | EptMapOp):
+            elif isinstance(
+                op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp | InveptOp | EptMapOp
+            ):
                 if not vmxon:
                     raise err(ln, f"{op.describe()} outside VMX operation is #UD", "vmxon first")
                 if l2:

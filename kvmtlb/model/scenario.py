@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmtlb.errors import InputFileError
+from kvmtlb.guest.l1_ops import EptMapOp
 from kvmtlb.guest.ops import (
     DEFAULT_ROOT,
     FLUSH_ALL,
@@ -52,7 +53,6 @@ from kvmtlb.host.ops import (
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
-from kvmtlb.guest.l1_ops import EptMapOp
 from kvmtlb.model.nested_scenario import check_nested, parse_l1_op
 from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
@@ -409,7 +409,9 @@ class _Parser:
                     "keep the host to zap, preempt, resume and flush_remote_tlbs",
                 )
 
-    def ept12_map(self, config: Config, host: dict[int, tuple[int, str]]) -> dict[int, tuple[int, str]]:
+    def ept12_map(
+        self, config: Config, host: dict[int, tuple[int, str]]
+    ) -> dict[int, tuple[int, str]]:
         """[ept12]: "L2GPA" = "L1GPA RIGHTS", L1's EPT12 (nested EPT, docs/scenarios.md)."""
         out: dict[int, tuple[int, str]] = {}
         if "ept12" not in self.data:

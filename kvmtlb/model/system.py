@@ -293,7 +293,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         l1_tables = tuple(r for i, r in enumerate(roots) if i not in l2_indices)
         l2_tables = tuple(r for i, r in enumerate(roots) if i in l2_indices)
         walks = [(t, stage2, l1_tables) for t, stage2 in pairs]
-        walks += [(IntelEptTags(v, p, ept02_root), ept02_root, l2_tables) for v in vpids for p in pcids]
+        walks += [
+            (IntelEptTags(v, p, ept02_root), ept02_root, l2_tables) for v in vpids for p in pcids
+        ]
     for t, stage2, tables in walks:
         for root in tables:
             for pge in (True, False):
@@ -509,8 +511,8 @@ def _nested_ept_layout(
     for l2 in l2_gpas:
         values: list[int] = []
         if l2 in scenario.ept12:
-            l1, r = scenario.ept12[l2]
-            values.append(b.map(ept12_root, l2, make_ept(l1, _rights(r))))
+            l1, text = scenario.ept12[l2]
+            values.append(b.map(ept12_root, l2, make_ept(l1, _rights(text))))
         b.allow(ept12_root, l2, [0, *stores.get(l2, [])])
         values += stores.get(l2, [])
         shadow = [0]
@@ -518,10 +520,10 @@ def _nested_ept_layout(
             if not v:
                 continue
             l1 = pte_addr(v)
-            r = ept_rights(v) & rights[scenario.gpas.index(l1)]
+            cut = ept_rights(v) & rights[scenario.gpas.index(l1)]
             for h in host_pages[l1][0]:
-                if r and make_ept(h, r) not in shadow:
-                    shadow.append(make_ept(h, r))
+                if cut and make_ept(h, cut) not in shadow:
+                    shadow.append(make_ept(h, cut))
         b.allow(ept02_root, l2, shadow)
     return l2_gpas
 
