@@ -4,9 +4,10 @@ A vCPU's thread may contain, besides the guest kernel's ops (kvmtlb.guest.ops), 
 instructions: `vmxon`, `vmxoff`, `vmlaunch ROOT [vpid=N]`, `vmresume [vpid=N]`, `invvpid TYPE
 [vpid=N] [GVA]`, and with nested EPT `invept TYPE`, `ept_map L2GPA -> L1GPA RIGHTS` and
 `ept_unmap L2GPA` (L1's stores to its EPT12); on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and
-`invlpga GVA [asid=N]`; and `vmcall` (VMMCALL on AMD), the instruction with which L2 exits to L1. Between a `vmlaunch` /
-`vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest ops there are L2's (its page
-table is the vmcs12's GUEST_CR3, the scenario's table ROOT). docs/scenarios.md, "Nested VMX".
+`invlpga GVA [asid=N]`; and `vmcall` (VMMCALL on AMD), the instruction with which L2 exits to
+L1. Between a `vmlaunch` / `vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest
+ops there are L2's (its page table is the vmcs12's GUEST_CR3, the scenario's table ROOT).
+docs/scenarios.md, "Nested VMX".
 
 vmcs12 is modelled by what the TLB rules read: VPID (`vpid=N`, N > 0 enables VPID in vmcs12,
 vpid=0 disables it), GUEST_CR3 (the L2 page table) and 'enable EPT': off on a shadow-paging L0;
