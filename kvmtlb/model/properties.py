@@ -97,8 +97,8 @@ def _transparency(
                         found.append(
                             Violation(
                                 "guest-transparency",
-                                f"vcpu{v} {access} {gva:#x} may see {_shown(o, shadow)}, which a "
-                                f"native processor could not: native outcomes are "
+                                f"vcpu{v} {access} {gva:#x} may see {_shown(o, shadow, kvm)}, "
+                                f"which a native processor could not: native outcomes are "
                                 f"{_list(w.native.outcomes(v, gva, access))}",
                             )
                         )
@@ -172,11 +172,14 @@ def outcome_gpa(o: Access, shadow: dict[int, int] | None) -> int:
     return shadow.get(o.frame & ~0xFFF, -1)
 
 
-def _shown(o: object, shadow: dict[int, int] | None) -> str:
-    """An outcome in a message; a shadow translation with the guest frame of its host page."""
+def _shown(o: object, shadow: dict[int, int] | None, kvm: KvmConfig | None = None) -> str:
+    """An outcome in a message; a shadow translation with the guest frame of its host page, a
+    nested-EPT one with the L1 GPA of its host page."""
     text: str = o.describe()  # type: ignore[attr-defined]
     if shadow is not None and isinstance(o, Access) and o.gpa < 0:
         text += f" (the host page of GPA {outcome_gpa(o, shadow):#x})"
+    elif kvm is not None and kvm.nested_ept and isinstance(o, Access):
+        text += f" (the host page of L1 GPA {kvm.frame_of_page(o.frame & ~0xFFF):#x})"
     return text
 
 
