@@ -69,6 +69,20 @@ def test_each_warning_names_its_line(name: str, tmp_path: Path) -> None:
         assert f"{path}:{line}: warning[{k}]" in result.stdout
 
 
+def test_a_linked_page_table_is_reached(tmp_path: Path) -> None:
+    """root-never-loaded: a `link` from a walked page table reaches the target's tables (and a
+    link from a table nothing reaches does not)."""
+    tables = '[guest.b]\n"0x1000" = "0x10000 w"\n[guest.c]  # W\n"0x1000" = "0x10000 w"\n[host]'
+    text = case("link 0x1000 -> b level=3\nlink 0x1000 -> c root=d\nread 0x1000")
+    text = text.replace(
+        "[host]", tables.replace("[host]", '[guest.d]  # W\n"0x2000" = "0x10000"\n[host]')
+    )
+    path = tmp_path / "linked.toml"
+    path.write_text(text)
+    got = sorted(w.line for w in lint(path) if w.kind == "root-never-loaded")
+    assert got == marked(text, "# W")
+
+
 def test_clean_file_has_no_warning() -> None:
     assert lint(builtin_names()["zap-while-away"]) == []
 

@@ -108,8 +108,8 @@ def test_every_op_example_parses(thread: str, example: str) -> None:
             '[vm1]\nvcpus = ["vcpu1"]\n[vm1.guest]\n"0x1000" = "0x20000 w"',
         )
         text = text.replace("[host]", '[vm1.host]\n"0x20000" = "0x90000 rwx"\n[host]')
-    if op.split()[0] == "set_cr0":  # shadow paging, one vCPU
-        text = text.replace('vendor = "intel"', 'vendor = "intel"\ntdp = false\nvcpus = 1')
+    if op.split()[0] == "set_cr0":  # shadow paging
+        text = text.replace('vendor = "intel"', 'vendor = "intel"\ntdp = false')
     s = parse(text, "example.toml")
     ops = s.programs[0] if thread == "vcpu0" else s.host_program
     assert len(ops) == 1 and ops[0].describe().split()[0] == op.split()[0]

@@ -368,7 +368,7 @@ def test_fault_after_link_uses_the_other_tables_pte_and_shadow_page() -> None:
     """FNAME(fetch) links the shadow page of the table the guest's PDE names (keyed by that
     table): root 0's shadow PDE then points at root 1's shadow page, whose SPTE is installed."""
     k, pol, vcpu = booted_pde("kvm-6.18")
-    value = k.config.guest_pde[(1, GVA >> 21)]
+    value = k.config.guest_ptr[(1, 2, GVA >> 21)]
     pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 2, value)
     assert pol.guest_pde_target(k, 0, GVA) == 1
     fault_in(k, pol, vcpu)
@@ -386,7 +386,7 @@ def test_fault_after_unlink_injects_the_guests_pf() -> None:
 def test_sync_follows_the_shadow_links() -> None:
     """mmu_sync_children walks the shadow tree: after a link, root 0 reaches root 1's page."""
     k, pol, vcpu = booted_pde("kvm-6.18")
-    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 2, k.config.guest_pde[(1, GVA >> 21)])
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, 2, k.config.guest_ptr[(1, 2, GVA >> 21)])
     fault_in(k, pol, vcpu)
     assert [t for t, _ in pol.reachable_pages(k, 0)] == [1]
     guest_write(k, pol, 1, NEW)
@@ -412,3 +412,85 @@ def test_emulated_pte_store_zaps_the_spte_of_a_synced_page(version: str) -> None
     assert not pol.sp_unsync(k, 0, GVA)
     assert not spte(k, pol, 0) & P
     assert vcpu.requests == KVM_REQ_TLB_FLUSH
+
+
+# -- non-leaf edits above the PDE (link/unlink level=3|4) ------------------------------------------
+def booted_upper(version: str, level: int) -> tuple[Step, Any, Vcpu]:
+    """PDE_TEXT with its link and unlink one or two levels up, and b's PDE pointed back at the
+    default page table's last-level table."""
+    text = PDE_TEXT.replace("link 0x1000 -> b\n", f"link 0x1000 -> b level={level}\n")
+    text = text.replace("unlink 0x1000\n", f"unlink 0x1000 level={level}\n")
+    text = text.replace("mov_cr3 b", "link 0x1000 -> default root=b\nmov_cr3 b")
+    sys_ = build(parse(text.replace("VENDOR", "intel"), "<unit>"), registry()[version]())
+    k = Step.thaw(sys_.kvm, sys_.initial, "test")
+    vcpu = k.vcpus[0]
+    exit_to_host(k, sys_.policy, vcpu)
+    return k, sys_.policy, vcpu
+
+
+@pytest.mark.parametrize("level", [3, 4])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_upper_store_zaps_the_shadow_entry_and_flushes_every_vcpu(version: str, level: int) -> None:
+    """kvm_mmu_track_write at any level: the shadow PDPTE (PML4E) of the written entry goes, so
+    the shadow walk breaks there, and every vCPU is flushed."""
+    k, pol, vcpu = booted_upper(version, level)
+    fault_in(k, pol, vcpu)
+    vcpu.requests = 0
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, level, 0)
+    assert pol.guest_pde_target(k, 0, GVA) == -1
+    assert pol.shadow_pde_target(k, 0, GVA) == -1
+    assert not k.machine.memory.values[pol.shadow_entry_slot(k, 0, GVA, level)]
+    assert vcpu.requests == KVM_REQ_TLB_FLUSH
+
+
+@pytest.mark.parametrize("level", [3, 4])
+def test_fetch_links_every_level_of_the_other_tables(level: int) -> None:
+    """After the default page table's PDPTE (PML4E) is pointed at page table b's page directory
+    (PDPT), the fault links b's shadow pages from that level down and installs the SPTE in b's
+    last-level shadow page, which the default root then reaches."""
+    k, pol, vcpu = booted_upper("kvm-6.18", level)
+    value = k.config.guest_ptr[(1, level, GVA >> (12 + 9 * (level - 1)))]
+    pol.kvm_emulate_guest_pt_write(k, vcpu, 0, GVA, level, value)
+    assert k.config.table_chain(k.machine.memory.values, k.config.roots, 0, GVA)[-1] == 1
+    fault_in(k, pol, vcpu)
+    assert pol.shadow_pde_target(k, 0, GVA) == 1
+    assert k.config.table_chain(k.machine.memory.values, k.config.shadow_roots, 0, GVA) == (
+        (1, 1, 1) if level == 4 else (0, 1, 1)
+    )
+    assert spte(k, pol, 1) & P and not spte(k, pol, 0) & P
+
+
+def test_fetch_retries_when_an_upper_entry_changed_since_the_walk() -> None:
+    """FNAME(gpte_changed) at every level: a PDPTE stored between the walk and FNAME(fetch) sends
+    the fault back, even though the walk's last-level table is the same."""
+    k, pol, vcpu = booted_upper("kvm-6.18", 3)
+    pol.kvm_mmu_page_fault_shadow(k, vcpu, GVA, 0)
+    assert vcpu.pc == "FNAME(page_fault):fetch"
+    # point the PDPTE at b's page directory and b's PDE back at the default's table: same PTE
+    pol.emulator_write_phys(k, 1, GVA, 2, k.config.guest_ptr[(0, 2, GVA >> 21)])
+    pol.emulator_write_phys(k, 0, GVA, 3, k.config.guest_ptr[(1, 3, GVA >> 30)])
+    assert pol.guest_pde_target(k, 0, GVA) == 0
+    pol.fname_page_fault_fetch(k, vcpu)
+    assert not spte(k, pol, 0) & P
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        ("link 0x1000 -> b level=5", "level 2, 3 or 4"),
+        ("unlink 0x1000 level=1", "level 2, 3 or 4"),
+        ("link 0x1000 -> b level=", "level 2, 3 or 4"),
+        ("unlink 0x1000 level=3 level=4", "unlink takes GVA"),
+    ],
+)
+def test_level_errors(op: str, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        parse(PDE_TEXT.replace("VENDOR", "intel").replace("unlink 0x1000\n", op + "\n"))
+
+
+def test_level_parses_in_either_order_with_root() -> None:
+    for text in ("link 0x1000 -> b root=b level=3", "link 0x1000 -> b level=3 root=b"):
+        sc = parse(PDE_TEXT.replace("VENDOR", "intel").replace("link 0x1000 -> b", text))
+        (op,) = [o for o in sc.programs[0] if o.describe().startswith("link")]
+        assert (op.root, op.level) == ("b", 3)
+        assert op.describe() == "link 0x1000 -> b root=b level=3"

@@ -13,8 +13,9 @@ its pool of fresh host pages). Warnings flag what is valid but probably not what
 - `preempt-twice`: `preempt vcpuN` while the host already holds vcpuN out: never enabled;
 - `never-resumed`: a vCPU the host preempts and never resumes, which has guest ops;
 - `never-mapped`: a GVA that neither [guest] nor any `map` maps: every access to it faults;
-- `root-never-loaded`: a `[guest.NAME]` page table no `mov_cr3` loads: no access ever translates
-  through it (its PTE writes only matter to shadow paging's write tracking);
+- `root-never-loaded`: a `[guest.NAME]` page table no `mov_cr3` loads and no `link` from a walked
+  page table reaches: no access ever translates through it (its PTE writes only matter to shadow
+  paging's write tracking);
 - `created-idle`: a `create vcpuN` (second VM) of a vCPU without guest ops: nothing it runs
   reads a translation, so no property can see a stale one;
 - `knob`: `vpids` or `max_asid` set far from real hardware (processors have far more VPIDs than a
@@ -98,6 +99,7 @@ def warnings(scenario: object) -> list[LintWarning]:
         EmulatedReadOp,
         FlushTlbOp,
         InvlpgOp,
+        LinkOp,
         MapOp,
         MovCr3Op,
     )
@@ -125,6 +127,12 @@ def warnings(scenario: object) -> list[LintWarning]:
     loaded |= {op.root for p in s.programs for op in p if isinstance(op, VmlaunchOp | VmrunOp)}
     if s.vm1:
         loaded.add(VM1_ROOT)  # the second VM's vCPUs start on it
+    # a `link` from a page table that is walked makes the walk reach the target's tables
+    links = [(op.root, op.target) for p in s.programs for op in p if isinstance(op, LinkOp)]
+    reached = {DEFAULT_ROOT, *loaded}
+    while grown := {t for r, t in links if r in reached} - reached:
+        reached |= grown
+    loaded |= reached
     lines = Lines(s.text)
     for name in s.roots:
         if name not in loaded:

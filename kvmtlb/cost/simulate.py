@@ -72,7 +72,7 @@ from kvmtlb.kvm.policy import KvmPolicy
 from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, Kvm, Pcpu, Vcpu
 from kvmtlb.kvm.x86 import EXIT_SHADOW_PF, EXIT_TDP_FAULT
-from kvmtlb.model.system import pde_owner, pde_values, shadow_page_bits
+from kvmtlb.model.system import ptr_owner, ptr_values, shadow_page_bits
 
 HPA_BASE = 0x1_0000_0000  # the host pages first backing the guest frames
 NR_VPIDS = 1 << 16  # VMX_NR_VPIDS
@@ -170,9 +170,9 @@ class Simulation:
             shadow_roots = tuple(b.linear_root() for _ in roots)
             _shadow_layout(b, shadow_roots, every, ptes, backing, frames[0])
             spt_bit = shadow_page_bits(len(roots), every)
-        # the PDEs of each page table and shadow table (kvm/shadow.py follows the shadow links)
-        guest_pde = pde_values(b, roots, every) if not tdp else {}
-        shadow_pde = pde_values(b, shadow_roots, every) if not tdp else {}
+        # the non-leaf entries of each page table and shadow table (kvm/shadow.py follows them)
+        guest_ptr = ptr_values(b, roots, every) if not tdp else {}
+        shadow_ptr = ptr_values(b, shadow_roots, every) if not tdp else {}
         layout = b.build()
         memory = WorkloadMemory(layout)
         # -- KVM's configuration (as kvmtlb.model.system.build) ---------------------------------
@@ -209,9 +209,9 @@ class Simulation:
             shadow_roots=shadow_roots,
             spt_bit=spt_bit,
             frame_of=dict(zip(backing, frames, strict=True)) if not tdp else {},
-            guest_pde=guest_pde,
-            shadow_pde=shadow_pde,
-            pde_owner=pde_owner(guest_pde, shadow_pde),
+            guest_ptr=guest_ptr,
+            shadow_ptr=shadow_ptr,
+            ptr_owner=ptr_owner(guest_ptr, shadow_ptr),
         )
         # -- the validity oracle: which page table (or shadow table) an address belongs to ----
         walked = roots if tdp else shadow_roots

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, TypeAlias
 
+from kvmtlb.hw.addr import region
+
 FLUSH_PAGE = 0  # the local flush is INVLPG GVA
 FLUSH_MM = 1  # a CR3 reload that keeps global entries
 FLUSH_ALL = 2  # a flush including global entries (INVPCID type 2, or a CR4.PGE toggle)
@@ -46,29 +48,46 @@ class UnmapOp(NamedTuple):
 
 
 class LinkOp(NamedTuple):
-    """A store to a non-leaf guest entry: the PDE (level 2) of the GVA's 2 MiB region in page
-    table `root` now points at page table `target`'s last-level table page for that region (a
-    table page shared between page tables; `target == root` restores its own)."""
+    """A store to a non-leaf guest entry of page table `root`: at `level` 2 the PDE of the GVA's
+    2 MiB region, at 3 the PDPTE of its 1 GiB region, at 4 its PML4E, now points at page table
+    `target`'s table page one level down for that region (a table page shared between page
+    tables; `target == root` restores its own)."""
 
     gva: int
     target: str
     line: int = 0
     root: str = DEFAULT_ROOT
+    level: int = 2
 
     def describe(self) -> str:
-        return f"link {self.gva:#x} -> {self.target}{_root(self.root)}"
+        return f"link {self.gva:#x} -> {self.target}{_root(self.root)}{_level(self.level)}"
 
 
 class UnlinkOp(NamedTuple):
-    """A store that clears the PDE of the GVA's 2 MiB region in page table `root`: the whole
-    last-level table page is unmapped."""
+    """A store that clears a non-leaf entry of page table `root` (the PDE of the GVA's 2 MiB
+    region, or at `level` 3 or 4 its PDPTE or PML4E): the whole table below it is unmapped."""
 
     gva: int
     line: int = 0
     root: str = DEFAULT_ROOT
+    level: int = 2
 
     def describe(self) -> str:
-        return f"unlink {self.gva:#x}{_root(self.root)}"
+        return f"unlink {self.gva:#x}{_root(self.root)}{_level(self.level)}"
+
+
+def link_value(
+    ptrs: dict[tuple[int, int, int], int], root_names: tuple[str, ...], op: LinkOp | UnlinkOp
+) -> int:
+    """The entry a `link` or `unlink` stores: a pointer to the target page table's table page one
+    level down (`ptrs` is KvmConfig.guest_ptr), or 0."""
+    if isinstance(op, UnlinkOp):
+        return 0
+    return ptrs[(root_names.index(op.target), op.level, region(op.gva, op.level))]
+
+
+def _level(level: int) -> str:
+    return "" if level == 2 else f" level={level}"
 
 
 def _root(name: str) -> str:

@@ -48,7 +48,9 @@ from kvmtlb.guest.ops import (
     SetCr4Op,
     UnlinkOp,
     UnmapOp,
+    link_value,
 )
+from kvmtlb.hw.addr import ENTRY_NAMES
 from kvmtlb.hw.cpu import CR0_DEFAULT, CR0_WP, CR3_NOFLUSH, CR4_PCIDE, CR4_PGE, CR4_SMEP
 from kvmtlb.hw.outcomes import Access, EptViolation, NestedPageFault, PageFault, VmExit
 from kvmtlb.hw.paging import make_pte
@@ -347,22 +349,20 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
         _write_pte(k, op, root)
     elif isinstance(op, LinkOp | UnlinkOp):
         root = cfg.root_names.index(op.root)
-        value = (
-            cfg.guest_pde[(cfg.root_names.index(op.target), op.gva >> 21)]
-            if isinstance(op, LinkOp)
-            else 0
-        )
+        value = link_value(cfg.guest_ptr, cfg.root_names, op)
         if cfg.tdp:
-            slot = cfg.layout.slot(cfg.roots[root], op.gva, 2)
-            k.write_slot(slot, value, f"guest PDE of {op.gva:#x} = {value:#x}")
+            slot = cfg.layout.slot(cfg.roots[root], op.gva, op.level)
+            k.write_slot(slot, value, f"guest {ENTRY_NAMES[op.level]} of {op.gva:#x} = {value:#x}")
         else:
-            # the page directory is write-protected (its shadow page is never unsync): the
-            # store exits and KVM emulates it; the op is done when KVM's handler has run
+            # an upper-level table is write-protected (only last-level shadow pages go unsync):
+            # the store exits and KVM emulates it; the op is done when KVM's handler has run
             vcpu = k.vcpus[v]
             k.hw(
-                vcpu.cpu, vm_exit_event(cfg.vmx, "#PF"), "store to a write-protected page directory"
+                vcpu.cpu,
+                vm_exit_event(cfg.vmx, "#PF"),
+                f"store to a write-protected guest {ENTRY_NAMES[op.level]}",
             )
-            pol.vcpu_exit(k, vcpu, EXIT_PDE_WRITE, (root, op.gva, value))
+            pol.vcpu_exit(k, vcpu, EXIT_PDE_WRITE, (root, op.gva, value, op.level))
     elif isinstance(op, InvlpgOp):
         _insn(k, pol, v, Invlpg(op.gva), EXIT_INVLPG, (op.gva,))
     elif isinstance(op, MovCr3Op):

@@ -41,6 +41,10 @@ PCID_MASK = 0xFFF
 VPID_LIMIT = 1 << 16
 
 
+# What the SDM calls the entry of each level of 4-level paging (§4.5).
+ENTRY_NAMES = {1: "PTE", 2: "PDE", 3: "PDPTE", 4: "PML4E"}
+
+
 def level_shift(level: int) -> int:
     """Bit position of the lowest address bit translated by a level-`level` entry."""
     return PAGE_SHIFT + 9 * (level - 1)

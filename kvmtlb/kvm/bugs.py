@@ -375,7 +375,7 @@ class ZapRmapCurrentRootOnly(Kvm618):
 
     def kvm_zap_rmap(self, k: Step, gpa: int) -> None:
         """mmu.c:kvm_zap_rmap restricted to the shadow pages under some vCPU's current root."""
-        current = {k.config.root_index(v.cr3) for v in k.vcpus if v.root_valid}
+        current = {self.sroot(k, v, k.config.root_index(v.cr3)) for v in k.vcpus if v.root_valid}
         for r, gva in self.rmap_sptes(k, gpa):
             if r in current:
                 self.set_shadow_spte(k, r, gva, 0, f"kvm_zap_rmap({gpa:#x})")
@@ -387,13 +387,13 @@ class TrackWriteKeepsShadowPde(Kvm618):
     kind = "bug"
     based_on = "kvm-6.18"
     summary = (
-        "KVM emulates the guest's store to a page directory but leaves the shadow PDE linked "
-        "(no kvm_mmu_track_write zap): the shadow tables keep translating through the table the "
-        "guest unmapped or replaced"
+        "KVM emulates the guest's store to an upper-level table (a PDE, PDPTE or PML4E) but "
+        "leaves the shadow entry linked (no kvm_mmu_track_write zap): the shadow tables keep "
+        "translating through the table the guest unmapped or replaced"
     )
 
     def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
-        """mmu.c:kvm_mmu_track_write with nothing done for a PDE."""
+        """mmu.c:kvm_mmu_track_write with nothing done for a non-leaf entry."""
         if level == 1:
             super().kvm_mmu_track_write(k, vcpu, root, gva, level)
 
@@ -588,3 +588,20 @@ class PostSetCr0IgnoresWp(Kvm618):
         """x86.c:kvm_post_set_cr0 @ v6.18 with its TDP shortcut for a WP-only change taken
         without TDP too."""
         k.note("kvm_post_set_cr0: CR0.WP only", "no MMU reset")
+
+
+@register
+class ShadowRoleIgnoresCr0Wp(Kvm618):
+    name = "bug-shadow-role-ignores-cr0-wp"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "CR0.WP is left out of the shadow pages' role (role.base.cr0_wp, set by "
+        "kvm_calc_mmu_role_common @ v5.x and kvm_calc_cpu_role @ v6.18): vCPUs with WP = 0 and "
+        "WP = 1 share shadow pages, so the writable supervisor-only SPTE made for a WP = 0 write "
+        "lets a WP = 1 vCPU write through a read-only guest PTE"
+    )
+
+    def sroot(self, k: Step, vcpu: Vcpu, g: int) -> int:
+        """One set of shadow pages for both roles."""
+        return g

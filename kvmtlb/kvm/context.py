@@ -103,19 +103,22 @@ class KvmConfig:
     # root, and the shadow page (a bit of Kvm.unsync) holding each (root, GVA)'s last-level SPTE.
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
+    # role.cr0_wp (a guest that clears CR0.WP, `set_cr0 wp=0`): shadow_roots then holds a second
+    # set of hierarchies, guest root g's shadow pages of role CR0.WP = 0 at len(roots) + g
+    wp_roles: bool = False
     # EPT accessed/dirty bits (enable_ept_ad_bits; NPT always has them); else access tracking
     ept_ad: bool = True
     # The VM's EPT/NPT root pages (TDP; kvm/mmu.py): tdp_root and the pages fast zaps may use.
     tdp_roots: tuple[int, ...] = ()
     # Every host page a guest frame may be given, to its frame (an SPTE names the host page only).
     frame_of: dict[int, int] = field(default_factory=dict, compare=False)
-    # (root, 2 MiB region) -> the PDE value that points at that root's last-level table page of
-    # the region: in the guest's tables (a GPA) and in the shadow tables (an HPA).
-    guest_pde: dict[tuple[int, int], int] = field(default_factory=dict, compare=False)
-    shadow_pde: dict[tuple[int, int], int] = field(default_factory=dict, compare=False)
-
-    # The inverse of both: a PDE value -> the root whose table page it points at.
-    pde_owner: dict[int, int] = field(default_factory=dict, compare=False)
+    # (root, level, region) -> the value of a level-`level` entry (2: PDE, 3: PDPTE, 4: PML4E)
+    # that points at that root's level-(level - 1) table page of the region (`region_of`): in
+    # the guest's tables (a GPA) and in the shadow tables (an HPA).
+    guest_ptr: dict[tuple[int, int, int], int] = field(default_factory=dict, compare=False)
+    shadow_ptr: dict[tuple[int, int, int], int] = field(default_factory=dict, compare=False)
+    # The inverse of both: a pointer value -> the root whose table page it points at.
+    ptr_owner: dict[int, int] = field(default_factory=dict, compare=False)
     # [tables]: the guest frame holding each root's last-level table page of the first 2 MiB
     # region (-1: the file does not place it; the guest's stores to it are then modelled as
     # traps, not as accesses through its own mapping of the table); empty without [tables]
@@ -159,10 +162,47 @@ class KvmConfig:
             return -1
         return self.gpa_vm[self.gpa_index(gpa)]
 
+    def shadow_index(self, g: int, wp: bool) -> int:
+        """The shadow hierarchy of guest root `g` for shadow pages of role CR0.WP = `wp`."""
+        return g + len(self.roots) if self.wp_roles and not wp else g
+
+    def shadows_of(self, g: int) -> range:
+        """Every shadow hierarchy of guest root `g` (one per role)."""
+        return range(g, len(self.shadow_roots), len(self.roots))
+
+    def guest_of(self, s: int) -> int:
+        """The guest root a shadow hierarchy shadows."""
+        return s % len(self.roots)
+
     def pde_root(self, value: int) -> int:
-        """Which root's last-level table page a (guest or shadow) PDE value points at; -1 if
+        """Which root's table page a (guest or shadow) non-leaf entry value points at; -1 if
         not present."""
-        return self.pde_owner.get(value, -1) if value else -1
+        return self.ptr_owner.get(value, -1) if value else -1
+
+    def table_owners(self, values: Any, hierarchies: tuple[int, ...], root: int, gva: int) -> int:
+        """Walk `gva`'s non-leaf entries (PML4E, PDPTE, PDE) from hierarchy `hierarchies[root]`
+        (guest `roots` or `shadow_roots`), each naming the table page of some root: whose
+        last-level table page the walk reaches (-1: an entry on the way is not present)."""
+        t = root
+        for level in (4, 3, 2):
+            t = self.pde_root(int(values[self.layout.slot(hierarchies[t], gva, level)]))
+            if t < 0:
+                return -1
+        return t
+
+    def table_chain(
+        self, values: Any, hierarchies: tuple[int, ...], root: int, gva: int
+    ) -> tuple[int, ...]:
+        """The same walk, every step: the roots whose PDPT, page directory and last-level table
+        pages it goes through (shorter when an entry on the way is not present)."""
+        chain = []
+        t = root
+        for level in (4, 3, 2):
+            t = self.pde_root(int(values[self.layout.slot(hierarchies[t], gva, level)]))
+            if t < 0:
+                break
+            chain.append(t)
+        return tuple(chain)
 
     @property
     def vmx(self) -> bool:

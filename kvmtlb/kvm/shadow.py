@@ -7,11 +7,11 @@ whose last-level SPTEs map a GVA straight to the host page of the guest frame th
 names. The model's shadow hierarchies (kvmtlb.model.system builds them) mirror the guest's tables
 one for one:
 
-- upper-level shadow entries are present from the start; the guest's stores to a PDE (`link`,
-  `unlink`) are emulated, and the shadow PDE they shadow is zapped (kvm_mmu_track_write); the
-  next fault links the shadow page of the table the guest's PDE then names (FNAME(fetch));
-  shadow pages are keyed by the guest table they shadow, so a table page two page tables share
-  has one shadow page;
+- upper-level shadow entries are present from the start; the guest's stores to a PDE, PDPTE
+  or PML4E (`link`, `unlink`) are emulated, and the shadow entry they shadow is zapped
+  (kvm_mmu_track_write); the next fault links, level by level, the shadow page of the table
+  the guest's entry then names (FNAME(fetch)); shadow pages are keyed by the guest table they
+  shadow, so a table page two page tables share (at any level) has one shadow page;
 - each last-level shadow page is synced (its guest table write-protected: a guest store to it
   exits and KVM unsyncs the page, mmu_try_to_unsync_pages) or unsync (`Kvm.unsync`: the guest
   writes its PTEs freely, and the SPTEs may be stale until a sync point: INVLPG, MOV CR3 with
@@ -26,9 +26,13 @@ one for one:
   mmu_sync_children write-protects the frame and flushes every vCPU before it syncs. Without
   `[tables]` a store to a synced table is an exit, not an access through a translation.
 
-- the guest's CR0.WP (`set_cr0`, one vCPU) is KVM's to emulate: the processor keeps WP = 1,
+- the guest's CR0.WP (`set_cr0`) is KVM's to emulate: the processor keeps WP = 1,
   FNAME(page_fault) makes writable supervisor-only SPTEs for WP = 0, and a WP change resets the
-  MMU (a root of the other role, `kvm_mmu_cr0_wp_role`).
+  MMU. CR0.WP is a role bit (role.cr0_wp): a scenario that clears it has a second set of shadow
+  hierarchies (`KvmConfig.wp_roles`; hierarchy len(roots) + g shadows guest page table g for
+  role WP = 0), and a vCPU's roots are of the role kvm_mmu_load allocated them with
+  (`Vcpu.root_wp`). Write tracking, unsync and the rmap reach the pages of both roles; a sync
+  reaches those under the vCPU's roots.
 
 What is not modelled: huge pages; guest A/D bits; the
 shadow page lifecycle (pages are never zapped or reallocated, so a root KVM "frees" comes back
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmtlb.hw.addr import ENTRY_NAMES, region
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_SMEP
 from kvmtlb.hw.paging import E_W, RW, US, XD, P, make_pte, pte_addr
 from kvmtlb.hw.vmx import Vmwrite
@@ -77,7 +82,7 @@ def self_map_gva(cfg: KvmConfig, values: Any, current: int, root: int, gva: int)
         return -1
     frame = cfg.table_frame[root]
     for s in cfg.gvas:
-        t = cfg.pde_root(int(values[cfg.layout.slot(cfg.roots[current], s, 2)]))
+        t = cfg.table_owners(values, cfg.roots, current, s)
         if t < 0:
             continue
         gpte = int(values[cfg.layout.slot(cfg.roots[t], s)])
@@ -112,9 +117,15 @@ class ShadowMmu:
         cr3 &= ~CR3_NOFLUSH
         return cr3, noflush, cr3 & CR3_PCID_MASK if pcide else 0
 
-    def sptep(self, k: Step, root: int, gva: int) -> int:
-        """The slot of the last-level SPTE of `gva` in guest root `root`'s shadow table."""
-        return k.config.layout.slot(k.config.shadow_roots[root], gva)
+    def sroot(self, k: Step, vcpu: Vcpu, g: int) -> int:
+        """The shadow hierarchy of guest page table `g` the vCPU's roots use: that of their role
+        (role.cr0_wp, KvmConfig.shadow_index)."""
+        return k.config.shadow_index(g, vcpu.root_wp)
+
+    def sptep(self, k: Step, s: int, gva: int) -> int:
+        """The slot of the last-level SPTE of `gva` in shadow hierarchy `s` (guest page table
+        guest_of(s)'s shadow pages of one role; without set_cr0 wp=0, s is the guest root)."""
+        return k.config.layout.slot(k.config.shadow_roots[s], gva)
 
     def gpte(self, k: Step, root: int, gva: int) -> int:
         """The guest's current PTE for `gva` in its page table `root` (guest memory)."""
@@ -122,27 +133,29 @@ class ShadowMmu:
         return int(k.machine.memory.values[slot])
 
     def guest_pde_target(self, k: Step, root: int, gva: int) -> int:
-        """Whose last-level table page the guest's PDE for `gva` in page table `root` names
-        (a root index; -1 if not present)."""
-        slot = k.config.layout.slot(k.config.roots[root], gva, 2)
-        return k.config.pde_root(int(k.machine.memory.values[slot]))
+        """Whose last-level table page the guest's walk of `gva` from page table `root` reaches
+        through its PML4E, PDPTE and PDE (a root index; -1: one is not present)."""
+        return k.config.table_owners(k.machine.memory.values, k.config.roots, root, gva)
 
-    def shadow_pde_slot(self, k: Step, root: int, gva: int) -> int:
-        return k.config.layout.slot(k.config.shadow_roots[root], gva, 2)
+    def shadow_entry_slot(self, k: Step, s: int, gva: int, level: int) -> int:
+        """The slot of the level-`level` shadow entry of `gva` in shadow hierarchy `s`'s page of
+        that level (the shadow page of that guest table, of one role)."""
+        return k.config.layout.slot(k.config.shadow_roots[s], gva, level)
 
-    def shadow_pde_target(self, k: Step, root: int, gva: int) -> int:
-        """The same for the shadow PDE: the shadow page it links (-1: zapped)."""
-        return k.config.pde_root(int(k.machine.memory.values[self.shadow_pde_slot(k, root, gva)]))
+    def shadow_pde_target(self, k: Step, s: int, gva: int) -> int:
+        """The same for the shadow walk from hierarchy `s`: the shadow hierarchy whose last-level
+        page the shadow PML4E, PDPTE and PDE link (-1: one is zapped)."""
+        return k.config.table_owners(k.machine.memory.values, k.config.shadow_roots, s, gva)
 
-    def sp_unsync(self, k: Step, root: int, gva: int) -> bool:
-        return bool(k.kvm.unsync >> self.sp_bit(k, root, gva) & 1)
+    def sp_unsync(self, k: Step, s: int, gva: int) -> bool:
+        return bool(k.kvm.unsync >> self.sp_bit(k, s, gva) & 1)
 
-    def sp_bit(self, k: Step, root: int, gva: int) -> int:
-        return k.config.spt_bit[root][k.config.gvas.index(gva)]
+    def sp_bit(self, k: Step, s: int, gva: int) -> int:
+        return k.config.spt_bit[s][k.config.gvas.index(gva)]
 
-    def sp_gvas(self, k: Step, root: int, bit: int) -> list[int]:
-        """The GVAs whose SPTEs live in last-level shadow page `bit` of root `root`."""
-        return [g for i, g in enumerate(k.config.gvas) if k.config.spt_bit[root][i] == bit]
+    def sp_gvas(self, k: Step, s: int, bit: int) -> list[int]:
+        """The GVAs whose SPTEs live in last-level shadow page `bit` of hierarchy `s`."""
+        return [g for i, g in enumerate(k.config.gvas) if k.config.spt_bit[s][i] == bit]
 
     def table_root(self, k: Step, gpa: int) -> int:
         """The page table whose last-level table page of the first region `[tables]` places in
@@ -150,24 +163,33 @@ class ShadowMmu:
         frames = k.config.table_frame
         return frames.index(gpa) if gpa >= 0 and gpa in frames else -1
 
-    def table_sp_bit(self, k: Step, root: int) -> int:
-        """The last-level shadow page that shadows that table page (-1: no GVA of the scenario
-        lives in the first region, so nothing shadows it)."""
+    def table_sp_bit(self, k: Step, s: int) -> int:
+        """The last-level shadow page of hierarchy `s` that shadows that table page of its guest
+        page table (-1: no GVA of the scenario lives in the first region, so nothing shadows
+        it)."""
         for i, gva in enumerate(k.config.gvas):
             if not gva >> 21:
-                return k.config.spt_bit[root][i]
+                return k.config.spt_bit[s][i]
         return -1
 
-    def sp_frame(self, k: Step, root: int, bit: int) -> int:
-        """sp->gfn for last-level shadow page `bit` of page table `root`: its `[tables]` frame,
-        or -1 when the file does not place it (no mapping of it to write-protect)."""
+    def table_synced(self, k: Step, table: int) -> bool:
+        """Whether some shadow page of guest page table `table`'s `[tables]` page (of either
+        role) is synced: its guest table is then write-protected (mmu_try_to_unsync_pages with
+        can_unsync false fails on the first synced page of the GFN)."""
+        bits = [self.table_sp_bit(k, s) for s in k.config.shadows_of(table)]
+        return any(bit >= 0 and not k.kvm.unsync >> bit & 1 for bit in bits)
+
+    def sp_frame(self, k: Step, s: int, bit: int) -> int:
+        """sp->gfn for last-level shadow page `bit` of hierarchy `s`: its guest table's `[tables]`
+        frame, or -1 when the file does not place it (no mapping of it to write-protect)."""
         frames = k.config.table_frame
-        if frames and frames[root] >= 0 and self.table_sp_bit(k, root) == bit:
-            return frames[root]
+        g = k.config.guest_of(s)
+        if frames and frames[g] >= 0 and self.table_sp_bit(k, s) == bit:
+            return frames[g]
         return -1
 
-    def set_shadow_spte(self, k: Step, root: int, gva: int, value: int, why: str) -> None:
-        slot = self.sptep(k, root, gva)
+    def set_shadow_spte(self, k: Step, s: int, gva: int, value: int, why: str) -> None:
+        slot = self.sptep(k, s, gva)
         if k.machine.memory.values[slot] == value:
             return
         what = f"{pte_addr(value):#x}{' rw' if value & RW else ' ro'}" if value & P else "0"
@@ -177,35 +199,41 @@ class ShadowMmu:
     def kvm_emulate_guest_pt_write(
         self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int, value: int
     ) -> None:
-        """A store to a guest paging entry that KVM's emulator does: always for a PDE (a page
-        directory's shadow page never goes unsync, so the guest's store faults and is emulated),
-        and for a PTE when the instruction itself is emulated (`map ... emulated`). The store,
-        then the page-track notifier."""
+        """A store to a guest paging entry that KVM's emulator does: always for a PDE, PDPTE or
+        PML4E (an upper-level shadow page never goes unsync, so the guest's store faults and is
+        emulated), and for a PTE when the instruction itself is emulated (`map ... emulated`).
+        The store, then the page-track notifier."""
         self.emulator_write_phys(k, root, gva, level, value)
         self.kvm_mmu_track_write(k, vcpu, root, gva, level)
 
     def emulator_write_phys(self, k: Step, root: int, gva: int, level: int, value: int) -> None:
-        """x86.c:emulator_write_phys @ v6.18: the guest's entry (level 1: the PTE, 2: the PDE
-        of `gva` in page table `root`) takes the new value."""
+        """x86.c:emulator_write_phys @ v6.18: the guest's level-`level` entry of `gva` (1: the
+        PTE, 2: the PDE, 3: the PDPTE, 4: the PML4E) in page table `root` takes the new
+        value."""
         slot = k.config.layout.slot(k.config.roots[root], gva, level)
-        what = "PTE" if level == 1 else "PDE of"
-        k.write_slot(slot, value, f"emulated store: guest {what} {gva:#x} = {value:#x}")
+        what = ENTRY_NAMES[level]
+        k.write_slot(slot, value, f"emulated store: guest {what} of {gva:#x} = {value:#x}")
 
     def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
         """mmu.c:kvm_mmu_track_write @ v6.18 (kvm_mmu_pte_write @ v5.x): in the shadow page of
-        the written table, synced or unsync, the shadow entry of the written entry is zapped
-        (mmu_page_zap_pte; for a PDE this unlinks the child shadow page), and a zapped present
-        entry is flushed on every vCPU (kvm_mmu_remote_flush_or_zap; v5.x need_remote_flush: a
-        present entry zapped, then kvm_flush_remote_tlbs). v5.x may then prefetch a new guest
-        PTE (mmu_pte_write_new_pte), an optional fill the model leaves to the next fault."""
+        the written table, synced or unsync and at whatever level, the shadow entry of the
+        written entry is zapped (mmu_page_zap_pte; for a PDE, PDPTE or PML4E this unlinks the
+        child shadow page), and a zapped present entry is flushed on every vCPU
+        (kvm_mmu_remote_flush_or_zap; v5.x need_remote_flush: a present entry zapped, then
+        kvm_flush_remote_tlbs). v5.x may then prefetch a new guest PTE (mmu_pte_write_new_pte),
+        an optional fill the model leaves to the next fault."""
         if k.config.tdp:
             return
-        slot = self.sptep(k, root, gva) if level == 1 else self.shadow_pde_slot(k, root, gva)
-        if not k.machine.memory.values[slot] & P:
-            return
-        what = "SPTE" if level == 1 else "shadow PDE of"
-        k.write_slot(slot, 0, f"kvm_mmu_track_write: zap the {what} {gva:#x}")
-        self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
+        flush = False
+        for s in k.config.shadows_of(root):  # every shadow page of the table, of either role
+            slot = self.shadow_entry_slot(k, s, gva, level)
+            if not k.machine.memory.values[slot] & P:
+                continue
+            what = "SPTE" if level == 1 else f"shadow {ENTRY_NAMES[level]} of"
+            k.write_slot(slot, 0, f"kvm_mmu_track_write: zap the {what} {gva:#x}")
+            flush = True
+        if flush:
+            self.kvm_flush_remote_tlbs_vcpu(k, vcpu, "kvm_mmu_remote_flush_or_zap")
 
     def kvm_mmu_track_write_fault(self, k: Step, vcpu: Vcpu, root: int, gva: int) -> None:
         """The guest stored to a write-protected (synced) guest page table: the #PF exit's
@@ -215,9 +243,10 @@ class ShadowMmu:
         self.mmu_try_to_unsync_pages(k, root, gva)
 
     def mmu_try_to_unsync_pages(self, k: Step, root: int, gva: int) -> None:
-        """mmu.c:mmu_try_to_unsync_pages @ v6.18: mark the shadow page unsync."""
-        bit = self.sp_bit(k, root, gva)
-        k.kvm.unsync |= 1 << bit
+        """mmu.c:mmu_try_to_unsync_pages @ v6.18: mark the shadow pages of the written table
+        (one per role) unsync."""
+        for s in k.config.shadows_of(root):
+            k.kvm.unsync |= 1 << self.sp_bit(k, s, gva)
         k.note(
             f"mmu_try_to_unsync_pages: the shadow page for {gva:#x} is unsync",
             "the guest writes that page table without exits until it is synced",
@@ -226,49 +255,50 @@ class ShadowMmu:
     def mmu_try_to_unsync_gfn(self, k: Step, gpa: int) -> None:
         """mmu.c:mmu_try_to_unsync_pages @ v6.18 called with the frame (make_spte of a writable
         mapping of a shadowed guest table): its last-level shadow page goes unsync, if synced."""
-        table = self.table_root(k, gpa)
-        bit = self.table_sp_bit(k, table)
-        if bit >= 0 and not k.kvm.unsync >> bit & 1:
-            k.kvm.unsync |= 1 << bit
-            k.note(
-                f"mmu_try_to_unsync_pages({gpa:#x}): the shadow page of that guest table is unsync",
-                "its mapping may be writable: the guest's stores to it do not exit",
-            )
+        for s in k.config.shadows_of(self.table_root(k, gpa)):
+            bit = self.table_sp_bit(k, s)
+            if bit >= 0 and not k.kvm.unsync >> bit & 1:
+                k.kvm.unsync |= 1 << bit
+                k.note(
+                    f"mmu_try_to_unsync_pages({gpa:#x}): the shadow page of that guest table is "
+                    "unsync",
+                    "its mapping may be writable: the guest's stores to it do not exit",
+                )
 
     # -- sync -------------------------------------------------------------------------------------
-    def kvm_sync_spte(self, k: Step, root: int, gva: int) -> bool:
+    def kvm_sync_spte(self, k: Step, s: int, gva: int) -> bool:
         """paging_tmpl.h:FNAME(sync_spte) @ v6.18: bring one SPTE of an unsync page in line with
         its guest PTE: drop it if the guest PTE is not present or names another frame, else keep
         the page and take the guest's rights (write only if the SPTE had it). Returns whether the
         SPTE changed (the caller flushes)."""
-        slot = self.sptep(k, root, gva)
+        slot = self.sptep(k, s, gva)
         spte = int(k.machine.memory.values[slot])
         if not spte & P:
             return False
-        gpte = self.gpte(k, root, gva)
+        gpte = self.gpte(k, k.config.guest_of(s), gva)
         hpa = pte_addr(spte)
         if not gpte & P or k.config.frame_of_page(hpa) != pte_addr(gpte):
-            self.set_shadow_spte(k, root, gva, 0, "FNAME(sync_spte): guest PTE changed, drop")
+            self.set_shadow_spte(k, s, gva, 0, "FNAME(sync_spte): guest PTE changed, drop")
             return True
         writable = bool(spte & RW) and bool(gpte & RW)
         table = self.table_root(k, pte_addr(gpte))
-        if writable and table >= 0 and not k.kvm.unsync >> self.table_sp_bit(k, table) & 1:
+        if writable and table >= 0 and self.table_synced(k, table):
             # make_spte with synchronizing: mmu_try_to_unsync_pages may not unsync, so a
             # mapping of a synced guest table stays write-protected
             writable = False
         new = spte_from_gpte(gpte, hpa, writable)
         if new == spte:
             return False
-        self.set_shadow_spte(k, root, gva, new, "FNAME(sync_spte): new access rights")
+        self.set_shadow_spte(k, s, gva, new, "FNAME(sync_spte): new access rights")
         return True
 
-    def kvm_sync_page(self, k: Step, root: int, bit: int) -> bool:
+    def kvm_sync_page(self, k: Step, s: int, bit: int) -> bool:
         """mmu.c:kvm_sync_page / __kvm_sync_page @ v6.18: the page is synced again (its guest
         table write-protected), each SPTE through FNAME(sync_spte). Returns whether to flush."""
         k.kvm.unsync &= ~(1 << bit)
         flush = False
-        for gva in self.sp_gvas(k, root, bit):
-            flush |= self.kvm_sync_spte(k, root, gva)
+        for gva in self.sp_gvas(k, s, bit):
+            flush |= self.kvm_sync_spte(k, s, gva)
         return flush
 
     def mmu_sync_children(self, k: Step, vcpu: Vcpu, root: int) -> None:
@@ -311,14 +341,14 @@ class ShadowMmu:
         """mmu.c:kvm_mmu_sync_roots @ v6.18: sync the unsync pages under the current root."""
         if k.config.tdp or not vcpu.root_valid:
             return
-        self.mmu_sync_children(k, vcpu, k.config.root_index(vcpu.cr3))
+        self.mmu_sync_children(k, vcpu, self.sroot(k, vcpu, k.config.root_index(vcpu.cr3)))
 
     def kvm_mmu_sync_prev_roots(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_sync_prev_roots @ v6.18: the same for every cached root."""
         if k.config.tdp:
             return
         for pgd in vcpu.prev_roots:
-            self.mmu_sync_children(k, vcpu, k.config.root_index(pgd))
+            self.mmu_sync_children(k, vcpu, self.sroot(k, vcpu, k.config.root_index(pgd)))
 
     def kvm_flush_remote_tlbs_vcpu(self, k: Step, vcpu: Vcpu, why: str) -> None:
         """kvm_main.c:kvm_flush_remote_tlbs @ v6.18 called by a vCPU's own KVM code: the request
@@ -358,7 +388,7 @@ class ShadowMmu:
             return
         changed = False
         for r in roots:
-            t = self.shadow_pde_target(k, r, gva)
+            t = self.shadow_pde_target(k, self.sroot(k, vcpu, r), gva)
             if t >= 0 and self.sp_unsync(k, t, gva):
                 changed |= self.kvm_sync_spte(k, t, gva)
         if changed:
@@ -453,7 +483,7 @@ class ShadowMmu:
         the guest's active PCID, in the hardware CR3 the next VM entry loads."""
         if k.config.tdp:
             return
-        hw_cr3 = k.config.shadow_roots[k.config.root_index(vcpu.cr3)]
+        hw_cr3 = k.config.shadow_roots[self.sroot(k, vcpu, k.config.root_index(vcpu.cr3))]
         hw_cr3 |= self.kvm_get_active_pcid(k, vcpu)
         if k.config.vmx:
             assert vcpu.vmcs is not None
@@ -479,7 +509,8 @@ class ShadowMmu:
         (kvm_inject_emulated_page_fault); else the host page is looked up with the
         mmu_invalidate_seq snapshot, and FNAME(fetch) is the next step."""
         root = k.config.root_index(vcpu.cr3)
-        table = self.guest_pde_target(k, root, gva)
+        chain = k.config.table_chain(k.machine.memory.values, k.config.roots, root, gva)
+        table = chain[-1] if len(chain) == 3 else -1
         gpte = self.gpte(k, table, gva) if table >= 0 else 0
         access = ACCESS_KINDS[kind]
         if not self.guest_permits(k, vcpu, gpte, access):
@@ -491,7 +522,7 @@ class ShadowMmu:
         mmu_seq = k.kvm.mmu_invalidate_seq
         pfn = self.gfn_to_pfn(k, gpa)  # type: ignore[attr-defined]
         k.note(f"FNAME(walk_addr)({gva:#x}) = {gpa:#x}; kvm_faultin_pfn = {pfn:#x}")
-        vcpu.frame = (gva, kind, mmu_seq, pfn, gpte, table)
+        vcpu.frame = (gva, kind, mmu_seq, pfn, gpte, *chain)
         vcpu.pc = "FNAME(page_fault):fetch"
 
     def guest_permits(self, k: Step, vcpu: Vcpu, gpte: int, access: str) -> bool:
@@ -509,26 +540,39 @@ class ShadowMmu:
 
     def fname_page_fault_fetch(self, k: Step, vcpu: Vcpu) -> None:
         """paging_tmpl.h:FNAME(page_fault) @ v6.18 under mmu_lock: is_page_fault_stale retries;
-        FNAME(fetch) retries if the guest PTE changed since the walk (FNAME(gpte_changed)); else
-        the SPTE is made (make_spte: writable if the guest PTE and the memslot allow it, marking
-        the page dirty under dirty logging)."""
-        gva, kind, mmu_seq, pfn, gpte, table = vcpu.frame
+        FNAME(fetch) retries if a guest entry on the walk changed since (FNAME(gpte_changed)),
+        links at each upper level the shadow page of the guest table the walk went through
+        where the shadow entry was zapped (kvm_mmu_get_child_sp, link_shadow_page), and makes
+        the SPTE (make_spte: writable if the guest PTE and the memslot allow it, marking the page
+        dirty under dirty logging)."""
+        gva, kind, mmu_seq, pfn, gpte, *walked = vcpu.frame
+        chain = tuple(walked)
+        table = chain[-1]
         vcpu.frame = ()
         vcpu.pc = "vcpu_enter_guest"
         if self.mmu_invalidate_retry_gfn(k, mmu_seq):  # type: ignore[attr-defined]
             k.note(f"FNAME(page_fault)({gva:#x}): mmu_invalidate_retry_gfn, retry")
             return
         root = k.config.root_index(vcpu.cr3)
-        if self.guest_pde_target(k, root, gva) != table or self.gpte(k, table, gva) != gpte:
+        values = k.machine.memory.values
+        if (
+            k.config.table_chain(values, k.config.roots, root, gva) != chain
+            or self.gpte(k, table, gva) != gpte
+        ):
             k.note(f"FNAME(fetch)({gva:#x}): FNAME(gpte_changed), retry")
             return
-        if self.shadow_pde_target(k, root, gva) != table:
-            value = k.config.shadow_pde[(table, gva >> 21)]
-            k.write_slot(
-                self.shadow_pde_slot(k, root, gva),
-                value,
-                f"FNAME(fetch): link_shadow_page, shadow PDE of {gva:#x} -> {value:#x}",
-            )
+        # the shadow pages of the walk's tables, of the root's role
+        owners = [self.sroot(k, vcpu, g) for g in (root, *chain)]
+        for level, owner, child in zip((4, 3, 2), owners[:-1], owners[1:], strict=True):
+            slot = self.shadow_entry_slot(k, owner, gva, level)
+            value = k.config.shadow_ptr[(child, level, region(gva, level))]
+            if values[slot] != value:
+                k.write_slot(
+                    slot,
+                    value,
+                    f"FNAME(fetch): link_shadow_page, shadow {ENTRY_NAMES[level]} of {gva:#x} "
+                    f"-> {value:#x}",
+                )
         gpa = pte_addr(gpte)
         writable = bool(gpte & RW) and bool(self.host_rights(k, gpa) & E_W)  # type: ignore[attr-defined]
         if writable and self.table_root(k, gpa) >= 0:
@@ -540,7 +584,7 @@ class ShadowMmu:
         value = spte_from_gpte(gpte, pfn, writable)
         if ACCESS_KINDS[kind] == "write" and not gpte & RW and not vcpu.cr0_wp:
             value = self.cr0_wp_clear_spte(k, vcpu, gpte, pfn)
-        self.set_shadow_spte(k, table, gva, value, "FNAME(fetch)")
+        self.set_shadow_spte(k, owners[-1], gva, value, "FNAME(fetch)")
 
     def cr0_wp_clear_spte(self, k: Step, vcpu: Vcpu, gpte: int, pfn: int) -> int:
         """paging_tmpl.h:FNAME(page_fault) @ v6.18 (v5.x alike): a supervisor write fault on a
@@ -550,25 +594,10 @@ class ShadowMmu:
         k.note("FNAME(page_fault): CR0.WP = 0", "a writable, supervisor-only SPTE")
         return make_pte(pfn, writable=True, user=False, executable=not gpte & XD and not smep)
 
-    def kvm_mmu_cr0_wp_role(self, k: Step, vcpu: Vcpu) -> None:
-        """The model's stand-in for role.cr0_wp (mmu.c:kvm_calc_cpu_role @ v6.18): after a CR0.WP
-        change KVM runs the vCPU on other shadow pages, those of the new role; the model's pages
-        are shared by both roles (set_cr0 needs vcpus = 1), so on a return to WP = 1 the
-        SPTEs only WP = 0 makes (writable over a read-only guest PTE) are dropped, as the WP = 1
-        pages never held them. No flush: the new root's load flushes (kvm_mmu_load)."""
-        if k.config.tdp or not vcpu.cr0_wp:
-            return
-        values = k.machine.memory.values
-        for r in range(len(k.config.shadow_roots)):
-            for gva in k.config.gvas:
-                spte = int(values[self.sptep(k, r, gva)])
-                if spte & P and spte & RW and not self.gpte(k, r, gva) & RW:
-                    self.set_shadow_spte(k, r, gva, 0, "role cr0_wp = 1: not in its pages")
-
     # -- the host's changes, through the rmap -----------------------------------------------------
     def rmap_sptes(self, k: Step, gpa: int) -> list[tuple[int, int]]:
-        """The rmap of a guest frame: every (root, GVA) whose present SPTE maps one of its host
-        pages."""
+        """The rmap of a guest frame: every (shadow hierarchy, GVA) whose present SPTE maps one
+        of its host pages, in the shadow pages of either role."""
         out = []
         values = k.machine.memory.values
         for r in range(len(k.config.shadow_roots)):

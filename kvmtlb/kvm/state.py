@@ -119,6 +119,9 @@ class Vcpu:
     # The guest's CR0.WP as KVM holds it (vcpu->arch.cr0): with shadow paging the processor runs
     # with WP = 1 whatever the guest wrote, and KVM emulates WP = 0 (kvm/shadow.py)
     cr0_wp: bool = True
+    # The role (CR0.WP) of the shadow pages the vCPU's roots belong to, fixed when kvm_mmu_load
+    # allocates the root: the MMU's root_role as of then (kvm/shadow.py)
+    root_wp: bool = True
     # Nested EPT (kvm/nested_ept.py): whether the root of the MMU that is not current is valid:
     # guest_mmu's (the shadow EPT02) while L1 runs, root_mmu's (EPT01) while L2 runs.
     # `root_valid` is always the current MMU's (vcpu->arch.mmu).

@@ -59,7 +59,7 @@ EXIT_CR0_WRITE = 7
 EXIT_SHADOW_PF = 8  # a guest #PF KVM intercepts (shadow paging): frame (gva, access kind)
 EXIT_PT_WRITE = 9  # a guest store to a write-protected guest page table: frame (root, gva)
 EXIT_INVPCID = 10  # frame (type, pcid, gva)
-EXIT_PDE_WRITE = 11  # a guest store to a PDE, emulated: frame (root, gva, value)
+EXIT_PDE_WRITE = 11  # a guest store to a non-leaf entry, emulated: (root, gva, value, level)
 EXIT_PTE_WRITE = 12  # a guest PTE store KVM's emulator does: frame (root, gva, value)
 EXIT_NESTED = 13  # L1's VMX instruction or L2's exit to L1: frame (op code, a, b, c); nested_vmx
 EXIT_NAMES = {
@@ -73,7 +73,7 @@ EXIT_NAMES = {
     EXIT_SHADOW_PF: "#PF",
     EXIT_PT_WRITE: "#PF on a write-protected guest page table",
     EXIT_INVPCID: "INVPCID",
-    EXIT_PDE_WRITE: "#PF on a write-protected guest page directory",
+    EXIT_PDE_WRITE: "#PF on a write-protected upper-level guest table",
     EXIT_PTE_WRITE: "emulation of a store to a guest PTE",
     EXIT_NESTED: "VMX instruction (nested)",
 }
@@ -232,6 +232,7 @@ class X86:
         provenance is unknown, so flush the current context right after loading it (freeing a
         root then needs no flush)."""
         vcpu.root_valid = True
+        vcpu.root_wp = vcpu.cr0_wp  # the root's role: the MMU's role as of now
         k.note("kvm_mmu_load: new root")
         if k.config.tdp:
             self.mmu_alloc_direct_roots(k, vcpu)  # type: ignore[attr-defined]
@@ -294,7 +295,7 @@ class X86:
         elif reason == EXIT_PTE_WRITE:
             self.kvm_emulate_guest_pt_write(k, vcpu, args[0], args[1], 1, args[2])  # type: ignore[attr-defined]
         elif reason == EXIT_PDE_WRITE:
-            self.kvm_emulate_guest_pt_write(k, vcpu, args[0], args[1], 2, args[2])  # type: ignore[attr-defined]
+            self.kvm_emulate_guest_pt_write(k, vcpu, args[0], args[1], args[3], args[2])  # type: ignore[attr-defined]
         elif reason == EXIT_INVPCID:
             self.kvm_handle_invpcid(k, vcpu, *args)  # type: ignore[attr-defined]
         elif reason == EXIT_NESTED:
@@ -354,7 +355,6 @@ class X86:
         flushes)."""
         if old_wp != wp:
             self.kvm_mmu_reset_context(k, vcpu)
-            self.kvm_mmu_cr0_wp_role(k, vcpu)  # type: ignore[attr-defined]
 
     def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_reset_context @ v6.18 (and v5.8): kvm_mmu_unload; the next entry loads a

@@ -119,8 +119,8 @@ GUEST_OPS = {
     "exec": "exec GVA",
     "map": "map GVA -> GPA FLAGS [root=NAME] [emulated]",
     "unmap": "unmap GVA [root=NAME] [emulated]",
-    "link": "link GVA -> TABLE [root=NAME]",
-    "unlink": "unlink GVA [root=NAME]",
+    "link": "link GVA -> TABLE [root=NAME] [level=N]",
+    "unlink": "unlink GVA [root=NAME] [level=N]",
     "invlpg": "invlpg GVA",
     "mov_cr3": "mov_cr3 [ROOT] [pcid=N] [noflush] [emulated]",
     "set_cr4": "set_cr4 pge=0|1 | pcide=0|1 | smep=0|1",
@@ -1068,21 +1068,42 @@ class _Parser:
             root = root_arg()
             need(1, "GVA [root=NAME] [emulated]")
             return UnmapOp(self.addr(args[0], line, "GVA"), line, root, emulated)
+
+        def level_arg() -> int:
+            """A trailing level=N of link and unlink (after root=NAME, if any): which entry."""
+            root = args.pop() if args and args[-1].startswith("root=") else None
+            level = 2
+            if args and args[-1].startswith("level="):
+                text = args.pop()[6:]
+                if text not in ("2", "3", "4"):
+                    raise self.err(
+                        line,
+                        f"level={text}: {op} writes a non-leaf entry, level 2, 3 or 4",
+                        "write level=2 (the PDE, the default), level=3 (the PDPTE) or level=4 "
+                        "(the PML4E)",
+                    )
+                level = int(text)
+            if root is not None:
+                args.append(root)
+            return level
+
         if op == "link":
+            level = level_arg()
             root = root_arg()
             if len(args) != 3 or args[1] != "->":
                 raise self.err(
                     line,
-                    "link takes GVA -> TABLE [root=NAME]",
+                    "link takes GVA -> TABLE [root=NAME] [level=N]",
                     "write: link 0x1000 -> b (the PDE of 0x1000's 2 MiB region then points at "
-                    "page table b's last-level table)",
+                    "page table b's last-level table; level=3 the PDPTE, level=4 the PML4E)",
                 )
             target = self.root_name(args[2], line, roots)
-            return LinkOp(self.addr(args[0], line, "GVA"), target, line, root)
+            return LinkOp(self.addr(args[0], line, "GVA"), target, line, root, level)
         if op == "unlink":
+            level = level_arg()
             root = root_arg()
-            need(1, "GVA [root=NAME]")
-            return UnlinkOp(self.addr(args[0], line, "GVA"), line, root)
+            need(1, "GVA [root=NAME] [level=N]")
+            return UnlinkOp(self.addr(args[0], line, "GVA"), line, root, level)
         if op == "invlpg":
             need(1, "GVA")
             return InvlpgOp(self.addr(args[0], line, "GVA"), line)
@@ -1370,13 +1391,6 @@ class _Parser:
                         "set_cr0 needs shadow paging",
                         "set tdp = false (with EPT/NPT the processor applies CR0.WP itself, and "
                         "the model's hardware access check takes WP = 1)",
-                    )
-                if isinstance(op, SetCr0Op) and config.vcpus > 1:
-                    raise self.err(
-                        op.line,
-                        "set_cr0 needs vcpus = 1",
-                        "use one vCPU: KVM keeps vCPUs with different CR0.WP on different shadow "
-                        "pages (role.cr0_wp), which the model shares",
                     )
                 if isinstance(op, SetCr4Op) and op.bit == "pcide":
                     pcide = bool(op.value)

@@ -18,7 +18,16 @@ from typing import Any
 
 from kvmtlb.errors import where
 from kvmtlb.guest.l1_ops import EptMapOp
-from kvmtlb.guest.ops import InvpcidOp, LinkOp, MapOp, MovCr3Op, SetCr0Op, UnlinkOp, UnmapOp
+from kvmtlb.guest.ops import (
+    InvpcidOp,
+    LinkOp,
+    MapOp,
+    MovCr3Op,
+    SetCr0Op,
+    UnlinkOp,
+    UnmapOp,
+    link_value,
+)
 from kvmtlb.guest.thread import GuestThread
 from kvmtlb.host.ops import (
     AgeOp,
@@ -34,6 +43,7 @@ from kvmtlb.host.ops import (
     ZapOp,
 )
 from kvmtlb.host.thread import HostThread
+from kvmtlb.hw.addr import region
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR4_DEFAULT,
@@ -171,19 +181,14 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             b.allow(roots[r], gva, pte_values.get((r, gva), [0]))
     # -- the PDEs `link`/`unlink` write: a pointer to some page table's last-level table page of
     # the region, or 0 ---------------------------------------------------------------------------
-    guest_pde = pde_values(b, roots, gvas)
-    relinked: set[tuple[int, int]] = set()  # (root, region) whose PDE the ops write
+    guest_ptr = ptr_values(b, roots, gvas)
+    relinked: set[tuple[int, int, int]] = set()  # (root, level, region) of the entries written
     for prog in scenario.programs:
         for op in prog:
             if isinstance(op, LinkOp | UnlinkOp):
                 r = root_names.index(op.root)
-                relinked.add((r, op.gva >> 21))
-                value = (
-                    guest_pde[(root_names.index(op.target), op.gva >> 21)]
-                    if isinstance(op, LinkOp)
-                    else 0
-                )
-                b.allow(roots[r], op.gva, [value], level=2)
+                relinked.add((r, op.level, region(op.gva, op.level)))
+                b.allow(roots[r], op.gva, [link_value(guest_ptr, root_names, op)], level=op.level)
     # -- EPT/NPT leaves (or the host pages shadow SPTEs may name): first page, remap targets,
     # fresh pages, write-protected variants -----------------------------------------------------
     kvm_config_base = dict(gpas=gpas, fresh_base=FRESH_HPA_BASE)
@@ -242,18 +247,29 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         l2_gpas = _nested_ept_layout(b, scenario, ept12_root, ept02_root, host_pages, rights)
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
-    shadow_pde: dict[tuple[int, int], int] = {}
+    shadow_ptr: dict[tuple[int, int, int], int] = {}
+    # role.cr0_wp: a guest that clears CR0.WP runs on shadow pages of its own (kvm/shadow.py)
+    wp_roles = any(
+        isinstance(op, SetCr0Op) and not op.value for prog in scenario.programs for op in prog
+    )
     if not cfg.tdp:
-        shadow_roots = tuple(b.linear_root() for _ in roots)
+        n = len(roots)
+        shadow_roots = tuple(b.linear_root() for _ in range(2 * n if wp_roles else n))
         _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
-        spt_bit = shadow_page_bits(len(roots), gvas)
-        shadow_pde = pde_values(b, shadow_roots, gvas)
-        # KVM zaps a shadow PDE when the guest writes the PDE it shadows, and FNAME(fetch) links
-        # it again to the shadow page of whichever table the guest's PDE then names
-        for r, region in sorted(relinked):
-            gva = next(g for g in gvas if g >> 21 == region)
-            targets = [v for (t, reg), v in shadow_pde.items() if reg == region]
-            b.allow(shadow_roots[r], gva, [0, *targets], level=2)
+        spt_bit = shadow_page_bits(len(shadow_roots), gvas)
+        shadow_ptr = ptr_values(b, shadow_roots, gvas)
+        # KVM zaps a shadow entry when the guest writes the entry it shadows, and FNAME(fetch)
+        # links it again to the shadow page (of the same role) of whichever table the guest's
+        # entry then names
+        for r, level, reg in sorted(relinked):
+            gva = next(g for g in gvas if region(g, level) == reg)
+            for s in range(r, len(shadow_roots), n):
+                targets = [
+                    v
+                    for (t, lv, rg), v in shadow_ptr.items()
+                    if (lv, rg) == (level, reg) and t // n == s // n
+                ]
+                b.allow(shadow_roots[s], gva, [0, *targets], level=level)
     layout = b.build()
     frame_of = {h: gpa for gpa, (pages, _) in host_pages.items() for h in pages}
     # -- tags the run can reach ----------------------------------------------------------------
@@ -342,10 +358,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         gvas=gvas,
         shadow_roots=shadow_roots,
         spt_bit=spt_bit,
+        wp_roles=wp_roles and not cfg.tdp,
         frame_of=frame_of,
-        guest_pde=guest_pde,
-        shadow_pde=shadow_pde,
-        pde_owner=pde_owner(guest_pde, shadow_pde),
+        guest_ptr=guest_ptr,
+        shadow_ptr=shadow_ptr,
+        ptr_owner=ptr_owner(guest_ptr, shadow_ptr),
         table_frame=(
             tuple(scenario.tables.get(name, -1) for name in root_names) if scenario.tables else ()
         ),
@@ -433,19 +450,27 @@ def boot_vcpus(scenario: Scenario) -> tuple[int, ...]:
     return tuple(v for v in range(scenario.config.vcpus) if v not in later)
 
 
-def pde_values(
+NON_LEAF_LEVELS = (2, 3, 4)  # PDE, PDPTE, PML4E
+
+
+def ptr_values(
     b: LayoutBuilder, roots: tuple[int, ...], gvas: tuple[int, ...] | list[int]
-) -> dict[tuple[int, int], int]:
-    """(root index, 2 MiB region) -> the PDE value that points at hierarchy `roots[i]`'s
-    last-level table page of the region (KvmConfig.guest_pde / shadow_pde)."""
+) -> dict[tuple[int, int, int], int]:
+    """(root index, level, region) -> the value of a level-`level` entry that points at
+    hierarchy `roots[i]`'s level-(level - 1) table page of the region (KvmConfig.guest_ptr /
+    shadow_ptr)."""
     return {
-        (t, gva >> 21): b.table_pointer(roots[t], gva, 2) for t in range(len(roots)) for gva in gvas
+        (t, level, region(gva, level)): b.table_pointer(roots[t], gva, level)
+        for t in range(len(roots))
+        for level in NON_LEAF_LEVELS
+        for gva in gvas
     }
 
 
-def pde_owner(*tables: dict[tuple[int, int], int]) -> dict[int, int]:
-    """The inverse of `pde_values` tables: a PDE value -> its root index (KvmConfig.pde_owner)."""
-    return {v: t for table in tables for (t, _), v in table.items()}
+def ptr_owner(*tables: dict[tuple[int, int, int], int]) -> dict[int, int]:
+    """The inverse of `ptr_values` tables: a pointer value -> its root index
+    (KvmConfig.ptr_owner)."""
+    return {v: t for table in tables for (t, _, _), v in table.items()}
 
 
 def _shadow_layout(
@@ -457,7 +482,8 @@ def _shadow_layout(
     rights: tuple[int, ...],
 ) -> None:
     """The shadow page tables KVM builds for each guest page table (kvm/shadow.py): one linear
-    hierarchy per guest root, its upper levels present from the start (KVM created the shadow
+    hierarchy per guest root (and per role, with `KvmConfig.wp_roles`: hierarchy s shadows guest
+    root s % len(roots)), its upper levels present from the start (KVM created the shadow
     pages of every table the scenario names before the run), and for each GVA a last-level SPTE
     whose values are every guest PTE value combined with every host page of its frame, with
     write permission or without (dirty logging, or a read-only guest PTE)."""
@@ -465,10 +491,11 @@ def _shadow_layout(
     wp_clear = any(
         isinstance(op, SetCr0Op) and not op.value for prog in scenario.programs for op in prog
     )
-    for r, sroot in enumerate(shadow_roots):
+    n = len(scenario.root_names)
+    for s, sroot in enumerate(shadow_roots):
         for gva in scenario.gvas:
             values: list[int] = [0]
-            for pte in pte_values.get((r, gva), [0]):
+            for pte in pte_values.get((s % n, gva), [0]):
                 if not pte & P:
                     continue
                 gpa = pte_addr(pte)
