@@ -135,8 +135,7 @@ class InveptNoop(Kvm618):
     kind = "bug"
     based_on = "kvm-6.18"
     # "KVM: nVMX: Invalidate all EPTP contexts when emulating INVEPT for L1" (patch 03/37 of
-    # the seed's series, v5.8 merge window); the hash as a mirror of a mainline-derived tree
-    # shows the commit (docs/bug-zoo.md)
+    # the seed's series, in kvm.git queue for the v5.8 merge window: docs/bug-zoo.md)
     fix = "f8aa7e3958bc"
     summary = (
         "bug #3: handle_invept frees no guest_mmu root (v5.7's emulation), while nested "
