@@ -263,6 +263,13 @@ TOKENS = (
     "asid=16",
     "tlb_control=3",
     "tlb_control=2",
+    # nested EPT
+    "invept",
+    "ept_map",
+    "ept_unmap",
+    "[ept12]",
+    "0x40000",
+    "tdp = true",
 )
 
 

@@ -56,6 +56,34 @@ def scenario(ops: str, **config: str) -> str:
     return text
 
 
+EPT_HEAD = """name = "e"
+[config]
+vendor = "intel"
+tdp = true
+vcpus = 1
+pcpus = 1
+[guest]
+"0x1000" = "0x10000 w"
+[guest.l2]
+"0x1000" = "0x40000 w"
+[ept12]
+"0x40000" = "0x11000 rwx"
+[host]
+"0x10000" = "0x80000 rwx"
+"0x11000" = "0x81000 rwx"
+"0x12000" = "0x82000 rwx"
+[threads]
+vcpu0 = \"\"\"
+OPS
+\"\"\"
+"""
+
+
+def ept_scenario(ops: str) -> str:
+    """A nested-EPT scenario (kvm/nested_ept.py) running `ops` on vcpu0."""
+    return EPT_HEAD.replace("OPS", ops.strip())
+
+
 # -- the README's claim ------------------------------------------------------------------------
 def test_readme_nested_claim() -> None:
     text = (ROOT / "README.md").read_text()
@@ -96,7 +124,7 @@ def test_kvm_618_is_safe_on_the_claim() -> None:
         ("vmxon\nvmlaunch l2\nset_cr4 pge=0", {}, "not modelled"),
         ("vmxon\nvmlaunch l2\nmap 0x1000 -> 0x10000 w", {}, "L1's page table"),
         ("vmxon\nvmxon", {}, "vmxon in VMX operation"),
-        ("vmxon", {"tdp": "true"}, "shadow-paging L0"),
+        ("vmxon", {"tdp": "true"}, "with nested EPT only"),
         ("vmxon", {"vpid": "false"}, "VPID in L0"),
     ],
 )
@@ -147,9 +175,15 @@ def test_nested_op_examples_parse(example: str) -> None:
         "vmcall": "vmxon\nvmlaunch l2",
         "vmrun": "",
         "invlpga": "",
+        "invept": "vmxon",
+        "ept_map": "vmxon",
+        "ept_unmap": "vmxon",
     }[example.split()[0]]
     amd = example.split()[0] in ("vmrun", "invlpga")
-    text = scenario(f"{before}\n{example}".strip(), **({"vendor": '"amd"'} if amd else {}))
+    if example.split()[0] in ("invept", "ept_map", "ept_unmap"):
+        text = ept_scenario(f"{before}\n{example}")
+    else:
+        text = scenario(f"{before}\n{example}".strip(), **({"vendor": '"amd"'} if amd else {}))
     s = parse(text, "n.toml")
     assert s.programs[0][-1].describe().split()[0] == example.split()[0]
 

@@ -108,8 +108,9 @@ def test_bug_zoo_lists_every_bug_policy() -> None:
     # kvm_mmu_load's flush, a zap yielding with a flush pending, WAIT kicks, the flush of
     # KVM_CLEAR_DIRTY_LOG (issue 15); nested VMX's bugs #1, #2, #9, #10, #11 and nested SVM's
     # transition flush (issue 11); mmu_sync_children's write-protect flush (issue 10); the
-    # second VM's ASID reuse and memslot deletion (issue 15); CR0.WP under shadow paging (issue 10)
-    assert len(ZOO) == 37
+    # second VM's ASID reuse and memslot deletion (issue 15); CR0.WP under shadow paging (issue 10);
+    # nested EPT's bug #3 and bug #1 with EPT on (issue 11)
+    assert len(ZOO) == 39
 
 
 @pytest.mark.parametrize("name", [c.name for c in bug_policies()])

@@ -44,6 +44,7 @@ KINDS = (
     "created-idle",
     "knob",
     "invvpid-unused-vpid",
+    "ept12-unused-gpa",
 )
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
 REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
@@ -91,7 +92,7 @@ def _build_checks(scenario: object) -> None:
 
 
 def warnings(scenario: object) -> list[LintWarning]:
-    from kvmtlb.guest.l1_ops import InvvpidOp, VmlaunchOp, VmresumeOp, VmrunOp
+    from kvmtlb.guest.l1_ops import EptMapOp, InvvpidOp, VmlaunchOp, VmresumeOp, VmrunOp
     from kvmtlb.guest.ops import (
         DEFAULT_ROOT,
         AccessOp,
@@ -169,6 +170,22 @@ def warnings(scenario: object) -> list[LintWarning]:
                     f"vcpu{v}'s L1 invalidates VPID {op.vpid}, which no vmlaunch or vmresume of "
                     f"its gives L2: it removes nothing L2 uses (KVM flushes vpid02 anyway); name "
                     f"a VPID of a vmcs12 ({', '.join(map(str, sorted(used))) or 'none'})",
+                )
+    # -- L1's EPT12 stores (nested EPT) ------------------------------------------------------------
+    l2_gpas = {gpa for name in s.roots for gpa, _ in s.roots[name].values()}
+    l2_gpas |= {
+        op.gpa for p in s.programs for op in p if isinstance(op, MapOp) and op.root != DEFAULT_ROOT
+    }
+    named = ", ".join(f"{g:#x}" for g in sorted(l2_gpas)) or "none"
+    for v, prog in enumerate(s.programs):
+        for op in prog:
+            if isinstance(op, EptMapOp) and op.l2gpa not in l2_gpas:
+                warn(
+                    op.line,
+                    "ept12-unused-gpa",
+                    f"vcpu{v}'s L1 changes the EPT12 entry of L2 GPA {op.l2gpa:#x}, which no "
+                    "page table of L2 names: no L2 access goes through it; name an L2 GPA of a "
+                    f"[guest.NAME] table ({named})",
                 )
     # -- the host thread -------------------------------------------------------------------------
     sharing = {v for v in range(cfg.vcpus) if s.placement.count(s.placement[v]) > 1}

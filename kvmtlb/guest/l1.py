@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from kvmtlb.guest.l1_ops import (
+    EptMapOp,
+    InveptOp,
     InvlpgaOp,
     InvvpidOp,
     L1Op,
@@ -23,11 +25,24 @@ from kvmtlb.guest.l1_ops import (
     VmxonOp,
 )
 from kvmtlb.hw.cpu import Regs, Vmcs
+from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept
 from kvmtlb.hw.svm import Invlpga, SvmExitEvent, Vmrun
 from kvmtlb.hw.vmcb import Vmcb
-from kvmtlb.hw.vmx import Invvpid, VmEntry, VmExitEvent, Vmptrld, Vmwrite, Vmxoff, Vmxon
+from kvmtlb.hw.vmx import (
+    Invept,
+    Invvpid,
+    VmEntry,
+    VmExitEvent,
+    Vmptrld,
+    Vmwrite,
+    Vmxoff,
+    Vmxon,
+    make_eptp,
+)
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.nested_vmx import (
+    NESTED_EPT12_WRITE,
+    NESTED_INVEPT,
     NESTED_INVLPGA,
     NESTED_INVVPID,
     NESTED_VMCALL,
@@ -48,12 +63,15 @@ def _native(k: Step, v: int, *events: Any) -> None:
         k.native = k.native.step(v, event).machine
 
 
-def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> None:
+def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> bool:
     """Run L1's (or L2's exit) instruction `op` of vCPU `v`: on the vCPU's processor it exits to
-    KVM, whose handler runs next; on the native reference it runs as the SDM says."""
+    KVM, whose handler runs next; on the native reference it runs as the SDM says. Returns
+    False when the op must be retried (a store to EPT12 that KVM write-protects exited)."""
     vcpu = k.vcpus[v]
     cfg = k.config
     frame: tuple[int, int, int, int]
+    if isinstance(op, EptMapOp):
+        return _ept12_store(k, pol, v, op)
     if isinstance(op, VmxonOp):
         event: Any = Vmxon()
         frame = (NESTED_VMXON, 0, 0, 0)
@@ -71,6 +89,8 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> None:
             ident=VMCS12_IDENT,
             vpid=op.vpid,
             enable_vpid=op.vpid != 0,
+            enable_ept=cfg.nested_ept,
+            eptp=make_eptp(cfg.ept12_root) if cfg.nested_ept else 0,
             guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
         )
         _native(k, v, Vmptrld(vmcs12), VmEntry(launch=True))
@@ -83,6 +103,10 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> None:
     elif isinstance(op, InvvpidOp):
         event = Invvpid(op.type, op.vpid, op.gva)
         frame = (NESTED_INVVPID, op.type, op.vpid, op.gva)
+        _native(k, v, event)
+    elif isinstance(op, InveptOp):
+        event = Invept(op.type, make_eptp(cfg.ept12_root) if op.type == 1 else 0)
+        frame = (NESTED_INVEPT, op.type, 0, 0)
         _native(k, v, event)
     elif isinstance(op, VmcallOp) and cfg.vmx:
         event = VmExitEvent("VMCALL")
@@ -113,6 +137,29 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> None:
         raise AssertionError(f"unknown L1 op {op!r}")
     k.hw(vcpu.cpu, event, "L2" if isinstance(op, VmcallOp) else "L1")
     pol.vcpu_exit(k, vcpu, EXIT_NESTED, frame)
+    return True
+
+
+def _ept12_store(k: Step, pol: KvmPolicy, v: int, op: EptMapOp) -> bool:
+    """L1's store to its EPT12 leaf of `op.l2gpa`. While KVM's shadow EPT02 page of that EPT12
+    table is synced, KVM write-protects the table (in EPT01): the store exits (an EPT violation)
+    and KVM unsyncs the page (mmu_try_to_unsync_pages), then L1 retries it. An unsync page's
+    table is writable: the store lands, and EPT02 keeps its old SPTE until a sync."""
+    cfg = k.config
+    vcpu = k.vcpus[v]
+    if not pol.ept02_sp_unsync(k, op.l2gpa):
+        k.hw(vcpu.cpu, VmExitEvent("EPT violation"), "L1's store to a write-protected EPT12")
+        pol.vcpu_exit(k, vcpu, EXIT_NESTED, (NESTED_EPT12_WRITE, op.l2gpa, 0, 0))
+        return False
+    value = make_ept(op.l1gpa, _ept_rights(op.rights)) if op.l1gpa >= 0 else 0
+    slot = cfg.layout.slot(cfg.ept12_root, op.l2gpa)
+    what = f"{op.l1gpa:#x} {op.rights}" if op.l1gpa >= 0 else "not present"
+    k.write_slot(slot, value, f"L1: EPT12[{op.l2gpa:#x}] = {what}")
+    return True
+
+
+def _ept_rights(text: str) -> int:
+    return sum(bit for c, bit in (("r", E_R), ("w", E_W), ("x", E_X)) if c in text)
 
 
 __all__ = ["l1_step"]

@@ -2,13 +2,16 @@
 
 A vCPU's thread may contain, besides the guest kernel's ops (kvmtlb.guest.ops), L1's VMX
 instructions: `vmxon`, `vmxoff`, `vmlaunch ROOT [vpid=N]`, `vmresume [vpid=N]`, `invvpid TYPE
-[vpid=N] [GVA]`; on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and `invlpga GVA [asid=N]`; and
-`vmcall` (VMMCALL on AMD), the instruction with which L2 exits to L1. Between a `vmlaunch` /
-`vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest ops there are L2's (its page
-table is the vmcs12's GUEST_CR3, the scenario's table ROOT). docs/scenarios.md, "Nested VMX".
+[vpid=N] [GVA]`, and with nested EPT `invept TYPE`, `ept_map L2GPA -> L1GPA RIGHTS` and
+`ept_unmap L2GPA` (L1's stores to its EPT12); on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and
+`invlpga GVA [asid=N]`; and `vmcall` (VMMCALL on AMD), the instruction with which L2 exits to
+L1. Between a `vmlaunch` / `vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest
+ops there are L2's (its page table is the vmcs12's GUEST_CR3, the scenario's table ROOT).
+docs/scenarios.md, "Nested VMX".
 
 vmcs12 is modelled by what the TLB rules read: VPID (`vpid=N`, N > 0 enables VPID in vmcs12,
-vpid=0 disables it), GUEST_CR3 (the L2 page table) and 'enable EPT' = 0 (EPT12 is not modelled).
+vpid=0 disables it), GUEST_CR3 (the L2 page table) and 'enable EPT': off on a shadow-paging L0;
+on an EPT L0 (nested EPT) on, with EPTP = the scenario's [ept12] table (L2 GPA -> L1 GPA).
 """
 
 from __future__ import annotations
@@ -97,15 +100,67 @@ class InvlpgaOp(NamedTuple):
         return f"invlpga {self.gva:#x} asid={self.asid}"
 
 
-L1Op = VmxonOp | VmxoffOp | VmlaunchOp | VmresumeOp | InvvpidOp | VmcallOp | VmrunOp | InvlpgaOp
-L1_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, InvvpidOp, VmcallOp, VmrunOp, InvlpgaOp)
-VMX_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, InvvpidOp)
+class InveptOp(NamedTuple):
+    """Nested EPT: L1's INVEPT of `type` 1 (single context: the EPTP of vmcs12, EPT12) or 2 (all
+    contexts)."""
+
+    type: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"invept {self.type}"
+
+
+class EptMapOp(NamedTuple):
+    """Nested EPT: L1's store to its EPT12 leaf of L2 GPA `l2gpa`: L1 GPA `l1gpa` with `rights`
+    (r, w, x), or not present when `l1gpa` < 0 (`ept_unmap`)."""
+
+    l2gpa: int
+    l1gpa: int
+    rights: str
+    line: int = 0
+
+    def describe(self) -> str:
+        if self.l1gpa < 0:
+            return f"ept_unmap {self.l2gpa:#x}"
+        return f"ept_map {self.l2gpa:#x} -> {self.l1gpa:#x} {self.rights}"
+
+
+L1Op = (
+    VmxonOp
+    | VmxoffOp
+    | VmlaunchOp
+    | VmresumeOp
+    | InvvpidOp
+    | VmcallOp
+    | VmrunOp
+    | InvlpgaOp
+    | InveptOp
+    | EptMapOp
+)
+L1_OPS = (
+    VmxonOp,
+    VmxoffOp,
+    VmlaunchOp,
+    VmresumeOp,
+    InvvpidOp,
+    VmcallOp,
+    VmrunOp,
+    InvlpgaOp,
+    InveptOp,
+    EptMapOp,
+)
+VMX_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, InvvpidOp, InveptOp, EptMapOp)
+EPT_OPS = (InveptOp, EptMapOp)
 SVM_OPS = (VmrunOp, InvlpgaOp)
 
 __all__ = [
+    "EPT_OPS",
     "L1_OPS",
     "SVM_OPS",
     "VMX_OPS",
+    "EptMapOp",
+    "InveptOp",
     "InvlpgaOp",
     "InvvpidOp",
     "L1Op",

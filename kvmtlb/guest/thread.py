@@ -398,7 +398,7 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
         k.hw(vcpu.cpu, exit_event)
         pol.vcpu_exit(k, vcpu, EXIT_EMULATION, (op.gva,))
     elif isinstance(op, L1_OPS):
-        l1_step(k, pol, v, op)
+        return l1_step(k, pol, v, op)
     else:
         raise AssertionError(f"unknown guest op {op!r}")
     return True

@@ -131,6 +131,21 @@ class KvmConfig:
     vm_of: tuple[int, ...] = ()
     vm_start_root: tuple[int, ...] = (0,)
     gpa_vm: tuple[int, ...] = ()
+    # Nested EPT (kvm/nested_ept.py; scenario table [ept12]): the root of L1's EPT12 (L2 GPA ->
+    # L1 GPA; a hierarchy of L1's memory, read by KVM and by the native reference), the root of
+    # KVM's shadow EPT02 (L2 GPA -> HPA), and the L2 GPAs they name; -1 / empty without
+    l2_gpas: tuple[int, ...] = ()
+    ept12_root: int = -1
+    ept02_root: int = -1
+
+    @property
+    def nested_ept(self) -> bool:
+        return self.ept02_root >= 0
+
+    def ept02_region(self, l2gpa: int) -> int:
+        """The bit of Kvm.ept02_unsync of the last-level EPT02 page holding `l2gpa`'s SPTE."""
+        regions = sorted({g >> 21 for g in self.l2_gpas})
+        return regions.index(l2gpa >> 21)
 
     def vcpu_vm(self, v: int) -> int:
         """The VM vCPU `v` belongs to (0 with one VM)."""

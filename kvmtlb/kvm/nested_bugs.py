@@ -129,11 +129,55 @@ class SvmNoTransitionFlush(Kvm618):
         k.note("nested_svm_transition_tlb_flush: nothing")
 
 
+@register
+class InveptNoop(Kvm618):
+    name = "bug-nested-invept-noop"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    # "KVM: nVMX: Invalidate all EPTP contexts when emulating INVEPT for L1" (patch 03/37 of
+    # the seed's series, in kvm.git queue for the v5.8 merge window: docs/bug-zoo.md)
+    fix = "f8aa7e3958bc"
+    summary = (
+        "bug #3: handle_invept frees no guest_mmu root (v5.7's emulation), while nested "
+        "VM-Enter no longer syncs or flushes EPT02: L2 keeps the EPT02 SPTE or the EPTP02 "
+        "translation L1 just invalidated"
+    )
+
+    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int) -> None:
+        """nested.c:handle_invept @ v5.7: nothing after the checks."""
+        k.note("handle_invept: nothing (v5.7's emulation)")
+
+
+@register
+class RemoteFlushCurrentEptpOnly(Kvm618):
+    name = "bug-nested-ept-remote-flush-current-only"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    # the series' first patch, as for bug-nested-remote-flush-l1-vpid-only
+    upstream_fix = '"KVM: VMX: Flush all EPTP/VPID contexts on remote TLB flush" (v5.8)'
+    summary = (
+        "bug #1 with EPT: KVM_REQ_TLB_FLUSH flushes only the current EPTP (v5.7's "
+        "vmx_flush_tlb), while nested VM-Enter and VM-Exit no longer flush the EPTP they "
+        "switch to: the other of EPTP01 and EPTP02 keeps translations of a freed page"
+    )
+
+    def vmx_flush_tlb_all(self, k: Step, vcpu: Vcpu) -> None:
+        """vmx.h:__vmx_flush_tlb(vcpu, vpid, true) @ v5.7 with EPT: ept_sync_context of the
+        current root only (mmu->root_hpa), nothing if it is invalid."""
+        if not k.config.tdp:
+            super().vmx_flush_tlb_all(k, vcpu)
+            return
+        if vcpu.root_valid:
+            self.ept_sync_context(k, vcpu, self.construct_eptp(k, vcpu))
+
+
 __all__ = [
     "CurrentVpidIgnoresVmcs12",
     "GuestFlushL1Vpid",
+    "InveptNoop",
     "InvvpidKeepsL2Roots",
     "NewVpid12InvvpidOnly",
+    "RemoteFlushCurrentEptpOnly",
     "RemoteFlushL1VpidOnly",
     "SvmNoTransitionFlush",
 ]

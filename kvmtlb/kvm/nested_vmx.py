@@ -53,6 +53,8 @@ NESTED_INVVPID = 5
 NESTED_VMCALL = 6  # L2's VMCALL (VMMCALL on AMD): a nested VM exit / #VMEXIT to L1
 NESTED_VMRUN = 7  # SVM: frame (root, asid, tlb_control)
 NESTED_INVLPGA = 8  # SVM: frame (gva, asid)
+NESTED_INVEPT = 9  # nested EPT: frame (type)
+NESTED_EPT12_WRITE = 10  # nested EPT: L1's store to a write-protected EPT12, frame (L2 GPA)
 NESTED_OP_NAMES = {
     NESTED_VMXON: "VMXON",
     NESTED_VMXOFF: "VMXOFF",
@@ -62,6 +64,8 @@ NESTED_OP_NAMES = {
     NESTED_VMCALL: "VMCALL",
     NESTED_VMRUN: "VMRUN",
     NESTED_INVLPGA: "INVLPGA",
+    NESTED_INVEPT: "INVEPT",
+    NESTED_EPT12_WRITE: "EPT violation (L1's store to EPT12)",
 }
 INVVPID_TYPE_NAMES = {
     0: "individual-address",
@@ -134,6 +138,10 @@ class NestedVmx(Vmx):
             self.nested_svm_vmrun(k, vcpu, a, b, c)  # type: ignore[attr-defined]
         elif code == NESTED_INVLPGA:
             self.invlpga_interception(k, vcpu, a, b)  # type: ignore[attr-defined]
+        elif code == NESTED_INVEPT:
+            self.handle_invept(k, vcpu, a)  # type: ignore[attr-defined]
+        elif code == NESTED_EPT12_WRITE:
+            self.ept12_write_fault(k, vcpu, a)  # type: ignore[attr-defined]
         else:
             raise AssertionError(f"unknown nested operation {code}")
 
@@ -164,7 +172,7 @@ class NestedVmx(Vmx):
             vcpu.vmcs12_guest_cr3 = k.config.roots[root]
         if vpid12 >= 0:
             vcpu.vpid12 = vpid12
-        vcpu.vmcs12_host_cr3 = vcpu.cr3
+        vcpu.vmcs12_host_cr3 = self.l1_cr3(k, vcpu)
         vcpu.guest_mode = True
         k.note(
             f"nested_vmx_run: {'VMLAUNCH' if launch else 'VMRESUME'} vmcs12 "
@@ -173,7 +181,21 @@ class NestedVmx(Vmx):
         )
         self.prepare_vmcs02_early_rare(k, vcpu)
         self.nested_vmx_transition_tlb_flush(k, vcpu, True)
+        if k.config.nested_ept:
+            # prepare_vmcs02: nested_ept_init_mmu_context, then nested_vmx_load_cr3 with
+            # nested_ept (no PGD switch: GUEST_CR3 is L2's own), kvm/nested_ept.py
+            self.nested_ept_init_mmu_context(k, vcpu)  # type: ignore[attr-defined]
+            self.nested_ept_set_guest_cr3(k, vcpu, vcpu.vmcs12_guest_cr3, "prepare_vmcs02")  # type: ignore[attr-defined]
+            return
         self.nested_vmx_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
+
+    def l1_cr3(self, k: Step, vcpu: Vcpu) -> int:
+        """L1's CR3 as KVM holds it at a nested VM-Enter (vmcs12's HOST_CR3 in the model): with
+        EPT the guest's own, in vmcs01's GUEST_CR3; with shadow paging vcpu->arch.cr3."""
+        if k.config.tdp:
+            assert vcpu.vmcs is not None
+            return vcpu.vmcs.guest.cr3
+        return vcpu.cr3
 
     def prepare_vmcs02_early_rare(self, k: Step, vcpu: Vcpu) -> None:
         """nested.c:prepare_vmcs02_early_rare @ v6.18: VIRTUAL_PROCESSOR_ID is vpid02 when
@@ -224,12 +246,17 @@ class NestedVmx(Vmx):
         context is current, leave guest mode (vmcs12's GUEST_CR3 keeps L2's CR3), switch to
         vmcs01 (vpid01), then load_vmcs12_host_state: the transition flush and L1's CR3."""
         self.nested_service_local_flushes(k, vcpu)
-        vcpu.vmcs12_guest_cr3 = vcpu.cr3
+        vcpu.vmcs12_guest_cr3 = self.l1_cr3(k, vcpu)  # L2's, at this exit
         vcpu.guest_mode = False
         k.note("nested_vmx_vmexit: leave_guest_mode", "vmx_switch_vmcs(vmcs01)")
         if k.config.enable_vpid:
             self.vmcs_write_vpid(k, vcpu, vcpu.vpid, "vmx_switch_vmcs(vmcs01)")
         self.nested_vmx_transition_tlb_flush(k, vcpu, False)
+        if k.config.nested_ept:
+            # load_vmcs12_host_state: nested_ept_uninit_mmu_context, nested_vmx_load_cr3
+            self.nested_ept_uninit_mmu_context(k, vcpu)  # type: ignore[attr-defined]
+            self.nested_ept_set_guest_cr3(k, vcpu, vcpu.vmcs12_host_cr3, "load_vmcs12_host_state")  # type: ignore[attr-defined]
+            return
         self.nested_vmx_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
 
     def nested_service_local_flushes(self, k: Step, vcpu: Vcpu) -> None:

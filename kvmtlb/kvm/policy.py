@@ -18,6 +18,7 @@ from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.kvm_main import KvmMain
 from kvmtlb.kvm.memslot import Memslots
 from kvmtlb.kvm.mmu import Mmu
+from kvmtlb.kvm.nested_ept import NestedEpt
 from kvmtlb.kvm.nested_svm import NestedSvm
 from kvmtlb.kvm.nested_vmx import NestedVmx
 from kvmtlb.kvm.shadow import ShadowMmu
@@ -29,7 +30,7 @@ from kvmtlb.kvm.x86 import X86
 
 
 class KvmPolicy(
-    NestedVmx, NestedSvm, X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu, VmLifecycle, Memslots
+    NestedEpt, NestedVmx, NestedSvm, X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu, VmLifecycle, Memslots
 ):
     """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
 

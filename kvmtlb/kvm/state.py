@@ -122,6 +122,10 @@ class Vcpu:
     # The role (CR0.WP) of the shadow pages the vCPU's roots belong to, fixed when kvm_mmu_load
     # allocates the root: the MMU's root_role as of then (kvm/shadow.py)
     root_wp: bool = True
+    # Nested EPT (kvm/nested_ept.py): whether the root of the MMU that is not current is valid:
+    # guest_mmu's (the shadow EPT02) while L1 runs, root_mmu's (EPT01) while L2 runs.
+    # `root_valid` is always the current MMU's (vcpu->arch.mmu).
+    parked_root_valid: bool = False
 
     @property
     def loaded(self) -> bool:
@@ -167,6 +171,9 @@ class Kvm:
     # Guest frames (bitmask by index) whose memslot is being deleted: marked KVM_MEMSLOT_INVALID
     # (kvm_invalidate_memslot), then gone until userspace creates it again (kvm/memslot.py)
     slot_invalid: int = 0
+    # Nested EPT (kvm/nested_ept.py): the last-level shadow EPT02 pages marked sp->unsync, one
+    # per 2 MiB region of L2 GPAs (bit n: the n-th region of KvmConfig.l2_gpas)
+    ept02_unsync: int = 0
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)

@@ -18,6 +18,7 @@ from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMA
 from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.vmx import Invvpid
 from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.nested_ept import NestedEpt57
 from kvmtlb.kvm.nested_svm import NestedSvm58
 from kvmtlb.kvm.nested_vmx import NestedVmx57, NestedVmx58
 from kvmtlb.kvm.policy import KvmPolicy, register
@@ -242,7 +243,7 @@ class Kvm58(NestedVmx58, NestedSvm58, Kvm618):
 
 
 @register
-class Kvm57(NestedVmx57, Kvm58):
+class Kvm57(NestedEpt57, NestedVmx57, Kvm58):
     name = "kvm-5.7"
     summary = (
         "v5.7: before the seed's series: tlb_flush(invalidate_gpa); the PV flush "

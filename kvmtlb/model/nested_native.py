@@ -5,7 +5,8 @@ if L1 ran on a real VMX processor, given L1's VMX operations and L2's own invali
 hardware model implements the SDM's rules for one level of virtualization (VPID tags, VM entry
 and exit with and without VPID, INVVPID of each type), so the reference is a hardware `Machine`
 whose processor i is vCPU i: L1 in VMX root operation (after its VMXON) or outside VMX, L2 in
-VMX non-root operation under L1's vmcs12 (its VPID, GUEST_CR3 = L2's page table, EPT off). L1's
+VMX non-root operation under L1's vmcs12 (its VPID, GUEST_CR3 = L2's page table, EPT off, or
+with nested EPT on, EPTP = L1's EPT12: L2's accesses end at L1 GPAs and INVEPT is the SDM's). L1's
 and L2's "physical" addresses are L1's GPAs (`guest_physical` walk contexts, the page tables
 read through the layout's static backing), as KVM's guest sees them.
 
@@ -27,7 +28,7 @@ from kvmtlb.hw.cpu import CR0_DEFAULT, VMX_OFF, Capabilities, Cpu, Regs
 from kvmtlb.hw.layout import Format, Layout, Memory
 from kvmtlb.hw.machine import Machine, MachineConfig
 from kvmtlb.hw.svm import AmdArch
-from kvmtlb.hw.tags import AmdTags, IntelLinearTags
+from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.universe import Universe
 from kvmtlb.hw.vmcb import SVM_HOST, SvmCapabilities, SvmCpu
 from kvmtlb.hw.vmx import CAP_ALL
@@ -61,6 +62,8 @@ def nested_native(
     vpid12s: Sequence[int],
     cr4: int,
     nvcpus: int,
+    ept12_root: int = -1,
+    l2_tables: Sequence[int] = (),
 ) -> tuple[MachineConfig, Machine]:
     """The reference's configuration and its machine at boot: every vCPU's L1 outside VMX
     operation on the first page table. Its universe holds the entries of VPID 0 (L1, and L2
@@ -81,6 +84,19 @@ def nested_native(
         for root in roots
         for pge in (True, False)
     ]
+    if ept12_root >= 0:
+        # nested EPT: L2 runs under vmcs12's EPTP (EPT12, L2 GPA -> L1 GPA), its entries tagged
+        # by EPT12's EP4TA; L1 runs outside EPT on its own tables
+        contexts = [c for c in contexts if c.root not in l2_tables]
+        contexts += [
+            WalkContext(
+                IntelEptTags(tag, pcid, ept12_root), root, ept12_root, Format.EPT, True, pge, True
+            )
+            for tag in sorted({0, *vpid12s})
+            for pcid in pcids
+            for root in l2_tables
+            for pge in (True, False)
+        ]
     universe = Universe(layout, contexts)
     regs = Regs(CR0_DEFAULT, roots[0], cr4)
     cpus: list[Any]

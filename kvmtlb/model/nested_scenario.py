@@ -14,9 +14,12 @@ from typing import Any
 
 from kvmtlb.errors import InputFileError
 from kvmtlb.guest.l1_ops import (
+    EPT_OPS,
     L1_OPS,
     SVM_OPS,
     VMX_OPS,
+    EptMapOp,
+    InveptOp,
     InvlpgaOp,
     InvvpidOp,
     VmcallOp,
@@ -38,6 +41,9 @@ NESTED_OPS = {
     "vmcall": "vmcall",
     "vmrun": "vmrun ROOT [asid=N] [tlb_control=0|1|3|7]",
     "invlpga": "invlpga GVA [asid=N]",
+    "invept": "invept 1|2",
+    "ept_map": "ept_map L2GPA -> L1GPA RIGHTS",
+    "ept_unmap": "ept_unmap L2GPA",
 }
 L1_OP_WORDS = tuple(NESTED_OPS)
 Err = Callable[[int, str, str], InputFileError]
@@ -112,6 +118,32 @@ def parse_l1_op(
         if len(args) == 2 and not args[1].startswith("asid="):
             raise err(line, f"expected asid=N, got {args[1]!r}", "write: invlpga 0x1000 asid=1")
         return InvlpgaOp(addr(args[0], line, "GVA"), asid, line)
+    if op == "invept":
+        if len(args) != 1 or args[0] not in ("1", "2"):
+            raise err(
+                line,
+                "invept takes TYPE 1 (single context: vmcs12's EPTP) or 2 (all contexts)",
+                "write: invept 1",
+            )
+        return InveptOp(int(args[0]), line)
+    if op == "ept_unmap":
+        if len(args) != 1:
+            raise err(line, "ept_unmap takes L2GPA", "write: ept_unmap 0x40000")
+        return EptMapOp(addr(args[0], line, "L2 GPA"), -1, "", line)
+    if op == "ept_map":
+        if len(args) != 4 or args[1] != "->" or not set(args[3]) <= set("rwx") or not args[3]:
+            raise err(
+                line,
+                "ept_map takes L2GPA -> L1GPA RIGHTS (rights from r, w, x)",
+                "write: ept_map 0x40000 -> 0x11000 rwx",
+            )
+        if "w" in args[3] and "r" not in args[3]:
+            raise err(
+                line,
+                "an EPT entry with write but not read permission is an EPT misconfiguration",
+                "add r: rw or rwx",
+            )
+        return EptMapOp(addr(args[0], line, "L2 GPA"), addr(args[2], line, "L1 GPA"), args[3], line)
     if op == "vmlaunch":
         if len(args) not in (1, 2):
             raise err(line, "vmlaunch takes ROOT [vpid=N]", "write: vmlaunch l2 vpid=1")
@@ -219,9 +251,16 @@ def vpid12s(scenario: Any) -> tuple[int, ...]:
 
 
 def check_nested(
-    vendor: str, tdp: bool, vpid: bool, programs: Sequence[Sequence[object]], err: Err, line0: int
+    vendor: str,
+    tdp: bool,
+    vpid: bool,
+    programs: Sequence[Sequence[object]],
+    err: Err,
+    line0: int,
+    ept12: bool = False,
 ) -> None:
-    """The static checks of every L1 thread (see the module docstring)."""
+    """The static checks of every L1 thread (see the module docstring). `ept12`: the file
+    declares an [ept12] table (nested EPT, on an EPT L0)."""
     if not is_nested(programs):
         return
     first = next(op for prog in programs for op in prog if isinstance(op, L1_OPS))
@@ -232,12 +271,20 @@ def check_nested(
                 raise err(op.line, f"{op.describe()} is an SVM instruction", 'set vendor = "amd"')
             if vendor == "amd" and isinstance(op, VMX_OPS):
                 raise err(op.line, f"{op.describe()} is a VMX instruction", 'set vendor = "intel"')
-    if tdp:
+    ept_op = next((op for p in programs for op in p if isinstance(op, EPT_OPS)), None)
+    if tdp and (vendor == "amd" or not ept12):
         raise err(
             line,
-            "nested virtualization is modelled on a shadow-paging L0 only (EPT02/NPT02 from "
-            "EPT01/NPT01 is not built)",
-            "set tdp = false in [config]",
+            "nested virtualization on a TDP L0 is modelled with nested EPT only (vmcs12 with "
+            "EPT on; an L2 without nested EPT on an EPT02 from EPT01, and nested NPT, are not "
+            "built)",
+            "declare L1's EPT12 as [ept12] (L2 GPA -> L1 GPA), or set tdp = false in [config]",
+        )
+    if ept_op is not None and not tdp:
+        raise err(
+            ept_op.line,
+            f"{ept_op.describe()} needs nested EPT (an EPT L0 and an [ept12] table)",
+            "set tdp = true in [config] and declare [ept12]",
         )
     if vendor == "amd":
         _check_svm_threads(programs, err)
@@ -257,7 +304,9 @@ def check_nested(
                     raise err(ln, "vmxon in VMX operation fails (VMfailValid)", "drop it")
                 vmxon = True
                 launched = False
-            elif isinstance(op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp):
+            elif isinstance(
+                op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp | InveptOp | EptMapOp
+            ):
                 if not vmxon:
                     raise err(ln, f"{op.describe()} outside VMX operation is #UD", "vmxon first")
                 if l2:

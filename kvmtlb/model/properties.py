@@ -27,7 +27,7 @@ from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.outcomes import Access, PageFault
 from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.walk import ACCESS_KINDS
-from kvmtlb.kvm.context import World
+from kvmtlb.kvm.context import KvmConfig, World
 from kvmtlb.model.system import System
 
 PRECEDENCE = ("host-isolation", "vm-isolation", "dirty-logging", "guest-transparency")
@@ -85,17 +85,20 @@ def _transparency(
                     found.extend(_isolation(system, v, gva, access, model))
                 native = None
                 for o in model:
-                    seen = visible(o, shadow)
+                    seen = visible(o, shadow) if not kvm.nested_ept else visible_l1(o, kvm)
                     if seen is None:
                         continue
                     if native is None:
-                        native = {visible(n, shadow) for n in w.native.outcomes(v, gva, access)}
+                        native = {
+                            visible(n, shadow) if not kvm.nested_ept else visible_l1(n, None)
+                            for n in w.native.outcomes(v, gva, access)
+                        }
                     if seen not in native:
                         found.append(
                             Violation(
                                 "guest-transparency",
-                                f"vcpu{v} {access} {gva:#x} may see {_shown(o, shadow)}, which a "
-                                f"native processor could not: native outcomes are "
+                                f"vcpu{v} {access} {gva:#x} may see {_shown(o, shadow, kvm)}, "
+                                f"which a native processor could not: native outcomes are "
                                 f"{_list(w.native.outcomes(v, gva, access))}",
                             )
                         )
@@ -143,6 +146,19 @@ def visible(o: object, shadow: dict[int, int] | None = None) -> tuple[object, ..
     return None
 
 
+def visible_l1(o: object, kvm: KvmConfig | None) -> tuple[object, ...] | None:
+    """Nested EPT: what L1 and L2 see of an outcome, with the L1 GPA it ends at: L2's GPA and
+    rights, and the guest frame of the host page (`kvm`: KVM's processor, whose frames are host
+    pages) or the frame itself (None: the native reference, whose frames are L1 GPAs). For L1's
+    own accesses the GPA and the L1 GPA are the same page."""
+    if isinstance(o, Access):
+        page = o.frame & ~0xFFF
+        return ("access", o.gpa, o.rights, kvm.frame_of_page(page) if kvm else page)
+    if isinstance(o, PageFault):
+        return ("#PF",)
+    return None
+
+
 def shadow_frames(system: System) -> dict[int, int] | None:
     """Host page -> guest frame with shadow paging (hardware outcomes name no GPA); None with
     TDP."""
@@ -156,11 +172,14 @@ def outcome_gpa(o: Access, shadow: dict[int, int] | None) -> int:
     return shadow.get(o.frame & ~0xFFF, -1)
 
 
-def _shown(o: object, shadow: dict[int, int] | None) -> str:
-    """An outcome in a message; a shadow translation with the guest frame of its host page."""
+def _shown(o: object, shadow: dict[int, int] | None, kvm: KvmConfig | None = None) -> str:
+    """An outcome in a message; a shadow translation with the guest frame of its host page, a
+    nested-EPT one with the L1 GPA of its host page."""
     text: str = o.describe()  # type: ignore[attr-defined]
     if shadow is not None and isinstance(o, Access) and o.gpa < 0:
         text += f" (the host page of GPA {outcome_gpa(o, shadow):#x})"
+    elif kvm is not None and kvm.nested_ept and isinstance(o, Access):
+        text += f" (the host page of L1 GPA {kvm.frame_of_page(o.frame & ~0xFFF):#x})"
     return text
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmtlb.errors import InputFileError
+from kvmtlb.guest.l1_ops import EptMapOp
 from kvmtlb.guest.ops import (
     DEFAULT_ROOT,
     FLUSH_ALL,
@@ -66,6 +67,7 @@ PROPERTIES = ("guest-transparency", "host-isolation", "dirty-logging", "vm-isola
 TOP_LEVEL = (
     "config",
     "doc",
+    "ept12",
     "expect",
     "guest",
     "host",
@@ -237,6 +239,8 @@ class Scenario:
     # roots[VM1_ROOT]. Empty with one VM.
     vm1: tuple[int, ...] = ()
     vm1_gpas: tuple[int, ...] = ()
+    # Nested EPT ([ept12]): L1's EPT12, L2 GPA -> (L1 GPA, rights); empty without nested EPT
+    ept12: dict[int, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def root_names(self) -> tuple[str, ...]:
@@ -290,6 +294,7 @@ class Scenario:
             self.schedule,
             self.vm1,
             self.vm1_gpas,
+            self.ept12,
         )
 
 
@@ -335,6 +340,7 @@ class _Parser:
         self.text = text
         self.known = known
         self.zaps: dict[int, int] = {}  # zaps per GPA so far
+        self.ept12: dict[int, tuple[int, str]] = {}  # [ept12], parsed before the threads
         self.fast_zaps = 0  # zap_all_fast ops so far
 
     def err(self, line: int, message: str, fix: str) -> ScenarioError:
@@ -345,13 +351,17 @@ class _Parser:
         name, doc = check_header(self.data, self.lines, TOP_LEVEL, self.err, "my-scenario")
         config = self.config()
         host = self.host_map()
-        guest, roots = self.guest_map(host)
+        self.ept12 = self.ept12_map(config, host)
+        # L2's page tables name L2 GPAs (the keys of [ept12]); L1's name L1 GPAs
+        guest, roots = self.guest_map({**host, **self.ept12})
         tables = self.tables(config, host, roots)
         vm1, vm1_host = self.vm1(config, host, roots)
         placement = self.placement(config)
         schedule = self.schedule(config)
         both = {**host, **vm1_host}  # the frames of both VMs (disjoint)
         programs, host_program = self.threads(config, guest, both, roots)
+        if self.ept12:
+            self.ept_checks(programs, host_program, host)
         if vm1 or any(isinstance(op, CreateVcpuOp | DestroyVmOp) for op in host_program):
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
         expect = self.expect()
@@ -372,7 +382,78 @@ class _Parser:
             schedule,
             vm1,
             tuple(vm1_host),
+            self.ept12,
         )
+
+    def ept_checks(
+        self,
+        programs: tuple[tuple[GuestOp, ...], ...],
+        host_program: tuple[HostOp, ...],
+        host: dict[int, tuple[int, str]],
+    ) -> None:
+        """Nested EPT: L1's EPT12 stores name L1 GPAs of [host]; the host may zap, preempt and
+        resume (the other host ops act on EPT01 only in the model: kvm/nested_ept.py)."""
+        for prog in programs:
+            for op in prog:
+                if isinstance(op, EptMapOp) and op.l1gpa >= 0 and op.l1gpa not in host:
+                    raise self.err(
+                        op.line,
+                        f"L1 GPA {op.l1gpa:#x} is not mapped in [host]",
+                        f'add "{op.l1gpa:#x}" = "HPA rwx" to [host]',
+                    )
+        for hop in host_program:
+            if not isinstance(hop, ZapOp | PreemptOp | ResumeOp | FlushRemoteOp):
+                raise self.err(
+                    getattr(hop, "line", 0),
+                    f"{hop.describe()} is not modelled with nested EPT",
+                    "keep the host to zap, preempt, resume and flush_remote_tlbs",
+                )
+
+    def ept12_map(
+        self, config: Config, host: dict[int, tuple[int, str]]
+    ) -> dict[int, tuple[int, str]]:
+        """[ept12]: "L2GPA" = "L1GPA RIGHTS", L1's EPT12 (nested EPT, docs/scenarios.md)."""
+        out: dict[int, tuple[int, str]] = {}
+        if "ept12" not in self.data:
+            return out
+        line0 = self.lines.section("ept12")
+        if config.vendor != "intel" or not config.tdp or not config.vpid:
+            raise self.err(
+                line0,
+                "[ept12] (nested EPT) needs an Intel L0 with EPT and VPID",
+                'set vendor = "intel", tdp = true and vpid = true in [config]',
+            )
+        for key, value in self._table("ept12").items():
+            line = self.lines.key("ept12", key)
+            l2gpa = self.addr(key, line, "L2 GPA")
+            parts = str(value).split()
+            if (
+                len(parts) != 2
+                or not set(parts[1]) <= set("rwx")
+                or ("w" in parts[1] and "r" not in parts[1])
+            ):
+                raise self.err(
+                    line,
+                    f"bad EPT12 entry {shown(value)}",
+                    'write "L1GPA RIGHTS" with rights from r, w, x (w needs r), e.g. "0x11000 rwx"',
+                )
+            l1gpa = self.addr(parts[0], line, "L1 GPA")
+            if l1gpa not in host:
+                raise self.err(
+                    line,
+                    f"L1 GPA {l1gpa:#x} of L2 GPA {l2gpa:#x} is not mapped in [host]",
+                    f'add "{l1gpa:#x}" = "HPA rwx" to [host]',
+                )
+            if l2gpa in host:
+                raise self.err(
+                    line,
+                    f"L2 GPA {l2gpa:#x} is also an L1 GPA of [host]",
+                    "give L2's guest-physical pages addresses of their own",
+                )
+            out[l2gpa] = (l1gpa, parts[1])
+        if not out:
+            raise self.err(line0, "[ept12] maps nothing", '"0x40000" = "0x11000 rwx"')
+        return out
 
     def _table(self, name: str) -> dict[str, Any]:
         t = self.data.get(name, {})
@@ -928,7 +1009,8 @@ class _Parser:
                 if key == "host":
                     host_ops.append(self.host_op(text, line, config, host, remapped))
                 else:
-                    programs[v].append(self.guest_op(text, line, config, host, v, roots))
+                    l2_host = {**host, **self.ept12}
+                    programs[v].append(self.guest_op(text, line, config, l2_host, v, roots))
         self.static_checks(config, guest, programs, roots)
         return tuple(tuple(p) for p in programs), tuple(host_ops)
 
@@ -1293,6 +1375,7 @@ class _Parser:
             programs,
             self.err,
             self.lines.section("threads"),
+            bool(self.ept12),
         )
         executable = {gva for gva, (_, f) in guest.items() if "x" in f}
         for table in roots.values():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmtlb.errors import where
+from kvmtlb.guest.l1_ops import EptMapOp
 from kvmtlb.guest.ops import (
     InvpcidOp,
     LinkOp,
@@ -55,7 +56,18 @@ from kvmtlb.hw.cpu import (
 from kvmtlb.hw.effect import DEFAULT_READINGS, Readings
 from kvmtlb.hw.layout import FRESH_HPA_BASE, Format, LayoutBuilder
 from kvmtlb.hw.machine import Machine, MachineConfig
-from kvmtlb.hw.paging import E_R, E_W, E_X, RW, P, make_ept, make_npt, make_pte, pte_addr
+from kvmtlb.hw.paging import (
+    E_R,
+    E_W,
+    E_X,
+    RW,
+    P,
+    ept_rights,
+    make_ept,
+    make_npt,
+    make_pte,
+    pte_addr,
+)
 from kvmtlb.hw.svm import AmdArch
 from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.universe import Universe
@@ -136,7 +148,17 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     booted = boot_vcpus(scenario)
     tdp_root = tdp_roots[0] if cfg.tdp else -1
     root_names = scenario.root_names
-    roots = tuple(b.guest_root(tdp_roots) for _ in root_names)
+    # nested EPT ([ept12]): L1's EPT12 and KVM's shadow EPT02 (kvm/nested_ept.py); L2's page
+    # tables are mapped in both (the native reference walks them through EPT12, the processor
+    # KVM drives through EPT02), L1's in EPT01
+    nested_ept = bool(scenario.ept12)
+    ept12_root = b.ept_root() if nested_ept else -1
+    ept02_root = b.ept_root() if nested_ept else -1
+    l2_indices = l2_roots(scenario) if nested_ept else ()
+    roots = tuple(
+        b.guest_root((*tdp_roots, ept02_root, ept12_root) if r in l2_indices else tdp_roots)
+        for r in range(len(root_names))
+    )
     guest_root = roots[0]
     gvas = scenario.gvas
     gpas = scenario.gpas
@@ -220,6 +242,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         b.allow(tdp_root, gpa, values)
         for other in tdp_roots[1:]:  # empty until a root is allocated there
             b.allow(other, gpa, [0, *values])
+    l2_gpas: tuple[int, ...] = ()
+    if nested_ept:
+        l2_gpas = _nested_ept_layout(b, scenario, ept12_root, ept02_root, host_pages, rights)
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
     shadow_ptr: dict[tuple[int, int, int], int] = {}
@@ -278,8 +303,17 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             tags = [AmdTags(a, p, False) for a in asids for p in pcids]
         pairs = [(t, tdp_root) for t in tags]
         walked = shadow_roots
-    for t, stage2 in pairs:
-        for root in walked:
+    walks = [(t, stage2, walked) for t, stage2 in pairs]
+    if nested_ept:
+        # EPT01 walks L1's page tables; EPT02 (tagged by its own EP4TA) L2's
+        l1_tables = tuple(r for i, r in enumerate(roots) if i not in l2_indices)
+        l2_tables = tuple(r for i, r in enumerate(roots) if i in l2_indices)
+        walks = [(t, stage2, l1_tables) for t, stage2 in pairs]
+        walks += [
+            (IntelEptTags(v, p, ept02_root), ept02_root, l2_tables) for v in vpids for p in pcids
+        ]
+    for t, stage2, tables in walks:
+        for root in tables:
             for pge in (True, False):
                 contexts.append(WalkContext(t, root, stage2, fmt, True, pge))
     universe = Universe(layout, contexts)
@@ -336,6 +370,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         vm_of=vm_of,
         vm_start_root=(0, root_names.index(VM1_ROOT)) if two_vms else (0,),
         gpa_vm=gpa_vm,
+        l2_gpas=l2_gpas,
+        ept12_root=ept12_root,
+        ept02_root=ept02_root,
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
@@ -349,7 +386,16 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     native: Machine
     if nested:
         native_config, native = nested_native(
-            cfg.vendor, layout, memory, roots, pcids, vpid12s(scenario), guest_cr4, cfg.vcpus
+            cfg.vendor,
+            layout,
+            memory,
+            roots,
+            pcids,
+            vpid12s(scenario),
+            guest_cr4,
+            cfg.vcpus,
+            ept12_root,
+            tuple(roots[i] for i in l2_indices),
         )
     else:
         native_config, native = NativeMachine.start(
@@ -468,6 +514,45 @@ def _shadow_layout(
                                 values.append(v)
             b.name(sroot, gva)
             b.allow(sroot, gva, values)
+
+
+def _nested_ept_layout(
+    b: LayoutBuilder,
+    scenario: Scenario,
+    ept12_root: int,
+    ept02_root: int,
+    host_pages: dict[int, tuple[list[int], bool]],
+    rights: tuple[int, ...],
+) -> tuple[int, ...]:
+    """Nested EPT: L1's EPT12 leaves (the [ept12] entries and every value an `ept_map` /
+    `ept_unmap` stores) and KVM's shadow EPT02 leaves, empty at start (the nested EPT fault
+    fills them, kvm/nested_ept.py), each EPT02 value an EPT12 value's L1 GPA resolved to one of
+    its host pages, with the EPT12 rights cut by the memslot's. Returns the L2 GPAs."""
+    stores: dict[int, list[int]] = {}
+    for prog in scenario.programs:
+        for op in prog:
+            if isinstance(op, EptMapOp):
+                value = make_ept(op.l1gpa, _rights(op.rights)) if op.l1gpa >= 0 else 0
+                stores.setdefault(op.l2gpa, []).append(value)
+    l2_gpas = tuple(dict.fromkeys([*scenario.ept12, *stores]))
+    for l2 in l2_gpas:
+        values: list[int] = []
+        if l2 in scenario.ept12:
+            l1, text = scenario.ept12[l2]
+            values.append(b.map(ept12_root, l2, make_ept(l1, _rights(text))))
+        b.allow(ept12_root, l2, [0, *stores.get(l2, [])])
+        values += stores.get(l2, [])
+        shadow = [0]
+        for v in values:
+            if not v:
+                continue
+            l1 = pte_addr(v)
+            cut = ept_rights(v) & rights[scenario.gpas.index(l1)]
+            for h in host_pages[l1][0]:
+                if cut and make_ept(h, cut) not in shadow:
+                    shadow.append(make_ept(h, cut))
+        b.allow(ept02_root, l2, shadow)
+    return l2_gpas
 
 
 def shadow_page_bits(nroots: int, gvas: tuple[int, ...] | list[int]) -> tuple[tuple[int, ...], ...]:
