@@ -128,6 +128,21 @@ class KvmConfig:
     vm_of: tuple[int, ...] = ()
     vm_start_root: tuple[int, ...] = (0,)
     gpa_vm: tuple[int, ...] = ()
+    # 2 MiB regions ([host] "HPA RIGHTS 2m"; kvm/hugepage.py): (region GPA, HPA, rights) each;
+    # KVM as a guest of Hyper-V with its enlightened flushes (kvm/hyperv.py); the tdp_mmu and
+    # eager_page_split module parameters of v6.18 (v5.x have neither: always the rmap MMU,
+    # never an eager split).
+    huge: tuple[tuple[int, int, int], ...] = ()
+    hv_range_flush: bool = False
+    tdp_mmu: bool = True
+    eager_split: bool = True
+
+    def huge_region(self, gpa: int) -> int:
+        """The index in `huge` of the 2 MiB region holding guest frame `gpa`, or -1."""
+        for n, (base, _, _) in enumerate(self.huge):
+            if base <= gpa < base + (1 << 21):
+                return n
+        return -1
 
     def vcpu_vm(self, v: int) -> int:
         """The VM vCPU `v` belongs to (0 with one VM)."""

@@ -68,7 +68,7 @@ from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, ROOT_FREE, ROOT_VALID, Kvm, Pcp
 from kvmtlb.model.native import NativeConfig, NativeMachine
 from kvmtlb.model.nested_native import nested_native
 from kvmtlb.model.nested_scenario import is_nested, l2_roots, vpid12s
-from kvmtlb.model.scenario import MAX_ZAPS, VM1_ROOT, Scenario, ScenarioError
+from kvmtlb.model.scenario import HUGE, MAX_ZAPS, VM1_ROOT, Scenario, ScenarioError
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
 
@@ -187,8 +187,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         targets = [
             op.hpa for op in scenario.host_program if isinstance(op, RemapOp) and op.gpa == gpa
         ]
+        # (dirty logging of a 2 MiB region's memslot write-protects all its frames)
+        region = gpa & ~(HUGE - 1) if gpa & ~(HUGE - 1) in scenario.huge else -1
         protect = any(
-            isinstance(op, WrprotectOp | ClearDirtyLogOp) and op.gpa == gpa
+            isinstance(op, WrprotectOp | ClearDirtyLogOp)
+            and (op.gpa == gpa or op.gpa & ~(HUGE - 1) == region)
             for op in scenario.host_program
         )
         fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
@@ -208,6 +211,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
                     b.map(root, gpa, leaf(hpa, r))
                 b.allow(root, gpa, [0, *values])
             continue
+        if region >= 0:
+            # a frame of a 2 MiB region: its 4 KiB SPTE exists once the region is split (the
+            # region's PDE below points at this table then)
+            b.allow(tdp_root, gpa, [0, *values])
+            continue
         b.map(tdp_root, gpa, leaf(hpa, r))
         aged = any(isinstance(op, AgeOp) and op.gpa == gpa for op in scenario.host_program)
         if targets or fresh or fast_zaps or gpa in ranged or aged:
@@ -215,6 +223,24 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         b.allow(tdp_root, gpa, values)
         for other in tdp_roots[1:]:  # empty until a root is allocated there
             b.allow(other, gpa, [0, *values])
+    huge: list[tuple[int, int, int]] = []
+    for base, (hpa, rs) in scenario.huge.items():
+        # the region's EPT/NPT PDE: the huge leaf (write-protected too, under dirty logging),
+        # the pointer to its 4 KiB table (split), or not present (zapped)
+        r = _rights(rs)
+        big = make_ept if vmx else make_npt
+        protect = any(
+            isinstance(op, WrprotectOp) and op.gpa & ~(HUGE - 1) == base
+            for op in scenario.host_program
+        )
+        b.map(tdp_root, base, big(hpa, r, large=True), level=2)
+        b.allow(
+            tdp_root,
+            base,
+            [0, *([big(hpa, r & ~E_W, large=True)] if protect else [])],
+            level=2,
+        )
+        huge.append((base, hpa, r))
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
     shadow_pde: dict[tuple[int, int], int] = {}
@@ -319,6 +345,10 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         vm_of=vm_of,
         vm_start_root=(0, root_names.index(VM1_ROOT)) if two_vms else (0,),
         gpa_vm=gpa_vm,
+        huge=tuple(huge),
+        hv_range_flush=cfg.hv_range_flush,
+        tdp_mmu=cfg.tdp_mmu,
+        eager_split=cfg.eager_split,
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
