@@ -94,7 +94,7 @@ def test_bad_regions_are_input_errors(host: str, ops: str, knobs: str, message: 
     assert e.value.line > 0 and e.value.fix
 
 
-# -- the hypercalls ---------------------------------------------------------------------------------
+# -- the hypercalls -------------------------------------------------------------------------------
 def _gp(page: int, size: int, ep4ta: int = 0x1000) -> GuestPhysicalTranslation:
     return GuestPhysicalTranslation(ep4ta, page, size, 0x400000 + page - 0x200000, 7)
 

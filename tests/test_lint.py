@@ -45,9 +45,7 @@ WARNINGS = {
     "preempt-twice": case(host="preempt vcpu1\npreempt vcpu1  # W\nresume vcpu1  # U"),
     "never-resumed": case(host="preempt vcpu0  # W"),
     "knob-vpids": case(config="vpids = 1  # W"),
-    "root-never-loaded": case().replace(
-        "[host]", '[guest.b]  # W\n"0x1000" = "0x10000 w"\n[host]'
-    ),
+    "root-never-loaded": case().replace("[host]", '[guest.b]  # W\n"0x1000" = "0x10000 w"\n[host]'),
     "knob-max-asid": case(config="max_asid = 4  # W").replace('"intel"', '"amd"'),
 }
 

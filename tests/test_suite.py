@@ -109,7 +109,7 @@ def test_bug_zoo_lists_every_bug_policy() -> None:
     # KVM_CLEAR_DIRTY_LOG (issue 15); nested VMX's bugs #1, #2, #9, #10, #11 and nested SVM's
     # transition flush (issue 11); mmu_sync_children's write-protect flush (issue 10); the
     # second VM's ASID reuse and memslot deletion (issue 15); CR0.WP under shadow paging (issue 10)
-    assert len(ZOO) == 36
+    assert len(ZOO) == 38
 
 
 @pytest.mark.parametrize("name", [c.name for c in bug_policies()])

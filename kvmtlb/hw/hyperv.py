@@ -55,6 +55,13 @@ class GpaRange:
     ep4ta: int
     start: int
     npages: int
+    # what a concrete TLB (kvmtlb.cost.tlb) needs to apply it: the kinds it may remove, and that
+    # it depends on each entry's address fields, so it is tested entry by entry
+    per_entry = True
+
+    @property
+    def kinds(self) -> tuple[type, ...]:
+        return INTEL_GPA_KINDS if self.ep4ta >= 0 else AMD_GPA_KINDS
 
     def _meets(self, base: int, size: int) -> bool:
         end = self.start + self.npages * PAGE_SIZE
