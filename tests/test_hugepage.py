@@ -99,13 +99,16 @@ def _gp(page: int, size: int, ep4ta: int = 0x1000) -> GuestPhysicalTranslation:
     return GuestPhysicalTranslation(ep4ta, page, size, 0x400000 + page - 0x200000, 7)
 
 
-def test_a_list_flush_removes_exactly_what_meets_its_range() -> None:
+def test_a_list_flush_removes_exactly_what_its_range_covers() -> None:
     one = GpaRange(0x1000, 0x201000, 1)
     assert one.matches(_gp(0x201000, 0x1000))
     assert not one.matches(_gp(0x200000, 0x1000))  # another page of the region
     assert not one.matches(_gp(0x201000, 0x1000, ep4ta=0x2000))  # another EPT hierarchy
-    assert one.matches(_gp(0x200000, 1 << 21))  # the huge page meets the range
-    assert one.matches(GuestPhysicalPsc(0x1000, 2, 0x201000 >> 21, 0x9000, 7))
+    assert not one.matches(_gp(0x200000, 1 << 21))  # a 2 MiB translation: not all of it named
+    assert not one.matches(GuestPhysicalPsc(0x1000, 2, 0x201000 >> 21, 0x9000, 7))
+    huge = GpaRange(0x1000, 0x200000, 512)  # kvm_flush_remote_tlbs_gfn(kvm, gfn, 2M level)
+    assert huge.matches(_gp(0x200000, 1 << 21)) and huge.matches(_gp(0x3FF000, 0x1000))
+    assert huge.matches(GuestPhysicalPsc(0x1000, 2, 0x200000 >> 21, 0x9000, 7))
     low = GpaRange(0x1000, 0x0, 512)  # drop_large_spte's range in v5.x: GPAs 0-0x1fffff
     assert not low.matches(_gp(0x200000, 1 << 21))
     combined = CombinedTranslation(

@@ -8,11 +8,13 @@ hypervisor carries them out on every processor of the partition, so KVM's code r
 each pCPU (`hv_flush_events`); the event changes no processor state, it only invalidates.
 
 What a list flush removes is exactly what the list names (issue 15 asks for it: a flush of a
-wrong range must be observable): entries that translate a GPA in a listed range. The TLFS does
-not say more, and the real L0 may flush more; a model that flushes only what the list names can
-only find more stale translations, as design.md asks where a manual is silent. A translation of
-a large page, or a 4 KiB piece of one, goes when the page (its `span`) meets a range: like
-INVLPG (intel.split-pages), the flush of any address of a page removes the page's entries.
+wrong range must be observable): the entries whose whole guest-physical footprint lies in a
+listed range. A translation of a 2 MiB page goes only if the range covers the 2 MiB (KVM itself
+always names a huge SPTE's whole range: kvm_flush_remote_tlbs_gfn rounds the GFN down to the
+level and flushes KVM_PAGES_PER_HPAGE(level) pages), a guest-physical paging-structure-cache
+entry only if the range covers its region. The TLFS does not say how a list of 4 KiB pages
+treats a larger cached translation, and a real L0 may flush more; the reading that retains more
+is the one design.md asks for where a manual is silent: it can only find more stale entries.
 Paging-structure caches of the guest's own tables (combined, or AMD guest PSCs) are keyed by GVA
 and point at guest tables in a GPA range a scenario never names: they are left alone.
 
@@ -63,9 +65,9 @@ class GpaRange:
     def kinds(self) -> tuple[type, ...]:
         return INTEL_GPA_KINDS if self.ep4ta >= 0 else AMD_GPA_KINDS
 
-    def _meets(self, base: int, size: int) -> bool:
-        end = self.start + self.npages * PAGE_SIZE
-        return base < end and self.start < base + size
+    def _covers(self, base: int, size: int) -> bool:
+        """The range holds all of [base, base + size)."""
+        return self.start <= base and base + size <= self.start + self.npages * PAGE_SIZE
 
     def matches(self, e: Entry) -> bool:
         if self.ep4ta >= 0:
@@ -75,17 +77,17 @@ class GpaRange:
             return False
         if isinstance(e, GuestPhysicalPsc | NestedPsc):
             shift = level_shift(e.level)
-            return self._meets(e.region << shift, 1 << shift)
+            return self._covers(e.region << shift, 1 << shift)
         if isinstance(e, CombinedPsc):
             return False  # keyed by GVA; points at a guest table (see the module header)
         if isinstance(e, GuestPhysicalTranslation | NestedTranslation):
-            return self._meets(e.page, e.size)
+            return self._covers(e.page, e.size)
         # combined (Intel) / ASID-tagged (AMD) translations: the GPA they were made from
         gpa: int = e.gpa
         if gpa < 0:
             return False
-        span: int = e.span
-        return self._meets(page_base(gpa, span), span)
+        size: int = e.size
+        return self._covers(page_base(gpa, size), size)
 
 
 def hv_flush_space_invalidation(vmx: bool, root: int) -> Invalidation:

@@ -493,9 +493,9 @@ _INTEL: list[tuple[str, str, str, str]] = [
         "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressList",
         "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressList",
         "Hyper-V as L0 (not the SDM): the hypercall invalidates, on every processor, the "
-        "guest-physical and combined mappings of that EPT hierarchy that translate a GPA in the "
-        "ranges it lists (a large page's entries and pieces if the page meets a range), and the "
-        "guest-physical paging-structure caches whose region meets a range; nothing else.",
+        "guest-physical and combined mappings of that EPT hierarchy whose GPA footprint (a large "
+        "page's whole page) lies in a range it lists, and the guest-physical paging-structure "
+        "caches whose region does; nothing else.",
     ),
 ]
 
@@ -655,8 +655,8 @@ _AMD: list[tuple[str, str, str]] = [
         "amd.hv.flush-gpa-list",
         "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressList",
         "Hyper-V as L0 (not the APM): the hypercall invalidates, on every processor, the nested "
-        "and guest translations of non-zero ASIDs that translate a GPA in the ranges it lists, "
-        "and the nested paging-structure caches whose region meets a range; nothing else.",
+        "and guest translations of non-zero ASIDs whose GPA footprint lies in a range it lists, "
+        "and the nested paging-structure caches whose region does; nothing else.",
     ),
 ]
 

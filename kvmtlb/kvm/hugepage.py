@@ -154,11 +154,24 @@ class HugePages:
     # -- the MMU notifier's zap -------------------------------------------------------------------
     def kvm_unmap_gfn_range(self, k: Step, gpa: int) -> bool:
         """mmu.c:kvm_unmap_gfn_range @ v6.18 (kvm_unmap_rmapp over every level @ v5.x) for a
-        frame of a region: a huge SPTE covering it is zapped whole; else its 4 KiB SPTE."""
+        frame of a region: a huge SPTE covering it is zapped whole; else its 4 KiB SPTE. While
+        the host still maps the region with its huge page, taking one 4 KiB page away first
+        splits it (mm/huge_memory.c:__split_huge_pmd), whose MMU-notifier invalidation covers
+        the whole 2 MiB: every SPTE of the region goes (the two invalidations are one here; the
+        second would find nothing left)."""
         n = k.config.huge_region(gpa) if k.config.huge else -1
         if n < 0:
             return super().kvm_unmap_gfn_range(k, gpa)  # type: ignore[misc, no-any-return]
         kind = self.huge_pde(k, n)[0]
+        if kind == TABLE and self.thp_intact(k, n):
+            zapped = False
+            for g in self.region_frames(k, n):
+                if _table_spte(self, k, g)[0] >= 0:
+                    self.set_spte(k, g, -1, 0, "kvm_unmap_gfn_range: the THP split's range")  # type: ignore[attr-defined]
+                    zapped = True
+            if not zapped:
+                k.note("kvm_unmap_gfn_range: no SPTE of the region present", "nothing to flush")
+            return zapped
         if kind == LEAF:
             self.set_huge_pde(k, n, NONE, 0, "kvm_unmap_gfn_range: the huge SPTE")
             return True
