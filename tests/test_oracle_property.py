@@ -114,11 +114,8 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("amd", "invlpg-pcid1-global", [*PRELUDES["amd"][1], ("event", 0, 0, 1, 0)]),
     ("intel", "invlpg-stale-psc", [T0, ("pte", 0, 4, 0, 1), ("event", 0, 0, 2, 0)]),
     ("amd", "invlpg-stale-psc", [T0, ("pte", 0, 4, 0, 1), ("event", 0, 0, 2, 0)]),
-    (
-        "intel",
-        "invlpg-split-page",
-        [T0, ("pte", 0, 5, 0, 1), ("pte", 0, 5, 0, 0), ("event", 0, 0, 2, 0)],
-    ),
+    ("intel", "invlpg-split-page", [T0, ("pte", 0, 5, 0, 1), ("pte", 0, 5, 0, 0),
+                                    ("event", 0, 0, 2, 0)]),
     ("intel", "pf-stale-translation", [T0, ("pte", 0, 0, 0, 1), ("access", 0, 0, 0, 7)]),
     ("intel", "pf-stale-psc", [T0, ("pte", 0, 4, 0, 2), ("access", 0, 0, 0, 7)]),
     ("intel", "invpcid0-stale-global", [T0, ("pte", 0, 1, 0, 1), ("event", 0, 1, 0, 2)]),
@@ -129,17 +126,8 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("intel", "mov-cr3-noflush", [*P1, ("pte", 0, 0, 0, 1), ("event", 0, 2, 0, 2)]),
     ("intel", "mov-cr4-pge", [*P1, ("event", 0, 3, 0, 0)]),
     ("intel", "mov-cr4-smep", [T0, ("pte", 0, 0, 0, 1), ("event", 0, 3, 2, 0)]),
-    (
-        "intel",
-        "mov-cr0-pg",
-        [
-            ("event", 0, 5, 1, 0),
-            T0,
-            ("event", 0, 5, 0, 0),
-            ("pte", 0, 0, 0, 1),
-            ("event", 0, 5, 0, 0),
-        ],
-    ),
+    ("intel", "mov-cr0-pg", [("event", 0, 5, 1, 0), T0, ("event", 0, 5, 0, 0),
+                             ("pte", 0, 0, 0, 1), ("event", 0, 5, 0, 0)]),
     ("intel", "vmentry-novpid", [("event", 0, 3, 0, 0), ("pte", 0, 6, 0, 1), T0]),
     ("intel", "vmexit-novpid", [("event", 0, 3, 0, 0), T0, ("pte", 0, 6, 0, 1), T0]),
     ("intel", "invept-single-other", [*P2, T0, ("event", 0, 1, 1, 0)]),
@@ -150,34 +138,16 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("intel", "invvpid-all", [T0, T0, ("pte", 0, 6, 0, 1), ("event", 0, 0, 2, 0)]),
     ("intel", "invvpid-3", [T0, T0, ("event", 0, 0, 3, 0)]),
     ("intel", "ept-violation", [T0, ("s2", 0, 0, 0, 1), ("access", 0, 0, 1, 7)]),
-    (
-        "intel",
-        "smep-exec",
-        [T0, ("pte", 0, 0, 0, 3), ("event", 0, 3, 2, 0), ("access", 0, 0, 2, 0)],
-    ),
+    ("intel", "smep-exec", [T0, ("pte", 0, 0, 0, 3), ("event", 0, 3, 2, 0),
+                            ("access", 0, 0, 2, 0)]),
     ("intel", "write-read-only", [T0, ("pte", 0, 0, 0, 2), ("access", 0, 0, 1, 0)]),
     ("intel", "two-ep4tas", [*P2, ("access", 0, 0, 0, 0)]),
-    (
-        "intel",
-        "stale-psc-walk",
-        [T0, ("pte", 0, 4, 0, 1), ("pte", 0, 0, 0, 2), ("access", 0, 0, 0, 0)],
-    ),
-    (
-        "amd",
-        "stale-psc-walk",
-        [T0, ("pte", 0, 4, 0, 1), ("pte", 0, 0, 0, 2), ("access", 0, 0, 0, 0)],
-    ),
-    (
-        "intel",
-        "vmfunc-novpid",
-        [
-            ("event", 0, 6, 0, 0),
-            ("event", 0, 3, 0, 0),
-            T0,
-            ("pte", 0, 0, 0, 1),
-            ("event", 0, 6, 0, 1),
-        ],
-    ),
+    ("intel", "stale-psc-walk", [T0, ("pte", 0, 4, 0, 1), ("pte", 0, 0, 0, 2),
+                                 ("access", 0, 0, 0, 0)]),
+    ("amd", "stale-psc-walk", [T0, ("pte", 0, 4, 0, 1), ("pte", 0, 0, 0, 2),
+                               ("access", 0, 0, 0, 0)]),
+    ("intel", "vmfunc-novpid", [("event", 0, 6, 0, 0), ("event", 0, 3, 0, 0), T0,
+                                ("pte", 0, 0, 0, 1), ("event", 0, 6, 0, 1)]),
     ("intel", "pf-stale-psc-globals", [*P1, ("pte", 0, 4, 0, 2), ("access", 0, 0, 0, 7)]),
     ("amd", "tlb-control-1", [T0, T0, ("pte", 0, 6, 0, 1), ("transition", 0, 0, 0, 2)]),
     ("amd", "tlb-control-3", [T0, T0, ("s2", 0, 0, 0, 2), ("transition", 0, 0, 0, 3)]),
@@ -188,7 +158,8 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     # INVLPGA of 0x2000 (a global page) in ASID 1 from the host: the global entry stays
     # (the default reading of an unconfirmed point; Readings.invlpga_removes_globals).
     ("amd", "invlpga-keeps-global", [T0, T0, ("event", 0, 0, 1, 1)]),
-    ("amd", "smep-exec", [T0, ("pte", 0, 0, 0, 3), ("event", 0, 3, 2, 0), ("access", 0, 0, 2, 0)]),
+    ("amd", "smep-exec", [T0, ("pte", 0, 0, 0, 3), ("event", 0, 3, 2, 0),
+                          ("access", 0, 0, 2, 0)]),
     # SMAP (toggle 3) denies the supervisor read of a user page; PKE (toggle 4) with PKRU = 0
     # denies nothing.
     ("intel", "smap-read", [T0, USER, ("event", 0, 3, 3, 0), ("access", 0, 0, 0, 0)]),
@@ -203,11 +174,8 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("amd", "npt-psc-used-with-npt-off", [T0, T0, ("event", 0, 5, 1, 0), T0]),
     # The guest clears CR4.PGE, a #NPF exits, VMRUN resumes it: the VMCB holds the state the
     # #VMEXIT saved (PGE = 0), so the refill makes no global entries.
-    (
-        "amd",
-        "npf-exit-then-vmrun",
-        [T0, ("event", 0, 3, 0, 0), ("s2", 0, 0, 0, 4), ("access", 0, 0, 0, 7), T0],
-    ),
+    ("amd", "npf-exit-then-vmrun", [T0, ("event", 0, 3, 0, 0), ("s2", 0, 0, 0, 4),
+                                    ("access", 0, 0, 0, 7), T0]),
 ]
 
 
