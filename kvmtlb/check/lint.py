@@ -18,6 +18,10 @@ its pool of fresh host pages). Warnings flag what is valid but probably not what
   paging's write tracking);
 - `created-idle`: a `create vcpuN` (second VM) of a vCPU without guest ops: nothing it runs
   reads a translation, so no property can see a stale one;
+- `collapse-without-log`: a `collapse` (dirty logging off) of a 2 MiB region no earlier
+  `wrprotect` put under dirty logging: the region was never split, so nothing collapses;
+- `huge-knob`: `tdp_mmu` or `eager_split` changed without a 2 MiB region (they only change the
+  huge-page paths);
 - `knob`: `vpids` or `max_asid` set far from real hardware (processors have far more VPIDs than a
   scenario has vCPUs, at least 63 ASIDs and at most 32,767), which usually forces exhaustion or a
   wrap on purpose; the warning says what it does.
@@ -45,6 +49,8 @@ KINDS = (
     "knob",
     "invvpid-unused-vpid",
     "ept12-unused-gpa",
+    "collapse-without-log",
+    "huge-knob",
 )
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
 REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
@@ -103,7 +109,7 @@ def warnings(scenario: object) -> list[LintWarning]:
         MapOp,
         MovCr3Op,
     )
-    from kvmtlb.host.ops import CreateVcpuOp, PreemptOp, ResumeOp
+    from kvmtlb.host.ops import CollapseOp, CreateVcpuOp, PreemptOp, ResumeOp, WrprotectOp
     from kvmtlb.model.scenario import VM1_ROOT, Scenario
     from kvmtlb.tomlfile import Lines
 
@@ -237,6 +243,21 @@ def warnings(scenario: object) -> list[LintWarning]:
                     f"add preempt vcpu{hop.vcpu} first",
                 )
                 blocked = hop.line
+    logged: set[int] = set()  # 2 MiB regions under dirty logging so far
+    for hop in s.host_program:
+        region = getattr(hop, "gpa", -1) & ~((1 << 21) - 1)
+        if isinstance(hop, WrprotectOp) and region in s.huge:
+            logged.add(region)
+        elif isinstance(hop, CollapseOp):
+            if region not in logged:
+                warn(
+                    hop.line,
+                    "collapse-without-log",
+                    f"no wrprotect before it put the region at {region:#x} under dirty logging: "
+                    "its huge SPTE was never split, so nothing collapses; wrprotect a frame of "
+                    "it first",
+                )
+            logged.discard(region)
     for v, line in sorted(held.items()):
         if s.programs[v]:
             warn(
@@ -246,6 +267,15 @@ def warnings(scenario: object) -> list[LintWarning]:
                 f"then never run; add resume vcpu{v} if it should finish",
             )
     # -- knobs -----------------------------------------------------------------------------------
+    if not s.huge:
+        for key, default in (("tdp_mmu", True), ("eager_split", True)):
+            if getattr(cfg, key) != default:
+                warn(
+                    _config_line(s, key),
+                    "huge-knob",
+                    f"{key} = {str(getattr(cfg, key)).lower()} only changes how KVM handles 2 MiB "
+                    'SPTEs, and [host] maps no 2 MiB region: add one ("HPA RIGHTS 2m")',
+                )
     if cfg.vendor == "intel" and cfg.vpids <= cfg.vcpus:
         warn(
             _config_line(s, "vpids"),

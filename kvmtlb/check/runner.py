@@ -357,6 +357,9 @@ def configurations(s: Scenario) -> list[Config]:
             pge=s.config.pge,
             pcpus=s.config.pcpus,
             vcpus=s.config.vcpus,
+            hv_range_flush=s.config.hv_range_flush,
+            tdp_mmu=s.config.tdp_mmu,
+            eager_split=s.config.eager_split,
         )
         c = replace(base, pcid=pcid, pv_tlb_flush=pv)
         c = replace(c, vpid=flag) if vendor == "intel" else replace(c, flush_by_asid=flag)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmtlb.host.ops import HostOp, RemapOp, ZapOp
+from kvmtlb.host.ops import HostOp, RemapOp, WrprotectOp, ZapOp
 from kvmtlb.host.thread import HOST_SENDER, HostThread, host_step, preempt
 from kvmtlb.kvm.context import vm_exit_event
 from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
@@ -57,6 +57,13 @@ def remap(sim: Simulation, gpa: int) -> None:
     hpa = k.config.fresh_page(gpa, k.kvm.bump_fresh(i))
     sim.n["host.remaps"] += 1
     run_host_op(sim, RemapOp(gpa, hpa))
+
+
+def dirty_log(sim: Simulation, gpa: int) -> None:
+    """Dirty logging switched on for frame `gpa`'s memslot: the host thread's WrprotectOp
+    (kvm_mmu_slot_remove_write_access and kvm_flush_remote_tlbs_memslot)."""
+    sim.n["host.dirty-logs"] += 1
+    run_host_op(sim, WrprotectOp(gpa))
 
 
 def run_host_op(sim: Simulation, op: HostOp) -> None:

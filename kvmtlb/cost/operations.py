@@ -15,7 +15,10 @@ table's (costs.toml):
 - the guest's own flushes: `invlpg`, `mov-cr3`, `mov-cr4` (one that invalidates), `invpcid`,
   `invlpga`; faults: `page-fault`, `page-fault-exit` (a #PF KVM intercepts: shadow paging),
   `ept-violation`, `npf`;
-- VMCS operations: `vmptrld`, `vmclear`, `vmwrite`.
+- VMCS operations: `vmptrld`, `vmclear`, `vmwrite`;
+- KVM on Hyper-V (`hv_range_flush`): `hv-flush-space` and `hv-flush-list`, the L0 hypervisor's
+  HvFlushGuestPhysicalAddressSpace / HvFlushGuestPhysicalAddressList, counted once per processor
+  they land on (kvmtlb.hw.hyperv).
 
 The "primary" operation of an event is the one its invalidation belongs to: removed entries are
 attributed to it (`overflush.<op>` for those still valid).
@@ -26,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmtlb.hw.effect import Effect
+from kvmtlb.hw.hyperv import HvFlushGuestPhysicalAddressList, HvFlushGuestPhysicalAddressSpace
 from kvmtlb.hw.outcomes import Done, VmExit, VmSucceed
 from kvmtlb.hw.svm import Invlpga, Vmrun
 from kvmtlb.hw.vmx import Invept, Invvpid, Vmclear, VmEntry, Vmptrld, Vmwrite
@@ -67,6 +71,8 @@ ALL_OPS = (
     "vmptrld",
     "vmclear",
     "vmwrite",
+    "hv-flush-space",
+    "hv-flush-list",
 )
 
 
@@ -116,6 +122,10 @@ def operations(event: Any, eff: Effect, last_asid: dict[int, int]) -> tuple[list
             name = "invpcid"
         elif isinstance(event, Invlpga):
             name = "invlpga"
+        elif isinstance(event, HvFlushGuestPhysicalAddressSpace):
+            name = "hv-flush-space"
+        elif isinstance(event, HvFlushGuestPhysicalAddressList):
+            name = "hv-flush-list"
         return ([name], name) if name else ([], "")
     if isinstance(out, VmSucceed):
         if isinstance(event, Vmptrld):

@@ -14,6 +14,8 @@ drawn in proportion to its rate:
 - `migrate`: a running vCPU moves to another pCPU, swapping with the vCPU running there, if any;
 - `zap`, `remap`: the host zaps (MMU notifier) or migrates the host page of a guest frame the
   working set uses;
+- `dirty_log`: the host turns dirty logging on for a guest frame the working set uses (its
+  memslot is write-protected and flushed: a range flush with `hv_range_flush`);
 - `cr3_switch`: a running vCPU switches to another of the workload's address spaces (a context
   switch: MOV CR3 to that page table).
 
@@ -84,7 +86,11 @@ class Remap(NamedTuple):
     gpa: int
 
 
-Event = Accesses | PteChange | Shootdown | Preempt | Load | Zap | Remap | Cr3Switch
+class DirtyLog(NamedTuple):
+    gpa: int
+
+
+Event = Accesses | PteChange | Shootdown | Preempt | Load | Zap | Remap | DirtyLog | Cr3Switch
 
 
 def gvas(w: Workload, space: int = 0) -> list[int]:
@@ -214,9 +220,9 @@ class Schedule:
     def _event(self, kind: str) -> Iterator[Event]:
         rng = self.rng
         running = [v for v in self.running if v >= 0]
-        if kind in ("zap", "remap"):
+        if kind in ("zap", "remap", "dirty_log"):
             gpa = self.mapping[rng.randrange(len(self.mapping))]
-            yield Zap(gpa) if kind == "zap" else Remap(gpa)
+            yield Zap(gpa) if kind == "zap" else Remap(gpa) if kind == "remap" else DirtyLog(gpa)
             return
         if not running:
             return

@@ -33,6 +33,7 @@ from kvmtlb.cost.memory import WorkloadMemory
 from kvmtlb.cost.schedule import (
     Accesses,
     Cr3Switch,
+    DirtyLog,
     Event,
     Load,
     Preempt,
@@ -212,6 +213,7 @@ class Simulation:
             guest_ptr=guest_ptr,
             shadow_ptr=shadow_ptr,
             ptr_owner=ptr_owner(guest_ptr, shadow_ptr),
+            hv_range_flush=config.hv_range_flush,
         )
         # -- the validity oracle: which page table (or shadow table) an address belongs to ----
         walked = roots if tdp else shadow_roots
@@ -334,6 +336,8 @@ class Simulation:
             host.zap(self, ev.gpa)
         elif isinstance(ev, Remap):
             host.remap(self, ev.gpa)
+        elif isinstance(ev, DirtyLog):
+            host.dirty_log(self, ev.gpa)
         else:  # pragma: no cover
             raise AssertionError(ev)
 

@@ -308,6 +308,11 @@ class Tlb:
                 kc = self.caches.get(kind)
                 if kc is None or not kc.entries:
                     continue
+                if getattr(clause, "per_entry", False):  # a GPA range (kvmtlb.hw.hyperv)
+                    for key in list(kc.entries):
+                        if clause.matches(kc.entries[key]):
+                            gone.append(self._remove(kc, key))
+                    continue
                 if clause.addr is None:
                     for gid, keys in list(kc.groups.items()):
                         if clause.matches(kc.entries[next(iter(keys))]):

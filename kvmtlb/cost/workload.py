@@ -33,6 +33,7 @@ RATE_KEYS = (
     "migrate",
     "zap",
     "remap",
+    "dirty_log",
     "cr3_switch",
 )
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
@@ -51,6 +52,7 @@ CONFIG_LISTABLE: dict[str, type] = {
     "pcid": bool,
     "pv_tlb_flush": bool,
     "tdp": bool,
+    "hv_range_flush": bool,
 }
 CONFIG_SCALAR: dict[str, type] = {
     "pge": bool,
@@ -100,6 +102,7 @@ class RunConfig:
     max_asid: int = 32767
     ept_vpid_cap: tuple[str, ...] = CAP_NAMES
     tdp: bool = True  # EPT/NPT; False: shadow paging (kvmtlb/kvm/shadow.py)
+    hv_range_flush: bool = False  # KVM on Hyper-V: its remote and range flushes are hypercalls
 
     def label(self) -> str:
         parts = [self.vendor]
@@ -111,6 +114,8 @@ class RunConfig:
         parts.append("pv" if self.pv_tlb_flush else "nopv")
         if not self.tdp:
             parts.append("shadow")
+        if self.hv_range_flush:
+            parts.append("hv")
         return "/".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,6 +128,8 @@ class RunConfig:
             "pcpus": self.pcpus,
             "tdp": self.tdp,
         }
+        if self.hv_range_flush:
+            d["hv_range_flush"] = True
         if self.vendor == "intel":
             d.update(vpid=self.vpid, ept_vpid_cap=list(self.ept_vpid_cap))
         else:
@@ -141,6 +148,7 @@ class Rates:
     migrate: float = 0.0  # the host moves a running vCPU to another pCPU
     zap: float = 0.0  # an MMU-notifier zap of a guest frame in use
     remap: float = 0.0  # page migration of a guest frame in use to another host page
+    dirty_log: float = 0.0  # dirty logging switched on for a guest frame in use (wrprotect)
     cr3_switch: float = 0.0  # a context switch: MOV CR3 to another address space
 
     def as_dict(self) -> dict[str, float]:
@@ -445,8 +453,12 @@ class _Parser:
                 'keep "invept-all" in ept_vpid_cap, or set tdp = false',
             )
         out: list[RunConfig] = []
-        for vendor, pcid, pv, tdp in itertools.product(
-            vendors, values.get("pcid", [False]), values.get("pv_tlb_flush", [True]), tdps
+        for vendor, pcid, pv, tdp, hv in itertools.product(
+            vendors,
+            values.get("pcid", [False]),
+            values.get("pv_tlb_flush", [True]),
+            tdps,
+            values.get("hv_range_flush", [False]),
         ):
             flags = (
                 values.get("vpid", [True])
@@ -464,6 +476,7 @@ class _Parser:
                     max_asid=max_asid,
                     ept_vpid_cap=caps,
                     tdp=tdp,
+                    hv_range_flush=hv and tdp,
                 )
                 out.append(
                     replace(base, vpid=flag)
@@ -488,6 +501,14 @@ class _Parser:
                 self.lines.key("rates", "migrate"),
                 "migrate needs at least two pCPUs",
                 "set pcpus = 2 or more, or migrate = 0",
+            )
+        if t.get("dirty_log", 0) and any(c.vendor == "amd" or not c.tdp for c in configs):
+            raise self.err(
+                self.lines.key("rates", "dirty_log"),
+                "dirty_log is modelled with EPT only: on AMD the concrete TLB keeps the "
+                "read-only entry a faulting write filled (#NPF invalidates nothing), so the "
+                "write would fault forever; with shadow paging the cost model has no dirty log",
+                'set vendor = "intel" and tdp = true, or dirty_log = 0',
             )
         if sum(float(v) for v in t.values()) > 1000:
             raise self.err(

@@ -64,6 +64,18 @@ class ClearDirtyLogOp(NamedTuple):
         return f"clear_dirty_log {self.gpa:#x}"
 
 
+class CollapseOp(NamedTuple):
+    """Dirty logging switched off for the memslot of a 2 MiB region (KVM_SET_USER_MEMORY_REGION
+    clearing KVM_MEM_LOG_DIRTY_PAGES): KVM collapses the region's 4 KiB SPTEs back into a huge
+    mapping (kvm/hugepage.py)."""
+
+    gpa: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"collapse {self.gpa:#x}"
+
+
 class FlushRemoteOp(NamedTuple):
     line: int = 0
 
@@ -142,6 +154,7 @@ HostOp: TypeAlias = (
     | ZapOp
     | RemapOp
     | WrprotectOp
+    | CollapseOp
     | FlushRemoteOp
     | ZapAllFastOp
     | ZapGfnRangeOp

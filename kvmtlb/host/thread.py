@@ -62,6 +62,7 @@ from typing import NamedTuple
 from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
+    CollapseOp,
     CreateVcpuOp,
     DeleteMemslotOp,
     DestroyVmOp,
@@ -275,6 +276,11 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             )
         if isinstance(op, WrprotectOp):
             return _call(k, pol, op, h, "kvm_mmu_slot_remove_write_access", DONE)
+        if isinstance(op, CollapseOp):
+            # dirty logging is off for the region's memslot from the ioctl's start: userspace
+            # no longer relies on the log
+            h = h._replace(protected=h.protected & ~_slot_bits(k, op.gpa))
+            return _call(k, pol, op, h, "kvm_mmu_slot_apply_flags:log_off", DONE)
         if isinstance(op, ZapAllFastOp):
             return _call(k, pol, op, h, "kvm_mmu_zap_all_fast", DONE)
         if isinstance(op, AgeOp):
@@ -335,9 +341,21 @@ def _kvm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
     h = h._replace(phase=task.pc, frame=task.frame, ret=task.ret)
     if h.phase != DONE:
         return h
-    if isinstance(op, WrprotectOp) or (isinstance(op, ClearDirtyLogOp) and h.page == 1):
+    if isinstance(op, WrprotectOp):
+        h = h._replace(protected=h.protected | _slot_bits(k, gpa))
+    elif isinstance(op, ClearDirtyLogOp) and h.page == 1:
         h = h._replace(protected=h.protected | 1 << k.config.gpa_index(gpa))
     return h._replace(op=h.op + 1, phase="", ret=(), frame=(), page=-1)
+
+
+def _slot_bits(k: Step, gpa: int) -> int:
+    """The guest frames (by index) of the memslot holding `gpa`: the frame itself, or every
+    frame of its 2 MiB region (the region is one memslot)."""
+    n = k.config.huge_region(gpa) if k.config.huge else -1
+    if n < 0:
+        return 1 << k.config.gpa_index(gpa)
+    base = k.config.huge[n][0]
+    return sum(1 << i for i, g in enumerate(k.config.gpas) if base <= g < base + (1 << 21))
 
 
 def _release(k: Step, h: HostThread, then: str, what: str) -> HostThread:

@@ -480,6 +480,23 @@ _INTEL: list[tuple[str, str, str, str]] = [
         "§4.10.5; §29.4.3.4",
         "Invalidations are local to the logical processor that performs them.",
     ),
+    (
+        "intel.hv.flush-gpa-space",
+        "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressSpace",
+        "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressSpace",
+        "Hyper-V as L0 (not the SDM): the hypercall invalidates, on every processor, the "
+        "guest-physical and combined mappings (and their paging-structure caches) derived from "
+        "the EPT hierarchy it names (as INVEPT single-context would on each).",
+    ),
+    (
+        "intel.hv.flush-gpa-list",
+        "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressList",
+        "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressList",
+        "Hyper-V as L0 (not the SDM): the hypercall invalidates, on every processor, the "
+        "guest-physical and combined mappings of that EPT hierarchy whose GPA footprint (a large "
+        "page's whole page) lies in a range it lists, and the guest-physical paging-structure "
+        "caches whose region does; nothing else.",
+    ),
 ]
 
 
@@ -627,6 +644,19 @@ _AMD: list[tuple[str, str, str]] = [
         "§15.16",
         "A hypervisor that changes the guest's paging mode through the VMCB (CR0.PG/WP, CR3, "
         "CR4.PGE/PAE/PSE, EFER) must flush that guest's entries itself.",
+    ),
+    (
+        "amd.hv.flush-gpa-space",
+        "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressSpace",
+        "Hyper-V as L0 (not the APM): the hypercall invalidates, on every processor, the nested "
+        "and guest entries of every non-zero ASID derived from the nested page table it names.",
+    ),
+    (
+        "amd.hv.flush-gpa-list",
+        "§TLFS 6.0b, HvCallFlushGuestPhysicalAddressList",
+        "Hyper-V as L0 (not the APM): the hypercall invalidates, on every processor, the nested "
+        "and guest translations of non-zero ASIDs whose GPA footprint lies in a range it lists, "
+        "and the nested paging-structure caches whose region does; nothing else.",
     ),
 ]
 

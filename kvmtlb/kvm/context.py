@@ -134,6 +134,7 @@ class KvmConfig:
     # Nested EPT (kvm/nested_ept.py; scenario table [ept12]): the root of L1's EPT12 (L2 GPA ->
     # L1 GPA; a hierarchy of L1's memory, read by KVM and by the native reference), the root of
     # KVM's shadow EPT02 (L2 GPA -> HPA), and the L2 GPAs they name; -1 / empty without
+    # [ept12]
     l2_gpas: tuple[int, ...] = ()
     ept12_root: int = -1
     ept02_root: int = -1
@@ -146,6 +147,22 @@ class KvmConfig:
         """The bit of Kvm.ept02_unsync of the last-level EPT02 page holding `l2gpa`'s SPTE."""
         regions = sorted({g >> 21 for g in self.l2_gpas})
         return regions.index(l2gpa >> 21)
+
+    # 2 MiB regions ([host] "HPA RIGHTS 2m"; kvm/hugepage.py): (region GPA, HPA, rights) each;
+    # KVM as a guest of Hyper-V with its enlightened flushes (kvm/hyperv.py); the tdp_mmu and
+    # eager_page_split module parameters of v6.18 (v5.x have neither: always the rmap MMU,
+    # never an eager split).
+    huge: tuple[tuple[int, int, int], ...] = ()
+    hv_range_flush: bool = False
+    tdp_mmu: bool = True
+    eager_split: bool = True
+
+    def huge_region(self, gpa: int) -> int:
+        """The index in `huge` of the 2 MiB region holding guest frame `gpa`, or -1."""
+        for n, (base, _, _) in enumerate(self.huge):
+            if base <= gpa < base + (1 << 21):
+                return n
+        return -1
 
     def vcpu_vm(self, v: int) -> int:
         """The VM vCPU `v` belongs to (0 with one VM)."""

@@ -12,9 +12,12 @@ except those in `IRQS_OFF`.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import ClassVar
 
 from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.hugepage import HugePages
+from kvmtlb.kvm.hyperv import HypervFlush
 from kvmtlb.kvm.kvm_main import KvmMain
 from kvmtlb.kvm.memslot import Memslots
 from kvmtlb.kvm.mmu import Mmu
@@ -30,7 +33,19 @@ from kvmtlb.kvm.x86 import X86
 
 
 class KvmPolicy(
-    NestedEpt, NestedVmx, NestedSvm, X86, Vmx, Svm, KvmMain, Mmu, ShadowMmu, VmLifecycle, Memslots
+    NestedEpt,
+    NestedVmx,
+    NestedSvm,
+    X86,
+    Vmx,
+    Svm,
+    HypervFlush,
+    HugePages,
+    KvmMain,
+    Mmu,
+    ShadowMmu,
+    VmLifecycle,
+    Memslots,
 ):
     """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
 
@@ -60,6 +75,7 @@ class KvmPolicy(
         "kvm_flush_remote_tlbs:wait": "kvm_flush_remote_tlbs_wait",
         "kvm_mmu_notifier_invalidate_range_end": "kvm_mmu_notifier_invalidate_range_end",
         "kvm_mmu_slot_remove_write_access": "kvm_mmu_slot_remove_write_access",
+        "kvm_mmu_slot_apply_flags:log_off": "kvm_mmu_slot_apply_flags_log_off",
         "kvm_set_spte_gfn": "kvm_set_spte_gfn",
         "kvm_make_all_cpus_request": "kvm_make_all_cpus_request",
         "kvm_make_all_cpus_request:mode": "kvm_make_all_cpus_request_mode",
@@ -129,6 +145,9 @@ def register(cls: type[KvmPolicy]) -> type[KvmPolicy]:
 def registry() -> dict[str, type[KvmPolicy]]:
     """Every known policy by name: the upstream versions and the bug zoo."""
     from kvmtlb.kvm import bugs, nested_bugs, versions  # noqa: F401  (they register themselves)
+
+    # after the nested bugs, whichever was imported first: the bug zoo's table keeps this order
+    import_module("kvmtlb.kvm.hugepage_bugs")
 
     return dict(_REGISTRY)
 

@@ -18,6 +18,8 @@ from kvmtlb.hw.cpu import CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMA
 from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.vmx import Invvpid
 from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.hugepage import HugePages58
+from kvmtlb.kvm.hyperv import HypervFlush58
 from kvmtlb.kvm.nested_ept import NestedEpt57
 from kvmtlb.kvm.nested_svm import NestedSvm58
 from kvmtlb.kvm.nested_vmx import NestedVmx57, NestedVmx58
@@ -49,7 +51,7 @@ class Kvm618(KvmPolicy):
 
 
 @register
-class Kvm58(NestedVmx58, NestedSvm58, Kvm618):
+class Kvm58(NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, Kvm618):
     name = "kvm-5.8"
     summary = (
         "v5.8: after the seed's series (tlb_flush_guest, tlb_flush_current), before "

@@ -38,6 +38,7 @@ from kvmtlb.guest.ops import (
 from kvmtlb.host.ops import (
     AgeOp,
     ClearDirtyLogOp,
+    CollapseOp,
     CreateVcpuOp,
     DeleteMemslotOp,
     DestroyVmOp,
@@ -102,7 +103,17 @@ CONFIG_KEYS: dict[str, type] = {
     "unrestricted_guest": bool,
     "ept_ad": bool,
     "flush_order": str,
+    "hv_range_flush": bool,
+    "tdp_mmu": bool,
+    "eager_split": bool,
 }
+# Knobs of KVM's EPT/NPT MMU: meaningless with shadow paging (tdp = false).
+TDP_ONLY = ("hv_range_flush", "tdp_mmu", "eager_split")
+HUGE = 1 << 21  # a 2 MiB region of [host] ("HPA RIGHTS 2m"; kvm/hugepage.py)
+# The host ops a scenario with a 2 MiB region may run on the region's frames (kvm/hugepage.py
+# ports these paths for huge SPTEs), and the ops it may not run at all.
+HUGE_HOST_OPS = ("zap", "wrprotect", "collapse")
+HUGE_FORBIDDEN = ("zap_all_fast", "delete_memslot")
 # Upper limits of the knobs besides vcpus and pcpus (at most 8 each).
 LIMITS = (
     ("vpids", 1 << 16, "VPIDs are 16 bits: KVM's bitmap has VMX_NR_VPIDS = 65,536"),
@@ -144,6 +155,7 @@ HOST_OPS = {
     "zap": "zap GPA",
     "remap": "remap GPA -> HPA",
     "wrprotect": "wrprotect GPA",
+    "collapse": "collapse GPA",
     "flush_remote_tlbs": "flush_remote_tlbs",
     "zap_all_fast": "zap_all_fast",
     "zap_gfn_range": "zap_gfn_range GPA GPA",
@@ -154,6 +166,30 @@ HOST_OPS = {
     "create": "create vcpuN [on pcpuM]",
     "destroy": "destroy vm0|vm1",
 }
+
+
+class HostMap(dict[int, tuple[int, str]]):
+    """[host]'s frames. A GPA inside a 2 MiB region ("HPA RIGHTS 2m") becomes a frame of the
+    model the first time the file names it (membership adds it, with its 4 KiB piece of the
+    region's host page): a region has 512 frames, and the model only tracks those it uses."""
+
+    def __init__(
+        self, frames: dict[int, tuple[int, str]], regions: dict[int, tuple[int, str]]
+    ) -> None:
+        super().__init__(frames)
+        self.regions = regions
+
+    def __contains__(self, gpa: object) -> bool:
+        if dict.__contains__(self, gpa):
+            return True
+        if not isinstance(gpa, int) or gpa & 0xFFF:
+            return False
+        base = gpa & ~(HUGE - 1)
+        if base not in self.regions:
+            return False
+        hpa, rights = self.regions[base]
+        self[gpa] = (hpa + gpa - base, rights)
+        return True
 
 
 class ScenarioError(InputFileError):
@@ -177,6 +213,10 @@ class Config:
     unrestricted_guest: bool = True
     flush_order: str = "local-first"  # the guest kernel's shootdown: see kvmtlb.guest.thread
     ept_ad: bool = True  # Intel: EPT accessed/dirty bits (enable_ept_ad_bits); else access tracking
+    # KVM as a guest of Hyper-V with the enlightened remote TLB flush (kvm/hyperv.py)
+    hv_range_flush: bool = False
+    tdp_mmu: bool = True  # v6.18's tdp_mmu module parameter (false: the shadow MMU's rmaps)
+    eager_split: bool = True  # v6.18's eager_page_split module parameter
 
     def label(self) -> str:
         """A short name for the configuration (for --matrix and reports)."""
@@ -200,6 +240,9 @@ class Config:
             "vcpus": self.vcpus,
             "flush_order": self.flush_order,
         }
+        for key, default in (("hv_range_flush", False), ("tdp_mmu", True), ("eager_split", True)):
+            if getattr(self, key) != default:
+                d[key] = getattr(self, key)
         if self.vendor == "intel":
             d.update(
                 vpid=self.vpid,
@@ -241,6 +284,9 @@ class Scenario:
     vm1_gpas: tuple[int, ...] = ()
     # Nested EPT ([ept12]): L1's EPT12, L2 GPA -> (L1 GPA, rights); empty without nested EPT
     ept12: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # 2 MiB regions of [host] ("HPA RIGHTS 2m"): region GPA -> (HPA, rights). Their frames that
+    # the file names are in `host` too (each with its 4 KiB piece of the region's host page).
+    huge: dict[int, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def root_names(self) -> tuple[str, ...]:
@@ -295,6 +341,7 @@ class Scenario:
             self.vm1,
             self.vm1_gpas,
             self.ept12,
+            self.huge,
         )
 
 
@@ -342,6 +389,7 @@ class _Parser:
         self.zaps: dict[int, int] = {}  # zaps per GPA so far
         self.ept12: dict[int, tuple[int, str]] = {}  # [ept12], parsed before the threads
         self.fast_zaps = 0  # zap_all_fast ops so far
+        self.huge_regions: dict[int, tuple[int, str]] = {}  # [host]'s 2 MiB regions
 
     def err(self, line: int, message: str, fix: str) -> ScenarioError:
         return ScenarioError(self.path, line, message, fix)
@@ -351,19 +399,29 @@ class _Parser:
         name, doc = check_header(self.data, self.lines, TOP_LEVEL, self.err, "my-scenario")
         config = self.config()
         host = self.host_map()
+        host = HostMap(host, self.huge_regions)
         self.ept12 = self.ept12_map(config, host)
+        if self.ept12 and self.huge_regions:
+            raise self.err(
+                self.lines.section("ept12"),
+                "[ept12] (nested EPT) with 2 MiB regions in [host] is not modelled",
+                'map 4 KiB frames in [host] ("HPA RIGHTS", without 2m) in a nested-EPT scenario',
+            )
         # L2's page tables name L2 GPAs (the keys of [ept12]); L1's name L1 GPAs
-        guest, roots = self.guest_map({**host, **self.ept12})
+        guest, roots = self.guest_map({**host, **self.ept12} if self.ept12 else host)
         tables = self.tables(config, host, roots)
         vm1, vm1_host = self.vm1(config, host, roots)
         placement = self.placement(config)
         schedule = self.schedule(config)
-        both = {**host, **vm1_host}  # the frames of both VMs (disjoint)
+        # the frames of both VMs (disjoint); a 2 MiB region's frames join when an op names them
+        both = HostMap({**host, **vm1_host}, self.huge_regions) if vm1_host else host
         programs, host_program = self.threads(config, guest, both, roots)
         if self.ept12:
             self.ept_checks(programs, host_program, host)
         if vm1 or any(isinstance(op, CreateVcpuOp | DestroyVmOp) for op in host_program):
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
+        if self.huge_regions or config.hv_range_flush:
+            self.huge_checks(config, vm1, host_program)
         expect = self.expect()
         return Scenario(
             self.path,
@@ -383,6 +441,7 @@ class _Parser:
             vm1,
             tuple(vm1_host),
             self.ept12,
+            dict(self.huge_regions),
         )
 
     def ept_checks(
@@ -533,6 +592,13 @@ class _Parser:
                 f"unknown flush_order {shown(flush_order)}",
                 'use "local-first" (Linux before v5.13) or "concurrent" (flush_tlb_multi)',
             )
+        for key in TDP_ONLY:
+            if key in t and not tdp:
+                raise self.err(
+                    self.lines.key("config", key),
+                    f"{key} is a knob of KVM's EPT/NPT MMU, and this scenario has tdp = false",
+                    f"remove {key}, or set tdp = true",
+                )
         if vendor == "intel" and tdp and "invept-all" not in caps:
             raise self.err(
                 self.lines.key("config", "ept_vpid_cap"),
@@ -556,6 +622,9 @@ class _Parser:
             unrestricted_guest=t.get("unrestricted_guest", True),
             flush_order=flush_order,
             ept_ad=t.get("ept_ad", True),
+            hv_range_flush=t.get("hv_range_flush", False),
+            tdp_mmu=t.get("tdp_mmu", True),
+            eager_split=t.get("eager_split", True),
         )
 
     # -- addresses --------------------------------------------------------------------------------
@@ -598,13 +667,26 @@ class _Parser:
             )
             gpa = self.addr(key, line, "GPA")
             parts = str(value).split()
-            if len(parts) != 2 or not set(parts[1]) <= set("rwx") or "r" not in parts[1]:
+            huge = len(parts) == 3 and parts[2] == "2m" and section == "host"
+            if len(parts) != 2 + huge or not set(parts[1]) <= set("rwx") or "r" not in parts[1]:
                 raise self.err(
                     line,
                     f"bad host mapping {shown(value)}",
-                    'write "HPA RIGHTS" with rights from r, w, x (r required), e.g. "0x80000 rwx"',
+                    'write "HPA RIGHTS" with rights from r, w, x (r required), e.g. "0x80000 rwx"'
+                    + ('; a 2 MiB region: "0x400000 rwx 2m"' if section == "host" else ""),
                 )
             hpa = self.addr(parts[0], line, "HPA")
+            if huge:
+                self.huge_region(gpa, hpa, parts[1], line, out, hpas)
+                continue
+            for base, (rhpa, _) in self.huge_regions.items():
+                if base <= gpa < base + HUGE or rhpa <= hpa < rhpa + HUGE:
+                    raise self.err(
+                        line,
+                        f"{gpa:#x} -> {hpa:#x} overlaps the 2 MiB region at GPA {base:#x} "
+                        f"(HPA {rhpa:#x})",
+                        "give a 4 KiB mapping a GPA and an HPA outside every 2 MiB region",
+                    )
             if hpa in hpas:
                 raise self.err(
                     line, f"HPA {hpa:#x} backs two GPAs", "give every GPA its own host page"
@@ -620,6 +702,95 @@ class _Parser:
                 'map at least one GPA, e.g. [host] "0x10000" = "0x80000 rwx"',
             )
         return out
+
+    def huge_region(
+        self,
+        gpa: int,
+        hpa: int,
+        rights: str,
+        line: int,
+        out: dict[int, tuple[int, str]],
+        hpas: set[int],
+    ) -> None:
+        """A [host] entry "HPA RIGHTS 2m": the 2 MiB region at GPA maps the 2 MiB host page at
+        HPA with one huge EPT/NPT leaf. Its first frame is a frame of the model; any other
+        frame of it becomes one when the file names it (`HostMap`)."""
+        for addr, what in ((gpa, "GPA"), (hpa, "HPA")):
+            if addr & (HUGE - 1):
+                raise self.err(
+                    line,
+                    f"the 2 MiB region's {what} {addr:#x} is not 2 MiB aligned",
+                    f"use a {what} whose low 21 bits are zero, e.g. {addr & ~(HUGE - 1):#x}",
+                )
+        if len(self.huge_regions) >= 2:
+            raise self.err(line, "more than two 2 MiB regions", "map at most two regions 2m")
+        for g, (h, _) in out.items():
+            if gpa <= g < gpa + HUGE or hpa <= h < hpa + HUGE:
+                raise self.err(
+                    line,
+                    f"the 2 MiB region {gpa:#x} -> {hpa:#x} overlaps {g:#x} -> {h:#x}",
+                    "give the region a GPA and an HPA range no other mapping uses",
+                )
+        for base, (rhpa, _) in self.huge_regions.items():
+            if abs(base - gpa) < HUGE or abs(rhpa - hpa) < HUGE:
+                raise self.err(
+                    line,
+                    f"the 2 MiB region {gpa:#x} -> {hpa:#x} overlaps the one at {base:#x}",
+                    "give each region its own GPA and HPA range",
+                )
+        self.huge_regions[gpa] = (hpa, rights)
+        out[gpa] = (hpa, rights)
+        hpas.add(hpa)
+
+    def huge_checks(
+        self, config: Config, vm1: tuple[int, ...], program: tuple[HostOp, ...]
+    ) -> None:
+        """What the model of 2 MiB regions and of Hyper-V's range flush asks of a file."""
+        line = self.lines.section("host")
+        if not config.tdp:
+            raise self.err(
+                line,
+                "a 2 MiB region of [host] is an EPT/NPT mapping, and this scenario has tdp = false",
+                'set tdp = true, or map the frames one by one ("HPA RIGHTS")',
+            )
+        if vm1:
+            raise self.err(
+                self.lines.section("vm1") or line,
+                "2 MiB regions and hv_range_flush are modelled with one VM",
+                "remove [vm1], or map the frames 4 KiB at a time and drop hv_range_flush",
+            )
+        for op in program:
+            name = op.describe().split()[0]
+            if name in HUGE_FORBIDDEN and self.huge_regions:
+                raise self.err(
+                    op.line,
+                    f"{name} is not modelled with a 2 MiB region (the model keeps one root)",
+                    f"remove {name}, or map the frames 4 KiB at a time",
+                )
+            inner = op.op if isinstance(op, SpawnOp) else op
+            gpas = [
+                g
+                for g in (
+                    getattr(inner, "gpa", None),
+                    getattr(inner, "first", None),
+                    getattr(inner, "second", None),
+                )
+                if g is not None
+            ]
+            in_region = [g for g in gpas if g & ~(HUGE - 1) in self.huge_regions]
+            if isinstance(op, CollapseOp):
+                if not in_region:
+                    raise self.err(
+                        op.line,
+                        f"collapse {op.gpa:#x}: not a frame of a 2 MiB region",
+                        'collapse a frame of a region mapped "HPA RIGHTS 2m" in [host]',
+                    )
+            elif in_region and name not in HUGE_HOST_OPS:
+                raise self.err(
+                    op.line,
+                    f"{name} of a frame of a 2 MiB region is not modelled",
+                    f"use {', '.join(HUGE_HOST_OPS)} on the region's frames",
+                )
 
     def guest_map(
         self, host: dict[int, tuple[int, str]]
@@ -1236,6 +1407,13 @@ class _Parser:
                     line, f"GPA {gpa:#x} is not mapped in [host]", f"{op} a GPA listed in [host]"
                 )
             return AgeOp(gpa, line) if op == "age" else ClearDirtyLogOp(gpa, line)
+        if op == "collapse" and len(args) == 1:
+            gpa = self.addr(args[0], line, "GPA")
+            if gpa not in host:
+                raise self.err(
+                    line, f"GPA {gpa:#x} is not mapped in [host]", "collapse a GPA listed in [host]"
+                )
+            return CollapseOp(gpa, line)
         if op in ("zap", "wrprotect") and len(args) == 1:
             gpa = self.addr(args[0], line, "GPA")
             if gpa not in host:

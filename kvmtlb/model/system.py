@@ -90,7 +90,7 @@ from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, ROOT_FREE, ROOT_VALID, Kvm, Pcp
 from kvmtlb.model.native import NativeConfig, NativeMachine
 from kvmtlb.model.nested_native import nested_native
 from kvmtlb.model.nested_scenario import is_nested, l2_roots, vpid12s
-from kvmtlb.model.scenario import MAX_ZAPS, VM1_ROOT, Scenario, ScenarioError
+from kvmtlb.model.scenario import HUGE, MAX_ZAPS, VM1_ROOT, Scenario, ScenarioError
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
 
@@ -214,8 +214,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         targets = [
             op.hpa for op in scenario.host_program if isinstance(op, RemapOp) and op.gpa == gpa
         ]
+        # (dirty logging of a 2 MiB region's memslot write-protects all its frames)
+        huge_base = gpa & ~(HUGE - 1) if gpa & ~(HUGE - 1) in scenario.huge else -1
         protect = any(
-            isinstance(op, WrprotectOp | ClearDirtyLogOp) and op.gpa == gpa
+            isinstance(op, WrprotectOp | ClearDirtyLogOp)
+            and (op.gpa == gpa or op.gpa & ~(HUGE - 1) == huge_base)
             for op in scenario.host_program
         )
         fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
@@ -235,6 +238,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
                     b.map(root, gpa, leaf(hpa, r))
                 b.allow(root, gpa, [0, *values])
             continue
+        if huge_base >= 0:
+            # a frame of a 2 MiB region: its 4 KiB SPTE exists once the region is split (the
+            # region's PDE below points at this table then)
+            b.allow(tdp_root, gpa, [0, *values])
+            continue
         b.map(tdp_root, gpa, leaf(hpa, r))
         aged = any(isinstance(op, AgeOp) and op.gpa == gpa for op in scenario.host_program)
         if targets or fresh or fast_zaps or gpa in ranged or aged:
@@ -245,6 +253,24 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     l2_gpas: tuple[int, ...] = ()
     if nested_ept:
         l2_gpas = _nested_ept_layout(b, scenario, ept12_root, ept02_root, host_pages, rights)
+    huge: list[tuple[int, int, int]] = []
+    for base, (hpa, rs) in scenario.huge.items():
+        # the region's EPT/NPT PDE: the huge leaf (write-protected too, under dirty logging),
+        # the pointer to its 4 KiB table (split), or not present (zapped)
+        r = _rights(rs)
+        big = make_ept if vmx else make_npt
+        protect = any(
+            isinstance(op, WrprotectOp) and op.gpa & ~(HUGE - 1) == base
+            for op in scenario.host_program
+        )
+        b.map(tdp_root, base, big(hpa, r, large=True), level=2)
+        b.allow(
+            tdp_root,
+            base,
+            [0, *([big(hpa, r & ~E_W, large=True)] if protect else [])],
+            level=2,
+        )
+        huge.append((base, hpa, r))
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
     shadow_ptr: dict[tuple[int, int, int], int] = {}
@@ -373,6 +399,10 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         l2_gpas=l2_gpas,
         ept12_root=ept12_root,
         ept02_root=ept02_root,
+        huge=tuple(huge),
+        hv_range_flush=cfg.hv_range_flush,
+        tdp_mmu=cfg.tdp_mmu,
+        eager_split=cfg.eager_split,
         **kvm_config_base,  # type: ignore[arg-type]
     )
     mconfig = MachineConfig(universe, caps, readings, arch, memo_steps=True)
