@@ -166,16 +166,7 @@ class EmulatedReadOp(NamedTuple):
 
 
 # L1's VMX instructions (a guest that runs a nested guest; kvmtlb.guest.l1_ops).
-from kvmtlb.guest.l1_ops import (  # noqa: E402
-    InvlpgaOp,
-    InvvpidOp,
-    VmcallOp,
-    VmlaunchOp,
-    VmresumeOp,
-    VmrunOp,
-    VmxoffOp,
-    VmxonOp,
-)
+from kvmtlb.guest.l1_ops import L1Op  # noqa: E402
 
 GuestOp: TypeAlias = (
     AccessOp
@@ -190,12 +181,5 @@ GuestOp: TypeAlias = (
     | InvpcidOp
     | FlushTlbOp
     | EmulatedReadOp
-    | VmxonOp
-    | VmxoffOp
-    | VmlaunchOp
-    | VmresumeOp
-    | InvvpidOp
-    | VmcallOp
-    | VmrunOp
-    | InvlpgaOp
+    | L1Op
 )
