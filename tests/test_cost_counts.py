@@ -200,3 +200,32 @@ def test_new_asid_abandons_entries() -> None:
     assert n["abandoned.valid.nested"] == 8
     assert n["abandoned.valid.nested-psc"] == 5
     assert n["overflush.new-asid"] == 19
+
+
+def test_cr0_wp_window_per_version_and_vendor() -> None:
+    """A W^X window (rate cr0_wp_toggle): two MOV to CR0. With EPT, kvm-6.18 lets the guest own
+    WP, so neither exits and nothing is flushed; kvm-5.8 takes both exits and resets the MMU on
+    each, whose root load flushes the context (INVEPT single-context). On SVM every version exits
+    (no per-bit CR0 ownership) and only kvm-5.8 resets (a TLB_CONTROL flush of the ASID)."""
+    from kvmtlb.cost.schedule import Cr0WpToggle
+
+    got = {}
+    for vendor in ("intel", "amd"):
+        for policy in ("kvm-6.18", "kvm-5.8"):
+            s = sim(policy, vendor=vendor)
+            s.apply(reads(P[0], P[1]))
+            s.cm.reset_counts()
+            s.n.clear()
+            s.apply(Cr0WpToggle(0))
+            c = counts(s)
+            got[vendor, policy] = (
+                s.n["guest.cr0-wp-windows"],
+                s.n["kvm.exits.mov-cr0"],
+                c["op.invept-single"] + c["op.tlb-control-3"],
+            )
+    assert got == {
+        ("intel", "kvm-6.18"): (1, 0, 0),
+        ("intel", "kvm-5.8"): (1, 2, 2),
+        ("amd", "kvm-6.18"): (1, 2, 0),
+        ("amd", "kvm-5.8"): (1, 2, 2),
+    }

@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from kvmtlb.cost.schedule import space_of
 from kvmtlb.guest.ops import FLUSH_MM, FLUSH_PAGE
-from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
+from kvmtlb.hw.cpu import CR0_DEFAULT, CR0_WP, CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
 from kvmtlb.hw.outcomes import VmExit
 from kvmtlb.hw.paging import make_pte
-from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr3, MovToCr4
+from kvmtlb.hw.x86 import Invlpg, Invpcid, MovToCr0, MovToCr3, MovToCr4
 from kvmtlb.kvm.context import vm_exit_event
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED
 from kvmtlb.kvm.x86 import (
+    EXIT_CR0_WRITE,
     EXIT_CR3_WRITE,
     EXIT_CR4_WRITE,
     EXIT_INVLPG,
@@ -68,6 +69,7 @@ def insn(sim: Simulation, v: int, event: Any, reason: int, frame: tuple[int, ...
 
 # Counter names of the guest's intercepted instructions (kvm.exits.NAME).
 EXIT_KEYS = {EXIT_CR3_WRITE: "mov-cr3", EXIT_CR4_WRITE: "mov-cr4", EXIT_INVLPG: "invlpg"}
+EXIT_KEYS[EXIT_CR0_WRITE] = "mov-cr0"
 EXIT_KEYS[EXIT_INVPCID] = "invpcid"
 EXIT_KEYS[EXIT_PT_WRITE] = "pt-write"
 assert set(EXIT_KEYS) <= set(EXIT_NAMES)
@@ -145,6 +147,15 @@ def switch_mm(sim: Simulation, v: int, space: int) -> None:
     if noflush:
         sim.n["guest.cr3-switches-noflush"] += 1
     insn(sim, v, MovToCr3(cr3), EXIT_CR3_WRITE, (cr3,))
+
+
+def wp_window(sim: Simulation, v: int) -> None:
+    """A kernel W^X window on vCPU `v` (grsecurity's pax_open_kernel / pax_close_kernel): MOV to
+    CR0 clearing WP, then setting it again. Whether each exits, and what KVM does then, is the
+    policy's (vmx_l1_guest_owned_cr0_bits, kvm_post_set_cr0)."""
+    sim.n["guest.cr0-wp-windows"] += 1
+    for value in (CR0_DEFAULT & ~CR0_WP, CR0_DEFAULT):
+        insn(sim, v, MovToCr0(value), EXIT_CR0_WRITE, (value,))
 
 
 def shootdown(sim: Simulation, v: int, scope: int, gva: int = 0) -> None:

@@ -17,7 +17,9 @@ drawn in proportion to its rate:
 - `dirty_log`: the host turns dirty logging on for a guest frame the working set uses (its
   memslot is write-protected and flushed: a range flush with `hv_range_flush`);
 - `cr3_switch`: a running vCPU switches to another of the workload's address spaces (a context
-  switch: MOV CR3 to that page table).
+  switch: MOV CR3 to that page table);
+- `cr0_wp_toggle`: a running vCPU opens and closes a kernel W^X window (grsecurity's
+  pax_open_kernel/pax_close_kernel): MOV to CR0 clearing WP, then setting it again.
 
 With several address spaces (`address_spaces`), each has its own working set of the same size at
 GVA_BASE + a * AS_STRIDE, mapped to frames of its own; a vCPU accesses the working set of the
@@ -78,6 +80,10 @@ class Cr3Switch(NamedTuple):
     space: int  # the address space it switches to
 
 
+class Cr0WpToggle(NamedTuple):
+    vcpu: int
+
+
 class Zap(NamedTuple):
     gpa: int
 
@@ -90,7 +96,18 @@ class DirtyLog(NamedTuple):
     gpa: int
 
 
-Event = Accesses | PteChange | Shootdown | Preempt | Load | Zap | Remap | DirtyLog | Cr3Switch
+Event = (
+    Accesses
+    | PteChange
+    | Shootdown
+    | Preempt
+    | Load
+    | Zap
+    | Remap
+    | DirtyLog
+    | Cr3Switch
+    | Cr0WpToggle
+)
 
 
 def gvas(w: Workload, space: int = 0) -> list[int]:
@@ -242,6 +259,8 @@ class Schedule:
             a = others[rng.randrange(len(others))]
             self.space[v] = a
             yield Cr3Switch(v, a)
+        elif kind == "cr0_wp_toggle":
+            yield Cr0WpToggle(v)
         elif kind == "mm_flush":
             yield Shootdown(v, FLUSH_MM)
         elif kind == "full_flush":
@@ -270,6 +289,7 @@ class Schedule:
 
 __all__ = [
     "Accesses",
+    "Cr0WpToggle",
     "Cr3Switch",
     "Event",
     "Load",

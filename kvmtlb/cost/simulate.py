@@ -32,6 +32,7 @@ from kvmtlb.cost.machine import CostMachine
 from kvmtlb.cost.memory import WorkloadMemory
 from kvmtlb.cost.schedule import (
     Accesses,
+    Cr0WpToggle,
     Cr3Switch,
     DirtyLog,
     Event,
@@ -326,6 +327,8 @@ class Simulation:
             guest.shootdown(self, ev.vcpu, 0, ev.gva)
         elif isinstance(ev, Cr3Switch):
             guest.switch_mm(self, ev.vcpu, ev.space)
+        elif isinstance(ev, Cr0WpToggle):
+            guest.wp_window(self, ev.vcpu)
         elif isinstance(ev, Shootdown):
             guest.shootdown(self, ev.vcpu, ev.scope)
         elif isinstance(ev, Preempt):

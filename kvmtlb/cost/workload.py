@@ -35,6 +35,7 @@ RATE_KEYS = (
     "remap",
     "dirty_log",
     "cr3_switch",
+    "cr0_wp_toggle",
 )
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
@@ -150,6 +151,7 @@ class Rates:
     remap: float = 0.0  # page migration of a guest frame in use to another host page
     dirty_log: float = 0.0  # dirty logging switched on for a guest frame in use (wrprotect)
     cr3_switch: float = 0.0  # a context switch: MOV CR3 to another address space
+    cr0_wp_toggle: float = 0.0  # a W^X window: the guest clears CR0.WP, then sets it again
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in RATE_KEYS}
