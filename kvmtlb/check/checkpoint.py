@@ -204,7 +204,7 @@ def _int(m: dict[str, Any], key: str, directory: str, low: int = 0) -> int:
 def load(directory: str | None, system: Any, ident: dict[str, Any]) -> State:
     """Read and check the checkpoint in `directory` for `system` (whose identity is `ident`);
     the frontier's replay plans are computed here, the replay itself is the partitions'."""
-    from kvmtlb.check.parallel import canonicalizer
+    from kvmtlb.check.explorer import canonicalizer
 
     if directory is None:
         raise CheckpointError("--resume needs a checkpoint directory")

@@ -220,15 +220,7 @@ def _explore(
     steps (0: no limit) was checked without a violation or deadlock. A step that raises gives
     verdict "error": the path to the state it was taken from, `explain(exception)` in the
     detail, and the exception in `Result.error`."""
-    u = system.kvm.universe
-    canon = Canonicalizer(
-        u.full & ~u.static_mask(),
-        system.native.universe.full & ~system.native.universe.static_mask(),
-    )
-    table: FingerprintTable = ExactTable() if exact else FingerprintTable()
-    keyf: Callable[[World], Any] = (
-        (lambda w: canon.key(w, exact=True)) if exact else canon.fingerprint
-    )
+    table, keyf = search_store(system, exact)
     t0 = time.perf_counter()
     w0 = system.initial
     table.add(keyf(w0), -1, 0)
@@ -249,15 +241,9 @@ def _explore(
             for w, idx in frontier:
                 acts = enabled(system, w)
                 if not acts:
-                    left = unfinished(system, w)
-                    if left and deadlock is None:
-                        deadlock = (
-                            idx,
-                            Violation(
-                                "deadlock",
-                                "no step is enabled, but " + ", ".join(left) + " have work left",
-                            ),
-                        )
+                    stuck = stuck_detail(system, w)
+                    if stuck and deadlock is None:
+                        deadlock = (idx, Violation("deadlock", stuck))
                     continue
                 for ai, a in enumerate(acts):
                     try:
@@ -267,16 +253,9 @@ def _explore(
                     transitions += 1
                     order += 1
                     if out.observations:
-                        v = check_observations(system, out.world, out.observations)
-                        if v is not None:
-                            new = table.add(
-                                ("obs", transitions)
-                                if exact
-                                else ((hash((idx, ai, transitions)) & 0xFFFF_FFFF_FFFF_FFFF) | 1),
-                                idx,
-                                ai,
-                            )
-                            found.append((PRECEDENCE.index(v.prop), order, _tag(v, new)))
+                        seen = observed_violation(system, table, out, idx, ai, transitions, exact)
+                        if seen is not None:
+                            found.append((seen[0], order, seen[1]))
                             continue
                     new = table.add(keyf(out.world), idx, ai)
                     if new < 0:
@@ -309,6 +288,55 @@ def _explore(
     if not finished:
         return livelock_result(system, table, transitions, depth, t0, exact)
     return safe_result(table, transitions, depth, t0, exact)
+
+
+def canonicalizer(system: System) -> Canonicalizer:
+    """The canonicalizer every search of `system` uses: the universes' entries that vary."""
+    u = system.kvm.universe
+    return Canonicalizer(
+        u.full & ~u.static_mask(),
+        system.native.universe.full & ~system.native.universe.static_mask(),
+    )
+
+
+def search_store(system: System, exact: bool) -> tuple[FingerprintTable, Callable[[World], Any]]:
+    """The visited-state table of a search and the key it stores a world under: the full
+    canonical state with `exact`, else its fingerprint."""
+    canon = canonicalizer(system)
+    table: FingerprintTable = ExactTable() if exact else FingerprintTable()
+    keyf: Callable[[World], Any] = (
+        (lambda w: canon.key(w, exact=True)) if exact else canon.fingerprint
+    )
+    return table, keyf
+
+
+def stuck_detail(system: System, w: World) -> str:
+    """Why a world with no enabled step is a deadlock ("" when every thread is done)."""
+    left = unfinished(system, w)
+    return "no step is enabled, but " + ", ".join(left) + " have work left" if left else ""
+
+
+def observed_violation(
+    system: System,
+    table: FingerprintTable,
+    out: ActionOutcome,
+    idx: int,
+    ai: int,
+    transitions: int,
+    exact: bool,
+) -> tuple[int, _Found] | None:
+    """A step whose observations violate a property: its precedence and the violation, tagged
+    with the table entry (a key of its own, as the step's world may be reached safely too)
+    that records the path to it; None when they violate nothing."""
+    v = check_observations(system, out.world, out.observations)
+    if v is None:
+        return None
+    key = (
+        ("obs", transitions)
+        if exact
+        else (hash((idx, ai, transitions)) & 0xFFFF_FFFF_FFFF_FFFF) | 1
+    )
+    return PRECEDENCE.index(v.prop), _tag(v, table.add(key, idx, ai))
 
 
 def tick(

@@ -43,7 +43,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kvmtlb.check.explorer import MAX_DEPTH, Progress, Result, explore, replay
+from kvmtlb.check.explorer import (
+    MAX_DEPTH,
+    Progress,
+    Result,
+    canonicalizer,
+    explore,
+    replay,
+)
 from kvmtlb.kvm.context import World
 from kvmtlb.model.actions import Action, apply, enabled
 from kvmtlb.model.canonical import Canonicalizer
@@ -268,10 +275,7 @@ def _cut_loops(system: System, canon: Canonicalizer, actions: list[Action]) -> l
 def shrink(system: System, path: list[int]) -> tuple[list[int], Violation]:
     """A shorter path to a violation from a path to one (loop cutting, then chunk deletion by
     replay, until neither shortens it); the path's own violation if nothing shrinks."""
-    canon = Canonicalizer(
-        system.kvm.universe.full & ~system.kvm.universe.static_mask(),
-        system.native.universe.full & ~system.native.universe.static_mask(),
-    )
+    canon = canonicalizer(system)
     w = system.initial
     actions: list[Action] = []
     for ai in path:

@@ -54,12 +54,13 @@ from kvmtlb.check.explorer import (
     FingerprintTable,
     Progress,
     Result,
+    canonicalizer,
     replay,
+    stuck_detail,
 )
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import World
 from kvmtlb.model.actions import apply, describe, enabled, unfinished
-from kvmtlb.model.canonical import Canonicalizer
 from kvmtlb.model.properties import PRECEDENCE, Violation, check, check_observations
 from kvmtlb.model.system import System
 
@@ -67,15 +68,6 @@ ACTIONS = 1 << 16  # a key is rank * ACTIONS + action index
 BATCH = 512  # successors per message to another partition
 SENT_LIMIT = 1 << 20  # fingerprints a partition remembers having sent (cleared when full)
 POLL_SECONDS = 0.25
-
-
-def canonicalizer(system: System) -> Canonicalizer:
-    """The canonicalizer explorer.explore uses for `system`."""
-    u = system.kvm.universe
-    return Canonicalizer(
-        u.full & ~u.static_mask(),
-        system.native.universe.full & ~system.native.universe.static_mask(),
-    )
 
 
 def owner(fp: int, parts: int) -> int:
@@ -300,10 +292,9 @@ class Partition:
             ref = idx * parts + part
             acts = enabled(system, w)
             if not acts:
-                left = unfinished(system, w)
-                if left and res.deadlock is None:
-                    detail = "no step is enabled, but " + ", ".join(left) + " have work left"
-                    res.deadlock = (rank, ref, detail)
+                stuck = stuck_detail(system, w)
+                if stuck and res.deadlock is None:
+                    res.deadlock = (rank, ref, stuck)
                 continue
             base = rank * ACTIONS
             for ai, a in enumerate(acts):

@@ -39,8 +39,6 @@ from typing import Any, cast
 from kvmtlb.check.explorer import (
     INTERRUPTED,
     MAX_DEPTH,
-    ExactTable,
-    FingerprintTable,
     Progress,
     Result,
     _crash,
@@ -49,16 +47,18 @@ from kvmtlb.check.explorer import (
     _Stop,
     _tag,
     livelock_result,
+    observed_violation,
     safe_result,
+    search_store,
     stopped_result,
+    stuck_detail,
     tick,
 )
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import World
 from kvmtlb.model.actions import Action, Outcome, all_done, apply, enabled, run, unfinished
-from kvmtlb.model.canonical import Canonicalizer
 from kvmtlb.model.footprint import Locations, TrackingStep, independent, sections
-from kvmtlb.model.properties import PRECEDENCE, Violation, check, check_observations
+from kvmtlb.model.properties import PRECEDENCE, Violation, check
 from kvmtlb.model.system import System
 
 # A sleep set: each sleeping step with its (reads, writes) where it was taken.
@@ -111,15 +111,7 @@ def explore_por(
     """`explorer.explore` with sleep sets (same options, same verdicts, state counts and trace
     lengths). `dependent`, for tests, replaces the measured independence: given two steps with
     their reads and writes, whether they must both be taken."""
-    u = system.kvm.universe
-    canon = Canonicalizer(
-        u.full & ~u.static_mask(),
-        system.native.universe.full & ~system.native.universe.static_mask(),
-    )
-    table: FingerprintTable = ExactTable() if exact else FingerprintTable()
-    keyf: Callable[[World], Any] = (
-        (lambda w: canon.key(w, exact=True)) if exact else canon.fingerprint
-    )
+    table, keyf = search_store(system, exact)
     stepper = Stepper(system)
 
     def indep(a: Action, ar: int, aw: int, b: Action, br: int, bw: int) -> bool:
@@ -157,15 +149,9 @@ def explore_por(
                     listed, enab = stepper.enabled(w)
                     assert listed == acts, "enabled() listed other steps on a tracking view"
                 if not acts:
-                    left = unfinished(system, w)
-                    if left and deadlock is None:
-                        deadlock = (
-                            idx,
-                            Violation(
-                                "deadlock",
-                                "no step is enabled, but " + ", ".join(left) + " have work left",
-                            ),
-                        )
+                    stuck = stuck_detail(system, w)
+                    if stuck and deadlock is None:
+                        deadlock = (idx, Violation("deadlock", stuck))
                     continue
                 taken: list[tuple[Action, int, int]] = []
                 for ai, a in enumerate(acts):
@@ -196,16 +182,9 @@ def explore_por(
                                 z[c] = (cr, cw)
                         taken.append((a, reads, writes))
                     if out.observations:
-                        v = check_observations(system, out.world, out.observations)
-                        if v is not None:
-                            new = table.add(
-                                ("obs", transitions)
-                                if exact
-                                else ((hash((idx, ai, transitions)) & 0xFFFF_FFFF_FFFF_FFFF) | 1),
-                                idx,
-                                ai,
-                            )
-                            found.append((PRECEDENCE.index(v.prop), order, _tag(v, new)))
+                        seen = observed_violation(system, table, out, idx, ai, transitions, exact)
+                        if seen is not None:
+                            found.append((seen[0], order, seen[1]))
                             continue
                     key = keyf(out.world)
                     new = table.add(key, idx, ai)
