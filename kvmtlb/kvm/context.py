@@ -200,12 +200,8 @@ class KvmConfig:
         """Walk `gva`'s non-leaf entries (PML4E, PDPTE, PDE) from hierarchy `hierarchies[root]`
         (guest `roots` or `shadow_roots`), each naming the table page of some root: whose
         last-level table page the walk reaches (-1: an entry on the way is not present)."""
-        t = root
-        for level in (4, 3, 2):
-            t = self.pde_root(int(values[self.layout.slot(hierarchies[t], gva, level)]))
-            if t < 0:
-                return -1
-        return t
+        chain = self.table_chain(values, hierarchies, root, gva)
+        return chain[2] if len(chain) == 3 else -1
 
     def table_chain(
         self, values: Any, hierarchies: tuple[int, ...], root: int, gva: int
