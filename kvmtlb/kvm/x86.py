@@ -338,9 +338,10 @@ class X86:
             k.note("kvm_make_request(KVM_REQ_TLB_FLUSH_CURRENT)", "kvm_post_set_cr4")
 
     def kvm_set_cr0(self, k: Step, vcpu: Vcpu, cr0: int) -> None:
-        """x86.c:kvm_set_cr0 @ v6.18 for the bit the model's guest changes, CR0.WP (with shadow
-        paging, where KVM intercepts it): vcpu->arch.cr0, the vendor's set_cr0, then
-        kvm_post_set_cr0."""
+        """x86.c:kvm_set_cr0 @ v6.18 for the bit the model's guest changes, CR0.WP, when its
+        write exits (always with shadow paging and on SVM; with EPT only where the guest does
+        not own the bit, vmx_l1_guest_owned_cr0_bits): vcpu->arch.cr0, the vendor's set_cr0,
+        then kvm_post_set_cr0."""
         old, wp = vcpu.cr0_wp, bool(cr0 & CR0_WP)
         k.note(f"kvm_set_cr0({cr0:#x})", f"CR0.WP {int(old)} -> {int(wp)}")
         vcpu.cr0_wp = wp
