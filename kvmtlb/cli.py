@@ -23,6 +23,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from kvmtlb import jobs
+from kvmtlb.check.frontier import THRESHOLD as FRONTIER_THRESHOLD
 from kvmtlb.hw.rules import Rule, all_rules
 
 if TYPE_CHECKING:
@@ -337,6 +338,25 @@ def check(
             "built-in suite (docs/performance.md).",
         ),
     ] = False,
+    pack_after: Annotated[
+        int,
+        typer.Option(
+            metavar="WORLDS",
+            help="Keep the first WORLDS worlds of each level of a search as they are and pack "
+            "the rest (pickled in batches and compressed: about 20-25 bytes a world instead of "
+            "about 1 KB, for about a third more time per packed world; docs/performance.md). "
+            "0: pack every level whole.",
+        ),
+    ] = FRONTIER_THRESHOLD,
+    frontier_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Keep the packed worlds in an unnamed temporary file in DIR instead of memory: "
+            "for a search whose levels outgrow RAM (the plain search only).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Explore every interleaving of scenarios under policies; print verdicts and traces (the
     exit codes: EXIT_CODES_HELP)."""
@@ -367,6 +387,7 @@ def check(
     _check_scale_options(
         exact, hunt, por, workers, backend, ray_address, checkpoint, checkpoint_every, resume
     )
+    _check_frontier_options(pack_after, frontier_dir, por, workers, backend, checkpoint, resume)
     if (hunt_seconds != 30.0 or seed) and not hunt:
         typer.echo("error: --hunt-seconds and --seed go with --hunt", err=True)
         raise typer.Exit(jobs.EXIT_INPUT)
@@ -404,7 +425,13 @@ def check(
         raise typer.Exit(jobs.EXIT_INPUT) from None
     job_list: list[Job] = []
     hunting = functools.partial(
-        Job, hunt=hunt_seconds if hunt else 0.0, hunt_workers=jobs_, seed=seed, por=por
+        Job,
+        hunt=hunt_seconds if hunt else 0.0,
+        hunt_workers=jobs_,
+        seed=seed,
+        por=por,
+        pack_after=pack_after,
+        frontier_dir=str(frontier_dir) if frontier_dir is not None else None,
     )
     for path, sc in zip(paths, scenarios, strict=True):
         for sp in specs:
@@ -572,6 +599,46 @@ def _check_scale_options(
         fail(
             f"--checkpoint {checkpoint} and --resume {resume}: a resumed search goes on "
             "checkpointing where it was; give --resume DIR alone"
+        )
+
+
+def _check_frontier_options(
+    pack_after: int,
+    frontier_dir: Path | None,
+    por: bool,
+    workers: int,
+    backend: str,
+    checkpoint: Path | None,
+    resume: Path | None,
+) -> None:
+    """Refuse a negative --pack-after, a --frontier-dir that is no directory, and either with a
+    search that does not pack (--por) or packs in memory only (the partitioned ones) (exit 2)."""
+
+    def fail(text: str) -> None:
+        typer.echo(f"error: {text}", err=True)
+        raise typer.Exit(jobs.EXIT_INPUT)
+
+    if pack_after < 0:
+        fail(f"--pack-after {pack_after}: give a number of worlds >= 0")
+    if por and (pack_after != FRONTIER_THRESHOLD or frontier_dir is not None):
+        fail("--pack-after and --frontier-dir do not go with --por: its search keeps levels whole")
+    if (workers > 1 or backend == "ray" or checkpoint is not None or resume is not None) and (
+        pack_after != FRONTIER_THRESHOLD
+    ):
+        fail(
+            f"--pack-after goes with the plain search: the partitioned one (--workers, --backend "
+            f"ray, --checkpoint, --resume) packs past {FRONTIER_THRESHOLD} worlds of a partition"
+        )
+    if frontier_dir is None:
+        return
+    if not frontier_dir.is_dir():
+        fail(f"--frontier-dir {frontier_dir}: not a directory; give an existing directory")
+    if not os.access(frontier_dir, os.W_OK | os.X_OK):
+        fail(f"--frontier-dir {frontier_dir}: not writable; give a directory you can write to")
+    if workers > 1 or backend == "ray" or checkpoint is not None or resume is not None:
+        fail(
+            "--frontier-dir goes with the plain search: the partitioned one (--workers, "
+            "--backend ray, --checkpoint, --resume) packs its levels in memory"
         )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from kvmtlb.check.frontier import THRESHOLD, Frontier, constants_of
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import Record, World
 from kvmtlb.model.actions import Action, all_done, apply, describe, enabled, unfinished
@@ -210,9 +211,14 @@ def _explore(
     max_depth: int = 0,
     progress: Callable[[Progress], str | None] | None = None,
     explain: Callable[[BaseException], str] = where,
+    frontier_threshold: int = THRESHOLD,
+    frontier_dir: str | None = None,
 ) -> Result:
     """Explore every interleaving of `system`; returns the verdict and, for a violation or a
     deadlock, the shortest path to it.
+
+    A level's worlds past `frontier_threshold` are packed (kvmtlb.check.frontier), in memory or,
+    with `frontier_dir`, in a temporary file there; the results are the same either way.
 
     The search stops early, with verdict "stopped" and the counts so far, on Ctrl-C
     (KeyboardInterrupt), after `max_states` states, or when `progress` (called about every
@@ -229,12 +235,18 @@ def _explore(
     depth = 0
     if first is not None:
         return _result(system, table, "violation", first, 0, 0, 0, t0, exact)
-    frontier: list[tuple[World, int]] = [(w0, 0)]
+    constants = constants_of(w0)
+
+    def level() -> Frontier:
+        return Frontier(constants, threshold=frontier_threshold, directory=frontier_dir)
+
+    frontier = level()
+    frontier.append((w0, 0))
     finished = not unfinished(system, w0)  # some state where every thread is done was seen
     last_report = t0
     try:
         while frontier:
-            nxt: list[tuple[World, int]] = []
+            nxt = level()
             found: list[tuple[int, int, _Found]] = []  # (precedence, order, violation)
             deadlock: tuple[int, Violation] | None = None
             order = 0

@@ -58,6 +58,7 @@ from kvmtlb.check.explorer import (
     replay,
     stuck_detail,
 )
+from kvmtlb.check.frontier import Frontier, constants_of
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import World
 from kvmtlb.model.actions import apply, describe, enabled, unfinished
@@ -219,7 +220,13 @@ class Partition:
         self.fingerprint = canonicalizer(system).fingerprint
         self.codec = Codec(system)
         self.table = PartTable()
-        self.frontier: list[tuple[World, int, int]] = []
+        # the current level: its worlds (packed past a threshold, kvmtlb.check.frontier), their
+        # indices in the table and their global ranks, in rank order
+        self.constants = constants_of(system.initial)
+        self.frontier = Frontier(self.constants)
+        self.front = array("q")
+        self.ranks = array("q")
+        self._pending: tuple[Frontier, array[int]] = (Frontier(self.constants), array("q"))
         self.offers: dict[int, tuple[int, int, int, World]] = {}  # fp -> key, parent, action, w
         self.sent: set[int] = set()
         self.known: list[dict[int, Any]] = [{} for _ in range(parts)]  # per sender: id -> object
@@ -232,7 +239,9 @@ class Partition:
     def seed(self) -> None:
         """This partition owns the initial world."""
         self.table.add(self.fingerprint(self.system.initial), -1, 0)
-        self.frontier = [(self.system.initial, 0, 0)]
+        self.frontier = Frontier(self.constants)
+        self.frontier.append(self.system.initial)
+        self.front, self.ranks = array("q", [0]), array("q", [0])
 
     def _intern(self, w: World) -> World:
         """`w` with the machine and native reference this partition holds for their values:
@@ -288,7 +297,7 @@ class Partition:
         outboxes = self.outboxes
         res = Expanded()
         last = time.perf_counter()
-        for w, idx, rank in self.frontier:
+        for w, idx, rank in zip(self.frontier, self.front, self.ranks, strict=True):
             ref = idx * parts + part
             acts = enabled(system, w)
             if not acts:
@@ -358,7 +367,8 @@ class Partition:
         items = sorted(self.offers.items(), key=lambda kv: kv[1][0])
         self.offers = {}
         found: list[tuple[int, int, str, str, int]] = []
-        pending: list[tuple[World, int, int]] = []
+        pending = Frontier(self.constants)
+        idxs, keys = array("q"), array("q")
         finished = False
         last = None
         for fp, (key, parent, action, w) in items:
@@ -368,19 +378,23 @@ class Partition:
             if v is not None:
                 found.append((PRECEDENCE.index(v.prop), key, v.prop, v.detail, self.ref(idx)))
                 continue
-            pending.append((w, idx, key))
+            pending.append(w)
+            idxs.append(idx)
+            keys.append(key)
             if not finished:
                 finished = not unfinished(system, w)
-        self._pending = pending
-        keys = array("q", [k for _, _, k in pending])
+        self._pending = pending, idxs
         return Settled(keys.tobytes(), len(items), found, finished, last)
 
     def commit(self, ranks: bytes) -> None:
         """The new frontier, with the global ranks the coordinator gave its states."""
         r = array("q")
         r.frombytes(ranks)
-        self.frontier = [(w, idx, rank) for (w, idx, _), rank in zip(self._pending, r, strict=True)]
-        self._pending = []
+        self.frontier, self.front = self._pending
+        if len(r) != len(self.front):
+            raise ValueError(f"{len(r)} ranks for {len(self.front)} new states")
+        self.ranks = r
+        self._pending = Frontier(self.constants), array("q")
 
     def link(self, ref: int) -> tuple[int, int]:
         """The parent reference and action index of the state `ref` (owned here)."""
@@ -395,8 +409,8 @@ class Partition:
             "keys": t.keys.tobytes(),
             "parent": t.parent.tobytes(),
             "action": t.action.tobytes(),
-            "frontier": array("q", [idx for _, idx, _ in self.frontier]).tobytes(),
-            "ranks": array("q", [rank for _, _, rank in self.frontier]).tobytes(),
+            "frontier": self.front.tobytes(),
+            "ranks": self.ranks.tobytes(),
         }
 
     def load(self, data: dict[str, Any], plan: list[list[tuple[int, int, int]]]) -> None:
@@ -426,16 +440,18 @@ class Partition:
                     raise ValueError(f"state {ref}: action {action} of {len(acts)}")
                 nxt[ref] = apply(system, w, acts[action], tracing=False).world
             worlds = nxt
-        frontier = []
-        for idx, rank in zip(idxs, ranks, strict=True):
+        if len(idxs) != len(ranks):
+            raise ValueError(f"{len(ranks)} ranks for {len(idxs)} frontier states")
+        frontier = Frontier(self.constants)
+        for idx in idxs:
             w = worlds.get(self.ref(idx)) if plan else root
             if w is None or not self.table.contains(self.fingerprint(w)):
                 raise ValueError(f"state {self.ref(idx)} does not rebuild to the state recorded")
-            frontier.append((w, idx, rank))
-        self.frontier = frontier
+            frontier.append(w)
+        self.frontier, self.front, self.ranks = frontier, idxs, ranks
 
     def sizes(self) -> tuple[int, int]:
-        return len(self.table), len(self.frontier)
+        return len(self.table), len(self.front)
 
 
 # -- the coordinator ------------------------------------------------------------------------------

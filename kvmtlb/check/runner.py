@@ -33,6 +33,7 @@ from typing import Any
 from kvmtlb import jobs
 from kvmtlb.check.checkpoint import CheckpointError
 from kvmtlb.check.explorer import INTERRUPTED, Progress, Result, TraceStep, explore, replay
+from kvmtlb.check.frontier import THRESHOLD as FRONTIER_THRESHOLD
 from kvmtlb.check.hunt import PROVE_STATES, hunt
 from kvmtlb.check.inputs import builtin_scenarios as builtin_scenarios  # the suites
 from kvmtlb.check.parallel import workers_rss_mb
@@ -337,6 +338,8 @@ class Job:
     checkpoint: str | None = None  # a directory: checkpoint the search there
     checkpoint_every: float = 300.0  # seconds between checkpoints
     resume: bool = False  # continue the search checkpointed in `checkpoint`
+    pack_after: int = FRONTIER_THRESHOLD  # worlds of a level kept unpacked (kvmtlb.check.frontier)
+    frontier_dir: str | None = None  # packed levels in a temporary file there, not in memory
 
     @property
     def partitioned(self) -> bool:
@@ -409,6 +412,14 @@ def run(job: Job, show: Callable[[Progress, float], None] | None = None) -> dict
         if result is None and job.partitioned:
             result = _partitioned(job, scenario, cls, system, show)
         if result is None:
+            packing = (
+                {}
+                if job.por
+                else {
+                    "frontier_threshold": job.pack_after,
+                    "frontier_dir": job.frontier_dir,
+                }
+            )
             result = explore(
                 system,
                 por=job.por,
@@ -416,6 +427,7 @@ def run(job: Job, show: Callable[[Progress, float], None] | None = None) -> dict
                 max_states=job.max_states,
                 progress=_watch(job, show),
                 explain=user_where(job.policy) if user else where,
+                **packing,
             )
     except (ScenarioError, InputError, CheckpointError, RayError) as e:
         return error_record(job, scenario, cls, "input", str(e))
