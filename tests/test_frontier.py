@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_parallel import same
 
 from kvmtlb.check import frontier as frontier_mod
 from kvmtlb.check.explorer import explore
@@ -87,16 +88,7 @@ def test_a_world_of_another_run_is_refused() -> None:
 @pytest.mark.parametrize("path", SUITE, ids=lambda p: Path(p).stem)
 def test_a_search_packing_every_level_is_the_plain_search(path: Path) -> None:
     policy = "kvm-5.7"  # violations too, so traces are compared
-    a = explore(system(path, policy))
-    b = explore(system(path, policy), frontier_threshold=0)
-    assert (b.label, b.states, b.transitions, b.depth, b.path, b.detail) == (
-        a.label,
-        a.states,
-        a.transitions,
-        a.depth,
-        a.path,
-        a.detail,
-    )
+    same(explore(system(path, policy)), explore(system(path, policy), frontier_threshold=0))
 
 
 def test_packed_levels_in_a_file_are_the_plain_search(tmp_path: Path) -> None:
@@ -121,14 +113,7 @@ def test_partitions_packing_every_level_are_the_plain_search(
     a = explore(system(BUILTIN / f"{name}.toml", policy))
     monkeypatch.setattr(frontier_mod, "THRESHOLD", 0)
     s = system(BUILTIN / f"{name}.toml", policy)
-    b = _search(s, LocalGroup(s, 2), Options(), None)
-    assert (b.label, b.states, b.transitions, b.depth, b.path) == (
-        a.label,
-        a.states,
-        a.transitions,
-        a.depth,
-        a.path,
-    )
+    same(a, _search(s, LocalGroup(s, 2), Options(), None))
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ import pickle
 import tempfile
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 BATCH = 4096
@@ -76,17 +76,7 @@ class Frontier:
         self.extents: list[tuple[int, int]] = []
         self.count = 0
         self.packed_bytes = 0
-        index = {id(c): i for i, c in enumerate(constants)}
-
-        def reduce(obj: Any) -> tuple[Any, tuple[int]]:
-            i = index.get(id(obj))
-            if i is None:
-                raise pickle.PicklingError(
-                    f"a {type(obj).__name__} that is not this run's cannot be packed"
-                )
-            return _constant, (i,)
-
-        self._table = {type(c): reduce for c in constants}
+        self._table = by_reference(constants, _constant)
 
     def __len__(self) -> int:
         return self.count
@@ -145,6 +135,22 @@ class Frontier:
             self.file.close()
             self.file = None
             self.extents = []
+
+
+def by_reference(
+    constants: list[Any], load: Callable[[int], Any]
+) -> dict[type, Callable[[Any], tuple[Any, tuple[int]]]]:
+    """A pickler's dispatch table writing each of `constants` as the call `load(i)`, i its
+    position in the list; another object of their types is refused (PicklingError)."""
+    index = {id(c): i for i, c in enumerate(constants)}
+
+    def reduce(obj: Any) -> tuple[Any, tuple[int]]:
+        i = index.get(id(obj))
+        if i is None:
+            raise pickle.PicklingError(f"a {type(obj).__name__} that is not this run's")
+        return load, (i,)
+
+    return {type(c): reduce for c in constants}
 
 
 def constants_of(initial: Any) -> list[Any]:

@@ -58,7 +58,7 @@ from kvmtlb.check.explorer import (
     replay,
     stuck_detail,
 )
-from kvmtlb.check.frontier import Frontier, constants_of
+from kvmtlb.check.frontier import Frontier, by_reference, constants_of
 from kvmtlb.errors import where
 from kvmtlb.kvm.context import World
 from kvmtlb.model.actions import apply, describe, enabled, unfinished
@@ -92,20 +92,9 @@ class Codec:
     of one search, never for files (checkpoints are plain data: kvmtlb.check.checkpoint)."""
 
     def __init__(self, system: System) -> None:
-        w = system.initial
-        consts = [w.machine.config, w.native.config]
+        consts = constants_of(system.initial)
         _CONSTANTS[:] = consts
-        index = {id(c): i for i, c in enumerate(consts)}
-
-        def reduce(obj: Any) -> tuple[Any, tuple[int]]:
-            i = index.get(id(obj))
-            if i is None:
-                raise pickle.PicklingError(
-                    f"a {type(obj).__name__} that is not this run's: cannot be sent"
-                )
-            return _constant, (i,)
-
-        self.table = {type(c): reduce for c in consts}
+        self.table = by_reference(consts, _constant)
 
     def dumps(self, obj: Any) -> bytes:
         buf = io.BytesIO()
