@@ -33,17 +33,27 @@ from kvmtlb.model.properties import PRECEDENCE, Violation, check, check_observat
 from kvmtlb.model.system import System
 
 EMPTY = 0
+SHARDS = 64  # key tables of a FingerprintTable
 
 
 class FingerprintTable:
-    """The visited set: 64-bit fingerprints in an open-addressing array('Q') (load factor at most
+    """The visited set: 64-bit fingerprints in open-addressing arrays('Q') (load factor at most
     0.6), and per state, numbered in insertion order, its parent's index (array('i')) and the
     index of the action that reached it (array('H')): a trace is the chain of parents, re-run.
-    About 14 to 27 bytes of keys plus 6 bytes of links per state."""
+    About 14 to 27 bytes of keys plus 6 bytes of links per state.
 
-    def __init__(self, capacity: int = 1 << 12) -> None:
-        self.mask = capacity - 1
-        self.keys = array("Q", bytes(8 * capacity))
+    The keys are split into `shards` tables by their top bits, each doubled on its own when it
+    fills: a doubling allocates the new array while the old one is alive, so with one table the
+    peak memory at a doubling was three times the keys' (issue 12's bytes per state at 10 M
+    states); with 64 it is 1/64 more."""
+
+    def __init__(self, capacity: int = 1 << 12, shards: int = SHARDS) -> None:
+        assert shards & (shards - 1) == 0 and capacity % shards == 0
+        self.shift = 64 - (shards.bit_length() - 1)  # fp >> shift: the shard (64: shard 0)
+        size = capacity // shards
+        self.masks = [size - 1] * shards
+        self.shards = [array("Q", bytes(8 * size)) for _ in range(shards)]
+        self.counts = [0] * shards
         self.parent = array("i")
         self.action = array("H")
 
@@ -54,38 +64,55 @@ class FingerprintTable:
         """Insert `fp`; returns its new state index, or -1 if it was already there."""
         if fp == EMPTY:
             fp = 1
-        i = fp & self.mask
-        keys = self.keys
+        s = fp >> self.shift
+        keys = self.shards[s]
+        mask = self.masks[s]
+        i = fp & mask
         while True:
             k = keys[i]
             if k == EMPTY:
                 break
             if k == fp:
                 return -1
-            i = (i + 1) & self.mask
+            i = (i + 1) & mask
         keys[i] = fp
         index = len(self.parent)
         self.parent.append(parent)
         self.action.append(action)
-        if 10 * (index + 1) > 6 * (self.mask + 1):
-            self._grow()
+        n = self.counts[s] = self.counts[s] + 1
+        if 10 * n > 6 * (mask + 1):
+            self._grow(s)
         return index
 
-    def _grow(self) -> None:
-        old_keys = self.keys
-        cap = 2 * (self.mask + 1)
-        self.mask = cap - 1
-        self.keys = array("Q", bytes(8 * cap))
-        for k in old_keys:
+    def contains(self, fp: int) -> bool:
+        if fp == EMPTY:
+            fp = 1
+        s = fp >> self.shift
+        keys = self.shards[s]
+        mask = self.masks[s]
+        i = fp & mask
+        while True:
+            k = keys[i]
+            if k == EMPTY:
+                return False
+            if k == fp:
+                return True
+            i = (i + 1) & mask
+
+    def _grow(self, s: int) -> None:
+        old = self.shards[s]
+        mask = self.masks[s] = 2 * len(old) - 1
+        keys = self.shards[s] = array("Q", bytes(8 * (mask + 1)))
+        for k in old:
             if k != EMPTY:
-                i = k & self.mask
-                while self.keys[i] != EMPTY:
-                    i = (i + 1) & self.mask
-                self.keys[i] = k
+                i = k & mask
+                while keys[i] != EMPTY:
+                    i = (i + 1) & mask
+                keys[i] = k
 
     def bytes_used(self) -> int:
         return (
-            self.keys.itemsize * len(self.keys)
+            sum(8 * len(keys) for keys in self.shards)
             + self.parent.itemsize * len(self.parent)
             + self.action.itemsize * len(self.action)
         )

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvmtlb.check.explorer import (
-    EMPTY,
     INTERRUPTED,
     MAX_DEPTH,
     MAX_STATES,
@@ -153,25 +152,27 @@ class _Outbox:
 
 # -- one partition ---------------------------------------------------------------------------------
 class PartTable(FingerprintTable):
-    """explorer.FingerprintTable with 64-bit parent references (index * P + partition) and a
-    membership test."""
+    """explorer.FingerprintTable with 64-bit parent references (index * P + partition), in one
+    key table (a checkpoint holds it as one array, `mask` and `keys`)."""
 
     def __init__(self, capacity: int = 1 << 12) -> None:
-        super().__init__(capacity)
+        super().__init__(capacity, shards=1)
         self.parent = array("q")
 
-    def contains(self, fp: int) -> bool:
-        if fp == EMPTY:
-            fp = 1
-        i = fp & self.mask
-        keys = self.keys
-        while True:
-            k = keys[i]
-            if k == EMPTY:
-                return False
-            if k == fp:
-                return True
-            i = (i + 1) & self.mask
+    @property
+    def mask(self) -> int:
+        return self.masks[0]
+
+    @property
+    def keys(self) -> array[int]:
+        return self.shards[0]
+
+    def load_keys(self, keys: bytes, states: int) -> None:
+        """The key table of a checkpoint, which holds `states` keys."""
+        self.shards[0] = array("Q")
+        self.shards[0].frombytes(keys)
+        self.masks[0] = len(self.shards[0]) - 1
+        self.counts[0] = states
 
 
 @dataclass
@@ -406,11 +407,10 @@ class Partition:
         """Restore a dumped partition; its frontier's worlds are rebuilt by replaying `plan`:
         per level from the first, the (reference, parent reference, action) of the ancestors of
         this partition's frontier. Raises ValueError if the plan does not fit the system."""
-        t = PartTable(data["mask"] + 1)
-        t.keys = array("Q")
-        t.keys.frombytes(data["keys"])
+        t = PartTable()
         t.parent.frombytes(data["parent"])
         t.action.frombytes(data["action"])
+        t.load_keys(data["keys"], len(t.parent))
         self.table = t
         idxs, ranks = array("q"), array("q")
         idxs.frombytes(data["frontier"])
