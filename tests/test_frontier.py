@@ -6,6 +6,7 @@ the partitioned search."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,24 @@ def test_items_come_back_equal_in_order_with_constants_by_reference(
         assert w.native.config is s.initial.native.config
     assert f.file is None  # the file is closed once read back
     assert os.listdir(tmp_path) == []  # and was never a named file
+
+
+@pytest.mark.parametrize("directory", [False, True])
+def test_get_reads_any_position_without_consuming(tmp_path: Path, directory: bool) -> None:
+    s = system(BUILTIN / "pv-flush-preempted-target.toml", "kvm-6.18")
+    worlds = some_worlds(s, 200)
+    f = Frontier(
+        constants_of(s.initial),
+        threshold=5,
+        batch=8,
+        directory=str(tmp_path) if directory else None,
+    )
+    assert [f.add(w) for w in worlds] == list(range(200))
+    order = list(range(200))
+    random.Random(1).shuffle(order)
+    for i in [*order, *range(200), 199, 0, 100]:
+        assert f.get(i) == worlds[i]
+    assert list(f) == worlds  # reading in order after `get` still works
 
 
 def test_packing_costs_far_less_than_the_live_worlds() -> None:

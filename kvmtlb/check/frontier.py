@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 BATCH = 4096
+CACHED = 4  # unpacked batches `get` keeps
 THRESHOLD = 1 << 15  # items kept unpacked; past it, batches are packed (the default suite's
 # levels stay below it: it pays nothing)
 
@@ -76,6 +77,7 @@ class Frontier:
         self.extents: list[tuple[int, int]] = []
         self.count = 0
         self.packed_bytes = 0
+        self._cache: dict[int, list[Any]] = {}  # get's unpacked batches, oldest first
         self._table = by_reference(constants, _constant)
 
     def __len__(self) -> int:
@@ -129,6 +131,36 @@ class Frontier:
             self.close()
         yield from self.tail
         self.tail = []
+
+    def add(self, item: Any) -> int:
+        """Append `item`; returns its position, for `get`."""
+        self.append(item)
+        return self.count - 1
+
+    def get(self, position: int) -> Any:
+        """The item at `position`, without consuming anything (for a frontier that is not
+        iterated): packed batches are unpacked again when asked for, the last CACHED of them
+        kept unpacked; asking in about the order of appending unpacks each batch about once."""
+        if position < len(self.head):
+            return self.head[position]
+        b, j = divmod(position - len(self.head), self.batch)
+        stored = len(self.packed) + len(self.extents)
+        if b >= stored:
+            return self.tail[j]
+        items = self._cache.get(b)
+        if items is None:
+            if len(self._cache) >= CACHED:
+                del self._cache[next(iter(self._cache))]
+            if b < len(self.packed):
+                data = self.packed[b]
+            else:
+                assert self.file is not None
+                offset, length = self.extents[b]
+                self.file.seek(offset)
+                data = self.file.read(length)
+                self.file.seek(0, io.SEEK_END)
+            items = self._cache[b] = self._unpack(data)
+        return items[j]
 
     def close(self) -> None:
         if self.file is not None:

@@ -217,7 +217,10 @@ class Partition:
         self.front = array("q")
         self.ranks = array("q")
         self._pending: tuple[Frontier, array[int]] = (Frontier(self.constants), array("q"))
-        self.offers: dict[int, tuple[int, int, int, World]] = {}  # fp -> key, parent, action, w
+        # the level being built: fp -> (key, parent, action, position of the world in `offered`,
+        # which packs them past a threshold as the frontier does)
+        self.offers: dict[int, tuple[int, int, int, int]] = {}
+        self.offered = Frontier(self.constants)
         self.sent: set[int] = set()
         self.known: list[dict[int, Any]] = [{} for _ in range(parts)]  # per sender: id -> object
         self.local: dict[Any, Any] = {}  # machines and native references received, interned
@@ -251,7 +254,7 @@ class Partition:
             return
         old = self.offers.get(fp)
         if old is None or key < old[0]:
-            self.offers[fp] = (key, parent, action, w)
+            self.offers[fp] = (key, parent, action, self.offered.add(w))
 
     def receive(self, data: bytes) -> None:
         """Take in a batch of offers from another partition (`_Outbox`)."""
@@ -345,6 +348,7 @@ class Partition:
     def abort(self) -> None:
         """Drop the level in progress (the table and frontier are those at its start)."""
         self.offers = {}
+        self.offered = Frontier(self.constants)
         self.sent.clear()
         for known in self.known:
             known.clear()
@@ -356,14 +360,16 @@ class Partition:
         system = self.system
         items = sorted(self.offers.items(), key=lambda kv: kv[1][0])
         self.offers = {}
+        offered, self.offered = self.offered, Frontier(self.constants)
         found: list[tuple[int, int, str, str, int]] = []
         pending = Frontier(self.constants)
         idxs, keys = array("q"), array("q")
         finished = False
         last = None
-        for fp, (key, parent, action, w) in items:
+        for fp, (key, parent, action, at) in items:
             idx = self.table.add(fp, parent, action)
             last = (key, self.ref(idx))
+            w = offered.get(at)
             v = check(system, w)
             if v is not None:
                 found.append((PRECEDENCE.index(v.prop), key, v.prop, v.detail, self.ref(idx)))
