@@ -150,3 +150,26 @@ def test_bug_variant_changes_its_row(b: dict[str, Any]) -> None:
     got = observe(b["policy"], b["config"], b["hook"])
     assert got == (b["ops"], b["entry"])
     assert got != (upstream["ops"], upstream["entry"])
+
+
+@pytest.mark.parametrize("name", ["amd-zap-all-fast", "amd-nested-tlb-control"])
+def test_svm_flush_tlb_current_is_reached_and_needed(name: str) -> None:
+    """docs/bug-zoo.md: svm_flush_tlb_current, reached through KVM_REQ_TLB_FLUSH_CURRENT under
+    v6.18 (kvm_mmu_load's and nested_svm_transition_tlb_flush's requests), is needed there: a
+    kvm-6.18 whose hook does nothing is caught."""
+    from kvmtlb.check.explorer import explore
+    from kvmtlb.model.scenario import load
+    from kvmtlb.model.system import build
+
+    base = registry()["kvm-6.18"]
+
+    class NoCurrentFlush(base):  # type: ignore[misc, valid-type]
+        name = "kvm-6.18-no-svm-flush-current"
+
+        def svm_flush_tlb_current(self, k: Any, vcpu: Any) -> None:
+            pass
+
+    path = Path(__file__).parent.parent / "kvmtlb" / "scenarios" / f"{name}.toml"
+    assert explore(build(load(path, set(registry())), base())).verdict == "safe"
+    caught = explore(build(load(path, set(registry()) | {NoCurrentFlush.name}), NoCurrentFlush()))
+    assert caught.verdict == "violation"
