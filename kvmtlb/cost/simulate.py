@@ -15,6 +15,10 @@ been running: every page of the working sets has its SPTE (writable, the guest's
 every shadow page is synced. KVM's shadow-MMU work is counted by the policy's own calls
 (`_instrument`: unsyncs, pages and SPTEs synced, SPTEs zapped through the rmap); the exits by
 reason here and in guest.py.
+
+A nested workload (`nested = true`, cost/nested.py) has two page tables, L1's and L2's; at boot
+each vCPU's L1 enters VMX operation and launches L2 (KVM's nested_roots: L2's table), and every
+later event runs in L2.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A workload names the configurations to run (vendor, VPID or FlushByAsid, PCID, the PV TLB flush;
 a list gives one run per value), the VM's shape (vCPUs, pCPUs), the guest's working set, the rates
 of the events a seeded random schedule draws (guest page-table changes with their shootdowns,
-full flushes, preemptions, migrations, host zaps and remaps), the length in guest accesses and the
-seed. docs/cost-model.md documents every key; kvmtlb/cost/workloads/ holds the built-in ones.
+full flushes, preemptions, migrations, host zaps and remaps; with `nested = true` L2's exits to L1
+and L1's flushes of L2, cost/nested.py), the length in guest accesses and the seed.
+docs/cost-model.md documents every key; kvmtlb/cost/workloads/ holds the built-in ones.
 
 Every input error raises `WorkloadError` naming the file, the line and the fix; the CLI turns it
 into exit code 2.
