@@ -17,6 +17,7 @@ from kvmtlb.cost.simulate import Simulation, run
 from kvmtlb.cost.workload import AS_STRIDE, GPA_BASE, GVA_BASE, WorkloadError, load, parse, resolve
 from kvmtlb.kvm.policy import registry
 
+DOC = Path(__file__).parent.parent / "docs" / "cost-model.md"
 PAGE = 0x1000
 L2 = [GVA_BASE + AS_STRIDE + i * PAGE for i in range(4)]  # L2's working set (address space 1)
 VERSIONS = ("kvm-5.7", "kvm-5.8", "kvm-6.18")
@@ -159,6 +160,18 @@ def test_nested_l2_workload_table() -> None:
             c.get("tlb.stale-hits", 0),
         )
     assert rows == TABLE, rows
+    # the documented table's rows (docs/cost-model.md, "Nested guests"), first three columns
+    doc = {}
+    for line in DOC.read_text().splitlines():
+        for label in ("valid entries removed (over-flush)", "linear TLB misses", "stale hits"):
+            if line.startswith(f"| {label}") and line.count("|") == 8:
+                cells = [c.strip().strip("*") for c in line.strip("|").split("|")[1:4]]
+                doc[label] = [int(c.replace(",", "")) for c in cells]
+    assert doc == {
+        "valid entries removed (over-flush)": [TABLE[p][2] for p in VERSIONS],
+        "linear TLB misses": [TABLE[p][3] for p in VERSIONS],
+        "stale hits": [TABLE[p][4] for p in VERSIONS],
+    }
 
 
 # (INVVPID single-context, all-context, over-flush, linear TLB misses, stale hits): the table of
