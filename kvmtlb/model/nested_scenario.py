@@ -29,7 +29,15 @@ from kvmtlb.guest.l1_ops import (
     VmxoffOp,
     VmxonOp,
 )
-from kvmtlb.guest.ops import DEFAULT_ROOT, EmulatedReadOp, FlushTlbOp, MapOp, SetCr4Op, UnmapOp
+from kvmtlb.guest.ops import (
+    DEFAULT_ROOT,
+    FLUSH_ALL,
+    EmulatedReadOp,
+    FlushTlbOp,
+    MapOp,
+    SetCr4Op,
+    UnmapOp,
+)
 
 # The nested ops and their usage (docs/scenarios.md, "Nested VMX"; the fuzzer's op words).
 NESTED_OPS = {
@@ -192,14 +200,69 @@ def is_nested(programs: Sequence[Sequence[object]]) -> bool:
     return any(isinstance(op, L1_OPS) for prog in programs for op in prog)
 
 
+def l2_flush_ops(programs: Sequence[Sequence[object]]) -> list[FlushTlbOp]:
+    """The `flush_tlb` ops (shootdowns) L2 runs: between a VMLAUNCH / VMRESUME / VMRUN and the
+    next VMCALL of a thread."""
+    out: list[FlushTlbOp] = []
+    for prog in programs:
+        l2 = False
+        for op in prog:
+            if isinstance(op, VmlaunchOp | VmresumeOp | VmrunOp):
+                l2 = True
+            elif isinstance(op, VmcallOp):
+                l2 = False
+            elif l2 and isinstance(op, FlushTlbOp):
+                out.append(op)
+    return out
+
+
+def _check_l2_flushes(programs: Sequence[Sequence[object]], pv: bool, err: Err) -> None:
+    """L2's shootdowns (`flush_tlb` inside L2): IPIs from L2 to the other vCPUs' L2, handled
+    there only while L2 runs (KvmConfig.l2_ipis). They are PV-less (the PV TLB flush's
+    steal-time byte is L0's, which serves L1, not L2), of a page or the mm (a full flush toggles
+    CR4.PGE, which L2 does not run here), and L1 sends none in the same scenario (an IPI would
+    not say which level it is for)."""
+    l2 = l2_flush_ops(programs)
+    if not l2:
+        return
+    first = l2[0]
+    if pv:
+        raise err(
+            first.line,
+            f"{first.describe()} in L2 with the PV TLB flush on: L0's steal-time flag serves "
+            "L1, so L2's shootdowns are modelled as IPIs only",
+            "set pv_tlb_flush = false in [config]",
+        )
+    for op in l2:
+        if op.scope == FLUSH_ALL:
+            raise err(
+                op.line,
+                f"{op.describe()} in L2: a full flush toggles CR4.PGE, which L2 does not run here",
+                "flush a page (flush_tlb GVA) or the mm (flush_tlb mm) in L2",
+            )
+    every = [op for prog in programs for op in prog if isinstance(op, FlushTlbOp)]
+    if len(every) > len(l2):
+        l1 = next(op for op in every if op not in l2)
+        raise err(
+            l1.line,
+            f"{l1.describe()} in L1 while L2 also shoots down: an IPI of the model does not "
+            "say which level it is for",
+            "keep the shootdowns of a nested scenario to L2 (or to L1)",
+        )
+
+
 def _check_l2_op(op: object, err: Err) -> None:
-    """The guest ops the nested model does not run inside L2."""
+    """The guest ops the nested model does not run inside L2 (its shootdowns are checked by
+    _check_l2_flushes)."""
     ln = getattr(op, "line", 0)
-    if isinstance(op, FlushTlbOp | SetCr4Op | EmulatedReadOp):
+    if isinstance(op, FlushTlbOp):
+        return
+    if isinstance(op, SetCr4Op | EmulatedReadOp):
         raise err(
             ln,
             f"{op.describe()} inside L2 is not modelled",
-            "keep L2 to reads, writes, map/unmap, link/unlink, invlpg, mov_cr3, invpcid",
+            "keep L2 to reads, writes, map/unmap, link/unlink, invlpg, mov_cr3, invpcid, "
+            "flush_tlb GVA|mm",
         )
     if isinstance(op, MapOp | UnmapOp) and op.emulated:
         raise err(ln, "emulated stores inside L2 are not modelled", "drop emulated")
@@ -258,11 +321,13 @@ def check_nested(
     err: Err,
     line0: int,
     ept12: bool = False,
+    pv: bool = False,
 ) -> None:
     """The static checks of every L1 thread (see the module docstring). `ept12`: the file
-    declares an [ept12] table (nested EPT, on an EPT L0)."""
+    declares an [ept12] table (nested EPT, on an EPT L0); `pv`: the PV TLB flush is on."""
     if not is_nested(programs):
         return
+    _check_l2_flushes(programs, pv, err)
     first = next(op for prog in programs for op in prog if isinstance(op, L1_OPS))
     line = getattr(first, "line", line0)
     for prog in programs:
@@ -331,4 +396,4 @@ def check_nested(
                 _check_l2_op(op, err)
 
 
-__all__ = ["L1_OP_WORDS", "NESTED_OPS", "check_nested", "is_nested", "parse_l1_op"]
+__all__ = ["L1_OP_WORDS", "NESTED_OPS", "check_nested", "is_nested", "l2_flush_ops", "parse_l1_op"]

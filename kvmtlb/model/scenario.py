@@ -1554,6 +1554,7 @@ class _Parser:
             self.err,
             self.lines.section("threads"),
             bool(self.ept12),
+            config.pv_tlb_flush,
         )
         executable = {gva for gva, (_, f) in guest.items() if "x" in f}
         for table in roots.values():
