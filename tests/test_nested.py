@@ -128,6 +128,10 @@ def test_kvm_618_is_safe_on_the_claim() -> None:
         ("vmxon", {"vpid": "false"}, "VPID in L0"),
         ("vmxon\nvmlaunch l2\nflush_tlb 0x1000 others", {"pv_tlb_flush": "true"}, "PV TLB flush"),
         ("vmxon\nvmlaunch l2\nflush_tlb all others", {}, "full flush toggles CR4.PGE"),
+        ("vmxon\nvmptrld l2", {}, "no vmcs12 was launched on l2"),
+        ("vmxon\nvmlaunch l2\nvmptrld l2", {}, "while L2 runs"),
+        ("vmxon\nvmlaunch l2\nmov_cr3 l2\nvmcall\nvmptrld l2", {}, "mov_cr3 in a thread"),
+        ("vmxon\nvmlaunch l2\nvmcall\nvmxoff\nvmxon\nvmptrld l2", {}, "since the last vmxon"),
         (
             "vmxon\nflush_tlb 0x1000 others\nvmlaunch l2\nflush_tlb 0x1000 others",
             {},
@@ -148,6 +152,16 @@ def test_cli_exit_code_2_on_a_bad_nested_op(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check", str(f)])
     assert result.exit_code == 2
     assert "bad.toml:17" in result.output and "vmcall outside L2" in result.output
+
+
+def test_vmptrld_takes_the_vpid_l1_left_in_that_vmcs12() -> None:
+    """vmptrld's VPID is the vmcs12's: its vmlaunch's, then any vmresume vpid=N while current."""
+    ops = "vmxon\nvmlaunch l2 vpid=3\nvmcall\nvmresume vpid=5\nvmcall\nvmlaunch l2 vpid=7\nvmcall"
+    s = parse(scenario(ops + "\nvmptrld l2"), "n.toml")
+    assert s.programs[0][-1].vpid == 7
+    ops = "vmxon\nvmlaunch l2 vpid=3\nvmcall\nvmresume vpid=5\nvmcall\nvmptrld l2"
+    s = parse(scenario(ops), "n.toml")
+    assert s.programs[0][-1].vpid == 5
 
 
 def test_l2_shootdown_ipi_waits_for_l2() -> None:
@@ -191,6 +205,7 @@ def test_nested_op_examples_parse(example: str) -> None:
         "vmxoff": "vmxon",
         "vmlaunch": "vmxon",
         "vmresume": "vmxon\nvmlaunch l2\nvmcall",
+        "vmptrld": "vmxon\nvmlaunch l2\nvmcall",
         "invvpid": "vmxon\nvmlaunch l2\nvmcall",
         "vmcall": "vmxon\nvmlaunch l2",
         "vmrun": "",

@@ -24,6 +24,7 @@ from kvmtlb.guest.l1_ops import (
     InvvpidOp,
     VmcallOp,
     VmlaunchOp,
+    VmptrldOp,
     VmresumeOp,
     VmrunOp,
     VmxoffOp,
@@ -35,6 +36,7 @@ from kvmtlb.guest.ops import (
     EmulatedReadOp,
     FlushTlbOp,
     MapOp,
+    MovCr3Op,
     SetCr4Op,
     UnmapOp,
 )
@@ -45,6 +47,7 @@ NESTED_OPS = {
     "vmxoff": "vmxoff",
     "vmlaunch": "vmlaunch ROOT [vpid=N]",
     "vmresume": "vmresume [vpid=N]",
+    "vmptrld": "vmptrld ROOT",
     "invvpid": "invvpid TYPE [vpid=N] [GVA]",
     "vmcall": "vmcall",
     "vmrun": "vmrun ROOT [asid=N] [tlb_control=0|1|3|7]",
@@ -166,6 +169,16 @@ def parse_l1_op(
             )
         vpid = _vpid(args[1], line, err) if len(args) == 2 else 1
         return VmlaunchOp(root, vpid, line)
+    if op == "vmptrld":
+        if len(args) != 1:
+            raise err(line, "vmptrld takes ROOT", "write: vmptrld l2")
+        if args[0] not in roots:
+            raise err(
+                line,
+                f"no guest page table named {args[0]!r} for L2",
+                f"name the [guest.NAME] table a vmlaunch ran L2 on (known: {', '.join(roots)})",
+            )
+        return VmptrldOp(args[0], -1, line)
     if op == "vmresume":
         if len(args) > 1:
             raise err(line, "vmresume takes [vpid=N]", "write: vmresume vpid=2")
@@ -194,6 +207,26 @@ def parse_l1_op(
     if t == 0 and not gva:
         raise err(line, "invvpid type 0 needs a GVA", "write: invvpid 0 vpid=1 0x1000")
     return InvvpidOp(t, vpid, gva, line)
+
+
+def resolve_vmptrld(programs: list[list[Any]]) -> None:
+    """Fill in each `vmptrld ROOT`'s vpid: the VPID of the vmcs12 launched on ROOT, as the
+    thread last left it (its vmlaunch, then any vmresume vpid=N while it was current). The
+    thread is valid (check_nested ran)."""
+    for prog in programs:
+        vpids: dict[str, int] = {}
+        current = ""
+        for i, op in enumerate(prog):
+            if isinstance(op, VmlaunchOp):
+                current = op.root
+                vpids[current] = op.vpid
+            elif isinstance(op, VmresumeOp) and op.vpid >= 0:
+                vpids[current] = op.vpid
+            elif isinstance(op, VmptrldOp):
+                current = op.root
+                prog[i] = op._replace(vpid=vpids[current])
+            elif isinstance(op, VmxoffOp):
+                vpids.clear()
 
 
 def is_nested(programs: Sequence[Sequence[object]]) -> bool:
@@ -362,6 +395,16 @@ def check_nested(
         )
     for prog in programs:
         vmxon = l2 = launched = False
+        vmcs12s: set[str] = set()
+        if any(isinstance(op, VmptrldOp) for op in prog):
+            mov = next((op for op in prog if isinstance(op, MovCr3Op)), None)
+            if mov is not None:
+                raise err(
+                    mov.line,
+                    "mov_cr3 in a thread with vmptrld: a vmcs12's GUEST_CR3 is its page table "
+                    "in the model",
+                    "drop the mov_cr3, or the vmptrld",
+                )
         for op in prog:
             ln = getattr(op, "line", 0)
             if isinstance(op, VmxonOp):
@@ -370,7 +413,7 @@ def check_nested(
                 vmxon = True
                 launched = False
             elif isinstance(
-                op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp | InveptOp | EptMapOp
+                op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp | VmptrldOp | InveptOp | EptMapOp
             ):
                 if not vmxon:
                     raise err(ln, f"{op.describe()} outside VMX operation is #UD", "vmxon first")
@@ -382,8 +425,26 @@ def check_nested(
                     )
                 if isinstance(op, VmxoffOp):
                     vmxon = False
+                    vmcs12s.clear()
                 elif isinstance(op, VmlaunchOp):
                     l2 = launched = True
+                    vmcs12s.add(op.root)
+                elif isinstance(op, VmptrldOp):
+                    if tdp:
+                        raise err(
+                            ln,
+                            "vmptrld with nested EPT is not modelled (one EPT12: guest_mmu's "
+                            "roots of another vmcs12's EPTP)",
+                            "set tdp = false in [config]",
+                        )
+                    if op.root not in vmcs12s:
+                        raise err(
+                            ln,
+                            f"vmptrld {op.root}: no vmcs12 was launched on {op.root} since the "
+                            "last vmxon",
+                            f"vmlaunch {op.root} first (a vmptrld makes a launched vmcs12 "
+                            "current again)",
+                        )
                 elif isinstance(op, VmresumeOp):
                     if not launched:
                         raise err(ln, "vmresume of a vmcs12 never launched", "vmlaunch first")
@@ -396,4 +457,12 @@ def check_nested(
                 _check_l2_op(op, err)
 
 
-__all__ = ["L1_OP_WORDS", "NESTED_OPS", "check_nested", "is_nested", "l2_flush_ops", "parse_l1_op"]
+__all__ = [
+    "L1_OP_WORDS",
+    "NESTED_OPS",
+    "check_nested",
+    "is_nested",
+    "l2_flush_ops",
+    "parse_l1_op",
+    "resolve_vmptrld",
+]
