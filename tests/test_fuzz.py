@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from kvmtlb import fuzz
 from kvmtlb.check.runner import builtin_scenarios
 from kvmtlb.cli import app
+from kvmtlb.cost.workload import BUILTIN as BUILTIN_WORKLOADS
 from kvmtlb.cost.workload import builtin_workloads
 from kvmtlb.model.scenario import CONFIG_KEYS, GUEST_OPS, HOST_OPS, ScenarioError, parse
 
@@ -63,6 +64,27 @@ def test_workload_mutants(tmp_path: Path) -> None:
             o.detail,
             data.decode(errors="replace"),
         )
+
+
+def test_nested_workload_mutants(tmp_path: Path) -> None:
+    """Mutants of the nested workload (its keys nested, vmcs12_vpid, l2_exit, l1_flush,
+    l1_flush_addr, and the grammar's other keys put into it): each runs or is an input error,
+    and some still run nested."""
+    source = (BUILTIN_WORKLOADS / "nested-l2.toml").read_text()
+    m = fuzz.Mutator(fuzz.workload_grammar(), [source])
+    rng = random.Random("nested-workload")
+    kinds = []
+    for i in range(60):
+        data = m.mutate(source, rng)
+        path = tmp_path / f"n{i}.toml"
+        path.write_bytes(data)
+        o = fuzz.try_workload(path, accesses=100)
+        assert o.kind in (fuzz.ACCEPTED, fuzz.INPUT_ERROR), (
+            o.detail,
+            data.decode(errors="replace"),
+        )
+        kinds.append(o.kind)
+    assert fuzz.ACCEPTED in kinds and fuzz.INPUT_ERROR in kinds
 
 
 def test_mutator_is_seeded() -> None:

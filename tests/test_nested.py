@@ -126,6 +126,17 @@ def test_kvm_618_is_safe_on_the_claim() -> None:
         ("vmxon\nvmxon", {}, "vmxon in VMX operation"),
         ("vmxon", {"tdp": "true"}, "with nested EPT only"),
         ("vmxon", {"vpid": "false"}, "VPID in L0"),
+        ("vmxon\nvmlaunch l2\nflush_tlb 0x1000 others", {"pv_tlb_flush": "true"}, "PV TLB flush"),
+        ("vmxon\nvmlaunch l2\nflush_tlb all others", {}, "full flush toggles CR4.PGE"),
+        ("vmxon\nvmptrld l2", {}, "no vmcs12 was launched on l2"),
+        ("vmxon\nvmlaunch l2\nvmptrld l2", {}, "while L2 runs"),
+        ("vmxon\nvmlaunch l2\nmov_cr3 l2\nvmcall\nvmptrld l2", {}, "mov_cr3 in a thread"),
+        ("vmxon\nvmlaunch l2\nvmcall\nvmxoff\nvmxon\nvmptrld l2", {}, "since the last vmxon"),
+        (
+            "vmxon\nflush_tlb 0x1000 others\nvmlaunch l2\nflush_tlb 0x1000 others",
+            {},
+            "in L1 while L2 also shoots down",
+        ),
     ],
 )
 def test_bad_nested_ops_are_input_errors(ops: str, config: dict[str, str], message: str) -> None:
@@ -141,6 +152,29 @@ def test_cli_exit_code_2_on_a_bad_nested_op(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check", str(f)])
     assert result.exit_code == 2
     assert "bad.toml:17" in result.output and "vmcall outside L2" in result.output
+
+
+def test_vmptrld_takes_the_vpid_l1_left_in_that_vmcs12() -> None:
+    """vmptrld's VPID is the vmcs12's: its vmlaunch's, then any vmresume vpid=N while current."""
+    ops = "vmxon\nvmlaunch l2 vpid=3\nvmcall\nvmresume vpid=5\nvmcall\nvmlaunch l2 vpid=7\nvmcall"
+    s = parse(scenario(ops + "\nvmptrld l2"), "n.toml")
+    assert s.programs[0][-1].vpid == 7
+    ops = "vmxon\nvmlaunch l2 vpid=3\nvmcall\nvmresume vpid=5\nvmcall\nvmptrld l2"
+    s = parse(scenario(ops), "n.toml")
+    assert s.programs[0][-1].vpid == 5
+
+
+def test_l2_shootdown_ipi_waits_for_l2() -> None:
+    """An IPI of L2's shootdown is handled by its target only while the target runs L2: a target
+    that leaves L2 for good with the IPI pending deadlocks the sender (as on a real machine), and
+    one that runs L2 to its end handles it."""
+    text = (SCEN / "nested-l2-shootdown.toml").read_text()
+    ok = explore(build(parse(text, "ok.toml"), registry()["kvm-6.18"]()))
+    assert ok.label == "safe", ok.label
+    gone = text.replace('vmlaunch l2 vpid=2\nread 0x1000\n"""', 'vmlaunch l2 vpid=2\nvmcall\n"""')
+    assert gone != text
+    r = explore(build(parse(gone, "gone.toml"), registry()["kvm-6.18"]()))
+    assert r.label == "deadlock", r.label
 
 
 def test_lint_nested() -> None:
@@ -171,6 +205,7 @@ def test_nested_op_examples_parse(example: str) -> None:
         "vmxoff": "vmxon",
         "vmlaunch": "vmxon",
         "vmresume": "vmxon\nvmlaunch l2\nvmcall",
+        "vmptrld": "vmxon\nvmlaunch l2\nvmcall",
         "invvpid": "vmxon\nvmlaunch l2\nvmcall",
         "vmcall": "vmxon\nvmlaunch l2",
         "vmrun": "",

@@ -27,7 +27,10 @@ page (mmu_try_to_unsync_pages); later stores go through. INVLPG, INVPCID, MOV to
 writes exit (KVM intercepts them without EPT/NPT); the guest's CR3 is KVM's vcpu->arch.cr3, since
 the hardware CR3 holds the shadow root.
 
-IPIs are delivered without VM exits (posted interrupts), as in the checker.
+IPIs are delivered without VM exits (posted interrupts), as in the checker. In a nested workload
+(cost/nested.py) the guest kernel is L2's: its page table is address space 1, its shootdowns are
+IPIs (no PV flush: L0's steal-time flag serves L1), delivered to L2 without exits to L0 or L1
+(nested posted interrupts), and an IPI to a vCPU running L1 waits until it is back in L2.
 """
 
 from __future__ import annotations
@@ -174,15 +177,24 @@ def shootdown(sim: Simulation, v: int, scope: int, gva: int = 0) -> None:
             n["guest.pv-flushes"] += 1
             continue
         n["guest.ipis"] += 1
-        if target.loaded and target.pc == "guest":
+        if target.loaded and target.pc == "guest" and in_workload_guest(sim, t):
             handle_ipi(sim, t, scope, gva)
         else:
             n["guest.ipis-to-preempted"] += 1
             sim.inbox[t].append((scope, gva))
 
 
+def in_workload_guest(sim: Simulation, v: int) -> bool:
+    """Whether vCPU `v` runs the workload's guest kernel: in a nested workload L2's, which IPIs
+    of L2's shootdowns wait for while L1 runs."""
+    return not sim.config.nested or sim.k.vcpus[v].guest_mode
+
+
 def take_ipis(sim: Simulation, v: int) -> None:
-    """vCPU `v` is back in guest mode: its IPI handler runs the flushes sent meanwhile."""
+    """vCPU `v` is back in guest mode: its IPI handler runs the flushes sent meanwhile (in a
+    nested workload once it is back in L2)."""
+    if not in_workload_guest(sim, v):
+        return
     inbox = sim.inbox[v]
     while inbox:
         scope, gva = inbox.pop(0)

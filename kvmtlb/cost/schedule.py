@@ -19,7 +19,14 @@ drawn in proportion to its rate:
 - `cr3_switch`: a running vCPU switches to another of the workload's address spaces (a context
   switch: MOV CR3 to that page table);
 - `cr0_wp_toggle`: a running vCPU opens and closes a kernel W^X window (grsecurity's
-  pax_open_kernel/pax_close_kernel): MOV to CR0 clearing WP, then setting it again.
+  pax_open_kernel/pax_close_kernel): MOV to CR0 clearing WP, then setting it again;
+- `l2_exit`, `l1_flush`, `l1_flush_addr` (a nested workload, `nested = true`): a running vCPU's
+  L2 exits to L1, which resumes it; before resuming, L1 flushes L2's context, or one page of
+  L2's working set (cost/nested.py).
+
+In a nested workload address space 0 is L1's page table and 1 L2's: every vCPU runs L2 (it
+leaves it only for the nested events above), so it accesses, and changes PTEs of, address
+space 1.
 
 With several address spaces (`address_spaces`), each has its own working set of the same size at
 GVA_BASE + a * AS_STRIDE, mapped to frames of its own; a vCPU accesses the working set of the
@@ -84,6 +91,12 @@ class Cr0WpToggle(NamedTuple):
     vcpu: int
 
 
+class NestedExit(NamedTuple):
+    vcpu: int
+    kind: str  # "l2_exit", "l1_flush" or "l1_flush_addr"
+    gva: int  # l1_flush_addr: the page of L2's working set L1 invalidates
+
+
 class Zap(NamedTuple):
     gpa: int
 
@@ -107,6 +120,7 @@ Event = (
     | DirtyLog
     | Cr3Switch
     | Cr0WpToggle
+    | NestedExit
 )
 
 
@@ -148,7 +162,8 @@ class Schedule:
         used = w.working_set * w.address_spaces
         self.mapping = frames[:used]  # page i of address space a (index a * working_set + i)
         self.free = frames[used:]
-        self.space = [0] * c.vcpus  # the address space each vCPU is in
+        # the address space each vCPU is in (nested: L2's, 1)
+        self.space = [1 if c.nested else 0] * c.vcpus
         place = placement(c)
         self.last = list(place)  # the pCPU each vCPU last ran on
         self.running = [-1] * c.pcpus  # pCPU -> vCPU
@@ -261,6 +276,9 @@ class Schedule:
             yield Cr3Switch(v, a)
         elif kind == "cr0_wp_toggle":
             yield Cr0WpToggle(v)
+        elif kind in ("l2_exit", "l1_flush", "l1_flush_addr"):
+            gva = self.pages[rng.randrange(len(self.pages))] + self.space[v] * AS_STRIDE
+            yield NestedExit(v, kind, gva if kind == "l1_flush_addr" else 0)
         elif kind == "mm_flush":
             yield Shootdown(v, FLUSH_MM)
         elif kind == "full_flush":
@@ -293,6 +311,7 @@ __all__ = [
     "Cr3Switch",
     "Event",
     "Load",
+    "NestedExit",
     "Preempt",
     "PteChange",
     "Remap",

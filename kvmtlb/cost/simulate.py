@@ -15,6 +15,10 @@ been running: every page of the working sets has its SPTE (writable, the guest's
 every shadow page is synced. KVM's shadow-MMU work is counted by the policy's own calls
 (`_instrument`: unsyncs, pages and SPTEs synced, SPTEs zapped through the rmap); the exits by
 reason here and in guest.py.
+
+A nested workload (`nested = true`, cost/nested.py) has two page tables, L1's and L2's; at boot
+each vCPU's L1 enters VMX operation and launches L2 (KVM's nested_roots: L2's table), and every
+later event runs in L2.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from kvmtlb.cost import guest, host
+from kvmtlb.cost import guest, host, nested
 from kvmtlb.cost.costs import CostTable, by_category, default_costs, estimate
 from kvmtlb.cost.host import CostError
 from kvmtlb.cost.machine import CostMachine
@@ -37,6 +41,7 @@ from kvmtlb.cost.schedule import (
     DirtyLog,
     Event,
     Load,
+    NestedExit,
     Preempt,
     PteChange,
     Remap,
@@ -57,6 +62,7 @@ from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
     CR4_DEFAULT,
+    CR4_VMXE,
     VMX_ROOT,
     Cpu,
     Regs,
@@ -183,6 +189,8 @@ class Simulation:
         )
         arch: Any = IntelArch() if vmx else AmdArch()
         guest_cr4 = initial_guest_cr4(config.pge, config.pcid)
+        if config.nested and vmx:
+            guest_cr4 |= CR4_VMXE  # L1 is a VMX hypervisor (VMXON needs CR4.VMXE)
         host_regs = Regs(CR0_DEFAULT, 0, CR4_DEFAULT)
         kvm_config = KvmConfig(
             vendor=config.vendor,
@@ -215,6 +223,7 @@ class Simulation:
             shadow_ptr=shadow_ptr,
             ptr_owner=ptr_owner(guest_ptr, shadow_ptr),
             hv_range_flush=config.hv_range_flush,
+            nested_roots=(nested.L2_SPACE,) if config.nested else (),
         )
         # -- the validity oracle: which page table (or shadow table) an address belongs to ----
         walked = roots if tdp else shadow_roots
@@ -260,7 +269,8 @@ class Simulation:
         self.n: Counter[str] = self.cm.n
         if not tdp:
             policy = self.policy = _instrument(policy, self.n)
-        self.space = [0] * config.vcpus  # the address space each vCPU is in (guest.switch_mm)
+        # the address space each vCPU is in (guest.switch_mm; nested: L2's)
+        self.space = [nested.L2_SPACE if config.nested else 0] * config.vcpus
         self.gen = [0] * spaces  # PTE changes per address space (the mm's tlb_gen)
         self.seen: list[dict[int, int]] = [{} for _ in range(config.vcpus)]
         self.k = CostStep.create(
@@ -297,6 +307,8 @@ class Simulation:
             for v in [*others, first]:
                 pol.vcpu_load(k, k.vcpus[v], p)
                 self.run_to_guest(v)
+                if self.config.nested:
+                    nested.enter_l2(self, v)
                 if v != first:
                     host.schedule_out(self, v)
         self.cm.reset_counts()
@@ -329,6 +341,8 @@ class Simulation:
             guest.switch_mm(self, ev.vcpu, ev.space)
         elif isinstance(ev, Cr0WpToggle):
             guest.wp_window(self, ev.vcpu)
+        elif isinstance(ev, NestedExit):
+            nested.nested_exit(self, ev.vcpu, ev.kind, ev.gva)
         elif isinstance(ev, Shootdown):
             guest.shootdown(self, ev.vcpu, ev.scope)
         elif isinstance(ev, Preempt):

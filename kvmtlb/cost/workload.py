@@ -3,8 +3,9 @@
 A workload names the configurations to run (vendor, VPID or FlushByAsid, PCID, the PV TLB flush;
 a list gives one run per value), the VM's shape (vCPUs, pCPUs), the guest's working set, the rates
 of the events a seeded random schedule draws (guest page-table changes with their shootdowns,
-full flushes, preemptions, migrations, host zaps and remaps), the length in guest accesses and the
-seed. docs/cost-model.md documents every key; kvmtlb/cost/workloads/ holds the built-in ones.
+full flushes, preemptions, migrations, host zaps and remaps; with `nested = true` L2's exits to L1
+and L1's flushes of L2, cost/nested.py), the length in guest accesses and the seed.
+docs/cost-model.md documents every key; kvmtlb/cost/workloads/ holds the built-in ones.
 
 Every input error raises `WorkloadError` naming the file, the line and the fix; the CLI turns it
 into exit code 2.
@@ -36,7 +37,13 @@ RATE_KEYS = (
     "dirty_log",
     "cr3_switch",
     "cr0_wp_toggle",
+    "l2_exit",
+    "l1_flush",
+    "l1_flush_addr",
 )
+# The rates only a nested workload (`nested = true`) may set, and those it may not.
+NESTED_RATES = ("l2_exit", "l1_flush", "l1_flush_addr")
+NOT_NESTED_RATES = ("full_flush", "cr3_switch", "cr0_wp_toggle", "dirty_log")
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
 # Address space a (a guest page table of its own) has its working set at GVA_BASE + a * AS_STRIDE:
@@ -54,8 +61,10 @@ CONFIG_LISTABLE: dict[str, type] = {
     "pv_tlb_flush": bool,
     "tdp": bool,
     "hv_range_flush": bool,
+    "vmcs12_vpid": bool,
 }
 CONFIG_SCALAR: dict[str, type] = {
+    "nested": bool,
     "pge": bool,
     "vcpus": int,
     "pcpus": int,
@@ -104,6 +113,8 @@ class RunConfig:
     ept_vpid_cap: tuple[str, ...] = CAP_NAMES
     tdp: bool = True  # EPT/NPT; False: shadow paging (kvmtlb/kvm/shadow.py)
     hv_range_flush: bool = False  # KVM on Hyper-V: its remote and range flushes are hypercalls
+    nested: bool = False  # the guest is a hypervisor (L1) whose vCPUs run an L2 (cost/nested.py)
+    vmcs12_vpid: bool = True  # nested VMX: vmcs12 enables VPID (vpid12 = vCPU + 1), else off
 
     def label(self) -> str:
         parts = [self.vendor]
@@ -117,6 +128,10 @@ class RunConfig:
             parts.append("shadow")
         if self.hv_range_flush:
             parts.append("hv")
+        if self.nested:
+            parts.append(
+                "nested" if self.vendor == "amd" or self.vmcs12_vpid else "nested-novpid12"
+            )
         return "/".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,6 +146,10 @@ class RunConfig:
         }
         if self.hv_range_flush:
             d["hv_range_flush"] = True
+        if self.nested:
+            d["nested"] = True
+            if self.vendor == "intel":
+                d["vmcs12_vpid"] = self.vmcs12_vpid
         if self.vendor == "intel":
             d.update(vpid=self.vpid, ept_vpid_cap=list(self.ept_vpid_cap))
         else:
@@ -152,6 +171,9 @@ class Rates:
     dirty_log: float = 0.0  # dirty logging switched on for a guest frame in use (wrprotect)
     cr3_switch: float = 0.0  # a context switch: MOV CR3 to another address space
     cr0_wp_toggle: float = 0.0  # a W^X window: the guest clears CR0.WP, then sets it again
+    l2_exit: float = 0.0  # nested: L2 exits to L1 (VMCALL / VMMCALL), L1 resumes it
+    l1_flush: float = 0.0  # nested: ... and L1 flushes L2's context first (INVVPID / TLB_CONTROL)
+    l1_flush_addr: float = 0.0  # nested: ... and L1 invalidates one L2 page (INVVPID / INVLPGA)
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in RATE_KEYS}
@@ -363,6 +385,7 @@ class _Parser:
                 "cr3_switch moves a vCPU to another address space, and there is only one",
                 "set address_spaces = 2 or more in [workload], or cr3_switch = 0",
             )
+        self.check_nested(configs, rates, spaces)
         return Workload(
             self.path,
             name,
@@ -379,6 +402,37 @@ class _Parser:
             self.capacity(),
             spaces,
         )
+
+    def check_nested(self, configs: tuple[RunConfig, ...], rates: Rates, spaces: int) -> None:
+        """A nested workload (cost/nested.py): address space 0 is L1's page table, 1 L2's; the
+        events L2 does not run (full flushes toggle CR4.PGE, which the nested model does not run
+        in L2; context switches; CR0.WP windows; dirty logging) are input errors, and so are
+        the nested events without `nested = true`."""
+        nested = any(c.nested for c in configs)
+        given = rates.as_dict()
+        if not nested:
+            for key in NESTED_RATES:
+                if given[key]:
+                    raise self.err(
+                        self.lines.key("rates", key),
+                        f"{key} is an event of a nested guest (L1 running L2)",
+                        f"set nested = true in [config], or {key} = 0",
+                    )
+            return
+        if spaces != 2:
+            raise self.err(
+                self.lines.key("workload", "address_spaces") or self.lines.section("workload"),
+                f"a nested workload has two page tables, L1's and L2's, not {spaces}",
+                "set address_spaces = 2 in [workload] (0: L1's, 1: L2's working set)",
+            )
+        for key in NOT_NESTED_RATES:
+            if given[key]:
+                raise self.err(
+                    self.lines.key("rates", key),
+                    f"{key} is not modelled in a nested workload (L2 runs reads, writes, PTE "
+                    "changes with INVLPG shootdowns and MOV CR3 flushes)",
+                    f"set {key} = 0, or nested = false",
+                )
 
     def bounded(
         self, section: str, t: dict[str, Any], key: str, low: int, high: int, default: int = 0
@@ -454,6 +508,15 @@ class _Parser:
                 "configuration runs with shadow paging",
                 'keep "invept-all" in ept_vpid_cap, or set tdp = false',
             )
+        nested = t.get("nested", False)
+        if nested:
+            self.check_nested_config(values)
+        elif "vmcs12_vpid" in values:
+            raise self.err(
+                self.lines.key("config", "vmcs12_vpid"),
+                "vmcs12_vpid is L1's vmcs12 setting, and the guest is not nested",
+                "set nested = true in [config], or drop vmcs12_vpid",
+            )
         out: list[RunConfig] = []
         for vendor, pcid, pv, tdp, hv in itertools.product(
             vendors,
@@ -467,7 +530,8 @@ class _Parser:
                 if vendor == "intel"
                 else values.get("flush_by_asid", [True])
             )
-            for flag in flags:
+            v12s = values.get("vmcs12_vpid", [True]) if vendor == "intel" and nested else [True]
+            for flag, v12 in itertools.product(flags, v12s):
                 base = RunConfig(
                     vendor,
                     pcid=pcid,
@@ -479,6 +543,8 @@ class _Parser:
                     ept_vpid_cap=caps,
                     tdp=tdp,
                     hv_range_flush=hv and tdp,
+                    nested=nested,
+                    vmcs12_vpid=v12,
                 )
                 out.append(
                     replace(base, vpid=flag)
@@ -486,6 +552,33 @@ class _Parser:
                     else replace(base, flush_by_asid=flag)
                 )
         return tuple(out)
+
+    def check_nested_config(self, values: dict[str, list[Any]]) -> None:
+        """What the nested cost model runs on: a shadow-paging L0 (the checker's nested VMX
+        without nested EPT, and nested SVM), VPID on in L0 for VMX, no PV TLB flush (L2's
+        shootdowns are IPIs), not on Hyper-V."""
+        line = self.lines.key("config", "nested")
+        if True in values.get("tdp", [True]):
+            raise self.err(
+                line,
+                "the cost model nests on a shadow-paging L0 only (nested EPT and nested NPT "
+                "are not in the cost model)",
+                "set tdp = false in [config]",
+            )
+        if False in values.get("vpid", [True]) and "intel" in values.get("vendor", []):
+            raise self.err(
+                line,
+                "nested VMX is modelled with VPID in L0 only",
+                "set vpid = true in [config]",
+            )
+        if True in values.get("pv_tlb_flush", [True]):
+            raise self.err(
+                line,
+                "L2's shootdowns are PV-less: L0's PV TLB flush serves L1, not L2",
+                "set pv_tlb_flush = false in [config]",
+            )
+        if True in values.get("hv_range_flush", [False]):
+            raise self.err(line, "KVM on Hyper-V is not nested here", "set hv_range_flush = false")
 
     # -- [rates] --------------------------------------------------------------------------------
     def rates(self, configs: tuple[RunConfig, ...]) -> Rates:

@@ -19,6 +19,7 @@ from kvmtlb.guest.l1_ops import (
     L1Op,
     VmcallOp,
     VmlaunchOp,
+    VmptrldOp,
     VmresumeOp,
     VmrunOp,
     VmxoffOp,
@@ -47,6 +48,7 @@ from kvmtlb.kvm.nested_vmx import (
     NESTED_INVVPID,
     NESTED_VMCALL,
     NESTED_VMLAUNCH,
+    NESTED_VMPTRLD,
     NESTED_VMRESUME,
     NESTED_VMRUN,
     NESTED_VMXOFF,
@@ -94,6 +96,20 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> bool:
             guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
         )
         _native(k, v, Vmptrld(vmcs12), VmEntry(launch=True))
+    elif isinstance(op, VmptrldOp):
+        # the vmcs12 L1 launched on that table, as L1 left it in its memory (launched)
+        root = cfg.root_names.index(op.root)
+        ncpu = k.native.cpus[v]
+        vmcs12 = Vmcs(
+            ident=VMCS12_IDENT,
+            vpid=op.vpid,
+            enable_vpid=op.vpid != 0,
+            guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
+            launched=True,
+        )
+        event = Vmptrld(vmcs12)
+        frame = (NESTED_VMPTRLD, root, op.vpid, 0)
+        _native(k, v, event)
     elif isinstance(op, VmresumeOp):
         event = VmEntry(launch=False)
         frame = (NESTED_VMRESUME, -1, op.vpid, 0)

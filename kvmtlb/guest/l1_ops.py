@@ -1,12 +1,13 @@
 """The operations of a guest that is itself a hypervisor (L1) running a nested guest (L2).
 
 A vCPU's thread may contain, besides the guest kernel's ops (kvmtlb.guest.ops), L1's VMX
-instructions: `vmxon`, `vmxoff`, `vmlaunch ROOT [vpid=N]`, `vmresume [vpid=N]`, `invvpid TYPE
-[vpid=N] [GVA]`, and with nested EPT `invept TYPE`, `ept_map L2GPA -> L1GPA RIGHTS` and
-`ept_unmap L2GPA` (L1's stores to its EPT12); on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and
-`invlpga GVA [asid=N]`; and `vmcall` (VMMCALL on AMD), the instruction with which L2 exits to
-L1. Between a `vmlaunch` / `vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest
-ops there are L2's (its page table is the vmcs12's GUEST_CR3, the scenario's table ROOT).
+instructions: `vmxon`, `vmxoff`, `vmlaunch ROOT [vpid=N]`, `vmresume [vpid=N]`, `vmptrld ROOT`
+(the vmcs12 launched on ROOT current again), `invvpid TYPE [vpid=N] [GVA]`, and with nested EPT
+`invept TYPE`, `ept_map L2GPA -> L1GPA RIGHTS` and `ept_unmap L2GPA` (L1's stores to its
+EPT12); on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and `invlpga GVA [asid=N]`; and
+`vmcall` (VMMCALL on AMD), the instruction with which L2 exits to L1. Between a `vmlaunch` /
+`vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest ops there are L2's (its
+page table is the vmcs12's GUEST_CR3, the scenario's table ROOT).
 docs/scenarios.md, "Nested VMX".
 
 vmcs12 is modelled by what the TLB rules read: VPID (`vpid=N`, N > 0 enables VPID in vmcs12,
@@ -43,6 +44,19 @@ class VmlaunchOp(NamedTuple):
 
     def describe(self) -> str:
         return f"vmlaunch {self.root} vpid={self.vpid}"
+
+
+class VmptrldOp(NamedTuple):
+    """VMPTRLD of the vmcs12 L1 launched L2 on page table `root` with (kept in L1's memory, as
+    L1 left it), making it current again for a VMRESUME. `vpid` is that vmcs12's VPID, which
+    the parser works out from the thread (model/nested_scenario.py:resolve_vmptrld)."""
+
+    root: str
+    vpid: int = -1
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"vmptrld {self.root}"
 
 
 class VmresumeOp(NamedTuple):
@@ -131,6 +145,7 @@ L1Op = (
     | VmxoffOp
     | VmlaunchOp
     | VmresumeOp
+    | VmptrldOp
     | InvvpidOp
     | VmcallOp
     | VmrunOp
@@ -143,6 +158,7 @@ L1_OPS = (
     VmxoffOp,
     VmlaunchOp,
     VmresumeOp,
+    VmptrldOp,
     InvvpidOp,
     VmcallOp,
     VmrunOp,
@@ -150,7 +166,7 @@ L1_OPS = (
     InveptOp,
     EptMapOp,
 )
-VMX_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, InvvpidOp, InveptOp, EptMapOp)
+VMX_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, VmptrldOp, InvvpidOp, InveptOp, EptMapOp)
 EPT_OPS = (InveptOp, EptMapOp)
 SVM_OPS = (VmrunOp, InvlpgaOp)
 
@@ -166,6 +182,7 @@ __all__ = [
     "L1Op",
     "VmcallOp",
     "VmlaunchOp",
+    "VmptrldOp",
     "VmresumeOp",
     "VmrunOp",
     "VmxoffOp",

@@ -76,6 +76,7 @@ from kvmtlb.kvm.x86 import (
 
 # The position of Vcpu.pf_injected in the frozen vCPU tuple.
 V_PF_INJECTED = [f.name for f in fields(Vcpu)].index("pf_injected")
+V_GUEST_MODE = [f.name for f in fields(Vcpu)].index("guest_mode")
 V_CR3 = [f.name for f in fields(Vcpu)].index("cr3")
 
 # flush_tlb phases (GuestThread.sub while the op runs)
@@ -125,7 +126,10 @@ def guest_actions(
     if g.handler:
         return [("ipi", ())]
     in_toggle = g.sub in (_LOCAL_2, _LATE_2)
-    if g.inbox and not in_toggle:
+    # L2's IPIs (KvmConfig.l2_ipis) wait while the target runs L1: L1 delivers them to L2 at
+    # its next VM entry
+    l2_away = cfg is not None and cfg.l2_ipis and not w.vcpus[v][V_GUEST_MODE]
+    if g.inbox and not in_toggle and not l2_away:
         acts.append(("ipi", ()))
     if g.op >= len(program):
         return acts

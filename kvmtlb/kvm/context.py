@@ -125,6 +125,9 @@ class KvmConfig:
     table_frame: tuple[int, ...] = ()
     # Nested VMX (kvm/nested_vmx.py): the guest roots L1 runs L2 on (vmlaunch ROOT).
     nested_roots: tuple[int, ...] = ()
+    # L2's shootdowns (`flush_tlb` inside L2; model/nested_scenario.py): the guest threads' IPIs
+    # are L2's, handled by a target only while it runs L2 (guest/thread.py)
+    l2_ipis: bool = False
     # A second VM (scenario table [vm1]; kvm/vm.py): the VM of each vCPU (0 or 1; empty: one VM),
     # the index in `roots` of the guest page table each VM's vCPUs start on, and the VM each
     # guest frame of `gpas` belongs to (the two VMs' frames are disjoint in the model).

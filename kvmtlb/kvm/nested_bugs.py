@@ -3,6 +3,8 @@
 Each variant overrides one method of kvm/nested_vmx.py or the L2 case of a vmx.c hook, records the
 upstream fix, and is caught on a built-in nested scenario (docs/bug-zoo.md). Bug #12 has no
 variant here: kvm-6.18 itself ships it (the fix came in 2026), see nested-vmxoff-vpid-reuse.
+One variant is not historical: `bug-nested-vmptrld-sets-last-vpid`, a plausible mistake in
+handle_vmptrld.
 """
 
 from __future__ import annotations
@@ -171,6 +173,25 @@ class RemoteFlushCurrentEptpOnly(Kvm618):
             self.ept_sync_context(k, vcpu, self.construct_eptp(k, vcpu))
 
 
+@register
+class VmptrldSetsLastVpid(Kvm618):
+    name = "bug-nested-vmptrld-sets-last-vpid"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "VMPTRLD of another vmcs12 takes its VPID as last_vpid, so the next VM-Enter sees no "
+        "new vpid12 and does not flush vpid02: the L2 of one vmcs12 uses the translations the "
+        "L2 of the other left under the vCPU's one vpid02"
+    )
+
+    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int) -> None:
+        """nested.c:handle_vmptrld with last_vpid updated to the new vmcs12's VPID (not
+        upstream: a plausible mistake; last_vpid must name the VPID whose translations vpid02
+        holds)."""
+        super().handle_vmptrld(k, vcpu, root, vpid12)
+        vcpu.last_vpid = vpid12
+
+
 __all__ = [
     "CurrentVpidIgnoresVmcs12",
     "GuestFlushL1Vpid",
@@ -180,4 +201,5 @@ __all__ = [
     "RemoteFlushCurrentEptpOnly",
     "RemoteFlushL1VpidOnly",
     "SvmNoTransitionFlush",
+    "VmptrldSetsLastVpid",
 ]

@@ -55,6 +55,7 @@ NESTED_VMRUN = 7  # SVM: frame (root, asid, tlb_control)
 NESTED_INVLPGA = 8  # SVM: frame (gva, asid)
 NESTED_INVEPT = 9  # nested EPT: frame (type)
 NESTED_EPT12_WRITE = 10  # nested EPT: L1's store to a write-protected EPT12, frame (L2 GPA)
+NESTED_VMPTRLD = 11  # VMPTRLD of another vmcs12: frame (its L2 table, its VPID)
 NESTED_OP_NAMES = {
     NESTED_VMXON: "VMXON",
     NESTED_VMXOFF: "VMXOFF",
@@ -66,6 +67,7 @@ NESTED_OP_NAMES = {
     NESTED_INVLPGA: "INVLPGA",
     NESTED_INVEPT: "INVEPT",
     NESTED_EPT12_WRITE: "EPT violation (L1's store to EPT12)",
+    NESTED_VMPTRLD: "VMPTRLD",
 }
 INVVPID_TYPE_NAMES = {
     0: "individual-address",
@@ -130,6 +132,8 @@ class NestedVmx(Vmx):
             self.nested_vmx_run(k, vcpu, code == NESTED_VMLAUNCH, a, b)
         elif code == NESTED_INVVPID:
             self.handle_invvpid(k, vcpu, a, b, c)
+        elif code == NESTED_VMPTRLD:
+            self.handle_vmptrld(k, vcpu, a, b)
         elif code == NESTED_VMCALL and k.config.vmx:
             self.nested_vmx_vmexit(k, vcpu)
         elif code == NESTED_VMCALL:
@@ -159,6 +163,22 @@ class NestedVmx(Vmx):
         k.note(f"free_nested: free_vpid({vcpu.vpid02})")
         vcpu.vpid02 = 0
         vcpu.nested_vmxon = False
+
+    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int) -> None:
+        """nested.c:handle_vmptrld @ v6.18 (v5.8, v5.7 alike), for a vmcs12 other than the
+        current one: nested_release_vmcs12 writes the current vmcs12 back to L1's memory and
+        frees guest_mmu's roots (nested EPT's; a shadow-paging L0 has none), then the new
+        vmcs12 is read into the cache (set_current_vmptr). No TLB flush and no change of
+        last_vpid: a different VPID is caught by the next VM-Enter's
+        nested_vmx_transition_tlb_flush. `root` and `vpid12` are what KVM reads from the new
+        vmcs12 (its GUEST_CR3, its VPID)."""
+        vcpu.vmcs12_guest_cr3 = k.config.roots[root]
+        vcpu.vpid12 = vpid12
+        k.note(
+            f"handle_vmptrld: vmcs12 of GUEST_CR3 {vcpu.vmcs12_guest_cr3:#x}, VPID "
+            f"{vpid12 or 'off'}",
+            f"last_vpid stays {vcpu.last_vpid}",
+        )
 
     # -- nested VM-Enter --------------------------------------------------------------------------
     def nested_vmx_run(self, k: Step, vcpu: Vcpu, launch: bool, root: int, vpid12: int) -> None:

@@ -24,12 +24,22 @@ from kvmtlb.guest.l1_ops import (
     InvvpidOp,
     VmcallOp,
     VmlaunchOp,
+    VmptrldOp,
     VmresumeOp,
     VmrunOp,
     VmxoffOp,
     VmxonOp,
 )
-from kvmtlb.guest.ops import DEFAULT_ROOT, EmulatedReadOp, FlushTlbOp, MapOp, SetCr4Op, UnmapOp
+from kvmtlb.guest.ops import (
+    DEFAULT_ROOT,
+    FLUSH_ALL,
+    EmulatedReadOp,
+    FlushTlbOp,
+    MapOp,
+    MovCr3Op,
+    SetCr4Op,
+    UnmapOp,
+)
 
 # The nested ops and their usage (docs/scenarios.md, "Nested VMX"; the fuzzer's op words).
 NESTED_OPS = {
@@ -37,6 +47,7 @@ NESTED_OPS = {
     "vmxoff": "vmxoff",
     "vmlaunch": "vmlaunch ROOT [vpid=N]",
     "vmresume": "vmresume [vpid=N]",
+    "vmptrld": "vmptrld ROOT",
     "invvpid": "invvpid TYPE [vpid=N] [GVA]",
     "vmcall": "vmcall",
     "vmrun": "vmrun ROOT [asid=N] [tlb_control=0|1|3|7]",
@@ -158,6 +169,16 @@ def parse_l1_op(
             )
         vpid = _vpid(args[1], line, err) if len(args) == 2 else 1
         return VmlaunchOp(root, vpid, line)
+    if op == "vmptrld":
+        if len(args) != 1:
+            raise err(line, "vmptrld takes ROOT", "write: vmptrld l2")
+        if args[0] not in roots:
+            raise err(
+                line,
+                f"no guest page table named {args[0]!r} for L2",
+                f"name the [guest.NAME] table a vmlaunch ran L2 on (known: {', '.join(roots)})",
+            )
+        return VmptrldOp(args[0], -1, line)
     if op == "vmresume":
         if len(args) > 1:
             raise err(line, "vmresume takes [vpid=N]", "write: vmresume vpid=2")
@@ -188,18 +209,93 @@ def parse_l1_op(
     return InvvpidOp(t, vpid, gva, line)
 
 
+def resolve_vmptrld(programs: list[list[Any]]) -> None:
+    """Fill in each `vmptrld ROOT`'s vpid: the VPID of the vmcs12 launched on ROOT, as the
+    thread last left it (its vmlaunch, then any vmresume vpid=N while it was current). The
+    thread is valid (check_nested ran)."""
+    for prog in programs:
+        vpids: dict[str, int] = {}
+        current = ""
+        for i, op in enumerate(prog):
+            if isinstance(op, VmlaunchOp):
+                current = op.root
+                vpids[current] = op.vpid
+            elif isinstance(op, VmresumeOp) and op.vpid >= 0:
+                vpids[current] = op.vpid
+            elif isinstance(op, VmptrldOp):
+                current = op.root
+                prog[i] = op._replace(vpid=vpids[current])
+            elif isinstance(op, VmxoffOp):
+                vpids.clear()
+
+
 def is_nested(programs: Sequence[Sequence[object]]) -> bool:
     return any(isinstance(op, L1_OPS) for prog in programs for op in prog)
 
 
+def l2_flush_ops(programs: Sequence[Sequence[object]]) -> list[FlushTlbOp]:
+    """The `flush_tlb` ops (shootdowns) L2 runs: between a VMLAUNCH / VMRESUME / VMRUN and the
+    next VMCALL of a thread."""
+    out: list[FlushTlbOp] = []
+    for prog in programs:
+        l2 = False
+        for op in prog:
+            if isinstance(op, VmlaunchOp | VmresumeOp | VmrunOp):
+                l2 = True
+            elif isinstance(op, VmcallOp):
+                l2 = False
+            elif l2 and isinstance(op, FlushTlbOp):
+                out.append(op)
+    return out
+
+
+def _check_l2_flushes(programs: Sequence[Sequence[object]], pv: bool, err: Err) -> None:
+    """L2's shootdowns (`flush_tlb` inside L2): IPIs from L2 to the other vCPUs' L2, handled
+    there only while L2 runs (KvmConfig.l2_ipis). They are PV-less (the PV TLB flush's
+    steal-time byte is L0's, which serves L1, not L2), of a page or the mm (a full flush toggles
+    CR4.PGE, which L2 does not run here), and L1 sends none in the same scenario (an IPI would
+    not say which level it is for)."""
+    l2 = l2_flush_ops(programs)
+    if not l2:
+        return
+    first = l2[0]
+    if pv:
+        raise err(
+            first.line,
+            f"{first.describe()} in L2 with the PV TLB flush on: L0's steal-time flag serves "
+            "L1, so L2's shootdowns are modelled as IPIs only",
+            "set pv_tlb_flush = false in [config]",
+        )
+    for op in l2:
+        if op.scope == FLUSH_ALL:
+            raise err(
+                op.line,
+                f"{op.describe()} in L2: a full flush toggles CR4.PGE, which L2 does not run here",
+                "flush a page (flush_tlb GVA) or the mm (flush_tlb mm) in L2",
+            )
+    every = [op for prog in programs for op in prog if isinstance(op, FlushTlbOp)]
+    if len(every) > len(l2):
+        l1 = next(op for op in every if op not in l2)
+        raise err(
+            l1.line,
+            f"{l1.describe()} in L1 while L2 also shoots down: an IPI of the model does not "
+            "say which level it is for",
+            "keep the shootdowns of a nested scenario to L2 (or to L1)",
+        )
+
+
 def _check_l2_op(op: object, err: Err) -> None:
-    """The guest ops the nested model does not run inside L2."""
+    """The guest ops the nested model does not run inside L2 (its shootdowns are checked by
+    _check_l2_flushes)."""
     ln = getattr(op, "line", 0)
-    if isinstance(op, FlushTlbOp | SetCr4Op | EmulatedReadOp):
+    if isinstance(op, FlushTlbOp):
+        return
+    if isinstance(op, SetCr4Op | EmulatedReadOp):
         raise err(
             ln,
             f"{op.describe()} inside L2 is not modelled",
-            "keep L2 to reads, writes, map/unmap, link/unlink, invlpg, mov_cr3, invpcid",
+            "keep L2 to reads, writes, map/unmap, link/unlink, invlpg, mov_cr3, invpcid, "
+            "flush_tlb GVA|mm",
         )
     if isinstance(op, MapOp | UnmapOp) and op.emulated:
         raise err(ln, "emulated stores inside L2 are not modelled", "drop emulated")
@@ -258,11 +354,13 @@ def check_nested(
     err: Err,
     line0: int,
     ept12: bool = False,
+    pv: bool = False,
 ) -> None:
     """The static checks of every L1 thread (see the module docstring). `ept12`: the file
-    declares an [ept12] table (nested EPT, on an EPT L0)."""
+    declares an [ept12] table (nested EPT, on an EPT L0); `pv`: the PV TLB flush is on."""
     if not is_nested(programs):
         return
+    _check_l2_flushes(programs, pv, err)
     first = next(op for prog in programs for op in prog if isinstance(op, L1_OPS))
     line = getattr(first, "line", line0)
     for prog in programs:
@@ -297,6 +395,16 @@ def check_nested(
         )
     for prog in programs:
         vmxon = l2 = launched = False
+        vmcs12s: set[str] = set()
+        if any(isinstance(op, VmptrldOp) for op in prog):
+            mov = next((op for op in prog if isinstance(op, MovCr3Op)), None)
+            if mov is not None:
+                raise err(
+                    mov.line,
+                    "mov_cr3 in a thread with vmptrld: a vmcs12's GUEST_CR3 is its page table "
+                    "in the model",
+                    "drop the mov_cr3, or the vmptrld",
+                )
         for op in prog:
             ln = getattr(op, "line", 0)
             if isinstance(op, VmxonOp):
@@ -305,7 +413,7 @@ def check_nested(
                 vmxon = True
                 launched = False
             elif isinstance(
-                op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp | InveptOp | EptMapOp
+                op, VmxoffOp | InvvpidOp | VmlaunchOp | VmresumeOp | VmptrldOp | InveptOp | EptMapOp
             ):
                 if not vmxon:
                     raise err(ln, f"{op.describe()} outside VMX operation is #UD", "vmxon first")
@@ -317,8 +425,26 @@ def check_nested(
                     )
                 if isinstance(op, VmxoffOp):
                     vmxon = False
+                    vmcs12s.clear()
                 elif isinstance(op, VmlaunchOp):
                     l2 = launched = True
+                    vmcs12s.add(op.root)
+                elif isinstance(op, VmptrldOp):
+                    if tdp:
+                        raise err(
+                            ln,
+                            "vmptrld with nested EPT is not modelled (one EPT12: guest_mmu's "
+                            "roots of another vmcs12's EPTP)",
+                            "set tdp = false in [config]",
+                        )
+                    if op.root not in vmcs12s:
+                        raise err(
+                            ln,
+                            f"vmptrld {op.root}: no vmcs12 was launched on {op.root} since the "
+                            "last vmxon",
+                            f"vmlaunch {op.root} first (a vmptrld makes a launched vmcs12 "
+                            "current again)",
+                        )
                 elif isinstance(op, VmresumeOp):
                     if not launched:
                         raise err(ln, "vmresume of a vmcs12 never launched", "vmlaunch first")
@@ -331,4 +457,12 @@ def check_nested(
                 _check_l2_op(op, err)
 
 
-__all__ = ["L1_OP_WORDS", "NESTED_OPS", "check_nested", "is_nested", "parse_l1_op"]
+__all__ = [
+    "L1_OP_WORDS",
+    "NESTED_OPS",
+    "check_nested",
+    "is_nested",
+    "l2_flush_ops",
+    "parse_l1_op",
+    "resolve_vmptrld",
+]

@@ -54,7 +54,7 @@ from kvmtlb.host.ops import (
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
-from kvmtlb.model.nested_scenario import check_nested, parse_l1_op
+from kvmtlb.model.nested_scenario import check_nested, parse_l1_op, resolve_vmptrld
 from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
@@ -1554,7 +1554,9 @@ class _Parser:
             self.err,
             self.lines.section("threads"),
             bool(self.ept12),
+            config.pv_tlb_flush,
         )
+        resolve_vmptrld(programs)
         executable = {gva for gva, (_, f) in guest.items() if "x" in f}
         for table in roots.values():
             executable |= {gva for gva, (_, f) in table.items() if "x" in f}

@@ -89,7 +89,7 @@ from kvmtlb.kvm.shadow import spte_from_gpte
 from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, ROOT_FREE, ROOT_VALID, Kvm, Pcpu, Vcpu
 from kvmtlb.model.native import NativeConfig, NativeMachine
 from kvmtlb.model.nested_native import nested_native
-from kvmtlb.model.nested_scenario import is_nested, l2_roots, vpid12s
+from kvmtlb.model.nested_scenario import is_nested, l2_flush_ops, l2_roots, vpid12s
 from kvmtlb.model.scenario import HUGE, MAX_ZAPS, VM1_ROOT, Scenario, ScenarioError
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
@@ -393,6 +393,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             tuple(scenario.tables.get(name, -1) for name in root_names) if scenario.tables else ()
         ),
         nested_roots=l2_roots(scenario) if nested else (),
+        l2_ipis=nested and bool(l2_flush_ops(scenario.programs)),
         vm_of=vm_of,
         vm_start_root=(0, root_names.index(VM1_ROOT)) if two_vms else (0,),
         gpa_vm=gpa_vm,
