@@ -1,7 +1,8 @@
 """2 MiB guest pages ("GPA FLAGS 2m" in [guest], `map ... 2m`; issue 15): the scenario format,
-the layout (the page is the region's PDE with PS = 1), and the splintering rules of the manuals
-seen through KVM: a guest 2 MiB page over 4 KiB EPT/NPT pages is cached as 4 KiB pieces, and the
-guest's INVLPG of any address of the page must drop every piece (SDM §4.10.2.3)."""
+the layout (the page is the region's PDE with PS = 1), the splintering rules of the manuals
+seen through KVM (a guest 2 MiB page over 4 KiB EPT/NPT pages is cached as 4 KiB pieces, and the
+guest's INVLPG of any address of the page must drop every piece, SDM §4.10.2.3), and with shadow
+paging KVM's direct shadow page for it (kvm/shadow.py)."""
 
 from __future__ import annotations
 
@@ -83,9 +84,9 @@ def test_bad_files_are_input_errors(guest: str, ops: str, message: str) -> None:
         parse(text(guest, ops))
 
 
-def test_shadow_paging_is_refused() -> None:
-    src = text(knobs="tdp = false")
-    with pytest.raises(ScenarioError, match="tdp = true"):
+def test_tables_are_refused() -> None:
+    src = text(knobs="tdp = false") + '\n[tables]\ndefault = "0x400000"\n'
+    with pytest.raises(ScenarioError, match=r"\[tables\]"):
         parse(src)
 
 
@@ -136,3 +137,40 @@ def test_invlpg_of_another_offset_must_drop_every_piece(name: str) -> None:
 @pytest.mark.parametrize("name", ["guest-huge-invlpg-offset", "amd-guest-huge-invlpg-offset"])
 def test_an_invlpg_of_one_piece_is_caught(name: str, invlpg_one_piece: None) -> None:
     assert _run(name) == "guest-transparency"
+
+
+# -- shadow paging: the direct shadow page -------------------------------------------------------
+def test_shadow_maps_the_page_through_a_direct_shadow_page() -> None:
+    s = parse(text(ops="read 0x201000", knobs="tdp = false"))
+    system = build(s, registry()["kvm-6.18"]())
+    cfg = system.kvm
+    # a 4 KiB SPTE per GVA of the page, mapping the frame at the GVA's offset
+    slot = cfg.layout.slot(cfg.shadow_roots[0], 0x201000)
+    frames = {
+        cfg.frame_of_page(v & ~0xFFF & ((1 << 52) - 1)) for v in cfg.layout.domains[slot] if v
+    }
+    assert frames == {0x401000}
+    # the shadow PDE may be zapped (the guest rewrote its PDE)
+    pde = cfg.layout.slot(cfg.shadow_roots[0], 0x201000, 2)
+    assert 0 in cfg.layout.domains[pde]
+
+
+def test_a_pde_store_exits_and_is_emulated() -> None:
+    s = parse(
+        text(ops="read 0x201000\nmap 0x200000 -> 0x600000 w 2m\nread 0x201000", knobs="tdp = false")
+    )
+    r = explore(build(s, registry()["kvm-6.18"]()))
+    assert r.prop is None
+
+
+@pytest.mark.parametrize(
+    ("name", "policy", "prop"),
+    [
+        ("shadow-guest-huge-invlpg", "kvm-6.18", None),
+        ("shadow-guest-huge-invlpg", "bug-track-write-pde-flush-one-page", "guest-transparency"),
+        ("shadow-guest-huge-remap", "bug-track-write-keeps-shadow-pde", "guest-transparency"),
+        ("amd-shadow-guest-huge-remap", "bug-track-write-pde-flush-one-page", "guest-transparency"),
+    ],
+)
+def test_shadow_verdicts(name: str, policy: str, prop: str | None) -> None:
+    assert _run(name, policy) == prop

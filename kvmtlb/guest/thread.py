@@ -350,6 +350,13 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
             k.hw(vcpu.cpu, vm_exit_event(cfg.vmx, "emulation"))
             pol.vcpu_exit(k, vcpu, EXIT_PTE_WRITE, (root, op.gva, pte))
             return True
+        if op.huge and not cfg.tdp:
+            # a 2 MiB page's PDE: KVM write-protects every guest table it shadows above the last
+            # level (those never go unsync), so the store exits and KVM emulates it, as `link`
+            vcpu = k.vcpus[v]
+            k.hw(vcpu.cpu, vm_exit_event(cfg.vmx, "#PF"), "store to a write-protected guest PDE")
+            pol.vcpu_exit(k, vcpu, EXIT_PDE_WRITE, (root, op.gva, pte, 2))
+            return True
         if _pt_write_traps(k, pol, v, root, op.gva):
             return False
         _write_pte(k, op, root)

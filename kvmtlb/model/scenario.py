@@ -956,17 +956,16 @@ class _Parser:
         programs: tuple[tuple[GuestOp, ...], ...],
         host: dict[int, tuple[int, str]],
     ) -> None:
-        """What the model of 2 MiB guest pages asks of a file: EPT/NPT with one VM and no
-        nested guest; a region of a page table is mapped 2 MiB or 4 KiB, never both; every GVA
+        """What the model of 2 MiB guest pages asks of a file: one VM, no nested guest and no
+        [tables]; a region of a page table is mapped 2 MiB or 4 KiB, never both; every GVA
         the file names in a 2 MiB page maps, under every value of the page's PDE, a GPA of
         [host]."""
         line0 = min(self.guest_huge.values())
-        if not config.tdp:
+        if self.data.get("tables"):
             raise self.err(
-                line0,
-                "2 MiB guest pages are modelled with EPT/NPT only (tdp = true); KVM's direct "
-                "shadow pages for them are not",
-                'set tdp = true, or map the guest\'s pages 4 KiB at a time (without "2m")',
+                self.lines.section("tables") or line0,
+                "[tables] with 2 MiB guest pages is not modelled",
+                'remove [tables], or map the guest\'s pages 4 KiB at a time (without "2m")',
             )
         if vm1 or self.ept12 or is_nested(programs):
             raise self.err(

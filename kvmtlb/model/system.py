@@ -294,7 +294,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     if not cfg.tdp:
         n = len(roots)
         shadow_roots = tuple(b.linear_root() for _ in range(2 * n if wp_roles else n))
-        _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
+        _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights, pde_values)
         spt_bit = shadow_page_bits(len(shadow_roots), gvas)
         shadow_ptr = ptr_values(b, shadow_roots, gvas)
         # KVM zaps a shadow entry when the guest writes the entry it shadows, and FNAME(fetch)
@@ -309,6 +309,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
                     if (lv, rg) == (level, reg) and t // n == s // n
                 ]
                 b.allow(shadow_roots[s], gva, [0, *targets], level=level)
+        # a guest 2 MiB page is mapped through a direct shadow page (role.direct): the shadow
+        # PDE links it, and KVM zaps that PDE when the guest writes its own
+        for r, base in sorted(huge_pages):
+            for s in range(r, len(shadow_roots), n):
+                b.allow(shadow_roots[s], base, [0], level=2)
     layout = b.build()
     frame_of = {h: gpa for gpa, (pages, _) in host_pages.items() for h in pages}
     # -- tags the run can reach ----------------------------------------------------------------
@@ -528,25 +533,33 @@ def _shadow_layout(
     pte_values: dict[tuple[int, int], list[int]],
     host_pages: dict[int, tuple[list[int], bool]],
     rights: tuple[int, ...],
+    pde_values: dict[tuple[int, int], list[int]] | None = None,
 ) -> None:
     """The shadow page tables KVM builds for each guest page table (kvm/shadow.py): one linear
     hierarchy per guest root (and per role, with `KvmConfig.wp_roles`: hierarchy s shadows guest
     root s % len(roots)), its upper levels present from the start (KVM created the shadow
     pages of every table the scenario names before the run), and for each GVA a last-level SPTE
     whose values are every guest PTE value combined with every host page of its frame, with
-    write permission or without (dirty logging, or a read-only guest PTE)."""
+    write permission or without (dirty logging, or a read-only guest PTE). A GVA in a 2 MiB
+    guest page (`pde_values`: its PDE's values) has its SPTE in the direct shadow page KVM maps
+    the page with, one per hierarchy and region: the frame at the GVA's offset in the page."""
     gpas = scenario.gpas
     wp_clear = any(
         isinstance(op, SetCr0Op) and not op.value for prog in scenario.programs for op in prog
     )
     n = len(scenario.root_names)
+    huge = pde_values or {}
     for s, sroot in enumerate(shadow_roots):
         for gva in scenario.gvas:
             values: list[int] = [0]
-            for pte in pte_values.get((s % n, gva), [0]):
+            base = gva & ~(HUGE - 1)
+            leaves = huge.get((s % n, base)) or pte_values.get((s % n, gva), [0])
+            for pte in leaves:
                 if not pte & P:
                     continue
                 gpa = pte_addr(pte)
+                if (s % n, base) in huge:
+                    gpa = (gpa & ~(HUGE - 1)) + gva - base
                 pages, _ = host_pages[gpa]
                 host_w = bool(rights[gpas.index(gpa)] & E_W)
                 for hpa in pages:
