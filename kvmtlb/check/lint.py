@@ -158,7 +158,11 @@ def warnings(scenario: object) -> list[LintWarning]:
                     "only the local flush runs; set vcpus = 2 or more for a shootdown",
                 )
             known = vm1_mapped if v in s.vm1 else mapped
-            if isinstance(op, AccessOp | EmulatedReadOp | InvlpgOp) and op.gva not in known:
+            if (
+                isinstance(op, AccessOp | EmulatedReadOp | InvlpgOp)
+                and op.gva not in known
+                and not (v not in s.vm1 and s.huge_gva(op.gva))  # in a 2 MiB guest page
+            ):
                 warn(
                     op.line,
                     "never-mapped",

@@ -31,10 +31,14 @@ class MapOp(NamedTuple):
     line: int = 0
     root: str = DEFAULT_ROOT  # the page table written ([guest] or [guest.NAME])
     emulated: bool = False  # KVM's emulator does the store (kvm_mmu_track_write follows)
+    # a 2 MiB guest page: the store writes the PDE of GVA's region with PS = 1 (GVA and GPA
+    # 2 MiB aligned)
+    huge: bool = False
 
     def describe(self) -> str:
         e = " emulated" if self.emulated else ""
-        return f"map {self.gva:#x} -> {self.gpa:#x} {self.flags}{_root(self.root)}{e}".rstrip()
+        h = " 2m" if self.huge else ""
+        return f"map {self.gva:#x} -> {self.gpa:#x} {self.flags}{h}{_root(self.root)}{e}".rstrip()
 
 
 class UnmapOp(NamedTuple):
@@ -42,9 +46,11 @@ class UnmapOp(NamedTuple):
     line: int = 0
     root: str = DEFAULT_ROOT
     emulated: bool = False
+    huge: bool = False  # clear the PDE of a 2 MiB guest page (GVA 2 MiB aligned)
 
     def describe(self) -> str:
-        return f"unmap {self.gva:#x}{_root(self.root)}{' emulated' if self.emulated else ''}"
+        h = " 2m" if self.huge else ""
+        return f"unmap {self.gva:#x}{h}{_root(self.root)}{' emulated' if self.emulated else ''}"
 
 
 class LinkOp(NamedTuple):

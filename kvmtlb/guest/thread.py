@@ -309,17 +309,23 @@ def _pte_value(op: MapOp | UnmapOp) -> int:
         user="u" in op.flags,
         executable="x" in op.flags,
         glob="g" in op.flags,
+        large=op.huge,
     )
 
 
 def _write_pte(k: Step, op: MapOp | UnmapOp, root: int) -> None:
-    """The store itself: the guest PTE of `op.gva` in page table `root` takes its new value."""
-    slot = k.config.layout.slot(k.config.roots[root], op.gva)
+    """The store itself: the guest PTE of `op.gva` in page table `root` takes its new value
+    (for a 2 MiB page, `op.huge`, the PDE of its region)."""
+    level = 2 if op.huge else 1
+    slot = k.config.layout.slot(k.config.roots[root], op.gva, level)
     where = "" if root == 0 else f" (page table {op.root})"
+    entry = "PDE (2 MiB page)" if op.huge else "PTE"
     if isinstance(op, MapOp):
-        k.write_slot(slot, _pte_value(op), f"guest PTE {op.gva:#x} = {op.gpa:#x} {op.flags}{where}")
+        k.write_slot(
+            slot, _pte_value(op), f"guest {entry} {op.gva:#x} = {op.gpa:#x} {op.flags}{where}"
+        )
     else:
-        k.write_slot(slot, 0, f"guest PTE {op.gva:#x}: not present{where}")
+        k.write_slot(slot, 0, f"guest {entry} {op.gva:#x}: not present{where}")
 
 
 def _pt_write_traps(k: Step, pol: KvmPolicy, v: int, root: int, gva: int) -> bool:
@@ -347,6 +353,13 @@ def _simple(k: Step, pol: KvmPolicy, v: int, op: GuestOp) -> bool:
             vcpu = k.vcpus[v]
             k.hw(vcpu.cpu, vm_exit_event(cfg.vmx, "emulation"))
             pol.vcpu_exit(k, vcpu, EXIT_PTE_WRITE, (root, op.gva, pte))
+            return True
+        if op.huge and not cfg.tdp:
+            # a 2 MiB page's PDE: KVM write-protects every guest table it shadows above the last
+            # level (those never go unsync), so the store exits and KVM emulates it, as `link`
+            vcpu = k.vcpus[v]
+            k.hw(vcpu.cpu, vm_exit_event(cfg.vmx, "#PF"), "store to a write-protected guest PDE")
+            pol.vcpu_exit(k, vcpu, EXIT_PDE_WRITE, (root, op.gva, pte, 2))
             return True
         if _pt_write_traps(k, pol, v, root, op.gva):
             return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kvmtlb.hw.cpu import CR4_SMEP
-from kvmtlb.hw.paging import make_ept, make_npt
+from kvmtlb.hw.paging import P, make_ept, make_npt
 from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.policy import register
 from kvmtlb.kvm.requests import KVM_REQ_TLB_FLUSH_GUEST, kvm_make_request
@@ -396,6 +396,35 @@ class TrackWriteKeepsShadowPde(Kvm618):
         """mmu.c:kvm_mmu_track_write with nothing done for a non-leaf entry."""
         if level == 1:
             super().kvm_mmu_track_write(k, vcpu, root, gva, level)
+
+
+@register
+class TrackWritePdeFlushOnePage(Kvm618):
+    name = "bug-track-write-pde-flush-one-page"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "KVM emulates the guest's store to a PDE mapping a 2 MiB page and zaps the shadow PDE, "
+        "but flushes only the 4 KiB page at the PDE's address, on the writing vCPU "
+        "(flush_tlb_gva, as if the entry mapped one 4 KiB page): the other 4 KiB pieces of the "
+        "guest's large page, cached from the direct shadow page's SPTEs, survive, and an "
+        "emulated INVLPG of one address of the page drops only that piece"
+    )
+
+    def kvm_mmu_track_write(self, k: Step, vcpu: Vcpu, root: int, gva: int, level: int) -> None:
+        """mmu.c:kvm_mmu_track_write with a PDE's zap flushed by address instead of
+        kvm_mmu_remote_flush_or_zap."""
+        if level != 2 or k.config.tdp:
+            super().kvm_mmu_track_write(k, vcpu, root, gva, level)
+            return
+        zapped = False
+        for s in k.config.shadows_of(root):
+            slot = self.shadow_entry_slot(k, s, gva, level)
+            if k.machine.memory.values[slot] & P:
+                k.write_slot(slot, 0, f"kvm_mmu_track_write: zap the shadow PDE of {gva:#x}")
+                zapped = True
+        if zapped:
+            self.kvm_x86_call(k, "flush_tlb_gva", vcpu, gva)
 
 
 @register

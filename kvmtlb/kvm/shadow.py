@@ -34,7 +34,13 @@ one for one:
   (`Vcpu.root_wp`). Write tracking, unsync and the rmap reach the pages of both roles; a sync
   reaches those under the vCPU's roots.
 
-What is not modelled: huge pages; guest A/D bits; the
+- a guest 2 MiB page (PDE.PS) is mapped through a direct shadow page (role.direct): 4 KiB SPTEs
+  for the frames at the GVAs' offsets, linked under the shadow page of the guest's page
+  directory (FNAME(fetch), `link_direct_sp`; one per hierarchy and region). It is never unsync;
+  the guest's store to the PDE exits like any upper-level store, and kvm_mmu_track_write zaps
+  the shadow PDE and flushes every vCPU.
+
+What is not modelled: huge SPTEs; guest A/D bits; the
 shadow page lifecycle (pages are never zapped or reallocated, so a root KVM "frees" comes back
 with its unsync pages, which kvm_mmu_load syncs, as KVM's hash lookup finds them).
 """
@@ -45,7 +51,7 @@ from typing import Any
 
 from kvmtlb.hw.addr import ENTRY_NAMES, region
 from kvmtlb.hw.cpu import CR3_NOFLUSH, CR4_PCIDE, CR4_SMEP
-from kvmtlb.hw.paging import E_W, RW, US, XD, P, make_pte, pte_addr
+from kvmtlb.hw.paging import E_W, PS, RW, US, XD, P, make_pte, pte_addr
 from kvmtlb.hw.vmx import Vmwrite
 from kvmtlb.hw.walk import ACCESS_KINDS
 from kvmtlb.kvm.context import KvmConfig, Step, vm_exit_event
@@ -61,6 +67,7 @@ from kvmtlb.kvm.state import EXITING_GUEST_MODE, IN_GUEST_MODE, Vcpu
 from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
 
 KVM_MMU_NUM_PREV_ROOTS = 3  # kvm_host.h @ v6.18 (and v5.7/v5.8)
+HUGE_PAGE = 1 << 21  # a guest 2 MiB page (PDE.PS)
 CR3_PCID_MASK = 0xFFF
 
 
@@ -131,6 +138,22 @@ class ShadowMmu:
         """The guest's current PTE for `gva` in its page table `root` (guest memory)."""
         slot = k.config.layout.slot(k.config.roots[root], gva)
         return int(k.machine.memory.values[slot])
+
+    def guest_leaf(self, k: Step, chain: tuple[int, ...], gva: int) -> tuple[int, int]:
+        """FNAME(walk_addr) @ v6.18 from the end of a walk `chain` (KvmConfig.table_chain):
+        the guest's leaf entry for `gva` and the GPA it maps. A walk that stops at the PDE
+        (a chain of two) ends at a 2 MiB page if that PDE is present with PS = 1: the GPA is
+        the page's base plus the GVA's offset in it (the guest's walker takes the large page's
+        gfn, gw->gfn, at that offset). Anything else is a not-present leaf."""
+        if len(chain) == 3:
+            gpte = self.gpte(k, chain[2], gva)
+            return gpte, pte_addr(gpte)
+        if len(chain) == 2:
+            slot = k.config.layout.slot(k.config.roots[chain[1]], gva, 2)
+            pde = int(k.machine.memory.values[slot])
+            if pde & P and pde & PS:
+                return pde, (pte_addr(pde) & ~(HUGE_PAGE - 1)) + (gva & (HUGE_PAGE - 1))
+        return 0, -1
 
     def guest_pde_target(self, k: Step, root: int, gva: int) -> int:
         """Whose last-level table page the guest's walk of `gva` from page table `root` reaches
@@ -510,15 +533,13 @@ class ShadowMmu:
         mmu_invalidate_seq snapshot, and FNAME(fetch) is the next step."""
         root = k.config.root_index(vcpu.cr3)
         chain = k.config.table_chain(k.machine.memory.values, k.config.roots, root, gva)
-        table = chain[-1] if len(chain) == 3 else -1
-        gpte = self.gpte(k, table, gva) if table >= 0 else 0
+        gpte, gpa = self.guest_leaf(k, chain, gva)
         access = ACCESS_KINDS[kind]
         if not self.guest_permits(k, vcpu, gpte, access):
             vcpu.pf_injected = gva
             k.observe(vcpu.id, gva, -1, kind)
             k.note(f"FNAME(walk_addr)({gva:#x}): the guest's PTE faults", "inject #PF")
             return
-        gpa = pte_addr(gpte)
         mmu_seq = k.kvm.mmu_invalidate_seq
         pfn = self.gfn_to_pfn(k, gpa)  # type: ignore[attr-defined]
         k.note(f"FNAME(walk_addr)({gva:#x}) = {gpa:#x}; kvm_faultin_pfn = {pfn:#x}")
@@ -547,7 +568,6 @@ class ShadowMmu:
         dirty under dirty logging)."""
         gva, kind, mmu_seq, pfn, gpte, *walked = vcpu.frame
         chain = tuple(walked)
-        table = chain[-1]
         vcpu.frame = ()
         vcpu.pc = "vcpu_enter_guest"
         if self.mmu_invalidate_retry_gfn(k, mmu_seq):  # type: ignore[attr-defined]
@@ -557,13 +577,13 @@ class ShadowMmu:
         values = k.machine.memory.values
         if (
             k.config.table_chain(values, k.config.roots, root, gva) != chain
-            or self.gpte(k, table, gva) != gpte
+            or self.guest_leaf(k, chain, gva)[0] != gpte
         ):
             k.note(f"FNAME(fetch)({gva:#x}): FNAME(gpte_changed), retry")
             return
         # the shadow pages of the walk's tables, of the root's role
         owners = [self.sroot(k, vcpu, g) for g in (root, *chain)]
-        for level, owner, child in zip((4, 3, 2), owners[:-1], owners[1:], strict=True):
+        for level, owner, child in zip((4, 3, 2), owners[:-1], owners[1:], strict=False):
             slot = self.shadow_entry_slot(k, owner, gva, level)
             value = k.config.shadow_ptr[(child, level, region(gva, level))]
             if values[slot] != value:
@@ -573,7 +593,11 @@ class ShadowMmu:
                     f"FNAME(fetch): link_shadow_page, shadow {ENTRY_NAMES[level]} of {gva:#x} "
                     f"-> {value:#x}",
                 )
-        gpa = pte_addr(gpte)
+        if len(chain) == 2:
+            # a guest 2 MiB page: the last shadow page is a direct one (role.direct), linked
+            # under the shadow page of the guest's page directory
+            self.link_direct_sp(k, owners[-1], gva, gpte)
+        gpa = self.guest_leaf(k, chain, gva)[1]
         writable = bool(gpte & RW) and bool(self.host_rights(k, gpa) & E_W)  # type: ignore[attr-defined]
         if writable and self.table_root(k, gpa) >= 0:
             # make_spte -> mmu_try_to_unsync_pages: the frame is a guest table KVM shadows
@@ -585,6 +609,29 @@ class ShadowMmu:
         if ACCESS_KINDS[kind] == "write" and not gpte & RW and not vcpu.cr0_wp:
             value = self.cr0_wp_clear_spte(k, vcpu, gpte, pfn)
         self.set_shadow_spte(k, owners[-1], gva, value, "FNAME(fetch)")
+
+    def link_direct_sp(self, k: Step, s: int, gva: int, gpde: int) -> None:
+        """paging_tmpl.h:FNAME(fetch) @ v6.18 (v5.x alike) at the guest's large page: below the
+        shadow PDE, kvm_mmu_get_child_sp(.., base_gfn, direct = true, access) finds or makes the
+        direct shadow page for the page's gfn and rights, and link_shadow_page links it. The
+        model has one such page per hierarchy and region: linking it where the shadow PDE was
+        zapped (the guest rewrote its PDE) starts it empty, as a page for another gfn or access
+        would be (one for the same ones maps the same frames, and the next faults map them
+        again)."""
+        slot = self.shadow_entry_slot(k, s, gva, 2)
+        value = k.config.shadow_ptr[(s, 2, region(gva, 2))]
+        if k.machine.memory.values[slot] == value:
+            return
+        base = gva & ~(HUGE_PAGE - 1)
+        for other in k.config.gvas:
+            if other & ~(HUGE_PAGE - 1) == base:
+                self.set_shadow_spte(k, s, other, 0, "kvm_mmu_get_child_sp: a new direct page")
+        k.write_slot(
+            slot,
+            value,
+            f"FNAME(fetch): link_shadow_page, the direct shadow page of the guest's 2 MiB page "
+            f"{base:#x} (gfn {pte_addr(gpde):#x})",
+        )
 
     def cr0_wp_clear_spte(self, k: Step, vcpu: Vcpu, gpte: int, pfn: int) -> int:
         """paging_tmpl.h:FNAME(page_fault) @ v6.18 (v5.x alike): a supervisor write fault on a

@@ -54,7 +54,7 @@ from kvmtlb.host.ops import (
     ZapOp,
 )
 from kvmtlb.hw.vmx import INVALIDATION_CAP_NAMES
-from kvmtlb.model.nested_scenario import check_nested, parse_l1_op, resolve_vmptrld
+from kvmtlb.model.nested_scenario import check_nested, is_nested, parse_l1_op, resolve_vmptrld
 from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
@@ -128,8 +128,8 @@ GUEST_OPS = {
     "read": "read GVA",
     "write": "write GVA",
     "exec": "exec GVA",
-    "map": "map GVA -> GPA FLAGS [root=NAME] [emulated]",
-    "unmap": "unmap GVA [root=NAME] [emulated]",
+    "map": "map GVA -> GPA FLAGS [2m] [root=NAME] [emulated]",
+    "unmap": "unmap GVA [2m] [root=NAME] [emulated]",
     "link": "link GVA -> TABLE [root=NAME] [level=N]",
     "unlink": "unlink GVA [root=NAME] [level=N]",
     "invlpg": "invlpg GVA",
@@ -287,6 +287,14 @@ class Scenario:
     # 2 MiB regions of [host] ("HPA RIGHTS 2m"): region GPA -> (HPA, rights). Their frames that
     # the file names are in `host` too (each with its 4 KiB piece of the region's host page).
     huge: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # 2 MiB guest pages ("GPA FLAGS 2m" in [guest], `map ... 2m`): (page-table name, GVA of the
+    # 2 MiB region) for every region whose PDE the file maps with PS = 1 (then never 4 KiB)
+    guest_huge: frozenset[tuple[str, int]] = frozenset()
+
+    def huge_gva(self, gva: int, root: str | None = None) -> bool:
+        """Whether `gva` lies in a 2 MiB guest page of page table `root` (any, if None)."""
+        base = gva & ~(HUGE - 1)
+        return any(b == base and root in (None, r) for r, b in self.guest_huge)
 
     @property
     def root_names(self) -> tuple[str, ...]:
@@ -342,6 +350,7 @@ class Scenario:
             self.vm1_gpas,
             self.ept12,
             self.huge,
+            self.guest_huge,
         )
 
 
@@ -390,6 +399,8 @@ class _Parser:
         self.ept12: dict[int, tuple[int, str]] = {}  # [ept12], parsed before the threads
         self.fast_zaps = 0  # zap_all_fast ops so far
         self.huge_regions: dict[int, tuple[int, str]] = {}  # [host]'s 2 MiB regions
+        # 2 MiB guest pages: (page-table name, GVA region) -> the line that first maps it 2m
+        self.guest_huge: dict[tuple[str, int], int] = {}
 
     def err(self, line: int, message: str, fix: str) -> ScenarioError:
         return ScenarioError(self.path, line, message, fix)
@@ -422,6 +433,8 @@ class _Parser:
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
         if self.huge_regions or config.hv_range_flush:
             self.huge_checks(config, vm1, host_program)
+        if self.guest_huge:
+            self.guest_huge_checks(config, vm1, guest, roots, programs, both)
         expect = self.expect()
         return Scenario(
             self.path,
@@ -442,6 +455,7 @@ class _Parser:
             tuple(vm1_host),
             self.ept12,
             dict(self.huge_regions),
+            frozenset(self.guest_huge),
         )
 
     def ept_checks(
@@ -817,10 +831,10 @@ class _Parser:
                 table: dict[int, tuple[int, str]] = {}
                 for gkey, gvalue in value.items():
                     gline = self.lines.nested("guest", key, gkey)
-                    self.guest_entry(gkey, gvalue, gline, host, table)
+                    self.guest_entry(gkey, gvalue, gline, host, table, key)
                 roots[key] = table
                 continue
-            self.guest_entry(key, value, self.lines.key("guest", key), host, out)
+            self.guest_entry(key, value, self.lines.key("guest", key), host, out, DEFAULT_ROOT)
         return out, roots
 
     def guest_entry(
@@ -830,6 +844,7 @@ class _Parser:
         line: int,
         host: dict[int, tuple[int, str]],
         out: dict[int, tuple[int, str]],
+        root: str,
     ) -> None:
         gva = self.addr(key, line, "GVA")
         parts = str(value).split() if isinstance(value, str) else []
@@ -837,9 +852,13 @@ class _Parser:
             raise self.err(
                 line,
                 f"bad guest mapping {shown(value)}",
-                'write "GPA FLAGS", flags from w, u, x, g, e.g. "0x10000 w"',
+                'write "GPA FLAGS", flags from w, u, x, g, e.g. "0x10000 w"; a 2 MiB page: '
+                '"0x400000 w 2m"',
             )
         gpa = self.addr(parts[0], line, "GPA")
+        if "2m" in parts[1:]:
+            parts.remove("2m")
+            self.guest_huge_page(root, gva, gpa, line)
         flags = "".join(parts[1:])
         self.flags(flags, line)
         if gpa not in host:
@@ -896,6 +915,139 @@ class _Parser:
                 )
             out[key] = gpa
         return out
+
+    # -- 2 MiB guest pages ------------------------------------------------------------------------
+    def guest_huge_page(self, root: str, gva: int, gpa: int, line: int) -> None:
+        """A 2 MiB guest page of page table `root` at GVA -> GPA: both 2 MiB aligned."""
+        for addr, what in ((gva, "GVA"), (gpa, "GPA")):
+            if addr & (HUGE - 1):
+                raise self.err(
+                    line,
+                    f"the 2 MiB guest page's {what} {addr:#x} is not 2 MiB aligned",
+                    f"use a {what} whose low 21 bits are zero, e.g. {addr & ~(HUGE - 1):#x}",
+                )
+        self.guest_huge.setdefault((root, gva), line)
+
+    def huge_store(self, op: str, root: str, gva: int, gpa: int, line: int, emulated: bool) -> None:
+        """`map GVA -> GPA FLAGS 2m` / `unmap GVA 2m`: a store to a 2 MiB page's PDE."""
+        if emulated:
+            raise self.err(
+                line,
+                f"{op} ... 2m emulated: an emulated store to a guest PDE is not modelled",
+                f"drop emulated (the guest's own store), or {op} 4 KiB pages",
+            )
+        if gpa < 0:
+            if gva & (HUGE - 1):
+                raise self.err(
+                    line,
+                    f"unmap {gva:#x} 2m: the GVA is not 2 MiB aligned",
+                    f"unmap the 2 MiB page at {gva & ~(HUGE - 1):#x}",
+                )
+            self.guest_huge.setdefault((root, gva), line)
+            return
+        self.guest_huge_page(root, gva, gpa, line)
+
+    def guest_huge_checks(
+        self,
+        config: Config,
+        vm1: tuple[int, ...],
+        guest: dict[int, tuple[int, str]],
+        roots: dict[str, dict[int, tuple[int, str]]],
+        programs: tuple[tuple[GuestOp, ...], ...],
+        host: dict[int, tuple[int, str]],
+    ) -> None:
+        """What the model of 2 MiB guest pages asks of a file: one VM, no nested guest and no
+        [tables]; a region of a page table is mapped 2 MiB or 4 KiB, never both; every GVA
+        the file names in a 2 MiB page maps, under every value of the page's PDE, a GPA of
+        [host]."""
+        line0 = min(self.guest_huge.values())
+        if self.data.get("tables"):
+            raise self.err(
+                self.lines.section("tables") or line0,
+                "[tables] with 2 MiB guest pages is not modelled",
+                'remove [tables], or map the guest\'s pages 4 KiB at a time (without "2m")',
+            )
+        if vm1 or self.ept12 or is_nested(programs):
+            raise self.err(
+                line0,
+                "2 MiB guest pages are modelled with one VM and no nested guest",
+                'remove [vm1], [ept12] and the nested ops, or map 4 KiB pages (without "2m")',
+            )
+        tables = {DEFAULT_ROOT: guest, **roots}
+        targets: dict[tuple[str, int], list[int]] = {}  # region -> GPA bases it may map
+        for name, table in tables.items():
+            for gva, (gpa, _) in table.items():
+                region = (name, gva & ~(HUGE - 1))
+                if region not in self.guest_huge:
+                    continue
+                if gva & (HUGE - 1) or (name, gva) not in self.guest_huge:
+                    line = self.entry_line(name, gva)
+                    raise self.err(
+                        line,
+                        f"GVA {gva:#x} is mapped 4 KiB in the 2 MiB guest page at "
+                        f"{region[1]:#x} of page table {name}",
+                        "map the region either as one 2 MiB page or as 4 KiB pages",
+                    )
+                targets.setdefault(region, []).append(gpa)
+        named: list[tuple[int, int]] = [(gva, self.entry_line(DEFAULT_ROOT, gva)) for gva in guest]
+        for name, table in roots.items():
+            named += [(gva, self.entry_line(name, gva)) for gva in table]
+        for prog in programs:
+            for op in prog:
+                if isinstance(op, MapOp | UnmapOp):
+                    region = (op.root, op.gva & ~(HUGE - 1))
+                    if (region in self.guest_huge) != op.huge:
+                        raise self.err(
+                            op.line,
+                            f"{op.describe()}: page table {op.root} maps the region at "
+                            f"{region[1]:#x} as a 2 MiB page",
+                            "map the region either as one 2 MiB page (every map/unmap of it "
+                            'with "2m") or as 4 KiB pages',
+                        )
+                    if isinstance(op, MapOp) and op.huge:
+                        targets.setdefault(region, []).append(op.gpa)
+                if isinstance(op, LinkOp | UnlinkOp) and op.level == 2:
+                    for name in (op.root, *([op.target] if isinstance(op, LinkOp) else [])):
+                        if (name, op.gva & ~(HUGE - 1)) in self.guest_huge:
+                            raise self.err(
+                                op.line,
+                                f"{op.describe()}: page table {name} maps that region as a 2 MiB "
+                                "page (its PDE has no last-level table)",
+                                "link 4 KiB regions only, or use level=3",
+                            )
+                named_gva = getattr(op, "gva", None)
+                if isinstance(named_gva, int) and named_gva >= 0:
+                    named.append((named_gva, op.line))
+        for gva, line in named:
+            for (name, base), gpas in targets.items():
+                if gva & ~(HUGE - 1) != base:
+                    continue
+                for gpa in gpas:
+                    frame = gpa + (gva & (HUGE - 1))
+                    if frame not in host:
+                        raise self.err(
+                            line,
+                            f"GVA {gva:#x} lies in the 2 MiB guest page at {base:#x} of page "
+                            f"table {name}, which maps it to GPA {frame:#x}, and [host] does not "
+                            "map that GPA",
+                            f'add "{frame:#x}" = "HPA rwx" to [host] (or map a 2 MiB region '
+                            'there: "HPA rwx 2m")',
+                        )
+
+    def entry_line(self, root: str, gva: int) -> int:
+        """The line of page table `root`'s entry for `gva` (0 if the file has none)."""
+        table = self._table("guest")
+        keys = table if root == DEFAULT_ROOT else table.get(root, {})
+        for key in keys:
+            if (
+                isinstance(key, str)
+                and re.fullmatch(r"0x[0-9a-fA-F]+", key)
+                and int(key, 16) == gva
+            ):
+                if root == DEFAULT_ROOT:
+                    return self.lines.key("guest", key)
+                return self.lines.nested("guest", root, key)
+        return 0
 
     def flags(self, flags: str, line: int) -> None:
         if not set(flags) <= set("wuxg") or len(set(flags)) != len(flags):
@@ -988,7 +1140,7 @@ class _Parser:
         table: dict[int, tuple[int, str]] = {}
         for gkey, gvalue in t.get("guest", {}).items():
             gline = self.lines.nested(VM1_ROOT, "guest", gkey)
-            self.guest_entry(gkey, gvalue, gline, vm1_host, table)
+            self.guest_entry(gkey, gvalue, gline, vm1_host, table, VM1_ROOT)
         roots[VM1_ROOT] = table
         return tuple(vcpus), vm1_host
 
@@ -1219,13 +1371,26 @@ class _Parser:
                 return True
             return False
 
+        def huge_arg() -> bool:
+            """A `2m` after map's FLAGS or unmap's GVA: the store writes a 2 MiB page's PDE."""
+            if "2m" in args[1:]:
+                args.remove("2m")
+                return True
+            return False
+
         if op == "map":
             emulated = emulated_arg()
             root = root_arg()
+            huge = huge_arg()
             if len(args) < 3 or args[1] != "->":
                 raise self.err(line, "map takes GVA -> GPA FLAGS", "write: map 0x1000 -> 0x12000 w")
             gpa = self.addr(args[2], line, "GPA")
             flags = "".join(args[3:])
+            gva = self.addr(args[0], line, "GVA")
+            if huge:
+                self.huge_store(op, root, gva, gpa, line, emulated)
+                self.flags(flags, line)
+                return MapOp(gva, gpa, flags, line, root, emulated, True)
             self.flags(flags, line)
             if gpa not in host:
                 raise self.err(
@@ -1233,12 +1398,16 @@ class _Parser:
                     f"GPA {gpa:#x} is not mapped in [host]",
                     f'add "{gpa:#x}" = "HPA rwx" to [host]',
                 )
-            return MapOp(self.addr(args[0], line, "GVA"), gpa, flags, line, root, emulated)
+            return MapOp(gva, gpa, flags, line, root, emulated)
         if op == "unmap":
             emulated = emulated_arg()
             root = root_arg()
-            need(1, "GVA [root=NAME] [emulated]")
-            return UnmapOp(self.addr(args[0], line, "GVA"), line, root, emulated)
+            huge = huge_arg()
+            need(1, "GVA [2m] [root=NAME] [emulated]")
+            gva = self.addr(args[0], line, "GVA")
+            if huge:
+                self.huge_store(op, root, gva, -1, line, emulated)
+            return UnmapOp(gva, line, root, emulated, huge)
 
         def level_arg() -> int:
             """A trailing level=N of link and unlink (after root=NAME, if any): which entry."""
@@ -1562,6 +1731,8 @@ class _Parser:
             executable |= {gva for gva, (_, f) in table.items() if "x" in f}
         for prog in programs:
             executable |= {op.gva for op in prog if isinstance(op, MapOp) and "x" in op.flags}
+        # a 2 MiB guest page mapped executable covers every GVA of its region
+        huge_x = {gva for (_, gva) in self.guest_huge if gva in executable}
         for prog in programs:
             pcide = config.pcid
             for op in prog:
@@ -1585,7 +1756,12 @@ class _Parser:
                         "mov_cr3 pcid=N needs CR4.PCIDE",
                         "drop pcid=, or set pcid = true / set_cr4 pcide=1 first",
                     )
-                if isinstance(op, AccessOp) and op.kind == "exec" and op.gva not in executable:
+                if (
+                    isinstance(op, AccessOp)
+                    and op.kind == "exec"
+                    and op.gva not in executable
+                    and op.gva & ~(HUGE - 1) not in huge_x
+                ):
                     raise self.err(
                         op.line,
                         f"exec of {op.gva:#x}, which is never mapped executable",

@@ -163,25 +163,38 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     gvas = scenario.gvas
     gpas = scenario.gpas
     # -- guest page tables: initial PTEs and every value the ops write -----------------------
+    # (a 2 MiB guest page's entry is its region's PDE, PS = 1: `huge_pde`, below)
+    huge_pages = {(root_names.index(name), gva) for name, gva in scenario.guest_huge}
     pte_values: dict[tuple[int, int], list[int]] = {}
+    pde_values: dict[tuple[int, int], list[int]] = {}
     for r, name in enumerate(root_names):
         for gva, (gpa, flags) in scenario.root_map(name).items():
+            if (r, gva) in huge_pages:
+                b.map(roots[r], gva, _pte(gpa, flags, huge=True), level=2)
+                pde_values[(r, gva)] = [_pte(gpa, flags, huge=True)]
+                continue
             b.map(roots[r], gva, _pte(gpa, flags))
             pte_values[(r, gva)] = [_pte(gpa, flags)]
     for prog in scenario.programs:
         for op in prog:
             if isinstance(op, MapOp | UnmapOp):
                 r = root_names.index(op.root)
-                value = _pte(op.gpa, op.flags) if isinstance(op, MapOp) else 0
-                pte_values.setdefault((r, op.gva), [0]).append(value)
+                value = _pte(op.gpa, op.flags, huge=op.huge) if isinstance(op, MapOp) else 0
+                (pde_values if op.huge else pte_values).setdefault((r, op.gva), [0]).append(value)
+    for (r, base), values in pde_values.items():
+        b.allow(roots[r], base, values, level=2)
     for r, name in enumerate(root_names):
         for gva in gvas:
+            if (r, gva & ~(HUGE - 1)) in huge_pages:
+                # in a 2 MiB guest page: walked at every fill, with no PTE of its own
+                b.name(roots[r], gva, create=False)
+                continue
             if gva not in scenario.root_map(name):
                 b.name(roots[r], gva)
             b.allow(roots[r], gva, pte_values.get((r, gva), [0]))
     # -- the PDEs `link`/`unlink` write: a pointer to some page table's last-level table page of
     # the region, or 0 ---------------------------------------------------------------------------
-    guest_ptr = ptr_values(b, roots, gvas)
+    guest_ptr = ptr_values(b, roots, gvas, huge_pages)
     relinked: set[tuple[int, int, int]] = set()  # (root, level, region) of the entries written
     for prog in scenario.programs:
         for op in prog:
@@ -281,7 +294,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     if not cfg.tdp:
         n = len(roots)
         shadow_roots = tuple(b.linear_root() for _ in range(2 * n if wp_roles else n))
-        _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights)
+        _shadow_layout(b, scenario, shadow_roots, pte_values, host_pages, rights, pde_values)
         spt_bit = shadow_page_bits(len(shadow_roots), gvas)
         shadow_ptr = ptr_values(b, shadow_roots, gvas)
         # KVM zaps a shadow entry when the guest writes the entry it shadows, and FNAME(fetch)
@@ -296,6 +309,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
                     if (lv, rg) == (level, reg) and t // n == s // n
                 ]
                 b.allow(shadow_roots[s], gva, [0, *targets], level=level)
+        # a guest 2 MiB page is mapped through a direct shadow page (role.direct): the shadow
+        # PDE links it, and KVM zaps that PDE when the guest writes its own
+        for r, base in sorted(huge_pages):
+            for s in range(r, len(shadow_roots), n):
+                b.allow(shadow_roots[s], base, [0], level=2)
     layout = b.build()
     frame_of = {h: gpa for gpa, (pages, _) in host_pages.items() for h in pages}
     # -- tags the run can reach ----------------------------------------------------------------
@@ -485,16 +503,21 @@ NON_LEAF_LEVELS = (2, 3, 4)  # PDE, PDPTE, PML4E
 
 
 def ptr_values(
-    b: LayoutBuilder, roots: tuple[int, ...], gvas: tuple[int, ...] | list[int]
+    b: LayoutBuilder,
+    roots: tuple[int, ...],
+    gvas: tuple[int, ...] | list[int],
+    huge_pages: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
 ) -> dict[tuple[int, int, int], int]:
     """(root index, level, region) -> the value of a level-`level` entry that points at
     hierarchy `roots[i]`'s level-(level - 1) table page of the region (KvmConfig.guest_ptr /
-    shadow_ptr)."""
+    shadow_ptr). A 2 MiB guest page of root i (`huge_pages`: (i, its GVA)) has no last-level
+    table page."""
     return {
         (t, level, region(gva, level)): b.table_pointer(roots[t], gva, level)
         for t in range(len(roots))
         for level in NON_LEAF_LEVELS
         for gva in gvas
+        if level != 2 or (t, gva & ~(HUGE - 1)) not in huge_pages
     }
 
 
@@ -511,25 +534,33 @@ def _shadow_layout(
     pte_values: dict[tuple[int, int], list[int]],
     host_pages: dict[int, tuple[list[int], bool]],
     rights: tuple[int, ...],
+    pde_values: dict[tuple[int, int], list[int]] | None = None,
 ) -> None:
     """The shadow page tables KVM builds for each guest page table (kvm/shadow.py): one linear
     hierarchy per guest root (and per role, with `KvmConfig.wp_roles`: hierarchy s shadows guest
     root s % len(roots)), its upper levels present from the start (KVM created the shadow
     pages of every table the scenario names before the run), and for each GVA a last-level SPTE
     whose values are every guest PTE value combined with every host page of its frame, with
-    write permission or without (dirty logging, or a read-only guest PTE)."""
+    write permission or without (dirty logging, or a read-only guest PTE). A GVA in a 2 MiB
+    guest page (`pde_values`: its PDE's values) has its SPTE in the direct shadow page KVM maps
+    the page with, one per hierarchy and region: the frame at the GVA's offset in the page."""
     gpas = scenario.gpas
     wp_clear = any(
         isinstance(op, SetCr0Op) and not op.value for prog in scenario.programs for op in prog
     )
     n = len(scenario.root_names)
+    huge = pde_values or {}
     for s, sroot in enumerate(shadow_roots):
         for gva in scenario.gvas:
             values: list[int] = [0]
-            for pte in pte_values.get((s % n, gva), [0]):
+            base = gva & ~(HUGE - 1)
+            leaves = huge.get((s % n, base)) or pte_values.get((s % n, gva), [0])
+            for pte in leaves:
                 if not pte & P:
                     continue
                 gpa = pte_addr(pte)
+                if (s % n, base) in huge:
+                    gpa = (gpa & ~(HUGE - 1)) + gva - base
                 pages, _ = host_pages[gpa]
                 host_w = bool(rights[gpas.index(gpa)] & E_W)
                 for hpa in pages:
@@ -595,9 +626,15 @@ def shadow_page_bits(nroots: int, gvas: tuple[int, ...] | list[int]) -> tuple[tu
     )
 
 
-def _pte(gpa: int, flags: str) -> int:
+def _pte(gpa: int, flags: str, *, huge: bool = False) -> int:
+    """A guest PTE (`huge`: a PDE mapping a 2 MiB page, PS = 1)."""
     return make_pte(
-        gpa, writable="w" in flags, user="u" in flags, executable="x" in flags, glob="g" in flags
+        gpa,
+        writable="w" in flags,
+        user="u" in flags,
+        executable="x" in flags,
+        glob="g" in flags,
+        large=huge,
     )
 
 
