@@ -50,3 +50,10 @@ def test_the_readme_variant_is_caught(tmp_path: Path) -> None:
     rec = json.loads(result.stdout.splitlines()[0])
     assert rec["label"] == "violation:guest-transparency"
     assert "violation:guest-transparency" in text
+
+
+def test_the_readme_counts_the_bug_zoo() -> None:
+    from regen_golden import bug_policies
+
+    said = re.search(r"^(\d+) policies reintroduce", (ROOT / "README.md").read_text(), re.M)
+    assert said is not None and int(said.group(1)) == len(bug_policies())
