@@ -622,9 +622,8 @@ def _check_frontier_options(
         fail(f"--pack-after {pack_after}: give a number of worlds >= 0")
     if por and (pack_after != FRONTIER_THRESHOLD or frontier_dir is not None):
         fail("--pack-after and --frontier-dir do not go with --por: its search keeps levels whole")
-    if (workers > 1 or backend == "ray" or checkpoint is not None or resume is not None) and (
-        pack_after != FRONTIER_THRESHOLD
-    ):
+    partitioned = workers > 1 or backend == "ray" or checkpoint is not None or resume is not None
+    if partitioned and pack_after != FRONTIER_THRESHOLD:
         fail(
             f"--pack-after goes with the plain search: the partitioned one (--workers, --backend "
             f"ray, --checkpoint, --resume) packs past {FRONTIER_THRESHOLD} worlds of a partition"
@@ -635,7 +634,7 @@ def _check_frontier_options(
         fail(f"--frontier-dir {frontier_dir}: not a directory; give an existing directory")
     if not os.access(frontier_dir, os.W_OK | os.X_OK):
         fail(f"--frontier-dir {frontier_dir}: not writable; give a directory you can write to")
-    if workers > 1 or backend == "ray" or checkpoint is not None or resume is not None:
+    if partitioned:
         fail(
             "--frontier-dir goes with the plain search: the partitioned one (--workers, "
             "--backend ray, --checkpoint, --resume) packs its levels in memory"

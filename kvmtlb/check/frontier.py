@@ -112,6 +112,12 @@ class Frontier:
         self.extents.append((self.file.tell(), len(data)))
         self.file.write(data)
 
+    def _read(self, offset: int, length: int) -> bytes:
+        """A packed batch from the file."""
+        assert self.file is not None
+        self.file.seek(offset)
+        return self.file.read(length)
+
     def _unpack(self, data: bytes) -> list[Any]:
         items: list[Any] = _Unpickler(zlib.decompress(data), self.constants).load()
         return items
@@ -126,8 +132,7 @@ class Frontier:
         if self.file is not None:
             self.file.flush()
             for offset, length in self.extents:
-                self.file.seek(offset)
-                yield from self._unpack(self.file.read(length))
+                yield from self._unpack(self._read(offset, length))
             self.close()
         yield from self.tail
         self.tail = []
@@ -156,9 +161,8 @@ class Frontier:
             else:
                 assert self.file is not None
                 offset, length = self.extents[b]
-                self.file.seek(offset)
-                data = self.file.read(length)
-                self.file.seek(0, io.SEEK_END)
+                data = self._read(offset, length)
+                self.file.seek(0, io.SEEK_END)  # where _pack appends
             items = self._cache[b] = self._unpack(data)
         return items[j]
 
