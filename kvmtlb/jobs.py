@@ -39,6 +39,7 @@ EXIT_STOPPED = 3  # stopped by Ctrl-C or a limit (--max-states, --timeout, --max
 EXIT_INTERNAL = 4  # a bug in kvmtlb: a short message, the traceback in a file it names
 
 GRACE_SECONDS = 1.5  # after Ctrl-C, how long runs in progress get to return partial results
+POLL_SECONDS = 0.25  # how often the parent looks at the pool (and so at a Ctrl-C)
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -150,6 +151,17 @@ def run_pool(
     ctx = multiprocessing.get_context()
     stop = ctx.Event()
     queue = ctx.Queue()
+    # Ctrl-C only counts while the pool runs, in a flag the loop below reads: a KeyboardInterrupt
+    # raised at an arbitrary point could land inside concurrent.futures.wait while it holds some
+    # futures' locks (it takes them one by one), and the executor's manager thread, blocked on one
+    # of them for good, would keep the interpreter from exiting (seen about once in 50 runs).
+    sigints = 0
+
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        nonlocal sigints
+        sigints += 1
+        stop.set()
+
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # forked workers inherit SIG_IGN
     try:
         pool = ProcessPoolExecutor(
@@ -158,8 +170,25 @@ def run_pool(
         futures: dict[Future[R | None], int] = {
             pool.submit(_call, fn, i, job): i for i, job in enumerate(jobs)
         }
+        signal.signal(signal.SIGINT, on_sigint)
+        return _supervise(pool, futures, results, queue, lambda: sigints, failed, done, tick)
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def _supervise(
+    pool: ProcessPoolExecutor,
+    futures: dict[Future[R | None], int],
+    results: list[R | None],
+    queue: Any,
+    sigints: Callable[[], int],
+    failed: Callable[[int, BaseException], R],
+    done: Callable[[int, R], None] | None,
+    tick: Callable[[Tick], None] | None,
+) -> Outcome[R]:
+    """`run_pool`'s loop in the parent: collect results and progress until every job finished or
+    the user pressed Ctrl-C (`sigints()` > 0); then give the runs in progress their grace and
+    terminate the workers."""
     t0 = time.monotonic()
     running: dict[int, dict[str, Any]] = {}
     pending = set(futures)
@@ -192,42 +221,37 @@ def run_pool(
             if results[i] is None:
                 running[i] = info
 
-    try:
-        while pending:
-            ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            drain()
-            collect(ready)
-            if tick is not None:
-                rss = sum(rss_mb(p.pid) for p in _processes(pool) if p.pid is not None)
-                tick(Tick(finished, len(jobs), time.monotonic() - t0, dict(running), rss))
-    except KeyboardInterrupt:
-        stop.set()
-        for f in pending:
-            f.cancel()
-        deadline = time.monotonic() + GRACE_SECONDS
-        try:
-            while pending and time.monotonic() < deadline:
-                ready, pending = wait(
-                    pending,
-                    timeout=max(0.0, deadline - time.monotonic()),
-                    return_when=FIRST_COMPLETED,
-                )
-                collect(ready)
-        except KeyboardInterrupt:  # a second Ctrl-C: no grace
-            pass
-        for p in _processes(pool):
-            if p.is_alive():
-                p.terminate()
-        # Let the executor's manager thread finish its clean-up now (shutdown drops the pool's
-        # reference to it): if it closes its wake-up pipe while the interpreter's exit handler
-        # writes to it (CPython 3.11 takes no lock there), the user sees an OSError traceback.
-        manager = getattr(pool, "_executor_manager_thread", None)
-        pool.shutdown(wait=False, cancel_futures=True)
-        if manager is not None:
-            manager.join(timeout=GRACE_SECONDS)
-        return Outcome(results, True)
-    pool.shutdown(wait=True)
-    return Outcome(results, False)
+    while pending and not sigints():
+        ready, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+        drain()
+        collect(ready)
+        if tick is not None:
+            rss = sum(rss_mb(p.pid) for p in _processes(pool) if p.pid is not None)
+            tick(Tick(finished, len(results), time.monotonic() - t0, dict(running), rss))
+    if not sigints():
+        pool.shutdown(wait=True)
+        return Outcome(results, False)
+    for f in pending:
+        f.cancel()
+    deadline = time.monotonic() + GRACE_SECONDS
+    while pending and time.monotonic() < deadline and sigints() < 2:  # a second Ctrl-C: no grace
+        ready, pending = wait(
+            pending,
+            timeout=min(POLL_SECONDS, max(0.0, deadline - time.monotonic())),
+            return_when=FIRST_COMPLETED,
+        )
+        collect(ready)
+    for p in _processes(pool):
+        if p.is_alive():
+            p.terminate()
+    # Let the executor's manager thread finish its clean-up now (shutdown drops the pool's
+    # reference to it): if it closes its wake-up pipe while the interpreter's exit handler
+    # writes to it (CPython 3.11 takes no lock there), the user sees an OSError traceback.
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        manager.join(timeout=GRACE_SECONDS)
+    return Outcome(results, True)
 
 
 def _processes(pool: ProcessPoolExecutor) -> list[Any]:
