@@ -166,6 +166,13 @@ TOKENS = (
     "0x400000 rwx 2m",
     "0x401000 rwx 2m",
     "0x400000 r 2m",
+    # regions split for NX ("HPA RIGHTS 2m nx") and their recovery
+    "nx",
+    "0x400000 rwx 2m nx",
+    "0x400000 rwx nx 2m",
+    "0x401000 rwx 2m nx",
+    "recover_nx",
+    "spawn recover_nx",
     # 2 MiB guest pages ([guest] "GPA FLAGS 2m", map/unmap ... 2m)
     "0x400000 w 2m",
     "0x401000 w 2m",

@@ -92,10 +92,21 @@ class ZapGfnRangeOp(NamedTuple):
         return f"zap_gfn_range {self.first:#x} {self.second:#x}"
 
 
+class RecoverNxOp(NamedTuple):
+    """`recover_nx`: one run of KVM's NX huge page recovery worker (kvm/hugepage.py): it zaps the
+    4 KiB tables of the 2 MiB regions an exec fault split ([host] "HPA RIGHTS 2m nx"), yielding
+    mmu_lock between them, so that the next fault can map the region 2 MiB again."""
+
+    line: int = 0
+
+    def describe(self) -> str:
+        return "recover_nx"
+
+
 class SpawnOp(NamedTuple):
     """`spawn OP`: OP runs in a second host thread (`host2`), concurrently with the ops after."""
 
-    op: FlushRemoteOp | ZapGfnRangeOp
+    op: FlushRemoteOp | ZapGfnRangeOp | RecoverNxOp
     line: int = 0
 
     def describe(self) -> str:
@@ -158,6 +169,7 @@ HostOp: TypeAlias = (
     | FlushRemoteOp
     | ZapAllFastOp
     | ZapGfnRangeOp
+    | RecoverNxOp
     | SpawnOp
     | AgeOp
     | ClearDirtyLogOp

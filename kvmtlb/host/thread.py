@@ -40,11 +40,16 @@ data it migrated away, is `released`, and no guest access may reach it from that
 userspace is `protected` (dirty-logging). Both are set by the kernel's steps, never by KVM's, so a
 policy cannot switch them off; a policy whose flush comes too late (after the free) is caught.
 
-`spawn OP` starts OP (`flush_remote_tlbs`, or `zap_gfn_range GPA GPA`: kvm_zap_gfn_range over
-two frames, yielding mmu_lock between them) in a second host thread, `host2`, and goes on with
-the next op at once: the two threads' steps interleave (two remote flushes at once; a notifier
-zap while a zap has yielded mmu_lock). `host2` runs one spawned op at a time; a second `spawn`
-waits for it. Its kicks carry their own bit (HOST2_SENDER), so each thread waits for its own.
+`recover_nx` is one run of KVM's NX huge page recovery worker (kvm_recover_nx_huge_pages:
+kvm/hugepage.py), which zaps the tables of the regions an exec fault split, yielding mmu_lock
+between them.
+
+`spawn OP` starts OP (`flush_remote_tlbs`; `zap_gfn_range GPA GPA`: kvm_zap_gfn_range over two
+frames, yielding mmu_lock between them; `recover_nx`, as the worker thread it is in KVM) in a
+second host thread, `host2`, and goes on with the next op at once: the two threads' steps
+interleave (two remote flushes at once; a notifier zap while a zap has yielded mmu_lock). `host2`
+runs one spawned op at a time; a second `spawn` waits for it. Its kicks carry their own bit
+(HOST2_SENDER), so each thread waits for its own.
 
 `preempt` and `resume` schedule a vCPU out and in (vcpu_put, vcpu_load); a vCPU preempted by a
 host op stays out (`held`) until a `resume`.
@@ -69,6 +74,7 @@ from kvmtlb.host.ops import (
     FlushRemoteOp,
     HostOp,
     PreemptOp,
+    RecoverNxOp,
     RemapOp,
     ResumeOp,
     SpawnOp,
@@ -147,13 +153,8 @@ def host_actions(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> list[
         return ["step"]
     if h.phase in pol.HOST_STEPS:
         return ["step"] if pol.host_step_enabled(w, h.phase, h.frame) else []
-    if h.phase == "" and isinstance(op, ZapOp | RemapOp | ZapGfnRangeOp):  # KVM's step first
-        first = (
-            "kvm_zap_gfn_range"
-            if isinstance(op, ZapGfnRangeOp)
-            else "kvm_mmu_notifier_invalidate_range_start"
-        )
-        return ["step"] if pol.host_step_enabled(w, first, ()) else []
+    if h.phase == "" and isinstance(op, ZapOp | RemapOp | ZapGfnRangeOp | RecoverNxOp):
+        return ["step"] if pol.host_step_enabled(w, _first_label(op), ()) else []  # KVM's first
     return ["step"]
 
 
@@ -167,10 +168,21 @@ def host2_enabled(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> bool
     return pol.host_step_enabled(w, h.bg_phase, h.bg_frame, HOST2_SENDER)
 
 
+def _first_label(op: HostOp) -> str:
+    """The KVM label a host op that starts by taking a lock calls first."""
+    if isinstance(op, ZapGfnRangeOp):
+        return "kvm_zap_gfn_range"
+    if isinstance(op, RecoverNxOp):
+        return "kvm_recover_nx_huge_pages"
+    if isinstance(op, FlushRemoteOp):
+        return "kvm_flush_remote_tlbs"
+    return "kvm_mmu_notifier_invalidate_range_start"
+
+
 def _spawned_label(program: tuple[HostOp, ...], index: int) -> str:
     op = program[index]
     assert isinstance(op, SpawnOp)
-    return "kvm_flush_remote_tlbs" if isinstance(op.op, FlushRemoteOp) else "kvm_zap_gfn_range"
+    return _first_label(op.op)
 
 
 def host2_step(k: Step, pol: KvmPolicy, program: tuple[HostOp, ...]) -> None:
@@ -293,6 +305,8 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
             return _call(k, pol, op, h, "kvm_clear_dirty_log_protect", DONE)
         if isinstance(op, ZapGfnRangeOp):
             return _call(k, pol, op, h, "kvm_zap_gfn_range", DONE)
+        if isinstance(op, RecoverNxOp):
+            return _call(k, pol, op, h, "kvm_recover_nx_huge_pages", DONE)
         if isinstance(op, DeleteMemslotOp):
             page = k.kvm.backing[k.config.gpa_index(op.gpa)]
             return _call(k, pol, op, h._replace(page=page), "kvm_set_memslot", "mm:free")

@@ -156,6 +156,7 @@ class KvmConfig:
     # eager_page_split module parameters of v6.18 (v5.x have neither: always the rmap MMU,
     # never an eager split).
     huge: tuple[tuple[int, int, int], ...] = ()
+    nx_huge: int = 0  # the regions declared "2m nx" (bit n: huge[n]): the NX mitigation is on
     hv_range_flush: bool = False
     tdp_mmu: bool = True
     eager_split: bool = True

@@ -30,7 +30,23 @@ A fault that replaces the region's table by the huge SPTE (mmu.c:mmu_set_spte @ 
 tdp_mmu=N, tdp_mmu.c:tdp_mmu_map_handle_target_level @ v6.18) flushes the huge page's range
 (kvm_flush_remote_tlbs_gfn): the table's 4 KiB translations may be cached.
 
-Abstracts away: 1 GiB pages; NX huge pages; several roots (a scenario with a region has one EPT/
+NX huge pages (the iTLB multihit mitigation, nx_huge_pages=on): a region declared
+"HPA RIGHTS 2m nx" starts split by an earlier exec fault, its 4 KiB table a shadow page on
+kvm->arch.possible_nx_huge_pages (`Kvm.nx_huge`). A fault does not map such a region 2 MiB while
+that table is linked (mmu.c:disallowed_hugepage_adjust; v5.x: while any table is linked there, the
+mitigation being on). `recover_nx` is one run of the recovery worker
+(mmu.c:kvm_recover_nx_huge_pages @ v6.18, kvm_recover_nx_lpages @ v5.x, with
+nx_huge_pages_recovery_ratio = 1: every page on the list): for each table, take it off the list
+and zap it (tdp_mmu.c:kvm_tdp_mmu_zap_possible_nx_huge_page under mmu_lock for read with the TDP
+MMU, kvm_mmu_prepare_zap_page under mmu_lock for write otherwise), and between two tables flush
+whatever is pending before yielding mmu_lock (kvm_mmu_remote_flush_or_zap, then
+cond_resched_rwlock_*). v6.18 leaves a table alone whose memslot logs dirty pages
+(kvm_mmu_sp_dirty_logging_enabled). The next fault maps the region 2 MiB. Historical bug #13's
+048f49809c52 and 33a3164161fc (v5.12; v5.10 and v5.11 shipped them, neither v5.7/v5.8, which
+predate the TDP MMU, nor v6.18) are the variants of kvm/hugepage_bugs.py.
+
+Abstracts away: 1 GiB pages; the exec fault that splits a region for NX (a scenario declares the
+region split, and has no exec op); several roots (a scenario with a region has one EPT/
 NPT root: no fast zap); the host THP's own split and collapse beyond "a zap splits it"; frames
 of a region that the scenario never names (nothing can reach them). The vCPU-side flushes wait
 for their kicks at once (kvm_main.kvm_mmu_remote_flush), as the shadow MMU's do.
@@ -123,6 +139,11 @@ class HugePages:
     def region_frames(self, k: Step, n: int) -> list[int]:
         base = k.config.huge[n][0]
         return [g for g in k.config.gpas if base <= g < base + HUGE]
+
+    def disallowed_hugepage_adjust(self, k: Step, n: int) -> bool:
+        """mmu.c:disallowed_hugepage_adjust @ v6.18: a fault that may map region `n` 2 MiB maps
+        4 KiB instead while the region's table is linked and is a possible NX huge page."""
+        return self.huge_pde(k, n)[0] == TABLE and bool(k.kvm.nx_huge >> n & 1)
 
     def spte(self, k: Step, gpa: int, root: int = 0) -> tuple[int, int]:
         """The frame's translation in the EPT/NPT: through the region's huge SPTE, through its
@@ -265,7 +286,11 @@ class HugePages:
         base, hpa, _ = k.config.huge[n]
         kind = self.huge_pde(k, n)[0]
         memslot = self.host_rights(k, gpa)  # type: ignore[attr-defined]
-        if self.max_mapping_level(k, n) == 2:
+        level = self.max_mapping_level(k, n)
+        if level == 2 and self.disallowed_hugepage_adjust(k, n):
+            k.note(f"disallowed_hugepage_adjust({gpa:#x})", "an NX-split table is linked: 4 KiB")
+            level = 1
+        if level == 2:
             if kind == TABLE:
                 # the table's 4 KiB translations may be cached: flush the huge page's range
                 # (kvm_flush_remote_tlbs_gfn(kvm, gfn, level), gfn rounded to the level)
@@ -345,6 +370,105 @@ class HugePages:
         else:
             task.return_()
 
+    # -- NX huge page recovery: `recover_nx` (a host task) ---------------------------------------
+    def kvm_recover_nx_huge_pages(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_recover_nx_huge_pages @ v6.18: take mmu_lock (for read with the TDP MMU, for
+        write with the rmap MMU: either way an MMU-notifier zap, which takes it for write,
+        waits) and recover the first table on the list."""
+        if not k.kvm.nx_huge:
+            k.note("kvm_recover_nx_huge_pages: no possible NX huge page", "nothing to zap")
+            task.return_()
+            return
+        k.kvm.mmu_lock = True
+        k.note("lock(&kvm->mmu_lock)", "kvm_recover_nx_huge_pages")
+        self.nx_recover_one(k, task, 0)
+
+    def nx_recover_one(self, k: Step, task: HostTask, flush: int) -> None:
+        """One turn of kvm_recover_nx_huge_pages's loop @ v6.18: the list's first table comes off
+        it (unaccount_nx_huge_page) and is zapped unless its memslot logs dirty pages; the zap's
+        flush joins the pending one."""
+        n = (k.kvm.nx_huge & -k.kvm.nx_huge).bit_length() - 1
+        k.kvm.nx_huge &= ~(1 << n)
+        base = k.config.huge[n][0]
+        if self.nx_recovery_skips(k, n):
+            k.note(
+                f"kvm_recover_nx_huge_pages: the table of {base:#x} logs dirty pages",
+                "unaccount_nx_huge_page only: dirty logging off recovers it",
+            )
+        elif self.nx_zap_sp(k, n):
+            flush = 1
+        task.frame = (flush,)
+        task.goto("kvm_recover_nx_huge_pages:yield")
+
+    def nx_recovery_skips(self, k: Step, n: int) -> bool:
+        """mmu.c:kvm_mmu_sp_dirty_logging_enabled @ v6.18: the table's memslot logs dirty
+        pages (its 4 KiB SPTEs would only fault back in as 4 KiB)."""
+        return bool(self.kvm_slot_dirty_track_enabled(k, k.config.huge[n][0]))  # type: ignore[attr-defined]
+
+    def nx_zap_sp(self, k: Step, n: int) -> bool:
+        """tdp_mmu.c:kvm_tdp_mmu_zap_possible_nx_huge_page @ v6.18 (mmu.c:kvm_mmu_prepare_zap_page
+        with the rmap MMU): clear the region's PDE if it still points at the table, dropping
+        the table's 4 KiB SPTEs with it; whether a remote flush is owed."""
+        base = k.config.huge[n][0]
+        if self.huge_pde(k, n)[0] != TABLE:
+            k.note(f"the PDE of {base:#x} no longer points at the table", "nothing to zap")
+            return False
+        self.set_huge_pde(k, n, NONE, 0, "kvm_recover_nx_huge_pages: zap the NX-split table")
+        return True
+
+    def kvm_recover_nx_huge_pages_yield(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_recover_nx_huge_pages @ v6.18 after a table: with more tables to go, flush
+        what is pending and yield mmu_lock (kvm_mmu_remote_flush_or_zap, then
+        cond_resched_rwlock_read/write: the model always yields here); after the last, flush
+        what is pending."""
+        (flush,) = task.frame
+        if k.kvm.nx_huge:
+            self.nx_flush_before_yield(k, task, flush)
+            return
+        task.frame = ()
+        if flush:
+            task.call("kvm_flush_remote_tlbs", "kvm_recover_nx_huge_pages:done")
+        else:
+            task.goto("kvm_recover_nx_huge_pages:done")
+
+    def nx_flush_before_yield(self, k: Step, task: HostTask, flush: int) -> None:
+        """kvm_mmu_remote_flush_or_zap(kvm, &invalid_list, flush) before cond_resched_*: the
+        pending flush is done while mmu_lock is still held."""
+        task.frame = ()
+        if flush:
+            k.note("kvm_recover_nx_huge_pages: a flush is pending, flush before yielding")
+            task.call("kvm_flush_remote_tlbs", "kvm_recover_nx_huge_pages:unlock")
+        else:
+            task.goto("kvm_recover_nx_huge_pages:unlock")
+
+    def kvm_recover_nx_huge_pages_unlock(self, k: Step, task: HostTask) -> None:
+        """cond_resched_rwlock_read/write @ v6.18 (cond_resched_lock @ v5.x): mmu_lock is free
+        until the worker runs again. `frame` keeps a flush still pending."""
+        k.kvm.mmu_lock = False
+        k.note("cond_resched: mmu_lock yielded")
+        task.goto("kvm_recover_nx_huge_pages:relock")
+
+    def kvm_recover_nx_huge_pages_relock(self, k: Step, task: HostTask) -> None:
+        """mmu_lock again, and the next table on the list (another recovery may have emptied
+        it meanwhile: then the loop ends)."""
+        flush = task.frame[0] if task.frame else 0
+        k.kvm.mmu_lock = True
+        k.note("lock(&kvm->mmu_lock)", "kvm_recover_nx_huge_pages resumes")
+        if k.kvm.nx_huge:
+            self.nx_recover_one(k, task, flush)
+            return
+        task.frame = ()
+        if flush:
+            task.call("kvm_flush_remote_tlbs", "kvm_recover_nx_huge_pages:done")
+        else:
+            task.goto("kvm_recover_nx_huge_pages:done")
+
+    def kvm_recover_nx_huge_pages_done(self, k: Step, task: HostTask) -> None:
+        """mmu.c:kvm_recover_nx_huge_pages @ v6.18: unlock after the last flush."""
+        k.kvm.mmu_lock = False
+        k.note("unlock(&kvm->mmu_lock)")
+        task.return_()
+
 
 def _table_spte(self: object, k: Step, gpa: int) -> tuple[int, int]:
     """The frame's 4 KiB SPTE in the region's table, whatever the region's PDE holds."""
@@ -369,6 +493,17 @@ class HugePages58:
         KVM_PAGES_PER_HPAGE(sp->role.level)), sp the page directory holding the huge SPTE:
         its base GFN is that of the 1 GiB region, not of the dropped 2 MiB page."""
         return base & ~(GIB - 1), PAGES_PER_HPAGE[2]
+
+    def disallowed_hugepage_adjust(self, k: Step, n: int) -> bool:
+        """mmu.c:disallowed_hugepage_adjust @ v5.7/v5.8: with the NX mitigation on (a scenario
+        with a region declared nx), any linked table keeps a fault at 4 KiB, whether or not an
+        exec fault split it."""
+        return self.huge_pde(k, n)[0] == TABLE and bool(k.config.nx_huge)  # type: ignore[attr-defined]
+
+    def nx_recovery_skips(self, k: Step, n: int) -> bool:
+        """mmu.c:kvm_recover_nx_lpages @ v5.7/v5.8 zaps every table it takes off the list
+        (lpage_disallowed_mmu_pages), dirty logging or not."""
+        return False
 
     def zap_collapsible_flush_range(self, k: Step, gpa: int) -> tuple[int, int]:
         """mmu.c:kvm_mmu_zap_collapsible_spte @ v5.7/v5.8: kvm_flush_remote_tlbs_with_address(

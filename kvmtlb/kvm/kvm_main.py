@@ -40,6 +40,8 @@ TAKES_MMU_LOCK = frozenset(
         "kvm_mmu_notifier_invalidate_range_start",
         "kvm_zap_gfn_range",
         "kvm_zap_gfn_range:relock",
+        "kvm_recover_nx_huge_pages",
+        "kvm_recover_nx_huge_pages:relock",
     }
 )
 

@@ -174,6 +174,10 @@ class Kvm:
     # Nested EPT (kvm/nested_ept.py): the last-level shadow EPT02 pages marked sp->unsync, one
     # per 2 MiB region of L2 GPAs (bit n: the n-th region of KvmConfig.l2_gpas)
     ept02_unsync: int = 0
+    # Possible NX huge pages (kvm->arch.possible_nx_huge_pages; kvm/hugepage.py): the 2 MiB
+    # regions (bit n: KvmConfig.huge[n]) whose 4 KiB table an exec fault split and no NX
+    # recovery has zapped yet
+    nx_huge: int = 0
 
     def set_backing(self, index: int, hpa: int) -> None:
         b = list(self.backing)

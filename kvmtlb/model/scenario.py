@@ -45,6 +45,7 @@ from kvmtlb.host.ops import (
     FlushRemoteOp,
     HostOp,
     PreemptOp,
+    RecoverNxOp,
     RemapOp,
     ResumeOp,
     SpawnOp,
@@ -161,7 +162,8 @@ HOST_OPS = {
     "zap_gfn_range": "zap_gfn_range GPA GPA",
     "age": "age GPA",
     "clear_dirty_log": "clear_dirty_log GPA",
-    "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA",
+    "recover_nx": "recover_nx",
+    "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA | spawn recover_nx",
     "delete_memslot": "delete_memslot GPA",
     "create": "create vcpuN [on pcpuM]",
     "destroy": "destroy vm0|vm1",
@@ -290,6 +292,9 @@ class Scenario:
     # 2 MiB guest pages ("GPA FLAGS 2m" in [guest], `map ... 2m`): (page-table name, GVA of the
     # 2 MiB region) for every region whose PDE the file maps with PS = 1 (then never 4 KiB)
     guest_huge: frozenset[tuple[str, int]] = frozenset()
+    # The 2 MiB regions of `huge` declared "HPA RIGHTS 2m nx": split by an exec fault, their
+    # 4 KiB tables possible NX huge pages (kvm/hugepage.py)
+    nx_huge: frozenset[int] = frozenset()
 
     def huge_gva(self, gva: int, root: str | None = None) -> bool:
         """Whether `gva` lies in a 2 MiB guest page of page table `root` (any, if None)."""
@@ -351,6 +356,7 @@ class Scenario:
             self.ept12,
             self.huge,
             self.guest_huge,
+            self.nx_huge,
         )
 
 
@@ -399,6 +405,7 @@ class _Parser:
         self.ept12: dict[int, tuple[int, str]] = {}  # [ept12], parsed before the threads
         self.fast_zaps = 0  # zap_all_fast ops so far
         self.huge_regions: dict[int, tuple[int, str]] = {}  # [host]'s 2 MiB regions
+        self.nx_regions: set[int] = set()  # those of them declared "2m nx"
         # 2 MiB guest pages: (page-table name, GVA region) -> the line that first maps it 2m
         self.guest_huge: dict[tuple[str, int], int] = {}
 
@@ -433,6 +440,7 @@ class _Parser:
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
         if self.huge_regions or config.hv_range_flush:
             self.huge_checks(config, vm1, host_program)
+        self.nx_checks(programs, host_program)
         if self.guest_huge:
             self.guest_huge_checks(config, vm1, guest, roots, programs, both)
         expect = self.expect()
@@ -456,6 +464,7 @@ class _Parser:
             self.ept12,
             dict(self.huge_regions),
             frozenset(self.guest_huge),
+            frozenset(self.nx_regions),
         )
 
     def ept_checks(
@@ -681,17 +690,29 @@ class _Parser:
             )
             gpa = self.addr(key, line, "GPA")
             parts = str(value).split()
-            huge = len(parts) == 3 and parts[2] == "2m" and section == "host"
-            if len(parts) != 2 + huge or not set(parts[1]) <= set("rwx") or "r" not in parts[1]:
+            huge = len(parts) in (3, 4) and parts[2] == "2m" and section == "host"
+            nx = huge and len(parts) == 4 and parts[3] == "nx"
+            if (
+                len(parts) != 2 + huge + nx
+                or not set(parts[1]) <= set("rwx")
+                or "r" not in parts[1]
+            ):
                 raise self.err(
                     line,
                     f"bad host mapping {shown(value)}",
                     'write "HPA RIGHTS" with rights from r, w, x (r required), e.g. "0x80000 rwx"'
-                    + ('; a 2 MiB region: "0x400000 rwx 2m"' if section == "host" else ""),
+                    + (
+                        '; a 2 MiB region: "0x400000 rwx 2m", split by an exec fault: '
+                        '"0x400000 rwx 2m nx"'
+                        if section == "host"
+                        else ""
+                    ),
                 )
             hpa = self.addr(parts[0], line, "HPA")
             if huge:
                 self.huge_region(gpa, hpa, parts[1], line, out, hpas)
+                if nx:
+                    self.nx_regions.add(gpa)
                 continue
             for base, (rhpa, _) in self.huge_regions.items():
                 if base <= gpa < base + HUGE or rhpa <= hpa < rhpa + HUGE:
@@ -755,6 +776,46 @@ class _Parser:
         self.huge_regions[gpa] = (hpa, rights)
         out[gpa] = (hpa, rights)
         hpas.add(hpa)
+
+    def nx_checks(
+        self, programs: tuple[tuple[GuestOp, ...], ...], program: tuple[HostOp, ...]
+    ) -> None:
+        """NX huge pages (kvm/hugepage.py): `recover_nx` needs a region declared "2m nx"; such a
+        region starts split and no exec fault or dirty-logging-off collapse is modelled."""
+        recover = next(
+            (
+                op
+                for op in program
+                if isinstance(op, RecoverNxOp)
+                or (isinstance(op, SpawnOp) and isinstance(op.op, RecoverNxOp))
+            ),
+            None,
+        )
+        if recover is not None and not self.nx_regions:
+            raise self.err(
+                recover.line,
+                "recover_nx: no 2 MiB region of [host] is split for NX (the recovery has nothing "
+                "to zap)",
+                'declare a region an exec fault split, e.g. "0x400000" = "0x800000 rwx 2m nx"',
+            )
+        if not self.nx_regions:
+            return
+        for op in program:
+            if isinstance(op, CollapseOp):
+                raise self.err(
+                    op.line,
+                    "collapse with a region declared nx is not modelled",
+                    "remove the collapse, or drop nx from the region",
+                )
+        for prog in programs:
+            for g in prog:
+                if isinstance(g, AccessOp) and g.kind == "exec":
+                    raise self.err(
+                        g.line,
+                        "exec with a region declared nx is not modelled (the exec fault that "
+                        "splits a region for NX is not)",
+                        "read or write instead, or drop nx from the region",
+                    )
 
     def huge_checks(
         self, config: Config, vm1: tuple[int, ...], program: tuple[HostOp, ...]
@@ -1616,6 +1677,8 @@ class _Parser:
             return RemapOp(gpa, hpa, line)
         if op == "flush_remote_tlbs" and not args:
             return FlushRemoteOp(line)
+        if op == "recover_nx" and not args:
+            return RecoverNxOp(line)
         if op == "zap_gfn_range" and len(args) == 2:
             first = self.addr(args[0], line, "GPA")
             second = self.addr(args[1], line, "GPA")
@@ -1635,11 +1698,11 @@ class _Parser:
             return ZapGfnRangeOp(first, second, line)
         if op == "spawn" and args:
             inner = self.host_op(" ".join(args), line, config, host, remapped)
-            if not isinstance(inner, FlushRemoteOp | ZapGfnRangeOp):
+            if not isinstance(inner, FlushRemoteOp | ZapGfnRangeOp | RecoverNxOp):
                 raise self.err(
                     line,
                     f"spawn cannot run {shown(inner.describe())}",
-                    "spawn flush_remote_tlbs, or spawn zap_gfn_range GPA GPA",
+                    "spawn flush_remote_tlbs, spawn zap_gfn_range GPA GPA, or spawn recover_nx",
                 )
             return SpawnOp(inner, line)
         if op == "create" and len(args) in (1, 3):
@@ -1704,7 +1767,7 @@ class _Parser:
             f"unknown or malformed host op {shown(text)}",
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
-            "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA | "
+            "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA | recover_nx | "
             "create vcpuN [on pcpuM] | destroy vm0|vm1 | delete_memslot GPA",
         )
 

@@ -253,7 +253,10 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             continue
         if huge_base >= 0:
             # a frame of a 2 MiB region: its 4 KiB SPTE exists once the region is split (the
-            # region's PDE below points at this table then)
+            # region's PDE below points at this table then); a region an exec fault split for
+            # NX starts so, with the 4 KiB SPTE of the frame executed, its first
+            if huge_base in scenario.nx_huge and gpa == huge_base:
+                b.map(tdp_root, gpa, leaf(hpa, r))
             b.allow(tdp_root, gpa, [0, *values])
             continue
         b.map(tdp_root, gpa, leaf(hpa, r))
@@ -276,13 +279,12 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             isinstance(op, WrprotectOp) and op.gpa & ~(HUGE - 1) == base
             for op in scenario.host_program
         )
-        b.map(tdp_root, base, big(hpa, r, large=True), level=2)
-        b.allow(
-            tdp_root,
-            base,
-            [0, *([big(hpa, r & ~E_W, large=True)] if protect else [])],
-            level=2,
-        )
+        leaves = [big(hpa, r, large=True), *([big(hpa, r & ~E_W, large=True)] if protect else [])]
+        if base in scenario.nx_huge:  # split: the PDE points at the table the frames made
+            b.allow(tdp_root, base, [0, *leaves], level=2)
+        else:
+            b.map(tdp_root, base, leaves[0], level=2)
+            b.allow(tdp_root, base, [0, *leaves[1:]], level=2)
         huge.append((base, hpa, r))
     shadow_roots: tuple[int, ...] = ()
     spt_bit: tuple[tuple[int, ...], ...] = ()
@@ -419,6 +421,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         ept12_root=ept12_root,
         ept02_root=ept02_root,
         huge=tuple(huge),
+        nx_huge=sum(1 << n for n, (base, _, _) in enumerate(huge) if base in scenario.nx_huge),
         hv_range_flush=cfg.hv_range_flush,
         tdp_mmu=cfg.tdp_mmu,
         eager_split=cfg.eager_split,
@@ -663,6 +666,7 @@ def _boot(
             root_state=tuple(ROOT_VALID if n else ROOT_FREE for n in holders),
             root_refs=tuple(holders),
             root_vm=tuple(range(len(kvm.tdp_roots))) if kvm.vm_of else (),
+            nx_huge=kvm.nx_huge,
         ),
         Thawed.of(
             [
