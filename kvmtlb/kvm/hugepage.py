@@ -424,7 +424,12 @@ class HugePages:
         (flush,) = task.frame
         if k.kvm.nx_huge:
             self.nx_flush_before_yield(k, task, flush)
-            return
+        else:
+            self.nx_recovery_finish(k, task, flush)
+
+    def nx_recovery_finish(self, k: Step, task: HostTask, flush: int) -> None:
+        """kvm_mmu_remote_flush_or_zap(kvm, &invalid_list, flush) after the loop @ v6.18: the
+        flush still owed, then the unlock."""
         task.frame = ()
         if flush:
             task.call("kvm_flush_remote_tlbs", "kvm_recover_nx_huge_pages:done")
@@ -456,12 +461,8 @@ class HugePages:
         k.note("lock(&kvm->mmu_lock)", "kvm_recover_nx_huge_pages resumes")
         if k.kvm.nx_huge:
             self.nx_recover_one(k, task, flush)
-            return
-        task.frame = ()
-        if flush:
-            task.call("kvm_flush_remote_tlbs", "kvm_recover_nx_huge_pages:done")
         else:
-            task.goto("kvm_recover_nx_huge_pages:done")
+            self.nx_recovery_finish(k, task, flush)
 
     def kvm_recover_nx_huge_pages_done(self, k: Step, task: HostTask) -> None:
         """mmu.c:kvm_recover_nx_huge_pages @ v6.18: unlock after the last flush."""
