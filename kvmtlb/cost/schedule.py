@@ -20,9 +20,13 @@ drawn in proportion to its rate:
   switch: MOV CR3 to that page table);
 - `cr0_wp_toggle`: a running vCPU opens and closes a kernel W^X window (grsecurity's
   pax_open_kernel/pax_close_kernel): MOV to CR0 clearing WP, then setting it again;
-- `l2_exit`, `l1_flush`, `l1_flush_addr` (a nested workload, `nested = true`): a running vCPU's
-  L2 exits to L1, which resumes it; before resuming, L1 flushes L2's context, or one page of
-  L2's working set (cost/nested.py).
+- `l2_exit`, `l1_flush`, `l1_flush_addr`, `l1_invept`, `l1_invept_all`, `l1_ept_wrprotect` (a
+  nested workload,
+  `nested = true`): a running vCPU's L2 exits to L1, which resumes it; before resuming, L1
+  flushes L2's context, or one page of L2's working set, or (nested EPT) runs INVEPT
+  single-context of its EPTP12, or all-context, or (`l1_ept_wrprotect`) write-protects the EPT12
+  leaf of an L2 page in use, drawn by popularity, and runs INVEPT single-context
+  (cost/nested.py).
 
 In a nested workload address space 0 is L1's page table and 1 L2's: every vCPU runs L2 (it
 leaves it only for the nested events above), so it accesses, and changes PTEs of, address
@@ -50,10 +54,19 @@ import random
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from kvmtlb.cost.workload import AS_STRIDE, GPA_BASE, GVA_BASE, RATE_KEYS, RunConfig, Workload
+from kvmtlb.cost.workload import (
+    AS_STRIDE,
+    GPA_BASE,
+    GVA_BASE,
+    NESTED_RATES,
+    RATE_KEYS,
+    RunConfig,
+    Workload,
+)
 from kvmtlb.guest.ops import FLUSH_ALL, FLUSH_MM
 
 PAGE = 0x1000
+NESTED_KINDS = NESTED_RATES  # the events that are a nested exit to L1
 BATCH = 4096  # accesses per Accesses event at most
 
 
@@ -93,8 +106,9 @@ class Cr0WpToggle(NamedTuple):
 
 class NestedExit(NamedTuple):
     vcpu: int
-    kind: str  # "l2_exit", "l1_flush" or "l1_flush_addr"
+    kind: str  # "l2_exit", "l1_flush", "l1_flush_addr", "l1_invept", ... (NESTED_KINDS)
     gva: int  # l1_flush_addr: the page of L2's working set L1 invalidates
+    gpa: int = 0  # l1_ept_wrprotect: the L2 GPA (of a page in use) whose EPT12 leaf L1 protects
 
 
 class Zap(NamedTuple):
@@ -276,7 +290,10 @@ class Schedule:
             yield Cr3Switch(v, a)
         elif kind == "cr0_wp_toggle":
             yield Cr0WpToggle(v)
-        elif kind in ("l2_exit", "l1_flush", "l1_flush_addr"):
+        elif kind == "l1_ept_wrprotect":  # a page of L2's drawn by its popularity
+            i = rng.choices(range(len(self.pages)), cum_weights=self.cum_weights)[0]
+            yield NestedExit(v, kind, 0, self.mapping[self.space[v] * self.w.working_set + i])
+        elif kind in NESTED_KINDS:
             gva = self.pages[rng.randrange(len(self.pages))] + self.space[v] * AS_STRIDE
             yield NestedExit(v, kind, gva if kind == "l1_flush_addr" else 0)
         elif kind == "mm_flush":

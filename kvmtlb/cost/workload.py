@@ -40,9 +40,22 @@ RATE_KEYS = (
     "l2_exit",
     "l1_flush",
     "l1_flush_addr",
+    "l1_invept",
+    "l1_invept_all",
+    "l1_ept_wrprotect",
 )
-# The rates only a nested workload (`nested = true`) may set, and those it may not.
-NESTED_RATES = ("l2_exit", "l1_flush", "l1_flush_addr")
+# The rates only a nested workload (`nested = true`) may set, and those it may not; those only
+# nested EPT (`nested = true` with `tdp = true`, Intel) may set, and those it may not.
+NESTED_RATES = (
+    "l2_exit",
+    "l1_flush",
+    "l1_flush_addr",
+    "l1_invept",
+    "l1_invept_all",
+    "l1_ept_wrprotect",
+)
+NESTED_EPT_RATES = ("l1_invept", "l1_invept_all", "l1_ept_wrprotect")
+NOT_NESTED_EPT_RATES = ("remap",)
 NOT_NESTED_RATES = ("full_flush", "cr3_switch", "cr0_wp_toggle", "dirty_log")
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
@@ -129,8 +142,9 @@ class RunConfig:
         if self.hv_range_flush:
             parts.append("hv")
         if self.nested:
+            nested = "nested-ept" if self.tdp else "nested"
             parts.append(
-                "nested" if self.vendor == "amd" or self.vmcs12_vpid else "nested-novpid12"
+                nested if self.vendor == "amd" or self.vmcs12_vpid else f"{nested}-novpid12"
             )
         return "/".join(parts)
 
@@ -174,6 +188,9 @@ class Rates:
     l2_exit: float = 0.0  # nested: L2 exits to L1 (VMCALL / VMMCALL), L1 resumes it
     l1_flush: float = 0.0  # nested: ... and L1 flushes L2's context first (INVVPID / TLB_CONTROL)
     l1_flush_addr: float = 0.0  # nested: ... and L1 invalidates one L2 page (INVVPID / INVLPGA)
+    l1_invept: float = 0.0  # nested EPT: ... and L1 runs INVEPT single-context of EPTP12
+    l1_invept_all: float = 0.0  # nested EPT: ... and L1 runs INVEPT all-context
+    l1_ept_wrprotect: float = 0.0  # nested EPT: ... L1 write-protects an EPT12 leaf, INVEPT
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in RATE_KEYS}
@@ -433,6 +450,24 @@ class _Parser:
                     "changes with INVLPG shootdowns and MOV CR3 flushes)",
                     f"set {key} = 0, or nested = false",
                 )
+        if any(not c.tdp for c in configs):
+            for key in NESTED_EPT_RATES:
+                if given[key]:
+                    raise self.err(
+                        self.lines.key("rates", key),
+                        f"{key} is L1's INVEPT or EPT12 change, which needs nested EPT (vmcs12 "
+                        "with EPT, on an EPT L0)",
+                        f"set tdp = true in [config] (Intel), or {key} = 0",
+                    )
+        if any(c.tdp for c in configs):
+            for key in NOT_NESTED_EPT_RATES:
+                if given[key]:
+                    raise self.err(
+                        self.lines.key("rates", key),
+                        f"{key} is not modelled with nested EPT: page migration does not reach "
+                        "the shadow EPT02 (kvm/nested_ept.py), so L2 would keep the old page",
+                        f"set {key} = 0 (zap reaches EPT02 through the rmap), or tdp = false",
+                    )
 
     def bounded(
         self, section: str, t: dict[str, Any], key: str, low: int, high: int, default: int = 0
@@ -555,15 +590,16 @@ class _Parser:
 
     def check_nested_config(self, values: dict[str, list[Any]]) -> None:
         """What the nested cost model runs on: a shadow-paging L0 (the checker's nested VMX
-        without nested EPT, and nested SVM), VPID on in L0 for VMX, no PV TLB flush (L2's
+        without nested EPT, and nested SVM) or, on Intel, an EPT L0 whose L1 enables EPT in
+        vmcs12 (nested EPT, kvm/nested_ept.py); VPID on in L0 for VMX, no PV TLB flush (L2's
         shootdowns are IPIs), not on Hyper-V."""
         line = self.lines.key("config", "nested")
-        if True in values.get("tdp", [True]):
+        if True in values.get("tdp", [True]) and "amd" in values.get("vendor", []):
             raise self.err(
                 line,
-                "the cost model nests on a shadow-paging L0 only (nested EPT and nested NPT "
-                "are not in the cost model)",
-                "set tdp = false in [config]",
+                "nested NPT is not in the cost model: a nested AMD guest runs on a "
+                "shadow-paging L0",
+                'set tdp = false in [config], or vendor = "intel" (nested EPT)',
             )
         if False in values.get("vpid", [True]) and "intel" in values.get("vendor", []):
             raise self.err(
