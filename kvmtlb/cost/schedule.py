@@ -16,6 +16,10 @@ drawn in proportion to its rate:
   working set uses;
 - `dirty_log`: the host turns dirty logging on for a guest frame the working set uses (its
   memslot is write-protected and flushed: a range flush with `hv_range_flush`);
+- with `huge_pages` a `dirty_log` of a frame whose 2 MiB region (one memslot) logs already is
+  nothing (the memslot's flags do not change);
+- `dirty_log_off` (`huge_pages`): dirty logging off for one of the 2 MiB regions a `dirty_log`
+  switched it on for (KVM collapses its 4 KiB SPTEs into a huge one); nothing if there is none;
 - `cr3_switch`: a running vCPU switches to another of the workload's address spaces (a context
   switch: MOV CR3 to that page table);
 - `cr0_wp_toggle`: a running vCPU opens and closes a kernel W^X window (grsecurity's
@@ -66,6 +70,7 @@ from kvmtlb.cost.workload import (
 from kvmtlb.guest.ops import FLUSH_ALL, FLUSH_MM
 
 PAGE = 0x1000
+HUGE = 1 << 21  # a 2 MiB region (huge_pages: one memslot, one host huge page)
 NESTED_KINDS = NESTED_RATES  # the events that are a nested exit to L1
 BATCH = 4096  # accesses per Accesses event at most
 
@@ -123,6 +128,10 @@ class DirtyLog(NamedTuple):
     gpa: int
 
 
+class DirtyLogOff(NamedTuple):
+    gpa: int  # a frame of the 2 MiB region whose memslot stops logging dirty pages
+
+
 Event = (
     Accesses
     | PteChange
@@ -132,6 +141,7 @@ Event = (
     | Zap
     | Remap
     | DirtyLog
+    | DirtyLogOff
     | Cr3Switch
     | Cr0WpToggle
     | NestedExit
@@ -194,6 +204,9 @@ class Schedule:
         self.rate = sum(self.weights) / 1000.0  # events per slot
         self.t = 0.0
         self.done = 0
+        # huge pages: the 2 MiB regions whose memslot logs dirty pages (base -> the frame that
+        # dirty_log named)
+        self.logged: dict[int, int] = {}
 
     def _wait(self, v: int, wake: float) -> None:
         heapq.heappush(self.waiting, (wake, self._order, v))
@@ -268,7 +281,17 @@ class Schedule:
         running = [v for v in self.running if v >= 0]
         if kind in ("zap", "remap", "dirty_log"):
             gpa = self.mapping[rng.randrange(len(self.mapping))]
+            if kind == "dirty_log" and self.c.huge_pages:
+                # a region's memslot that logs already has nothing to switch on
+                if gpa & ~(HUGE - 1) in self.logged:
+                    return
+                self.logged[gpa & ~(HUGE - 1)] = gpa
             yield Zap(gpa) if kind == "zap" else Remap(gpa) if kind == "remap" else DirtyLog(gpa)
+            return
+        if kind == "dirty_log_off":
+            if self.logged:
+                base = sorted(self.logged)[rng.randrange(len(self.logged))]
+                yield DirtyLogOff(self.logged.pop(base))
             return
         if not running:
             return
@@ -326,6 +349,8 @@ __all__ = [
     "Accesses",
     "Cr0WpToggle",
     "Cr3Switch",
+    "DirtyLog",
+    "DirtyLogOff",
     "Event",
     "Load",
     "NestedExit",

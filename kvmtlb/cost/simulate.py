@@ -41,6 +41,7 @@ from kvmtlb.cost.schedule import (
     Cr0WpToggle,
     Cr3Switch,
     DirtyLog,
+    DirtyLogOff,
     Event,
     Load,
     NestedExit,
@@ -86,6 +87,7 @@ from kvmtlb.model.system import ptr_owner, ptr_values, shadow_page_bits
 
 HPA_BASE = 0x1_0000_0000  # the host pages first backing the guest frames
 NR_VPIDS = 1 << 16  # VMX_NR_VPIDS
+HUGE = 1 << 21  # a 2 MiB region of guest frames (huge_pages)
 MAX_STEPS = 64  # KVM steps a vCPU may take from host mode back into the guest
 
 
@@ -183,16 +185,26 @@ class Simulation:
                 for gva in every:
                     if (a, gva) not in ptes:
                         b.name(roots[a], gva)
-        backing = tuple(HPA_BASE + j * 0x1000 for j in range(len(frames)))
+        if config.huge_pages:  # a 2 MiB host page per 2 MiB region: HPA - GPA is constant
+            backing = tuple(HPA_BASE + gpa for gpa in frames)
+        else:
+            backing = tuple(HPA_BASE + j * 0x1000 for j in range(len(frames)))
+        regions = sorted({gpa & ~(HUGE - 1) for gpa in frames}) if config.huge_pages else []
+        huge = tuple((base, HPA_BASE + base, E_ALL) for base in regions)
         shadow_roots: tuple[int, ...] = ()
         spt_bit: tuple[tuple[int, ...], ...] = ()
         if tdp:
             leaf = make_ept if vmx else make_npt
             for j, gpa in enumerate(frames):
+                if huge:  # the 4 KiB SPTE of a frame exists once its region is split
+                    b.allow(tdp_root, gpa, [0, leaf(backing[j], E_ALL)])
+                    continue
                 b.map(tdp_root, gpa, leaf(backing[j], E_ALL))
                 if nested_ept:  # EPT12: L2 GPA = L1 GPA; EPT02: as the EPT02 fault makes it
                     b.map(ept12_root, gpa, make_ept(gpa, E_ALL))
                     b.map(ept02_root, gpa, make_ept(backing[j], E_ALL))
+            for base, hpa, rights in huge:  # the region's PDE: the huge SPTE (model/system.py)
+                b.map(tdp_root, base, leaf(hpa, rights, large=True), level=2)
         else:
             shadow_roots = tuple(b.linear_root() for _ in roots)
             _shadow_layout(b, shadow_roots, every, ptes, backing, frames[0])
@@ -243,6 +255,8 @@ class Simulation:
             ptr_owner=ptr_owner(guest_ptr, shadow_ptr),
             hv_range_flush=config.hv_range_flush,
             nested_roots=(nested.L2_SPACE,) if config.nested else (),
+            huge=huge,
+            tdp_mmu=config.tdp_mmu,
             l2_gpas=tuple(frames) if nested_ept else (),
             ept12_root=ept12_root,
             ept02_root=ept02_root,
@@ -304,6 +318,8 @@ class Simulation:
             policy = self.policy = _instrument(policy, self.n)
         elif nested_ept:
             policy = self.policy = _instrument_nested_ept(policy, self.n)
+        elif huge:
+            policy = self.policy = _instrument_huge(policy, self.n)
         # the address space each vCPU is in (guest.switch_mm; nested: L2's)
         self.space = [nested.L2_SPACE if config.nested else 0] * config.vcpus
         self.gen = [0] * spaces  # PTE changes per address space (the mm's tlb_gen)
@@ -365,6 +381,15 @@ class Simulation:
             )
         guest.take_ipis(self, v)
 
+    def resume_kicked(self) -> None:
+        """Every vCPU a kick took out of the guest while another vCPU ran KVM code (the remote
+        flush of a vCPU's fault path, kvm_mmu_remote_flush) and that still holds its pCPU runs
+        KVM's entry path back into the guest, servicing the flush requests on the way."""
+        for v, vcpu in enumerate(self.k.vcpus):
+            if vcpu.pc != "guest" and vcpu.cpu >= 0 and self.k.pcpus[vcpu.cpu].running == v:
+                self.n["kvm.kicked-reentries"] += 1
+                self.run_to_guest(v)
+
     # -- events ----------------------------------------------------------------------------------
     def apply(self, ev: Event) -> None:
         if isinstance(ev, Accesses):
@@ -390,6 +415,8 @@ class Simulation:
             host.remap(self, ev.gpa)
         elif isinstance(ev, DirtyLog):
             host.dirty_log(self, ev.gpa)
+        elif isinstance(ev, DirtyLogOff):
+            host.dirty_log_off(self, ev.gpa)
         else:  # pragma: no cover
             raise AssertionError(ev)
 
@@ -478,6 +505,7 @@ class Simulation:
                 self.policy.vcpu_exit(k, vcpu, EXIT_TDP_FAULT, (o.gpa, int(write)))
                 self.n["kvm.tdp-faults"] += 1
                 self.run_to_guest(v)
+                self.resume_kicked()
                 if vcpu.pf_injected >= 0:  # nested EPT: an EPT violation reflected to L1
                     gpa, vcpu.pf_injected = vcpu.pf_injected, -1
                     nested.l1_ept_violation(self, v, gpa)
@@ -597,6 +625,35 @@ def _instrument_nested_ept(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:
         fault(k, vcpu, gpa, write)
 
     for f in (kvm_mmu_load, kvm_mmu_free_guest_mmu_roots, kvm_mmu_page_fault):
+        setattr(pol, f.__name__, f)
+    return pol
+
+
+def _instrument_huge(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:
+    """A copy of `policy` whose huge-page functions count what they do (each still runs the
+    policy's own code): `huge.S-to-T`, the region PDE's changes from S to T (`huge` the 2 MiB
+    SPTE, `table` a 4 KiB table, `none`: huge-to-table a split, table-to-huge a collapse,
+    huge-to-none a drop or a zap), `kvm.range-flushes` and `kvm.range-flush-pages`
+    (kvm_flush_remote_tlbs_range from a vCPU's fault path: a table replaced by a huge SPTE,
+    drop_large_spte)."""
+    pol = copy.copy(policy)
+    set_pde = pol.set_huge_pde
+    range_flush = pol.kvm_flush_remote_tlbs_range_vcpu
+
+    def set_huge_pde(k: Any, i: int, kind: str, rights: int, why: str) -> None:
+        old = pol.huge_pde(k, i)[0]
+        if old != kind:
+            n[f"huge.{old}-to-{kind}"] += 1
+        set_pde(k, i, kind, rights, why)
+
+    def kvm_flush_remote_tlbs_range_vcpu(
+        k: Any, vcpu: Vcpu, start: int, npages: int, why: str
+    ) -> None:
+        n["kvm.range-flushes"] += 1
+        n["kvm.range-flush-pages"] += npages
+        range_flush(k, vcpu, start, npages, why)
+
+    for f in (set_huge_pde, kvm_flush_remote_tlbs_range_vcpu):
         setattr(pol, f.__name__, f)
     return pol
 

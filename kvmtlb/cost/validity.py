@@ -221,6 +221,48 @@ class Validity:
             return v and self.ept12.valid(e)
         return v
 
+    def harmless(self, e: Any, gva: int) -> bool:
+        """Whether a hit on `e`, which a walk would no longer build, for an access to `gva` is
+        still what the processor may give: a walk of current memory under `e`'s tags maps
+        `gva` to the same host address with every right `e` grants. That is so for an entry of
+        a 2 MiB page whose SPTE KVM split in place (4 KiB entries, the same memory, no flush
+        owed: tdp_mmu.c:tdp_mmu_split_huge_page), and for one with fewer rights than its
+        SPTE has now (write permission restored without a flush: fast_page_fault); an access
+        the entry does not allow faults, which removes it (SDM 29.4.3). With nested EPT the
+        walk's result must also agree with L1's EPT12 (`Ept12Intent`)."""
+        if not isinstance(e, CombinedTranslation | AsidTranslation):
+            return False
+        key = ("harmless", _untagged(e), gva)
+        hit = self._verdict.get(key)  # type: ignore[call-overload]
+        if hit is not None:
+            return bool(hit)
+        ctx, _, _ = self._context(_untagged(e))
+        read: set[int] = set()
+
+        def oracle(gpa: int) -> tuple[Any, int]:
+            results, slots = self._stage2(ctx, gpa)
+            read.update(slots)
+            return (results, 0)
+
+        w = Walker(ctx, self._recorder(read), None, self.mem.layout.table_backing, oracle)
+        w.translate(gva)
+        hpa = e.frame + (gva - e.page)
+        erights = getattr(e, "erights", 0)
+        ok = any(
+            type(f) is type(e)
+            and f.page <= gva < f.page + f.size
+            and f.frame + (gva - f.page) == hpa
+            and not e.rights & ~f.rights
+            and not erights & ~getattr(f, "erights", 0)
+            for f in w.fills
+        )
+        if ok and self.ept12 is not None and self.ept12.tagged(e):
+            f = next(f for f in w.fills if type(f) is type(e) and f.page <= gva < f.page + f.size)
+            ok = self.ept12.valid(f._replace(rights=e.rights, erights=erights))
+        self._verdict[key] = ok  # type: ignore[index]
+        self._depend(key, read)
+        return ok
+
     def _context(self, entry: Entry) -> tuple[WalkContext, int, bool]:
         """The context, address and stage of the walk that would build `entry`."""
         e: Any = entry

@@ -43,6 +43,7 @@ RATE_KEYS = (
     "l1_invept",
     "l1_invept_all",
     "l1_ept_wrprotect",
+    "dirty_log_off",
 )
 # The rates only a nested workload (`nested = true`) may set, and those it may not; those only
 # nested EPT (`nested = true` with `tdp = true`, Intel) may set, and those it may not.
@@ -75,6 +76,8 @@ CONFIG_LISTABLE: dict[str, type] = {
     "tdp": bool,
     "hv_range_flush": bool,
     "vmcs12_vpid": bool,
+    "huge_pages": bool,
+    "tdp_mmu": bool,
 }
 CONFIG_SCALAR: dict[str, type] = {
     "nested": bool,
@@ -128,6 +131,8 @@ class RunConfig:
     hv_range_flush: bool = False  # KVM on Hyper-V: its remote and range flushes are hypercalls
     nested: bool = False  # the guest is a hypervisor (L1) whose vCPUs run an L2 (cost/nested.py)
     vmcs12_vpid: bool = True  # nested VMX: vmcs12 enables VPID (vpid12 = vCPU + 1), else off
+    huge_pages: bool = False  # 2 MiB host pages, mapped by 2 MiB EPT/NPT SPTEs (kvm/hugepage.py)
+    tdp_mmu: bool = True  # v6.18's tdp_mmu module parameter (False: the rmap MMU manages EPT/NPT)
 
     def label(self) -> str:
         parts = [self.vendor]
@@ -141,6 +146,8 @@ class RunConfig:
             parts.append("shadow")
         if self.hv_range_flush:
             parts.append("hv")
+        if self.huge_pages:
+            parts.append("huge" if self.tdp_mmu else "huge-rmap")
         if self.nested:
             nested = "nested-ept" if self.tdp else "nested"
             parts.append(
@@ -160,6 +167,8 @@ class RunConfig:
         }
         if self.hv_range_flush:
             d["hv_range_flush"] = True
+        if self.huge_pages:
+            d.update(huge_pages=True, tdp_mmu=self.tdp_mmu)
         if self.nested:
             d["nested"] = True
             if self.vendor == "intel":
@@ -191,6 +200,7 @@ class Rates:
     l1_invept: float = 0.0  # nested EPT: ... and L1 runs INVEPT single-context of EPTP12
     l1_invept_all: float = 0.0  # nested EPT: ... and L1 runs INVEPT all-context
     l1_ept_wrprotect: float = 0.0  # nested EPT: ... L1 write-protects an EPT12 leaf, INVEPT
+    dirty_log_off: float = 0.0  # huge pages: dirty logging off for a logged 2 MiB region (collapse)
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in RATE_KEYS}
@@ -553,12 +563,15 @@ class _Parser:
                 "set nested = true in [config], or drop vmcs12_vpid",
             )
         out: list[RunConfig] = []
-        for vendor, pcid, pv, tdp, hv in itertools.product(
+        self.check_huge_config(values)
+        for vendor, pcid, pv, tdp, hv, huge, tdp_mmu in itertools.product(
             vendors,
             values.get("pcid", [False]),
             values.get("pv_tlb_flush", [True]),
             tdps,
             values.get("hv_range_flush", [False]),
+            values.get("huge_pages", [False]),
+            values.get("tdp_mmu", [True]),
         ):
             flags = (
                 values.get("vpid", [True])
@@ -580,6 +593,8 @@ class _Parser:
                     hv_range_flush=hv and tdp,
                     nested=nested,
                     vmcs12_vpid=v12,
+                    huge_pages=huge,
+                    tdp_mmu=tdp_mmu,
                 )
                 out.append(
                     replace(base, vpid=flag)
@@ -587,6 +602,33 @@ class _Parser:
                     else replace(base, flush_by_asid=flag)
                 )
         return tuple(out)
+
+    def check_huge_config(self, values: dict[str, list[Any]]) -> None:
+        """2 MiB pages (kvm/hugepage.py) are EPT/NPT mappings: they need TDP; the nested model
+        maps 4 KiB pages only; `tdp_mmu` is a knob of huge-page handling (v6.18's module
+        parameter), so it needs huge_pages."""
+        if True not in values.get("huge_pages", [False]):
+            if "tdp_mmu" in values:
+                raise self.err(
+                    self.lines.key("config", "tdp_mmu"),
+                    "tdp_mmu only changes how KVM splits and collapses 2 MiB SPTEs, and the "
+                    "workload has none",
+                    "set huge_pages = true in [config], or drop tdp_mmu",
+                )
+            return
+        line = self.lines.key("config", "huge_pages")
+        if False in values.get("tdp", [True]):
+            raise self.err(
+                line,
+                "huge_pages are 2 MiB EPT/NPT mappings, and shadow paging has none",
+                "set tdp = true in [config], or huge_pages = false",
+            )
+        if self.data.get("config", {}).get("nested", False):
+            raise self.err(
+                line,
+                "the nested cost model maps 4 KiB pages only",
+                "set huge_pages = false, or nested = false",
+            )
 
     def check_nested_config(self, values: dict[str, list[Any]]) -> None:
         """What the nested cost model runs on: a shadow-paging L0 (the checker's nested VMX
@@ -640,6 +682,27 @@ class _Parser:
                 "read-only entry a faulting write filled (#NPF invalidates nothing), so the "
                 "write would fault forever; with shadow paging the cost model has no dirty log",
                 'set vendor = "intel" and tdp = true, or dirty_log = 0',
+            )
+        huge = [c.huge_pages for c in configs]
+        if t.get("dirty_log_off", 0) and not all(huge):
+            raise self.err(
+                self.lines.key("rates", "dirty_log_off"),
+                "dirty_log_off collapses a 2 MiB region's 4 KiB SPTEs back into a huge one, and "
+                "a configuration has no huge pages",
+                "set huge_pages = true in [config], or dirty_log_off = 0",
+            )
+        if t.get("dirty_log_off", 0) and not t.get("dirty_log", 0):
+            raise self.err(
+                self.lines.key("rates", "dirty_log_off"),
+                "dirty_log_off switches dirty logging off for a region dirty_log switched on, "
+                "and dirty_log is 0",
+                "give dirty_log a rate too",
+            )
+        if t.get("remap", 0) and any(huge):
+            raise self.err(
+                self.lines.key("rates", "remap"),
+                "remap (page migration) of a frame of a 2 MiB host page is not modelled",
+                "set remap = 0 (zap splits the host's huge page), or huge_pages = false",
             )
         if sum(float(v) for v in t.values()) > 1000:
             raise self.err(
