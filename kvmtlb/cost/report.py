@@ -155,6 +155,46 @@ def nested_ept_rows(recs: Sequence[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+# The huge-page table (runs with huge_pages): KVM's 2 MiB SPTE changes and their flushes.
+HUGE_HEADERS = (
+    "configuration",
+    "policy",
+    "splits /\ncollapses",
+    "huge SPTEs\ndropped",
+    "range flushes\n(pages)",
+    "kicks",
+    "INVEPT",
+    "HvFlush list\n/ space",
+    "EPT\nviolations",
+    "stale hits\n(--audit)",
+    "Mcycles\n(est.)",
+)
+
+
+def huge_rows(recs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The cells of one workload's huge-page table, in HUGE_HEADERS order."""
+    out = []
+    for r in recs:
+        if not r.get("config_detail", {}).get("huge_pages"):
+            continue
+        out.append(
+            [
+                r["config"],
+                r["policy"],
+                f"{count(r, 'huge.huge-to-table'):,} / {count(r, 'huge.table-to-huge'):,}",
+                f"{count(r, 'huge.huge-to-none'):,}",
+                f"{count(r, 'kvm.range-flushes'):,} ({count(r, 'kvm.range-flush-pages'):,})",
+                f"{count(r, 'host.kicks'):,}",
+                f"{count(r, 'op.invept-single', 'op.invept-all'):,}",
+                f"{count(r, 'op.hv-flush-list'):,} / {count(r, 'op.hv-flush-space'):,}",
+                f"{count(r, 'op.ept-violation'):,}",
+                f"{count(r, 'tlb.stale-hits'):,}",
+                f"{r['total_cycles'] / 1e6:,.2f}",
+            ]
+        )
+    return out
+
+
 def _by_workload(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by_workload: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -214,6 +254,7 @@ def table(console: Console, records: Sequence[dict[str, Any]]) -> None:
         for title, headers, extra in (
             ("shadow paging, KVM's side", SHADOW_HEADERS, shadow_rows(recs)),
             ("nested EPT, L1's and KVM's side", NESTED_EPT_HEADERS, nested_ept_rows(recs)),
+            ("2 MiB pages, KVM's side", HUGE_HEADERS, huge_rows(recs)),
         ):
             if not extra:
                 continue
@@ -324,10 +365,12 @@ def _widest(by_workload: dict[str, list[dict[str, Any]]]) -> int:
 __all__ = [
     "FLUSH_COLUMNS",
     "HEADERS",
+    "HUGE_HEADERS",
     "NESTED_EPT_HEADERS",
     "PLOT_SUFFIXES",
     "SHADOW_HEADERS",
     "html",
+    "huge_rows",
     "nested_ept_rows",
     "plot",
     "rows",
