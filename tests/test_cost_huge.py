@@ -233,3 +233,70 @@ def test_huge_range_flush_workload_table() -> None:
     # the Hyper-V columns: kvm-5.8 (6th), kvm-6.18 (7th), kvm-6.18 tdp_mmu=N (8th)
     assert [tuple(doc[label][i] for label in labels) for i in (5, 6, 7)] == got
     assert int(got[0][1]) > 0 and got[1][1] == "0" and got[2][1] == "0"
+
+
+def test_guest_2mib_pages_are_cached_at_the_smaller_size() -> None:
+    """guest_huge_pages: the guest maps its working set with 2 MiB PDEs. vCPU 0 reads 4 pages of
+    one 2 MiB guest page: with 2 MiB EPT SPTEs too, one 2 MiB combined translation serves all
+    four (1 miss); with 4 KiB SPTEs each page is a 4 KiB combined entry (4 misses: the smaller
+    of the two sizes, SDM 29.4.2). After dirty logging goes on, kvm-6.18 has split the SPTE
+    (eager page split) and the reads make 4 KiB entries again; kvm-5.8 only write-protected the
+    huge SPTE, so one read-only 2 MiB entry serves them."""
+    pages = [GVA_BASE + GPA_BASE + i * PAGE for i in range(4)]
+    got = {}
+    for huge_pages in (True, False):
+        for policy in ("kvm-5.8", "kvm-6.18"):
+            w = parse(
+                f"""
+name = "h"
+[config]
+vendor = "intel"
+huge_pages = {str(huge_pages).lower()}
+[workload]
+accesses = 1
+working_set = 4
+guest_frames = 8
+guest_huge_pages = true
+"""
+            )
+            s = Simulation(w, w.configs[0], registry()[policy](), audit=True)
+            s.apply(Accesses([(0, p, False) for p in pages]))
+            row = [s.cm.counts()["tlb.misses.combined"], _combined_sizes(s)]
+            if huge_pages:
+                s.cm.reset_counts()
+                s.apply(DirtyLog(GPA_BASE))
+                s.apply(Accesses([(0, p, False) for p in pages]))
+                c = s.cm.counts()
+                row += [c["tlb.misses.combined"], c["tlb.stale-hits"], _combined_sizes(s)]
+            got[(huge_pages, policy)] = tuple(row)
+    big, small = LARGE_PAGE_SIZE, PAGE
+    assert got == {
+        (True, "kvm-5.8"): (1, [big], 1, 0, [big]),
+        (True, "kvm-6.18"): (1, [big], 4, 0, [small] * 4),
+        (False, "kvm-5.8"): (4, [small] * 4),
+        (False, "kvm-6.18"): (4, [small] * 4),
+    }
+
+
+def _combined_sizes(s: Simulation) -> list[int]:
+    return sorted(
+        e.size
+        for kc in s.cm.tlbs[0].caches.values()
+        for e in kc.entries.values()
+        if type(e).__name__ == "CombinedTranslation"
+    )
+
+
+def test_guest_huge_pages_errors(tmp_path: Path) -> None:
+    text = BASE.replace("guest_frames = 32", "guest_frames = 32\nguest_huge_pages = true")
+    for extra, phrase in (("pte_change = 1\n", "2 MiB PDEs"), ("", "")):
+        path = tmp_path / "g.toml"
+        path.write_text(text + extra)
+        if not phrase:
+            assert load(path).guest_huge_pages
+            continue
+        with pytest.raises(WorkloadError) as e:
+            load(path)
+        assert e.value.line == 9 and phrase in e.value.message, str(e.value)
+        r = CliRunner().invoke(app, ["cost", str(path), "--accesses", "10"])
+        assert r.exit_code == 2 and "g.toml:9" in r.stderr, r.stderr

@@ -149,8 +149,10 @@ Event = (
 
 
 def gvas(w: Workload, space: int = 0) -> list[int]:
-    """The working set of address space `space`."""
-    return [GVA_BASE + space * AS_STRIDE + i * PAGE for i in range(w.working_set)]
+    """The working set of address space `space`. With guest 2 MiB pages (`guest_huge_pages`)
+    page i is GVA_BASE + the GPA of its frame, so that one PDE maps each 2 MiB of it."""
+    base = GVA_BASE + space * AS_STRIDE + (GPA_BASE if w.guest_huge_pages else 0)
+    return [base + i * PAGE for i in range(w.working_set)]
 
 
 def all_gvas(w: Workload) -> list[int]:

@@ -60,7 +60,7 @@ from kvmtlb.cost.schedule import (
 from kvmtlb.cost.step import CostStep
 from kvmtlb.cost.tlb import KIND_BY_NAME
 from kvmtlb.cost.validity import Ept12Intent, ShadowIntent, Validity
-from kvmtlb.cost.workload import RunConfig, Workload
+from kvmtlb.cost.workload import GVA_BASE, RunConfig, Workload
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
@@ -179,6 +179,11 @@ class Simulation:
         every = all_gvas(workload)
         ptes: dict[tuple[int, int], int] = {}
         for a in range(spaces):
+            if workload.guest_huge_pages:  # PDE.PS: GVA_BASE + x maps GPA x (workload.py)
+                for region in sorted({g & ~(HUGE - 1) for g in gvas(workload, a)}):
+                    pde = make_pte(region - GVA_BASE, large=True)
+                    b.map(roots[a], region, pde, level=2)
+                continue
             for i, gva in enumerate(gvas(workload, a)):
                 ptes[(a, gva)] = b.map(roots[a], gva, make_pte(frames[a * ws + i]))
             if not tdp:  # kvm/shadow.py reads every (page table, GVA)'s guest PTE slot

@@ -97,6 +97,7 @@ WORKLOAD_KEYS: dict[str, type] = {
     "locality": float,
     "preempted_for": float,
     "address_spaces": int,
+    "guest_huge_pages": bool,
 }
 TLB_KEYS = tuple(KIND_BY_NAME)
 # Limits of the knobs that set how long a run takes (docs/cost-model.md, "Limits").
@@ -222,6 +223,7 @@ class Workload:
     locality: float = 0.0  # Zipf exponent of the page popularity (0: uniform)
     capacity: dict[str, int] = field(default_factory=dict)  # overrides of costs.toml
     address_spaces: int = 1  # guest page tables (processes), each with its own working set
+    guest_huge_pages: bool = False  # the guest maps its working set with 2 MiB pages (PDE.PS)
 
     def with_overrides(self, accesses: int | None = None, seed: int | None = None) -> Workload:
         return replace(
@@ -240,6 +242,7 @@ class Workload:
             "locality": self.locality,
             "preempted_for": self.preempted_for,
             "address_spaces": self.address_spaces,
+            "guest_huge_pages": self.guest_huge_pages,
             "rates": self.rates.as_dict(),
             "tlb": dict(self.capacity),
         }
@@ -428,7 +431,43 @@ class _Parser:
             locality,
             self.capacity(),
             spaces,
+            self.guest_huge(w, configs, rates, spaces),
         )
+
+    def guest_huge(
+        self, w: dict[str, Any], configs: tuple[RunConfig, ...], rates: Rates, spaces: int
+    ) -> bool:
+        """[workload] guest_huge_pages: the guest's page table maps the working set with 2 MiB
+        PDEs (PS = 1), on TDP only (the cost model's shadow tables are 4 KiB), one address
+        space, no PTE changes (a PTE change moves one 4 KiB page), not nested."""
+        if not w.get("guest_huge_pages", False):
+            return False
+        line = self.lines.key("workload", "guest_huge_pages")
+        for bad, message, fix in (
+            (
+                any(not c.tdp for c in configs),
+                "guest 2 MiB pages are modelled with EPT/NPT only",
+                "set tdp = true in [config], or guest_huge_pages = false",
+            ),
+            (
+                any(c.nested for c in configs),
+                "the nested cost model maps 4 KiB pages only",
+                "set guest_huge_pages = false, or nested = false",
+            ),
+            (
+                spaces != 1,
+                "guest 2 MiB pages are modelled with one address space",
+                "set address_spaces = 1, or guest_huge_pages = false",
+            ),
+            (
+                bool(rates.pte_change),
+                "pte_change moves one 4 KiB page, and the working set is mapped by 2 MiB PDEs",
+                "set pte_change = 0 in [rates], or guest_huge_pages = false",
+            ),
+        ):
+            if bad:
+                raise self.err(line, message, fix)
+        return True
 
     def check_nested(self, configs: tuple[RunConfig, ...], rates: Rates, spaces: int) -> None:
         """A nested workload (cost/nested.py): address space 0 is L1's page table, 1 L2's; the
