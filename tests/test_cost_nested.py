@@ -199,7 +199,14 @@ guest_frames = 32
 l2_exit = 1
 """
 BAD = [
-    ("tdp", BASE.replace("tdp = false", "tdp = true"), 5, "shadow-paging L0"),
+    (
+        "nested npt",
+        BASE.replace("tdp = false", "tdp = true").replace('vendor = "intel"', 'vendor = "amd"'),
+        5,
+        "nested NPT",
+    ),
+    ("invept shadow", BASE + "l1_invept = 1\n", 14, "needs nested EPT"),
+    ("remap nested ept", BASE.replace("tdp = false", "tdp = true") + "remap = 1\n", 14, "EPT02"),
     ("pv", BASE.replace("pv_tlb_flush = false", "pv_tlb_flush = true"), 5, "PV-less"),
     ("vpid", BASE.replace("tdp = false", "tdp = false\nvpid = false"), 6, "VPID in L0"),
     ("spaces", BASE.replace("address_spaces = 2", "address_spaces = 1"), 10, "two page tables"),

@@ -66,13 +66,15 @@ def test_workload_mutants(tmp_path: Path) -> None:
         )
 
 
-def test_nested_workload_mutants(tmp_path: Path) -> None:
-    """Mutants of the nested workload (its keys nested, vmcs12_vpid, l2_exit, l1_flush,
-    l1_flush_addr, and the grammar's other keys put into it): each runs or is an input error,
-    and some still run nested."""
-    source = (BUILTIN_WORKLOADS / "nested-l2.toml").read_text()
+@pytest.mark.parametrize("name", ["nested-l2", "nested-ept", "huge-range-flush"])
+def test_nested_workload_mutants(name: str, tmp_path: Path) -> None:
+    """Mutants of the nested workloads (their keys nested, tdp, vmcs12_vpid, l2_exit, l1_flush,
+    l1_flush_addr, l1_invept, l1_invept_all, l1_ept_wrprotect) and of the huge-page one
+    (huge_pages, tdp_mmu, hv_range_flush, dirty_log, dirty_log_off), with the grammar's other
+    keys put into them: each runs or is an input error, and some still run."""
+    source = (BUILTIN_WORKLOADS / f"{name}.toml").read_text()
     m = fuzz.Mutator(fuzz.workload_grammar(), [source])
-    rng = random.Random("nested-workload")
+    rng = random.Random("nested-workload" if name == "nested-l2" else name)
     kinds = []
     for i in range(60):
         data = m.mutate(source, rng)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kvmtlb.cost import nested
 from kvmtlb.cost.schedule import space_of
 from kvmtlb.guest.ops import FLUSH_MM, FLUSH_PAGE
 from kvmtlb.hw.cpu import CR0_DEFAULT, CR0_WP, CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
@@ -204,6 +205,9 @@ def take_ipis(sim: Simulation, v: int) -> None:
 def handle_ipi(sim: Simulation, v: int, scope: int, gva: int) -> None:
     """flush_tlb_func on vCPU `v`: a page flush of an address space it is not in flushes nothing
     (the switch back catches up, switch_mm)."""
+    if scope == nested.L1_INVEPT_IPI:  # L1's remote flush of EPTP12 (cost/nested.py)
+        nested.nested_exit(sim, v, "l1_invept", 0)
+        return
     if scope == FLUSH_PAGE and space_of(gva) != sim.space[v]:
         return
     local_flush(sim, v, scope, gva)

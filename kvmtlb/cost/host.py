@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmtlb.host.ops import HostOp, RemapOp, WrprotectOp, ZapOp
+from kvmtlb.host.ops import CollapseOp, HostOp, RemapOp, WrprotectOp, ZapOp
 from kvmtlb.host.thread import HOST_SENDER, HostThread, host_step, preempt
 from kvmtlb.kvm.context import vm_exit_event
 from kvmtlb.kvm.x86 import EXIT_EXTERNAL_INTERRUPT
@@ -66,6 +66,14 @@ def dirty_log(sim: Simulation, gpa: int) -> None:
     run_host_op(sim, WrprotectOp(gpa))
 
 
+def dirty_log_off(sim: Simulation, gpa: int) -> None:
+    """Dirty logging switched off for the memslot of frame `gpa`'s 2 MiB region: the host
+    thread's CollapseOp (kvm_mmu_slot_apply_flags: the huge SPTE recovered, or the collapsible
+    4 KiB SPTEs zapped, and their flushes; kvm/hugepage.py)."""
+    sim.n["host.dirty-logs-off"] += 1
+    run_host_op(sim, CollapseOp(gpa))
+
+
 def run_host_op(sim: Simulation, op: HostOp) -> None:
     """The host thread runs `op` to its end; kicked pCPUs take their IPIs when it waits."""
     k = sim.k
@@ -103,4 +111,14 @@ def take_kick(sim: Simulation, p: int) -> None:
         sim.run_to_guest(exited)
 
 
-__all__ = ["CostError", "remap", "run_host_op", "schedule_in", "schedule_out", "take_kick", "zap"]
+__all__ = [
+    "CostError",
+    "dirty_log",
+    "dirty_log_off",
+    "remap",
+    "run_host_op",
+    "schedule_in",
+    "schedule_out",
+    "take_kick",
+    "zap",
+]

@@ -149,7 +149,7 @@ class CostMachine:
             return self.access_flat(i, c, gva, write)
         e: Any = c.lookup(gva)
         if e is not None:
-            if self.audit and not self.validity.valid(e):
+            if self.audit and not self.validity.valid(e) and not self.validity.harmless(e, gva):
                 self.n["tlb.stale-hits"] += 1
         else:
             e = self.walker.miss(c, gva)

@@ -110,6 +110,91 @@ def shadow_rows(recs: Sequence[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+# The nested-EPT table (nested runs with tdp = true): L1's INVEPTs and KVM's EPT02 work.
+NESTED_EPT_HEADERS = (
+    "configuration",
+    "policy",
+    "L1\nINVEPT",
+    "EPT12 stores\n/ exits",
+    "EPT02 roots\nfreed / loaded",
+    "EPT02\nfaults",
+    "EPT viol.\nto L1",
+    "INVEPT\nsingle / all",
+    "stale hits\n(--audit)",
+    "Mcycles\n(est.)",
+)
+
+
+def is_nested_ept(rec: dict[str, Any]) -> bool:
+    d = rec.get("config_detail", {})
+    return bool(d.get("nested")) and d.get("tdp", True) is True
+
+
+def nested_ept_rows(recs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The cells of one workload's nested-EPT table, in NESTED_EPT_HEADERS order."""
+    out = []
+    for r in recs:
+        if not is_nested_ept(r):
+            continue
+        stores = count(r, "l1.ept-wrprotects", "l1.ept-violations")
+        out.append(
+            [
+                r["config"],
+                r["policy"],
+                f"{count(r, 'l1.invept'):,}",
+                f"{stores:,} / {count(r, 'l1.ept12-write-exits'):,}",
+                f"{count(r, 'nested.ept02-roots-freed'):,} / "
+                f"{count(r, 'nested.ept02-root-loads'):,}",
+                f"{count(r, 'nested.ept02-faults'):,}",
+                f"{count(r, 'l1.ept-violations'):,}",
+                f"{count(r, 'op.invept-single'):,} / {count(r, 'op.invept-all'):,}",
+                f"{count(r, 'tlb.stale-hits'):,}",
+                f"{r['total_cycles'] / 1e6:,.2f}",
+            ]
+        )
+    return out
+
+
+# The huge-page table (runs with huge_pages): KVM's 2 MiB SPTE changes and their flushes.
+HUGE_HEADERS = (
+    "configuration",
+    "policy",
+    "splits /\ncollapses",
+    "huge SPTEs\ndropped",
+    "range flushes\n(pages)",
+    "kicks",
+    "INVEPT",
+    "HvFlush list\n/ space",
+    "EPT\nviolations",
+    "stale hits\n(--audit)",
+    "Mcycles\n(est.)",
+)
+
+
+def huge_rows(recs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The cells of one workload's huge-page table, in HUGE_HEADERS order."""
+    out = []
+    for r in recs:
+        if not r.get("config_detail", {}).get("huge_pages"):
+            continue
+        out.append(
+            [
+                r["config"],
+                r["policy"],
+                f"{count(r, 'huge.huge-to-table'):,} / {count(r, 'huge.table-to-huge'):,}",
+                f"{count(r, 'huge.huge-to-none'):,}",
+                f"{count(r, 'kvm.range-flushes'):,} ({count(r, 'kvm.range-flush-pages'):,})",
+                f"{count(r, 'host.kicks'):,}",
+                f"{count(r, 'op.invept-single', 'op.invept-all'):,}",
+                f"{count(r, 'op.hv-flush-list'):,} / {count(r, 'op.hv-flush-space'):,}",
+                f"{count(r, 'op.ept-violation'):,}",
+                f"{count(r, 'tlb.stale-hits'):,}",
+                f"{r['total_cycles'] / 1e6:,.2f}",
+            ]
+        )
+    return out
+
+
 def _by_workload(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by_workload: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -166,13 +251,18 @@ def table(console: Console, records: Sequence[dict[str, Any]]) -> None:
             last_config = row[0]
             t.add_row(*row)
         console.print(t)
-        shadow = shadow_rows(recs)
-        if shadow:
-            t = Table(title=f"{name}: shadow paging, KVM's side", title_justify="left")
-            for n, header in enumerate(SHADOW_HEADERS):
+        for title, headers, extra in (
+            ("shadow paging, KVM's side", SHADOW_HEADERS, shadow_rows(recs)),
+            ("nested EPT, L1's and KVM's side", NESTED_EPT_HEADERS, nested_ept_rows(recs)),
+            ("2 MiB pages, KVM's side", HUGE_HEADERS, huge_rows(recs)),
+        ):
+            if not extra:
+                continue
+            t = Table(title=f"{name}: {title}", title_justify="left")
+            for n, header in enumerate(headers):
                 t.add_column(header, no_wrap=n < 2, justify="left" if n < 2 else "right")
             last_config = ""
-            for row in shadow:
+            for row in extra:
                 if last_config and row[0] != last_config:
                     t.add_section()
                 last_config = row[0]
@@ -275,9 +365,13 @@ def _widest(by_workload: dict[str, list[dict[str, Any]]]) -> int:
 __all__ = [
     "FLUSH_COLUMNS",
     "HEADERS",
+    "HUGE_HEADERS",
+    "NESTED_EPT_HEADERS",
     "PLOT_SUFFIXES",
     "SHADOW_HEADERS",
     "html",
+    "huge_rows",
+    "nested_ept_rows",
     "plot",
     "rows",
     "shadow_rows",

@@ -16,13 +16,21 @@ drawn in proportion to its rate:
   working set uses;
 - `dirty_log`: the host turns dirty logging on for a guest frame the working set uses (its
   memslot is write-protected and flushed: a range flush with `hv_range_flush`);
+- with `huge_pages` a `dirty_log` of a frame whose 2 MiB region (one memslot) logs already is
+  nothing (the memslot's flags do not change);
+- `dirty_log_off` (`huge_pages`): dirty logging off for one of the 2 MiB regions a `dirty_log`
+  switched it on for (KVM collapses its 4 KiB SPTEs into a huge one); nothing if there is none;
 - `cr3_switch`: a running vCPU switches to another of the workload's address spaces (a context
   switch: MOV CR3 to that page table);
 - `cr0_wp_toggle`: a running vCPU opens and closes a kernel W^X window (grsecurity's
   pax_open_kernel/pax_close_kernel): MOV to CR0 clearing WP, then setting it again;
-- `l2_exit`, `l1_flush`, `l1_flush_addr` (a nested workload, `nested = true`): a running vCPU's
-  L2 exits to L1, which resumes it; before resuming, L1 flushes L2's context, or one page of
-  L2's working set (cost/nested.py).
+- `l2_exit`, `l1_flush`, `l1_flush_addr`, `l1_invept`, `l1_invept_all`, `l1_ept_wrprotect` (a
+  nested workload,
+  `nested = true`): a running vCPU's L2 exits to L1, which resumes it; before resuming, L1
+  flushes L2's context, or one page of L2's working set, or (nested EPT) runs INVEPT
+  single-context of its EPTP12, or all-context, or (`l1_ept_wrprotect`) write-protects the EPT12
+  leaf of an L2 page in use, drawn by popularity, and runs INVEPT single-context
+  (cost/nested.py).
 
 In a nested workload address space 0 is L1's page table and 1 L2's: every vCPU runs L2 (it
 leaves it only for the nested events above), so it accesses, and changes PTEs of, address
@@ -50,10 +58,20 @@ import random
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from kvmtlb.cost.workload import AS_STRIDE, GPA_BASE, GVA_BASE, RATE_KEYS, RunConfig, Workload
+from kvmtlb.cost.workload import (
+    AS_STRIDE,
+    GPA_BASE,
+    GVA_BASE,
+    NESTED_RATES,
+    RATE_KEYS,
+    RunConfig,
+    Workload,
+)
 from kvmtlb.guest.ops import FLUSH_ALL, FLUSH_MM
 
 PAGE = 0x1000
+HUGE = 1 << 21  # a 2 MiB region (huge_pages: one memslot, one host huge page)
+NESTED_KINDS = NESTED_RATES  # the events that are a nested exit to L1
 BATCH = 4096  # accesses per Accesses event at most
 
 
@@ -93,8 +111,9 @@ class Cr0WpToggle(NamedTuple):
 
 class NestedExit(NamedTuple):
     vcpu: int
-    kind: str  # "l2_exit", "l1_flush" or "l1_flush_addr"
+    kind: str  # "l2_exit", "l1_flush", "l1_flush_addr", "l1_invept", ... (NESTED_KINDS)
     gva: int  # l1_flush_addr: the page of L2's working set L1 invalidates
+    gpa: int = 0  # l1_ept_wrprotect: the L2 GPA (of a page in use) whose EPT12 leaf L1 protects
 
 
 class Zap(NamedTuple):
@@ -109,6 +128,10 @@ class DirtyLog(NamedTuple):
     gpa: int
 
 
+class DirtyLogOff(NamedTuple):
+    gpa: int  # a frame of the 2 MiB region whose memslot stops logging dirty pages
+
+
 Event = (
     Accesses
     | PteChange
@@ -118,6 +141,7 @@ Event = (
     | Zap
     | Remap
     | DirtyLog
+    | DirtyLogOff
     | Cr3Switch
     | Cr0WpToggle
     | NestedExit
@@ -125,8 +149,10 @@ Event = (
 
 
 def gvas(w: Workload, space: int = 0) -> list[int]:
-    """The working set of address space `space`."""
-    return [GVA_BASE + space * AS_STRIDE + i * PAGE for i in range(w.working_set)]
+    """The working set of address space `space`. With guest 2 MiB pages (`guest_huge_pages`)
+    page i is GVA_BASE + the GPA of its frame, so that one PDE maps each 2 MiB of it."""
+    base = GVA_BASE + space * AS_STRIDE + (GPA_BASE if w.guest_huge_pages else 0)
+    return [base + i * PAGE for i in range(w.working_set)]
 
 
 def all_gvas(w: Workload) -> list[int]:
@@ -180,6 +206,9 @@ class Schedule:
         self.rate = sum(self.weights) / 1000.0  # events per slot
         self.t = 0.0
         self.done = 0
+        # huge pages: the 2 MiB regions whose memslot logs dirty pages (base -> the frame that
+        # dirty_log named)
+        self.logged: dict[int, int] = {}
 
     def _wait(self, v: int, wake: float) -> None:
         heapq.heappush(self.waiting, (wake, self._order, v))
@@ -254,7 +283,17 @@ class Schedule:
         running = [v for v in self.running if v >= 0]
         if kind in ("zap", "remap", "dirty_log"):
             gpa = self.mapping[rng.randrange(len(self.mapping))]
+            if kind == "dirty_log" and self.c.huge_pages:
+                # a region's memslot that logs already has nothing to switch on
+                if gpa & ~(HUGE - 1) in self.logged:
+                    return
+                self.logged[gpa & ~(HUGE - 1)] = gpa
             yield Zap(gpa) if kind == "zap" else Remap(gpa) if kind == "remap" else DirtyLog(gpa)
+            return
+        if kind == "dirty_log_off":
+            if self.logged:
+                base = sorted(self.logged)[rng.randrange(len(self.logged))]
+                yield DirtyLogOff(self.logged.pop(base))
             return
         if not running:
             return
@@ -276,7 +315,10 @@ class Schedule:
             yield Cr3Switch(v, a)
         elif kind == "cr0_wp_toggle":
             yield Cr0WpToggle(v)
-        elif kind in ("l2_exit", "l1_flush", "l1_flush_addr"):
+        elif kind == "l1_ept_wrprotect":  # a page of L2's drawn by its popularity
+            i = rng.choices(range(len(self.pages)), cum_weights=self.cum_weights)[0]
+            yield NestedExit(v, kind, 0, self.mapping[self.space[v] * self.w.working_set + i])
+        elif kind in NESTED_KINDS:
             gva = self.pages[rng.randrange(len(self.pages))] + self.space[v] * AS_STRIDE
             yield NestedExit(v, kind, gva if kind == "l1_flush_addr" else 0)
         elif kind == "mm_flush":
@@ -309,6 +351,8 @@ __all__ = [
     "Accesses",
     "Cr0WpToggle",
     "Cr3Switch",
+    "DirtyLog",
+    "DirtyLogOff",
     "Event",
     "Load",
     "NestedExit",

@@ -18,7 +18,9 @@ reason here and in guest.py.
 
 A nested workload (`nested = true`, cost/nested.py) has two page tables, L1's and L2's; at boot
 each vCPU's L1 enters VMX operation and launches L2 (KVM's nested_roots: L2's table), and every
-later event runs in L2.
+later event runs in L2. With TDP that is nested EPT: L1's EPT12 maps every guest frame to itself
+(L2 GPA = L1 GPA), KVM's shadow EPT02 every frame to its host page (as its fault would), and L2's
+page table is mapped in EPT01, EPT02 and EPT12 (model/system.py's layout for [ept12]).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from kvmtlb.cost.schedule import (
     Cr0WpToggle,
     Cr3Switch,
     DirtyLog,
+    DirtyLogOff,
     Event,
     Load,
     NestedExit,
@@ -56,8 +59,8 @@ from kvmtlb.cost.schedule import (
 )
 from kvmtlb.cost.step import CostStep
 from kvmtlb.cost.tlb import KIND_BY_NAME
-from kvmtlb.cost.validity import ShadowIntent, Validity
-from kvmtlb.cost.workload import RunConfig, Workload
+from kvmtlb.cost.validity import Ept12Intent, ShadowIntent, Validity
+from kvmtlb.cost.workload import GVA_BASE, RunConfig, Workload
 from kvmtlb.host.thread import HostThread
 from kvmtlb.hw.cpu import (
     CR0_DEFAULT,
@@ -84,6 +87,7 @@ from kvmtlb.model.system import ptr_owner, ptr_values, shadow_page_bits
 
 HPA_BASE = 0x1_0000_0000  # the host pages first backing the guest frames
 NR_VPIDS = 1 << 16  # VMX_NR_VPIDS
+HUGE = 1 << 21  # a 2 MiB region of guest frames (huge_pages)
 MAX_STEPS = 64  # KVM steps a vCPU may take from host mode back into the guest
 
 
@@ -155,25 +159,57 @@ class Simulation:
         # -- memory: the guest's page tables and the EPT/NPT (or the shadow tables) ------------
         b = LayoutBuilder()
         tdp_root = (b.ept_root() if vmx else b.npt_root()) if tdp else -1
-        roots = tuple(b.guest_root([tdp_root] if tdp else []) for _ in range(spaces))
+        # nested EPT (cost/nested.py): L1's EPT12 and KVM's shadow EPT02; L2's page table is
+        # mapped in both and in EPT01 (model/system.py does the same for an [ept12] scenario)
+        nested_ept = config.nested and tdp
+        ept12_root = b.ept_root() if nested_ept else -1
+        ept02_root = b.ept_root() if nested_ept else -1
+        roots = tuple(
+            b.guest_root(
+                (tdp_root, ept02_root, ept12_root)
+                if nested_ept and a == nested.L2_SPACE
+                else (tdp_root,)
+                if tdp
+                else ()
+            )
+            for a in range(spaces)
+        )
         guest_root = roots[0]
         frames = gpas(workload)
         every = all_gvas(workload)
         ptes: dict[tuple[int, int], int] = {}
         for a in range(spaces):
+            if workload.guest_huge_pages:  # PDE.PS: GVA_BASE + x maps GPA x (workload.py)
+                for region in sorted({g & ~(HUGE - 1) for g in gvas(workload, a)}):
+                    pde = make_pte(region - GVA_BASE, large=True)
+                    b.map(roots[a], region, pde, level=2)
+                continue
             for i, gva in enumerate(gvas(workload, a)):
                 ptes[(a, gva)] = b.map(roots[a], gva, make_pte(frames[a * ws + i]))
             if not tdp:  # kvm/shadow.py reads every (page table, GVA)'s guest PTE slot
                 for gva in every:
                     if (a, gva) not in ptes:
                         b.name(roots[a], gva)
-        backing = tuple(HPA_BASE + j * 0x1000 for j in range(len(frames)))
+        if config.huge_pages:  # a 2 MiB host page per 2 MiB region: HPA - GPA is constant
+            backing = tuple(HPA_BASE + gpa for gpa in frames)
+        else:
+            backing = tuple(HPA_BASE + j * 0x1000 for j in range(len(frames)))
+        regions = sorted({gpa & ~(HUGE - 1) for gpa in frames}) if config.huge_pages else []
+        huge = tuple((base, HPA_BASE + base, E_ALL) for base in regions)
         shadow_roots: tuple[int, ...] = ()
         spt_bit: tuple[tuple[int, ...], ...] = ()
         if tdp:
             leaf = make_ept if vmx else make_npt
             for j, gpa in enumerate(frames):
+                if huge:  # the 4 KiB SPTE of a frame exists once its region is split
+                    b.allow(tdp_root, gpa, [0, leaf(backing[j], E_ALL)])
+                    continue
                 b.map(tdp_root, gpa, leaf(backing[j], E_ALL))
+                if nested_ept:  # EPT12: L2 GPA = L1 GPA; EPT02: as the EPT02 fault makes it
+                    b.map(ept12_root, gpa, make_ept(gpa, E_ALL))
+                    b.map(ept02_root, gpa, make_ept(backing[j], E_ALL))
+            for base, hpa, rights in huge:  # the region's PDE: the huge SPTE (model/system.py)
+                b.map(tdp_root, base, leaf(hpa, rights, large=True), level=2)
         else:
             shadow_roots = tuple(b.linear_root() for _ in roots)
             _shadow_layout(b, shadow_roots, every, ptes, backing, frames[0])
@@ -218,12 +254,17 @@ class Simulation:
             gvas=tuple(every) if not tdp else (),
             shadow_roots=shadow_roots,
             spt_bit=spt_bit,
-            frame_of=dict(zip(backing, frames, strict=True)) if not tdp else {},
+            frame_of=dict(zip(backing, frames, strict=True)) if not tdp or nested_ept else {},
             guest_ptr=guest_ptr,
             shadow_ptr=shadow_ptr,
             ptr_owner=ptr_owner(guest_ptr, shadow_ptr),
             hv_range_flush=config.hv_range_flush,
             nested_roots=(nested.L2_SPACE,) if config.nested else (),
+            huge=huge,
+            tdp_mmu=config.tdp_mmu,
+            l2_gpas=tuple(frames) if nested_ept else (),
+            ept12_root=ept12_root,
+            ept02_root=ept02_root,
         )
         # -- the validity oracle: which page table (or shadow table) an address belongs to ----
         walked = roots if tdp else shadow_roots
@@ -233,6 +274,16 @@ class Simulation:
             return walked[a] if 0 <= a < spaces else -1
 
         intent = None
+        ept12 = None
+        if nested_ept:
+            ept12_slot = {gpa: layout.slot(ept12_root, gpa) for gpa in frames}
+            ept12 = Ept12Intent(
+                memory,
+                ept02_root,
+                ept12_slot,
+                {gpa: j for j, gpa in enumerate(frames)},
+                lambda: self.k.kvm.backing,
+            )
         if not tdp:
             guest_slot = {gva: layout.slot(roots[a], gva) for (a, gva) in ptes}
             intent = ShadowIntent(
@@ -248,6 +299,7 @@ class Simulation:
             intent,
             root_of if spaces > 1 or not tdp else None,
             walked,
+            ept12,
         )
         # -- the machine --------------------------------------------------------------------------
         capacity = self.costs.capacities(config.vendor)
@@ -269,6 +321,10 @@ class Simulation:
         self.n: Counter[str] = self.cm.n
         if not tdp:
             policy = self.policy = _instrument(policy, self.n)
+        elif nested_ept:
+            policy = self.policy = _instrument_nested_ept(policy, self.n)
+        elif huge:
+            policy = self.policy = _instrument_huge(policy, self.n)
         # the address space each vCPU is in (guest.switch_mm; nested: L2's)
         self.space = [nested.L2_SPACE if config.nested else 0] * config.vcpus
         self.gen = [0] * spaces  # PTE changes per address space (the mm's tlb_gen)
@@ -330,6 +386,15 @@ class Simulation:
             )
         guest.take_ipis(self, v)
 
+    def resume_kicked(self) -> None:
+        """Every vCPU a kick took out of the guest while another vCPU ran KVM code (the remote
+        flush of a vCPU's fault path, kvm_mmu_remote_flush) and that still holds its pCPU runs
+        KVM's entry path back into the guest, servicing the flush requests on the way."""
+        for v, vcpu in enumerate(self.k.vcpus):
+            if vcpu.pc != "guest" and vcpu.cpu >= 0 and self.k.pcpus[vcpu.cpu].running == v:
+                self.n["kvm.kicked-reentries"] += 1
+                self.run_to_guest(v)
+
     # -- events ----------------------------------------------------------------------------------
     def apply(self, ev: Event) -> None:
         if isinstance(ev, Accesses):
@@ -342,7 +407,7 @@ class Simulation:
         elif isinstance(ev, Cr0WpToggle):
             guest.wp_window(self, ev.vcpu)
         elif isinstance(ev, NestedExit):
-            nested.nested_exit(self, ev.vcpu, ev.kind, ev.gva)
+            nested.nested_exit(self, ev.vcpu, ev.kind, ev.gva, ev.gpa)
         elif isinstance(ev, Shootdown):
             guest.shootdown(self, ev.vcpu, ev.scope)
         elif isinstance(ev, Preempt):
@@ -355,6 +420,8 @@ class Simulation:
             host.remap(self, ev.gpa)
         elif isinstance(ev, DirtyLog):
             host.dirty_log(self, ev.gpa)
+        elif isinstance(ev, DirtyLogOff):
+            host.dirty_log_off(self, ev.gpa)
         else:  # pragma: no cover
             raise AssertionError(ev)
 
@@ -443,6 +510,10 @@ class Simulation:
                 self.policy.vcpu_exit(k, vcpu, EXIT_TDP_FAULT, (o.gpa, int(write)))
                 self.n["kvm.tdp-faults"] += 1
                 self.run_to_guest(v)
+                self.resume_kicked()
+                if vcpu.pf_injected >= 0:  # nested EPT: an EPT violation reflected to L1
+                    gpa, vcpu.pf_injected = vcpu.pf_injected, -1
+                    nested.l1_ept_violation(self, v, gpa)
             o = self.cm.access(k.vcpus[v].cpu, gva, write)
             if o is None:
                 return
@@ -529,6 +600,65 @@ def _instrument(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:
         zap_rmap(k, gpa)
 
     for f in (mmu_try_to_unsync_pages, kvm_sync_page, kvm_sync_spte, kvm_zap_rmap):
+        setattr(pol, f.__name__, f)
+    return pol
+
+
+def _instrument_nested_ept(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:
+    """A copy of `policy` whose nested-EPT functions count what they do (each still runs the
+    policy's own code): `nested.ept02-root-loads` (kvm_mmu_load of guest_mmu: the EPT02 root
+    loaded, synced and its EPTP flushed), `nested.ept02-roots-freed` (kvm_mmu_free_roots of
+    guest_mmu freeing the EPT02 root: handle_invept @ v5.8 / v6.18), `nested.ept02-faults` (EPT
+    violations of L2 handled by the EPT walker's FNAME(page_fault))."""
+    pol = copy.copy(policy)
+    load = pol.kvm_mmu_load
+    free = pol.kvm_mmu_free_guest_mmu_roots
+    fault = pol.kvm_mmu_page_fault
+
+    def kvm_mmu_load(k: Any, vcpu: Vcpu) -> None:
+        if pol.nested_ept_active(k, vcpu):
+            n["nested.ept02-root-loads"] += 1
+        load(k, vcpu)
+
+    def kvm_mmu_free_guest_mmu_roots(k: Any, vcpu: Vcpu) -> None:
+        n["nested.ept02-roots-freed"] += vcpu.parked_root_valid
+        free(k, vcpu)
+
+    def kvm_mmu_page_fault(k: Any, vcpu: Vcpu, gpa: int, write: bool) -> None:
+        if pol.nested_ept_active(k, vcpu):
+            n["nested.ept02-faults"] += 1
+        fault(k, vcpu, gpa, write)
+
+    for f in (kvm_mmu_load, kvm_mmu_free_guest_mmu_roots, kvm_mmu_page_fault):
+        setattr(pol, f.__name__, f)
+    return pol
+
+
+def _instrument_huge(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:
+    """A copy of `policy` whose huge-page functions count what they do (each still runs the
+    policy's own code): `huge.S-to-T`, the region PDE's changes from S to T (`huge` the 2 MiB
+    SPTE, `table` a 4 KiB table, `none`: huge-to-table a split, table-to-huge a collapse,
+    huge-to-none a drop or a zap), `kvm.range-flushes` and `kvm.range-flush-pages`
+    (kvm_flush_remote_tlbs_range from a vCPU's fault path: a table replaced by a huge SPTE,
+    drop_large_spte)."""
+    pol = copy.copy(policy)
+    set_pde = pol.set_huge_pde
+    range_flush = pol.kvm_flush_remote_tlbs_range_vcpu
+
+    def set_huge_pde(k: Any, i: int, kind: str, rights: int, why: str) -> None:
+        old = pol.huge_pde(k, i)[0]
+        if old != kind:
+            n[f"huge.{old}-to-{kind}"] += 1
+        set_pde(k, i, kind, rights, why)
+
+    def kvm_flush_remote_tlbs_range_vcpu(
+        k: Any, vcpu: Vcpu, start: int, npages: int, why: str
+    ) -> None:
+        n["kvm.range-flushes"] += 1
+        n["kvm.range-flush-pages"] += npages
+        range_flush(k, vcpu, start, npages, why)
+
+    for f in (set_huge_pde, kvm_flush_remote_tlbs_range_vcpu):
         setattr(pol, f.__name__, f)
     return pol
 

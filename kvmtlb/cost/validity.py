@@ -22,6 +22,9 @@ belongs to, AS_STRIDE apart) names a guest frame, the host currently backs that 
 entry's host page, and the entry grants no right the guest PTE does not. The shadow tables' upper
 levels never change (kvm/shadow.py): their paging-structure-cache entries are judged by the
 MAY-set walker on the shadow root, as above.
+
+With nested EPT (`Ept12Intent`) KVM's shadow EPT02 may lag L1's EPT12 the same way (an unsync
+EPT02 page): a translation through EPT02 must also agree with EPT12 and the host's backing.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from kvmtlb.hw.mappings import (
     NestedPsc,
     NestedTranslation,
 )
-from kvmtlb.hw.paging import P, pte_addr, pte_rights
+from kvmtlb.hw.paging import E_W, P, ept_rights, pte_addr, pte_rights
 from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.walk import WalkContext, Walker
 
@@ -107,6 +110,59 @@ class ShadowIntent:
         return not e.rights & ~pte_rights(gpte)
 
 
+class Ept12Intent:
+    """Nested EPT: whether a translation through KVM's shadow EPT02 still gives what L1's EPT12
+    and the host mean now. EPT02 may lag EPT12 (an unsync EPT02 page keeps its SPTEs until a
+    sync), and a walk of current memory through EPT02 would call a translation built from such
+    a stale SPTE valid; so an entry tagged with EPT02's EP4TA whose guest-physical page is one
+    of the workload's frames is also judged against intent: EPT12's leaf for that L2 GPA names
+    an L1 frame the host currently backs with the entry's host page, and grants every right the
+    entry's stage-2 rights hold. (L2's page-table pages, which EPT12 and EPT02 map statically,
+    are judged by the walk alone.)"""
+
+    def __init__(
+        self,
+        memory: WorkloadMemory,
+        ept02_root: int,
+        ept12_slot: dict[int, int],
+        gpa_index: dict[int, int],
+        backing: Callable[[], Sequence[int]],
+    ) -> None:
+        self.mem = memory
+        self.ept02_root = ept02_root
+        self.ept12_slot = ept12_slot  # L2 GPA (a workload frame) -> the slot of its EPT12 leaf
+        self.gpa_index = gpa_index
+        self.backing = backing
+
+    def tagged(self, e: Any) -> bool:
+        """Whether `e` is a translation through EPT02."""
+        return isinstance(e, CombinedTranslation | GuestPhysicalTranslation) and (
+            e.ep4ta == self.ept02_root
+        )
+
+    def valid(self, e: Any) -> bool:
+        """`e` (valid by a walk of memory) is valid by L1's and the host's intent too."""
+        if isinstance(e, CombinedTranslation):
+            gpa, rights = e.gpa, e.erights
+        elif isinstance(e, GuestPhysicalTranslation):
+            gpa, rights = e.page, e.rights
+        else:
+            return True
+        if e.ep4ta != self.ept02_root or e.size != PAGE_SIZE:
+            return True  # (the nested workloads map 4 KiB pages only)
+        slot = self.ept12_slot.get(gpa)
+        if slot is None:
+            return True
+        e12 = self.mem.values[slot]
+        r12 = ept_rights(e12)
+        i = self.gpa_index.get(pte_addr(e12))
+        if not r12 or i is None:
+            return False
+        if self.backing()[i] != e.frame:
+            return False
+        return not rights & ~r12
+
+
 class Validity:
     """Memoized validity of cached entries against the current memory of one run."""
 
@@ -118,6 +174,7 @@ class Validity:
         shadow: ShadowIntent | None = None,
         root_of: Callable[[int], int] | None = None,
         all_roots: Sequence[int] = (),
+        ept12: Ept12Intent | None = None,
     ) -> None:
         self.mem = memory
         self.guest_root = guest_root
@@ -127,6 +184,7 @@ class Validity:
         self.all_roots = tuple(all_roots)
         self.s2_root = s2_root  # the VM's EPT PML4 / nCR3
         self.shadow = shadow
+        self.ept12 = ept12  # nested EPT: EPT02 translations judged by L1's EPT12 too
         self._verdict: dict[Entry, bool] = {}  # untagged entry -> valid
         self._untagged: dict[Entry, Entry] = {}
         self._s2: dict[Any, tuple[Any, frozenset[int]]] = {}  # ("s2", root, GPA) -> results
@@ -150,7 +208,60 @@ class Validity:
         v = self._verdict.get(u)
         if v is None:
             v = self._decide(u)
+        if self.ept12 is not None and self.ept12.tagged(e):
+            if not v:
+                # an EPT02 translation with less write permission than EPT02 now grants (KVM
+                # made the SPTE writable again after L1 did, which needs no flush) is what a
+                # walk made before; it faults on a write, which removes it (SDM 29.4.3)
+                w: Any = e
+                up = w._replace(erights=w.erights | E_W) if hasattr(w, "erights") else None
+                if up is None:
+                    up = w._replace(rights=w.rights | E_W)
+                v = up != e and self.valid(up)
+            return v and self.ept12.valid(e)
         return v
+
+    def harmless(self, e: Any, gva: int) -> bool:
+        """Whether a hit on `e`, which a walk would no longer build, for an access to `gva` is
+        still what the processor may give: a walk of current memory under `e`'s tags maps
+        `gva` to the same host address with every right `e` grants. That is so for an entry of
+        a 2 MiB page whose SPTE KVM split in place (4 KiB entries, the same memory, no flush
+        owed: tdp_mmu.c:tdp_mmu_split_huge_page), and for one with fewer rights than its
+        SPTE has now (write permission restored without a flush: fast_page_fault); an access
+        the entry does not allow faults, which removes it (SDM 29.4.3). With nested EPT the
+        walk's result must also agree with L1's EPT12 (`Ept12Intent`)."""
+        if not isinstance(e, CombinedTranslation | AsidTranslation):
+            return False
+        key = ("harmless", _untagged(e), gva)
+        hit = self._verdict.get(key)  # type: ignore[call-overload]
+        if hit is not None:
+            return bool(hit)
+        ctx, _, _ = self._context(_untagged(e))
+        read: set[int] = set()
+
+        def oracle(gpa: int) -> tuple[Any, int]:
+            results, slots = self._stage2(ctx, gpa)
+            read.update(slots)
+            return (results, 0)
+
+        w = Walker(ctx, self._recorder(read), None, self.mem.layout.table_backing, oracle)
+        w.translate(gva)
+        hpa = e.frame + (gva - e.page)
+        erights = getattr(e, "erights", 0)
+        ok = any(
+            type(f) is type(e)
+            and f.page <= gva < f.page + f.size
+            and f.frame + (gva - f.page) == hpa
+            and not e.rights & ~f.rights
+            and not erights & ~getattr(f, "erights", 0)
+            for f in w.fills
+        )
+        if ok and self.ept12 is not None and self.ept12.tagged(e):
+            f = next(f for f in w.fills if type(f) is type(e) and f.page <= gva < f.page + f.size)
+            ok = self.ept12.valid(f._replace(rights=e.rights, erights=erights))
+        self._verdict[key] = ok  # type: ignore[index]
+        self._depend(key, read)
+        return ok
 
     def _context(self, entry: Entry) -> tuple[WalkContext, int, bool]:
         """The context, address and stage of the walk that would build `entry`."""
@@ -264,4 +375,4 @@ class Validity:
         return ok
 
 
-__all__ = ["ShadowIntent", "Validity"]
+__all__ = ["Ept12Intent", "ShadowIntent", "Validity"]

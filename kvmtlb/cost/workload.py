@@ -40,9 +40,23 @@ RATE_KEYS = (
     "l2_exit",
     "l1_flush",
     "l1_flush_addr",
+    "l1_invept",
+    "l1_invept_all",
+    "l1_ept_wrprotect",
+    "dirty_log_off",
 )
-# The rates only a nested workload (`nested = true`) may set, and those it may not.
-NESTED_RATES = ("l2_exit", "l1_flush", "l1_flush_addr")
+# The rates only a nested workload (`nested = true`) may set, and those it may not; those only
+# nested EPT (`nested = true` with `tdp = true`, Intel) may set, and those it may not.
+NESTED_RATES = (
+    "l2_exit",
+    "l1_flush",
+    "l1_flush_addr",
+    "l1_invept",
+    "l1_invept_all",
+    "l1_ept_wrprotect",
+)
+NESTED_EPT_RATES = ("l1_invept", "l1_invept_all", "l1_ept_wrprotect")
+NOT_NESTED_EPT_RATES = ("remap",)
 NOT_NESTED_RATES = ("full_flush", "cr3_switch", "cr0_wp_toggle", "dirty_log")
 GVA_BASE = 0x4000_0000  # where the working set starts in the guest's linear address space
 GPA_BASE = 0x10_0000  # the first guest frame of the working set's pool
@@ -62,6 +76,8 @@ CONFIG_LISTABLE: dict[str, type] = {
     "tdp": bool,
     "hv_range_flush": bool,
     "vmcs12_vpid": bool,
+    "huge_pages": bool,
+    "tdp_mmu": bool,
 }
 CONFIG_SCALAR: dict[str, type] = {
     "nested": bool,
@@ -81,6 +97,7 @@ WORKLOAD_KEYS: dict[str, type] = {
     "locality": float,
     "preempted_for": float,
     "address_spaces": int,
+    "guest_huge_pages": bool,
 }
 TLB_KEYS = tuple(KIND_BY_NAME)
 # Limits of the knobs that set how long a run takes (docs/cost-model.md, "Limits").
@@ -115,6 +132,8 @@ class RunConfig:
     hv_range_flush: bool = False  # KVM on Hyper-V: its remote and range flushes are hypercalls
     nested: bool = False  # the guest is a hypervisor (L1) whose vCPUs run an L2 (cost/nested.py)
     vmcs12_vpid: bool = True  # nested VMX: vmcs12 enables VPID (vpid12 = vCPU + 1), else off
+    huge_pages: bool = False  # 2 MiB host pages, mapped by 2 MiB EPT/NPT SPTEs (kvm/hugepage.py)
+    tdp_mmu: bool = True  # v6.18's tdp_mmu module parameter (False: the rmap MMU manages EPT/NPT)
 
     def label(self) -> str:
         parts = [self.vendor]
@@ -128,9 +147,12 @@ class RunConfig:
             parts.append("shadow")
         if self.hv_range_flush:
             parts.append("hv")
+        if self.huge_pages:
+            parts.append("huge" if self.tdp_mmu else "huge-rmap")
         if self.nested:
+            nested = "nested-ept" if self.tdp else "nested"
             parts.append(
-                "nested" if self.vendor == "amd" or self.vmcs12_vpid else "nested-novpid12"
+                nested if self.vendor == "amd" or self.vmcs12_vpid else f"{nested}-novpid12"
             )
         return "/".join(parts)
 
@@ -146,6 +168,8 @@ class RunConfig:
         }
         if self.hv_range_flush:
             d["hv_range_flush"] = True
+        if self.huge_pages:
+            d.update(huge_pages=True, tdp_mmu=self.tdp_mmu)
         if self.nested:
             d["nested"] = True
             if self.vendor == "intel":
@@ -174,6 +198,10 @@ class Rates:
     l2_exit: float = 0.0  # nested: L2 exits to L1 (VMCALL / VMMCALL), L1 resumes it
     l1_flush: float = 0.0  # nested: ... and L1 flushes L2's context first (INVVPID / TLB_CONTROL)
     l1_flush_addr: float = 0.0  # nested: ... and L1 invalidates one L2 page (INVVPID / INVLPGA)
+    l1_invept: float = 0.0  # nested EPT: ... and L1 runs INVEPT single-context of EPTP12
+    l1_invept_all: float = 0.0  # nested EPT: ... and L1 runs INVEPT all-context
+    l1_ept_wrprotect: float = 0.0  # nested EPT: ... L1 write-protects an EPT12 leaf, INVEPT
+    dirty_log_off: float = 0.0  # huge pages: dirty logging off for a logged 2 MiB region (collapse)
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in RATE_KEYS}
@@ -195,6 +223,7 @@ class Workload:
     locality: float = 0.0  # Zipf exponent of the page popularity (0: uniform)
     capacity: dict[str, int] = field(default_factory=dict)  # overrides of costs.toml
     address_spaces: int = 1  # guest page tables (processes), each with its own working set
+    guest_huge_pages: bool = False  # the guest maps its working set with 2 MiB pages (PDE.PS)
 
     def with_overrides(self, accesses: int | None = None, seed: int | None = None) -> Workload:
         return replace(
@@ -213,6 +242,7 @@ class Workload:
             "locality": self.locality,
             "preempted_for": self.preempted_for,
             "address_spaces": self.address_spaces,
+            "guest_huge_pages": self.guest_huge_pages,
             "rates": self.rates.as_dict(),
             "tlb": dict(self.capacity),
         }
@@ -401,7 +431,43 @@ class _Parser:
             locality,
             self.capacity(),
             spaces,
+            self.guest_huge(w, configs, rates, spaces),
         )
+
+    def guest_huge(
+        self, w: dict[str, Any], configs: tuple[RunConfig, ...], rates: Rates, spaces: int
+    ) -> bool:
+        """[workload] guest_huge_pages: the guest's page table maps the working set with 2 MiB
+        PDEs (PS = 1), on TDP only (the cost model's shadow tables are 4 KiB), one address
+        space, no PTE changes (a PTE change moves one 4 KiB page), not nested."""
+        if not w.get("guest_huge_pages", False):
+            return False
+        line = self.lines.key("workload", "guest_huge_pages")
+        for bad, message, fix in (
+            (
+                any(not c.tdp for c in configs),
+                "guest 2 MiB pages are modelled with EPT/NPT only",
+                "set tdp = true in [config], or guest_huge_pages = false",
+            ),
+            (
+                any(c.nested for c in configs),
+                "the nested cost model maps 4 KiB pages only",
+                "set guest_huge_pages = false, or nested = false",
+            ),
+            (
+                spaces != 1,
+                "guest 2 MiB pages are modelled with one address space",
+                "set address_spaces = 1, or guest_huge_pages = false",
+            ),
+            (
+                bool(rates.pte_change),
+                "pte_change moves one 4 KiB page, and the working set is mapped by 2 MiB PDEs",
+                "set pte_change = 0 in [rates], or guest_huge_pages = false",
+            ),
+        ):
+            if bad:
+                raise self.err(line, message, fix)
+        return True
 
     def check_nested(self, configs: tuple[RunConfig, ...], rates: Rates, spaces: int) -> None:
         """A nested workload (cost/nested.py): address space 0 is L1's page table, 1 L2's; the
@@ -433,6 +499,24 @@ class _Parser:
                     "changes with INVLPG shootdowns and MOV CR3 flushes)",
                     f"set {key} = 0, or nested = false",
                 )
+        if any(not c.tdp for c in configs):
+            for key in NESTED_EPT_RATES:
+                if given[key]:
+                    raise self.err(
+                        self.lines.key("rates", key),
+                        f"{key} is L1's INVEPT or EPT12 change, which needs nested EPT (vmcs12 "
+                        "with EPT, on an EPT L0)",
+                        f"set tdp = true in [config] (Intel), or {key} = 0",
+                    )
+        if any(c.tdp for c in configs):
+            for key in NOT_NESTED_EPT_RATES:
+                if given[key]:
+                    raise self.err(
+                        self.lines.key("rates", key),
+                        f"{key} is not modelled with nested EPT: page migration does not reach "
+                        "the shadow EPT02 (kvm/nested_ept.py), so L2 would keep the old page",
+                        f"set {key} = 0 (zap reaches EPT02 through the rmap), or tdp = false",
+                    )
 
     def bounded(
         self, section: str, t: dict[str, Any], key: str, low: int, high: int, default: int = 0
@@ -518,12 +602,15 @@ class _Parser:
                 "set nested = true in [config], or drop vmcs12_vpid",
             )
         out: list[RunConfig] = []
-        for vendor, pcid, pv, tdp, hv in itertools.product(
+        self.check_huge_config(values)
+        for vendor, pcid, pv, tdp, hv, huge, tdp_mmu in itertools.product(
             vendors,
             values.get("pcid", [False]),
             values.get("pv_tlb_flush", [True]),
             tdps,
             values.get("hv_range_flush", [False]),
+            values.get("huge_pages", [False]),
+            values.get("tdp_mmu", [True]),
         ):
             flags = (
                 values.get("vpid", [True])
@@ -545,6 +632,8 @@ class _Parser:
                     hv_range_flush=hv and tdp,
                     nested=nested,
                     vmcs12_vpid=v12,
+                    huge_pages=huge,
+                    tdp_mmu=tdp_mmu,
                 )
                 out.append(
                     replace(base, vpid=flag)
@@ -553,17 +642,45 @@ class _Parser:
                 )
         return tuple(out)
 
-    def check_nested_config(self, values: dict[str, list[Any]]) -> None:
-        """What the nested cost model runs on: a shadow-paging L0 (the checker's nested VMX
-        without nested EPT, and nested SVM), VPID on in L0 for VMX, no PV TLB flush (L2's
-        shootdowns are IPIs), not on Hyper-V."""
-        line = self.lines.key("config", "nested")
-        if True in values.get("tdp", [True]):
+    def check_huge_config(self, values: dict[str, list[Any]]) -> None:
+        """2 MiB pages (kvm/hugepage.py) are EPT/NPT mappings: they need TDP; the nested model
+        maps 4 KiB pages only; `tdp_mmu` is a knob of huge-page handling (v6.18's module
+        parameter), so it needs huge_pages."""
+        if True not in values.get("huge_pages", [False]):
+            if "tdp_mmu" in values:
+                raise self.err(
+                    self.lines.key("config", "tdp_mmu"),
+                    "tdp_mmu only changes how KVM splits and collapses 2 MiB SPTEs, and the "
+                    "workload has none",
+                    "set huge_pages = true in [config], or drop tdp_mmu",
+                )
+            return
+        line = self.lines.key("config", "huge_pages")
+        if False in values.get("tdp", [True]):
             raise self.err(
                 line,
-                "the cost model nests on a shadow-paging L0 only (nested EPT and nested NPT "
-                "are not in the cost model)",
-                "set tdp = false in [config]",
+                "huge_pages are 2 MiB EPT/NPT mappings, and shadow paging has none",
+                "set tdp = true in [config], or huge_pages = false",
+            )
+        if self.data.get("config", {}).get("nested", False):
+            raise self.err(
+                line,
+                "the nested cost model maps 4 KiB pages only",
+                "set huge_pages = false, or nested = false",
+            )
+
+    def check_nested_config(self, values: dict[str, list[Any]]) -> None:
+        """What the nested cost model runs on: a shadow-paging L0 (the checker's nested VMX
+        without nested EPT, and nested SVM) or, on Intel, an EPT L0 whose L1 enables EPT in
+        vmcs12 (nested EPT, kvm/nested_ept.py); VPID on in L0 for VMX, no PV TLB flush (L2's
+        shootdowns are IPIs), not on Hyper-V."""
+        line = self.lines.key("config", "nested")
+        if True in values.get("tdp", [True]) and "amd" in values.get("vendor", []):
+            raise self.err(
+                line,
+                "nested NPT is not in the cost model: a nested AMD guest runs on a "
+                "shadow-paging L0",
+                'set tdp = false in [config], or vendor = "intel" (nested EPT)',
             )
         if False in values.get("vpid", [True]) and "intel" in values.get("vendor", []):
             raise self.err(
@@ -604,6 +721,27 @@ class _Parser:
                 "read-only entry a faulting write filled (#NPF invalidates nothing), so the "
                 "write would fault forever; with shadow paging the cost model has no dirty log",
                 'set vendor = "intel" and tdp = true, or dirty_log = 0',
+            )
+        huge = [c.huge_pages for c in configs]
+        if t.get("dirty_log_off", 0) and not all(huge):
+            raise self.err(
+                self.lines.key("rates", "dirty_log_off"),
+                "dirty_log_off collapses a 2 MiB region's 4 KiB SPTEs back into a huge one, and "
+                "a configuration has no huge pages",
+                "set huge_pages = true in [config], or dirty_log_off = 0",
+            )
+        if t.get("dirty_log_off", 0) and not t.get("dirty_log", 0):
+            raise self.err(
+                self.lines.key("rates", "dirty_log_off"),
+                "dirty_log_off switches dirty logging off for a region dirty_log switched on, "
+                "and dirty_log is 0",
+                "give dirty_log a rate too",
+            )
+        if t.get("remap", 0) and any(huge):
+            raise self.err(
+                self.lines.key("rates", "remap"),
+                "remap (page migration) of a frame of a 2 MiB host page is not modelled",
+                "set remap = 0 (zap splits the host's huge page), or huge_pages = false",
             )
         if sum(float(v) for v in t.values()) > 1000:
             raise self.err(
