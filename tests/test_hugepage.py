@@ -156,3 +156,16 @@ def test_hyperv_full_flush_makes_no_request() -> None:
     path = SCENARIOS / "hv-zap-race-access.toml"
     r = explore(build(load(path, set(registry())), registry()["bug-remote-flush-no-wait"]()))
     assert r.prop is None  # no kicks to wait for: the hypercall flushed every processor
+
+
+def test_v5x_enabling_dirty_logging_looks_at_the_whole_region() -> None:
+    """slot_rmap_write_protect walks the memslot, and a 2 MiB region is one: a writable 4 KiB
+    SPTE of another frame of the region than the one the op names still gets v5.x's flush
+    (this was once a false dirty-logging violation of kvm-5.7 and kvm-5.8)."""
+    src = text(ops="zap 0x202000\nwrprotect 0x200000").replace(
+        "read 0x2000", "write 0x2000\nwrite 0x2000"
+    )
+    s = parse(src, "wp-region.toml")
+    for policy in ("kvm-5.7", "kvm-5.8", "kvm-6.18"):
+        assert explore(build(s, registry()[policy]())).prop is None, policy
+    assert explore(build(s, registry()["bug-dirty-log-no-flush"]())).prop == "dirty-logging"

@@ -169,7 +169,10 @@ class Kvm58(NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, Kvm618):
         ("kvm: x86: mmu: Always flush TLBs when enabling dirty logging", July 2022)."""
         if not k.config.tdp:
             return super().kvm_tdp_mmu_write_protect(k, gpa)
-        writable = any(self.spte(k, gpa, r)[1] & E_W for r in self.live_tdp_roots(k))
+        # the memslot's SPTEs: a 2 MiB region is one memslot, whichever frame the op names
+        n = k.config.huge_region(gpa) if k.config.huge else -1
+        frames = self.region_frames(k, n) if n >= 0 else [gpa]
+        writable = any(self.spte(k, g, r)[1] & E_W for g in frames for r in self.live_tdp_roots(k))
         super().kvm_tdp_mmu_write_protect(k, gpa)
         if not writable:
             k.note("slot_rmap_write_protect: no writable SPTE", "so no flush")
