@@ -24,6 +24,12 @@ the v5.10 rework):
 - the host's zap of an L1 GPA reaches the NPT02 SPTEs that map it (the shadow MMU's rmap:
   kvm_unmap_gfn_range), and kvm_flush_remote_tlbs flushes the vCPU's ASID, L2's too.
 
+vmcb12's TLB_CONTROL is honoured by no version: KVM copies it into its vmcb12 cache and flushes
+the shared ASID on every VMRUN anyway (v6.18 accepts every encoding: the consistency check of
+174a921b6975, v5.16, which refused FLUSH_ASID, was reverted in January 2024). The same holds for
+L1's flush duty after editing NPT12: whether L1 flushes or not, the nested VMRUN syncs NPT02 and
+flushes, so the model's verdicts do not depend on TLB_CONTROL.
+
 v5.8 and v5.7 (`NestedNpt58`): enter_svm_guest_mode calls nested_svm_init_mmu_context, then
 kvm_mmu_reset_context (every root of both MMUs unloaded: the next entry loads the NPT02 root,
 which syncs it, and flushes) and svm_flush_tlb; nested_svm_vmexit calls
