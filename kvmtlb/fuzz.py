@@ -298,6 +298,11 @@ TOKENS = (
     "[ept12]",
     "0x40000",
     "tdp = true",
+    # nested NPT
+    "npt_map",
+    "npt_unmap",
+    "[npt12]",
+    'vendor = "amd"',
 )
 
 

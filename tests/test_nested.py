@@ -213,10 +213,15 @@ def test_nested_op_examples_parse(example: str) -> None:
         "invept": "vmxon",
         "ept_map": "vmxon",
         "ept_unmap": "vmxon",
+        "npt_map": "vmrun l2\nvmcall",
+        "npt_unmap": "vmrun l2\nvmcall",
     }[example.split()[0]]
     amd = example.split()[0] in ("vmrun", "invlpga")
     if example.split()[0] in ("invept", "ept_map", "ept_unmap"):
         text = ept_scenario(f"{before}\n{example}")
+    elif example.split()[0] in ("npt_map", "npt_unmap"):
+        text = ept_scenario(f"{before}\n{example}").replace('vendor = "intel"', 'vendor = "amd"')
+        text = text.replace("[ept12]", "[npt12]")
     else:
         text = scenario(f"{before}\n{example}".strip(), **({"vendor": '"amd"'} if amd else {}))
     s = parse(text, "n.toml")

@@ -49,6 +49,7 @@ KINDS = (
     "knob",
     "invvpid-unused-vpid",
     "ept12-unused-gpa",
+    "npt12-unused-gpa",
     "collapse-without-log",
     "huge-knob",
 )
@@ -98,7 +99,14 @@ def _build_checks(scenario: object) -> None:
 
 
 def warnings(scenario: object) -> list[LintWarning]:
-    from kvmtlb.guest.l1_ops import EptMapOp, InvvpidOp, VmlaunchOp, VmresumeOp, VmrunOp
+    from kvmtlb.guest.l1_ops import (
+        EptMapOp,
+        InvvpidOp,
+        NptMapOp,
+        VmlaunchOp,
+        VmresumeOp,
+        VmrunOp,
+    )
     from kvmtlb.guest.ops import (
         DEFAULT_ROOT,
         AccessOp,
@@ -181,7 +189,7 @@ def warnings(scenario: object) -> list[LintWarning]:
                     f"its gives L2: it removes nothing L2 uses (KVM flushes vpid02 anyway); name "
                     f"a VPID of a vmcs12 ({', '.join(map(str, sorted(used))) or 'none'})",
                 )
-    # -- L1's EPT12 stores (nested EPT) ------------------------------------------------------------
+    # -- L1's EPT12 / NPT12 stores (nested EPT / NPT) ---------------------------------------------
     l2_gpas = {gpa for name in s.roots for gpa, _ in s.roots[name].values()}
     l2_gpas |= {
         op.gpa for p in s.programs for op in p if isinstance(op, MapOp) and op.root != DEFAULT_ROOT
@@ -194,6 +202,14 @@ def warnings(scenario: object) -> list[LintWarning]:
                     op.line,
                     "ept12-unused-gpa",
                     f"vcpu{v}'s L1 changes the EPT12 entry of L2 GPA {op.l2gpa:#x}, which no "
+                    "page table of L2 names: no L2 access goes through it; name an L2 GPA of a "
+                    f"[guest.NAME] table ({named})",
+                )
+            if isinstance(op, NptMapOp) and op.l2gpa not in l2_gpas:
+                warn(
+                    op.line,
+                    "npt12-unused-gpa",
+                    f"vcpu{v}'s L1 changes the NPT12 entry of L2 GPA {op.l2gpa:#x}, which no "
                     "page table of L2 names: no L2 access goes through it; name an L2 GPA of a "
                     f"[guest.NAME] table ({named})",
                 )

@@ -17,6 +17,7 @@ from kvmtlb.guest.l1_ops import (
     InvlpgaOp,
     InvvpidOp,
     L1Op,
+    NptMapOp,
     VmcallOp,
     VmlaunchOp,
     VmptrldOp,
@@ -26,7 +27,7 @@ from kvmtlb.guest.l1_ops import (
     VmxonOp,
 )
 from kvmtlb.hw.cpu import Regs, Vmcs
-from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept
+from kvmtlb.hw.paging import E_R, E_W, E_X, make_ept, make_npt
 from kvmtlb.hw.svm import Invlpga, SvmExitEvent, Vmrun
 from kvmtlb.hw.vmcb import Vmcb
 from kvmtlb.hw.vmx import (
@@ -41,6 +42,7 @@ from kvmtlb.hw.vmx import (
     make_eptp,
 )
 from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.nested_npt import NESTED_NPT12_WRITE
 from kvmtlb.kvm.nested_vmx import (
     NESTED_EPT12_WRITE,
     NESTED_INVEPT,
@@ -74,6 +76,8 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> bool:
     frame: tuple[int, int, int, int]
     if isinstance(op, EptMapOp):
         return _ept12_store(k, pol, v, op)
+    if isinstance(op, NptMapOp):
+        return _npt12_store(k, pol, v, op)
     if isinstance(op, VmxonOp):
         event: Any = Vmxon()
         frame = (NESTED_VMXON, 0, 0, 0)
@@ -139,7 +143,8 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> bool:
             ident=VMCS12_IDENT,
             asid=op.asid,
             tlb_control=op.tlb_control,
-            np_enable=False,
+            np_enable=cfg.nested_npt,
+            ncr3=cfg.npt12_root if cfg.nested_npt else 0,
             guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
         )
         event = Vmrun(vmcb12)
@@ -171,6 +176,22 @@ def _ept12_store(k: Step, pol: KvmPolicy, v: int, op: EptMapOp) -> bool:
     slot = cfg.layout.slot(cfg.ept12_root, op.l2gpa)
     what = f"{op.l1gpa:#x} {op.rights}" if op.l1gpa >= 0 else "not present"
     k.write_slot(slot, value, f"L1: EPT12[{op.l2gpa:#x}] = {what}")
+    return True
+
+
+def _npt12_store(k: Step, pol: KvmPolicy, v: int, op: NptMapOp) -> bool:
+    """L1's store to its NPT12 leaf of `op.l2gpa`, as _ept12_store for EPT12: while KVM's
+    shadow NPT02 page of that NPT12 table is synced, the table is write-protected in NPT01, the
+    store exits (a #NPF) and KVM unsyncs the page; L1 retries it, and it lands."""
+    cfg = k.config
+    vcpu = k.vcpus[v]
+    if pol.npt12_store_exits(k, vcpu, op.l2gpa):
+        pol.vcpu_exit(k, vcpu, EXIT_NESTED, (NESTED_NPT12_WRITE, op.l2gpa, 0, 0))
+        return False
+    value = make_npt(op.l1gpa, _ept_rights(op.rights)) if op.l1gpa >= 0 else 0
+    slot = cfg.layout.slot(cfg.npt12_root, op.l2gpa)
+    what = f"{op.l1gpa:#x} {op.rights}" if op.l1gpa >= 0 else "not present"
+    k.write_slot(slot, value, f"L1: NPT12[{op.l2gpa:#x}] = {what}")
     return True
 
 

@@ -4,15 +4,18 @@ A vCPU's thread may contain, besides the guest kernel's ops (kvmtlb.guest.ops), 
 instructions: `vmxon`, `vmxoff`, `vmlaunch ROOT [vpid=N]`, `vmresume [vpid=N]`, `vmptrld ROOT`
 (the vmcs12 launched on ROOT current again), `invvpid TYPE [vpid=N] [GVA]`, and with nested EPT
 `invept TYPE`, `ept_map L2GPA -> L1GPA RIGHTS` and `ept_unmap L2GPA` (L1's stores to its
-EPT12); on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and `invlpga GVA [asid=N]`; and
-`vmcall` (VMMCALL on AMD), the instruction with which L2 exits to L1. Between a `vmlaunch` /
-`vmresume` and the next `vmcall` the vCPU runs L2: the ordinary guest ops there are L2's (its
-page table is the vmcs12's GUEST_CR3, the scenario's table ROOT).
+EPT12); on AMD `vmrun ROOT [asid=N] [tlb_control=N]` and `invlpga GVA [asid=N]`, and with
+nested NPT `npt_map L2GPA -> L1GPA RIGHTS` and `npt_unmap L2GPA` (L1's stores to its NPT12);
+and `vmcall` (VMMCALL on AMD), the instruction with which L2 exits to L1. Between a `vmlaunch`
+/ `vmresume` / `vmrun` and the next `vmcall` the vCPU runs L2: the ordinary guest ops there
+are L2's (its page table is the vmcs12's GUEST_CR3, the scenario's table ROOT).
 docs/scenarios.md, "Nested VMX".
 
 vmcs12 is modelled by what the TLB rules read: VPID (`vpid=N`, N > 0 enables VPID in vmcs12,
 vpid=0 disables it), GUEST_CR3 (the L2 page table) and 'enable EPT': off on a shadow-paging L0;
 on an EPT L0 (nested EPT) on, with EPTP = the scenario's [ept12] table (L2 GPA -> L1 GPA).
+vmcb12 likewise: ASID, TLB_CONTROL, CR3, and NP_ENABLE: on with an [npt12] table (nested NPT on
+an NPT L0), nCR3 = that table.
 """
 
 from __future__ import annotations
@@ -140,6 +143,22 @@ class EptMapOp(NamedTuple):
         return f"ept_map {self.l2gpa:#x} -> {self.l1gpa:#x} {self.rights}"
 
 
+class NptMapOp(NamedTuple):
+    """Nested NPT: L1's store to its NPT12 leaf of L2 GPA `l2gpa`: L1 GPA `l1gpa` with `rights`
+    (r: present, w: writable, x: executable; U/S is always set, nested accesses being user
+    accesses), or not present when `l1gpa` < 0 (`npt_unmap`)."""
+
+    l2gpa: int
+    l1gpa: int
+    rights: str
+    line: int = 0
+
+    def describe(self) -> str:
+        if self.l1gpa < 0:
+            return f"npt_unmap {self.l2gpa:#x}"
+        return f"npt_map {self.l2gpa:#x} -> {self.l1gpa:#x} {self.rights}"
+
+
 L1Op = (
     VmxonOp
     | VmxoffOp
@@ -152,6 +171,7 @@ L1Op = (
     | InvlpgaOp
     | InveptOp
     | EptMapOp
+    | NptMapOp
 )
 L1_OPS = (
     VmxonOp,
@@ -165,14 +185,17 @@ L1_OPS = (
     InvlpgaOp,
     InveptOp,
     EptMapOp,
+    NptMapOp,
 )
 VMX_OPS = (VmxonOp, VmxoffOp, VmlaunchOp, VmresumeOp, VmptrldOp, InvvpidOp, InveptOp, EptMapOp)
 EPT_OPS = (InveptOp, EptMapOp)
-SVM_OPS = (VmrunOp, InvlpgaOp)
+SVM_OPS = (VmrunOp, InvlpgaOp, NptMapOp)
+NPT_OPS = (NptMapOp,)
 
 __all__ = [
     "EPT_OPS",
     "L1_OPS",
+    "NPT_OPS",
     "SVM_OPS",
     "VMX_OPS",
     "EptMapOp",
@@ -180,6 +203,7 @@ __all__ = [
     "InvlpgaOp",
     "InvvpidOp",
     "L1Op",
+    "NptMapOp",
     "VmcallOp",
     "VmlaunchOp",
     "VmptrldOp",

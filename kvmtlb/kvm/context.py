@@ -142,9 +142,24 @@ class KvmConfig:
     ept12_root: int = -1
     ept02_root: int = -1
 
+    # Nested NPT (kvm/nested_npt.py; scenario table [npt12]): the root of L1's NPT12 (L2 GPA ->
+    # L1 GPA) and of KVM's shadow NPT02 (L2 GPA -> HPA); the L2 GPAs are `l2_gpas`, and the
+    # unsync NPT02 pages Kvm.ept02_unsync (one nested TDP table per scenario: EPT12 or NPT12)
+    npt12_root: int = -1
+    npt02_root: int = -1
+
     @property
     def nested_ept(self) -> bool:
         return self.ept02_root >= 0
+
+    @property
+    def nested_npt(self) -> bool:
+        return self.npt02_root >= 0
+
+    @property
+    def nested_tdp(self) -> bool:
+        """L2 runs on a shadow of L1's nested TDP table (EPT12 or NPT12)."""
+        return self.ept02_root >= 0 or self.npt02_root >= 0
 
     def ept02_region(self, l2gpa: int) -> int:
         """The bit of Kvm.ept02_unsync of the last-level EPT02 page holding `l2gpa`'s SPTE."""

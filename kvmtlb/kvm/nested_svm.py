@@ -4,8 +4,10 @@ Ports arch/x86/kvm/svm/nested.c and svm.c's invlpga_interception @ v6.18 (`Neste
 svm/nested.c @ v5.8 / v5.7 (`NestedSvm58`), as far as TLB flushes go. KVM runs L1 and L2 on one
 ASID (the vCPU's), so it flushes that ASID, and syncs the MMU, on every nested VMRUN and
 #VMEXIT: L1's TLB_CONTROL and ASID in vmcb12 are not needed (the TODO list of
-nested_svm_transition_tlb_flush). With shadow paging (the only L0 the model nests on) L2's page
-tables are shadowed like L1's (kvm/shadow.py). L1's INVLPGA is handled like INVLPG.
+nested_svm_transition_tlb_flush). With shadow paging L2's page tables are shadowed like L1's
+(kvm/shadow.py); on an NPT L0 the model nests with nested NPT only (vmcb12's NP_ENABLE on, an
+[npt12] table): L2 runs on the shadow NPT02 of kvm/nested_npt.py. L1's INVLPGA is handled like
+INVLPG.
 
 The state reuses `Vcpu`'s nested fields: `guest_mode`, `vmcs12_guest_cr3` (vmcb12's CR3 as of
 the last #VMEXIT) and `vmcs12_host_cr3` (the host save area's CR3: L1's at VMRUN).
@@ -26,7 +28,7 @@ class NestedSvm:
         (L1's CR3), nested_vmcb02_prepare_control (vmcb02's TLB_CONTROL = DO_NOTHING; L2 runs
         on the vCPU's ASID, not vmcb12's), nested_svm_transition_tlb_flush, then L2's CR3
         (nested_svm_load_cr3)."""
-        vcpu.vmcs12_host_cr3 = vcpu.cr3
+        vcpu.vmcs12_host_cr3 = self.svm_l1_cr3(k, vcpu)
         vcpu.vmcs12_guest_cr3 = k.config.roots[root]
         vcpu.guest_mode = True
         k.note(
@@ -35,14 +37,34 @@ class NestedSvm:
             "enter_svm_guest_mode: L2 runs on the vCPU's own ASID",
         )
         self.nested_svm_transition_tlb_flush(k, vcpu)
+        if k.config.nested_npt:
+            # nested_vmcb02_prepare_control: nested_svm_init_mmu_context (kvm/nested_npt.py),
+            # then nested_svm_load_cr3 with nested NPT: L2's CR3, no MMU switch
+            self.nested_svm_init_mmu_context(k, vcpu)  # type: ignore[attr-defined]
+            self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)  # type: ignore[attr-defined]
+            return
         self.nested_svm_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
+
+    def svm_l1_cr3(self, k: Step, vcpu: Vcpu) -> int:
+        """L1's CR3 at VMRUN (what vmcb01 keeps): with NPT the guest's own, in the VMCB; with
+        shadow paging vcpu->arch.cr3."""
+        if k.config.tdp:
+            assert vcpu.vmcb is not None
+            return vcpu.vmcb.guest.cr3
+        return vcpu.cr3
 
     def nested_svm_vmexit(self, k: Step, vcpu: Vcpu) -> None:
         """nested.c:nested_svm_vmexit @ v6.18: vmcb12 keeps L2's CR3, leave guest mode,
         nested_svm_transition_tlb_flush, L1's CR3 from vmcb01 (nested_svm_load_cr3)."""
-        vcpu.vmcs12_guest_cr3 = vcpu.cr3
+        vcpu.vmcs12_guest_cr3 = self.svm_l1_cr3(k, vcpu)  # L2's, at this exit
         vcpu.guest_mode = False
         k.note("nested_svm_vmexit: leave_guest_mode")
+        if k.config.nested_npt:
+            # nested_svm_uninit_mmu_context, the transition flush, nested_svm_load_cr3(L1's)
+            self.nested_svm_uninit_mmu_context(k, vcpu)  # type: ignore[attr-defined]
+            self.nested_svm_transition_tlb_flush(k, vcpu)
+            self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_host_cr3)  # type: ignore[attr-defined]
+            return
         self.nested_svm_transition_tlb_flush(k, vcpu)
         self.nested_svm_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
 
@@ -76,19 +98,31 @@ class NestedSvm58(NestedSvm):
 
     def nested_svm_vmrun(self, k: Step, vcpu: Vcpu, root: int, asid: int, tlb_ctl: int) -> None:
         """nested.c:enter_svm_guest_mode @ v5.8: kvm_set_cr3(vmcb12 CR3),
-        kvm_mmu_reset_context, svm_flush_tlb (v5.7: svm_flush_tlb(vcpu, true))."""
-        vcpu.vmcs12_host_cr3 = vcpu.cr3
+        kvm_mmu_reset_context, svm_flush_tlb (v5.7: svm_flush_tlb(vcpu, true)). With nested
+        NPT: nested_svm_init_mmu_context first, and the VMCB's CR3 and vcpu->arch.cr3 are
+        vmcb12's (no kvm_set_cr3: npt_enabled)."""
+        vcpu.vmcs12_host_cr3 = self.svm_l1_cr3(k, vcpu)
         vcpu.vmcs12_guest_cr3 = k.config.roots[root]
         vcpu.guest_mode = True
         k.note(f"enter_svm_guest_mode: vmcb12 ASID {asid}, TLB_CONTROL {tlb_ctl}")
-        self.nested_svm_set_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
+        if k.config.nested_npt:
+            self.nested_svm_init_mmu_context(k, vcpu)  # type: ignore[attr-defined]
+            self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)  # type: ignore[attr-defined]
+        else:
+            self.nested_svm_set_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
         self.svm_flush_tlb_asid(k, vcpu)  # type: ignore[attr-defined]
 
     def nested_svm_vmexit(self, k: Step, vcpu: Vcpu) -> None:
-        """nested.c:nested_svm_vmexit @ v5.8: kvm_set_cr3(hsave CR3), kvm_mmu_reset_context."""
-        vcpu.vmcs12_guest_cr3 = vcpu.cr3
+        """nested.c:nested_svm_vmexit @ v5.8: kvm_set_cr3(hsave CR3), kvm_mmu_reset_context.
+        With nested NPT: nested_svm_uninit_mmu_context, the VMCB's CR3 from hsave,
+        kvm_mmu_reset_context and kvm_mmu_load (kvm/nested_npt.py)."""
+        vcpu.vmcs12_guest_cr3 = self.svm_l1_cr3(k, vcpu)
         vcpu.guest_mode = False
         k.note("nested_svm_vmexit: leave_guest_mode")
+        if k.config.nested_npt:
+            self.nested_svm_uninit_mmu_context(k, vcpu)  # type: ignore[attr-defined]
+            self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_host_cr3)  # type: ignore[attr-defined]
+            return
         self.nested_svm_set_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
 
     def nested_svm_set_cr3(self, k: Step, vcpu: Vcpu, cr3: int) -> None:

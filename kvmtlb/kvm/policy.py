@@ -22,6 +22,7 @@ from kvmtlb.kvm.kvm_main import KvmMain
 from kvmtlb.kvm.memslot import Memslots
 from kvmtlb.kvm.mmu import Mmu
 from kvmtlb.kvm.nested_ept import NestedEpt
+from kvmtlb.kvm.nested_npt import NestedNpt
 from kvmtlb.kvm.nested_svm import NestedSvm
 from kvmtlb.kvm.nested_vmx import NestedVmx
 from kvmtlb.kvm.shadow import ShadowMmu
@@ -33,6 +34,7 @@ from kvmtlb.kvm.x86 import X86
 
 
 class KvmPolicy(
+    NestedNpt,
     NestedEpt,
     NestedVmx,
     NestedSvm,
@@ -153,6 +155,7 @@ def registry() -> dict[str, type[KvmPolicy]]:
 
     # after the nested bugs, whichever was imported first: the bug zoo's table keeps this order
     import_module("kvmtlb.kvm.hugepage_bugs")
+    import_module("kvmtlb.kvm.nested_npt_bugs")
 
     return dict(_REGISTRY)
 

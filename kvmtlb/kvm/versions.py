@@ -21,6 +21,7 @@ from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.hugepage import HugePages58
 from kvmtlb.kvm.hyperv import HypervFlush58
 from kvmtlb.kvm.nested_ept import NestedEpt57
+from kvmtlb.kvm.nested_npt import NestedNpt58
 from kvmtlb.kvm.nested_svm import NestedSvm58
 from kvmtlb.kvm.nested_vmx import NestedVmx57, NestedVmx58
 from kvmtlb.kvm.policy import KvmPolicy, register
@@ -51,7 +52,7 @@ class Kvm618(KvmPolicy):
 
 
 @register
-class Kvm58(NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, Kvm618):
+class Kvm58(NestedNpt58, NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, Kvm618):
     name = "kvm-5.8"
     summary = (
         "v5.8: after the seed's series (tlb_flush_guest, tlb_flush_current), before "

@@ -12,7 +12,8 @@ read through the layout's static backing), as KVM's guest sees them.
 
 The same reference checks L1's own accesses while L1 runs (VMX root operation: VPID 0). For
 nested SVM it is an AMD machine: L1 in host mode (ASID 0), L2 in guest mode under L1's vmcb12
-(its ASID and TLB_CONTROL, nested paging off), INVLPGA of an ASID from L1.
+(its ASID and TLB_CONTROL; nested paging off, or with nested NPT on, nCR3 = L1's NPT12: L2's
+accesses end at L1 GPAs), INVLPGA of an ASID from L1.
 Unlike the non-nested reference (model/native.py, on the independent oracle), this one shares
 the hardware model's rules with the machine KVM drives: a wrong VPID rule would be wrong on
 both sides. It is what the issue asks for ("the hardware model already implements the SDM for
@@ -67,7 +68,8 @@ def nested_native(
 ) -> tuple[MachineConfig, Machine]:
     """The reference's configuration and its machine at boot: every vCPU's L1 outside VMX
     operation on the first page table. Its universe holds the entries of VPID 0 (L1, and L2
-    with VPID off in vmcs12) and of every vmcs12 VPID the scenario names."""
+    with VPID off in vmcs12) and of every vmcs12 VPID the scenario names. `ept12_root` is L1's
+    nested table: EPT12 on Intel, NPT12 on AMD (vmcb12's nCR3)."""
     intel = vendor == "intel"
     contexts = [
         WalkContext(
@@ -84,7 +86,23 @@ def nested_native(
         for root in roots
         for pge in (True, False)
     ]
-    if ept12_root >= 0:
+    if ept12_root >= 0 and not intel:
+        # nested NPT: L2 runs under vmcb12's nCR3 (NPT12, L2 GPA -> L1 GPA); its entries,
+        # nested ones included, are tagged by vmcb12's ASID only (APM §15.16); L1 runs in host
+        # mode (ASID 0) on its own tables
+        contexts = [
+            c
+            for c in contexts
+            if c.root not in l2_tables and isinstance(c.tags, AmdTags) and c.tags.asid == 0
+        ]
+        contexts += [
+            WalkContext(AmdTags(tag, pcid, True), root, ept12_root, Format.NPT, True, pge, True)
+            for tag in sorted(vpid12s)
+            for pcid in pcids
+            for root in l2_tables
+            for pge in (True, False)
+        ]
+    elif ept12_root >= 0:
         # nested EPT: L2 runs under vmcs12's EPTP (EPT12, L2 GPA -> L1 GPA), its entries tagged
         # by EPT12's EP4TA; L1 runs outside EPT on its own tables
         contexts = [c for c in contexts if c.root not in l2_tables]
@@ -106,7 +124,7 @@ def nested_native(
     else:
         # L1 runs with EFER.SVME set; the reference processor has FlushByAsid (TLB_CONTROL 3
         # and 7 are defined) and 16 ASIDs (vmcb12's ASID is 1..15)
-        caps = SvmCapabilities(flush_by_asid=True, nasid=16, npt=False)
+        caps = SvmCapabilities(flush_by_asid=True, nasid=16, npt=ept12_root >= 0)
         config = MachineConfig(universe, caps, arch=AmdArch(), memo_steps=True)
         cpus = [NativeSvmCpu(SVM_HOST, regs, None, regs) for _ in range(nvcpus)]
     return config, Machine.boot(config, memory, cpus)

@@ -16,12 +16,14 @@ from kvmtlb.errors import InputFileError
 from kvmtlb.guest.l1_ops import (
     EPT_OPS,
     L1_OPS,
+    NPT_OPS,
     SVM_OPS,
     VMX_OPS,
     EptMapOp,
     InveptOp,
     InvlpgaOp,
     InvvpidOp,
+    NptMapOp,
     VmcallOp,
     VmlaunchOp,
     VmptrldOp,
@@ -55,6 +57,8 @@ NESTED_OPS = {
     "invept": "invept 1|2",
     "ept_map": "ept_map L2GPA -> L1GPA RIGHTS",
     "ept_unmap": "ept_unmap L2GPA",
+    "npt_map": "npt_map L2GPA -> L1GPA RIGHTS",
+    "npt_unmap": "npt_unmap L2GPA",
 }
 L1_OP_WORDS = tuple(NESTED_OPS)
 Err = Callable[[int, str, str], InputFileError]
@@ -137,6 +141,24 @@ def parse_l1_op(
                 "write: invept 1",
             )
         return InveptOp(int(args[0]), line)
+    if op == "npt_unmap":
+        if len(args) != 1:
+            raise err(line, "npt_unmap takes L2GPA", "write: npt_unmap 0x40000")
+        return NptMapOp(addr(args[0], line, "L2 GPA"), -1, "", line)
+    if op == "npt_map":
+        if (
+            len(args) != 4
+            or args[1] != "->"
+            or not set(args[3]) <= set("rwx")
+            or "r" not in args[3]
+        ):
+            raise err(
+                line,
+                "npt_map takes L2GPA -> L1GPA RIGHTS (rights r, rw, rx or rwx: an NPT entry is "
+                "readable once present)",
+                "write: npt_map 0x40000 -> 0x11000 rwx",
+            )
+        return NptMapOp(addr(args[0], line, "L2 GPA"), addr(args[2], line, "L1 GPA"), args[3], line)
     if op == "ept_unmap":
         if len(args) != 1:
             raise err(line, "ept_unmap takes L2GPA", "write: ept_unmap 0x40000")
@@ -310,7 +332,7 @@ def _check_svm_threads(programs: Sequence[Sequence[object]], err: Err) -> None:
         l2 = False
         for op in prog:
             ln = getattr(op, "line", 0)
-            if isinstance(op, VmrunOp | InvlpgaOp):
+            if isinstance(op, VmrunOp | InvlpgaOp | NptMapOp):
                 if l2:
                     raise err(ln, f"{op.describe()} while L2 runs", "let L2 exit first: vmcall")
                 l2 = isinstance(op, VmrunOp)
@@ -355,9 +377,11 @@ def check_nested(
     line0: int,
     ept12: bool = False,
     pv: bool = False,
+    npt12: bool = False,
 ) -> None:
     """The static checks of every L1 thread (see the module docstring). `ept12`: the file
-    declares an [ept12] table (nested EPT, on an EPT L0); `pv`: the PV TLB flush is on."""
+    declares an [ept12] table (nested EPT, on an EPT L0); `npt12`: an [npt12] table (nested
+    NPT, on an NPT L0); `pv`: the PV TLB flush is on."""
     if not is_nested(programs):
         return
     _check_l2_flushes(programs, pv, err)
@@ -370,13 +394,26 @@ def check_nested(
             if vendor == "amd" and isinstance(op, VMX_OPS):
                 raise err(op.line, f"{op.describe()} is a VMX instruction", 'set vendor = "intel"')
     ept_op = next((op for p in programs for op in p if isinstance(op, EPT_OPS)), None)
-    if tdp and (vendor == "amd" or not ept12):
+    if tdp and vendor == "amd" and not npt12:
+        raise err(
+            line,
+            "nested SVM on an NPT L0 is modelled with nested NPT only (vmcb12 with NP_ENABLE; an "
+            "L2 without nested NPT on NPT01 is not built)",
+            "declare L1's NPT12 as [npt12] (L2 GPA -> L1 GPA), or set tdp = false in [config]",
+        )
+    if tdp and vendor == "intel" and not ept12:
         raise err(
             line,
             "nested virtualization on a TDP L0 is modelled with nested EPT only (vmcs12 with "
-            "EPT on; an L2 without nested EPT on an EPT02 from EPT01, and nested NPT, are not "
-            "built)",
+            "EPT on; an L2 without nested EPT on an EPT02 from EPT01 is not built)",
             "declare L1's EPT12 as [ept12] (L2 GPA -> L1 GPA), or set tdp = false in [config]",
+        )
+    npt_op = next((op for p in programs for op in p if isinstance(op, NPT_OPS)), None)
+    if npt_op is not None and not npt12:
+        raise err(
+            npt_op.line,
+            f"{npt_op.describe()} needs nested NPT (an NPT L0 and an [npt12] table)",
+            'set vendor = "amd" and tdp = true in [config] and declare [npt12]',
         )
     if ept_op is not None and not tdp:
         raise err(

@@ -85,12 +85,12 @@ def _transparency(
                     found.extend(_isolation(system, v, gva, access, model))
                 native = None
                 for o in model:
-                    seen = visible(o, shadow) if not kvm.nested_ept else visible_l1(o, kvm)
+                    seen = visible(o, shadow) if not kvm.nested_tdp else visible_l1(o, kvm)
                     if seen is None:
                         continue
                     if native is None:
                         native = {
-                            visible(n, shadow) if not kvm.nested_ept else visible_l1(n, None)
+                            visible(n, shadow) if not kvm.nested_tdp else visible_l1(n, None)
                             for n in w.native.outcomes(v, gva, access)
                         }
                     if seen not in native:
@@ -178,7 +178,7 @@ def _shown(o: object, shadow: dict[int, int] | None, kvm: KvmConfig | None = Non
     text: str = o.describe()  # type: ignore[attr-defined]
     if shadow is not None and isinstance(o, Access) and o.gpa < 0:
         text += f" (the host page of GPA {outcome_gpa(o, shadow):#x})"
-    elif kvm is not None and kvm.nested_ept and isinstance(o, Access):
+    elif kvm is not None and kvm.nested_tdp and isinstance(o, Access):
         text += f" (the host page of L1 GPA {kvm.frame_of_page(o.frame & ~0xFFF):#x})"
     return text
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmtlb.errors import InputFileError
-from kvmtlb.guest.l1_ops import EptMapOp
+from kvmtlb.guest.l1_ops import EptMapOp, NptMapOp
 from kvmtlb.guest.ops import (
     DEFAULT_ROOT,
     FLUSH_ALL,
@@ -74,6 +74,7 @@ TOP_LEVEL = (
     "guest",
     "host",
     "name",
+    "npt12",
     "placement",
     "schedule",
     "tables",
@@ -295,6 +296,8 @@ class Scenario:
     # The 2 MiB regions of `huge` declared "HPA RIGHTS 2m nx": split by an exec fault, their
     # 4 KiB tables possible NX huge pages (kvm/hugepage.py)
     nx_huge: frozenset[int] = frozenset()
+    # Nested NPT ([npt12]): L1's NPT12, L2 GPA -> (L1 GPA, rights); empty without nested NPT
+    npt12: dict[int, tuple[int, str]] = field(default_factory=dict)
 
     def huge_gva(self, gva: int, root: str | None = None) -> bool:
         """Whether `gva` lies in a 2 MiB guest page of page table `root` (any, if None)."""
@@ -357,6 +360,7 @@ class Scenario:
             self.huge,
             self.guest_huge,
             self.nx_huge,
+            self.npt12,
         )
 
 
@@ -403,6 +407,7 @@ class _Parser:
         self.known = known
         self.zaps: dict[int, int] = {}  # zaps per GPA so far
         self.ept12: dict[int, tuple[int, str]] = {}  # [ept12], parsed before the threads
+        self.npt12: dict[int, tuple[int, str]] = {}  # [npt12], likewise
         self.fast_zaps = 0  # zap_all_fast ops so far
         self.huge_regions: dict[int, tuple[int, str]] = {}  # [host]'s 2 MiB regions
         self.nx_regions: set[int] = set()  # those of them declared "2m nx"
@@ -419,14 +424,18 @@ class _Parser:
         host = self.host_map()
         host = HostMap(host, self.huge_regions)
         self.ept12 = self.ept12_map(config, host)
-        if self.ept12 and self.huge_regions:
-            raise self.err(
-                self.lines.section("ept12"),
-                "[ept12] (nested EPT) with 2 MiB regions in [host] is not modelled",
-                'map 4 KiB frames in [host] ("HPA RIGHTS", without 2m) in a nested-EPT scenario',
-            )
-        # L2's page tables name L2 GPAs (the keys of [ept12]); L1's name L1 GPAs
-        guest, roots = self.guest_map({**host, **self.ept12} if self.ept12 else host)
+        self.npt12 = self.ept12_map(config, host, "npt12")
+        for table in ("ept12", "npt12"):
+            if table in self.data and self.huge_regions:
+                raise self.err(
+                    self.lines.section(table),
+                    f"[{table}] (nested EPT/NPT) with 2 MiB regions in [host] is not modelled",
+                    'map 4 KiB frames in [host] ("HPA RIGHTS", without 2m) in a nested '
+                    "EPT/NPT scenario",
+                )
+        # L2's page tables name L2 GPAs (the keys of [ept12] / [npt12]); L1's name L1 GPAs
+        l2_table = {**self.ept12, **self.npt12}
+        guest, roots = self.guest_map({**host, **l2_table} if l2_table else host)
         tables = self.tables(config, host, roots)
         vm1, vm1_host = self.vm1(config, host, roots)
         placement = self.placement(config)
@@ -434,7 +443,7 @@ class _Parser:
         # the frames of both VMs (disjoint); a 2 MiB region's frames join when an op names them
         both = HostMap({**host, **vm1_host}, self.huge_regions) if vm1_host else host
         programs, host_program = self.threads(config, guest, both, roots)
-        if self.ept12:
+        if l2_table:
             self.ept_checks(programs, host_program, host)
         if vm1 or any(isinstance(op, CreateVcpuOp | DestroyVmOp) for op in host_program):
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
@@ -465,6 +474,7 @@ class _Parser:
             dict(self.huge_regions),
             frozenset(self.guest_huge),
             frozenset(self.nx_regions),
+            self.npt12,
         )
 
     def ept_checks(
@@ -473,11 +483,12 @@ class _Parser:
         host_program: tuple[HostOp, ...],
         host: dict[int, tuple[int, str]],
     ) -> None:
-        """Nested EPT: L1's EPT12 stores name L1 GPAs of [host]; the host may zap, preempt and
-        resume (the other host ops act on EPT01 only in the model: kvm/nested_ept.py)."""
+        """Nested EPT / NPT: L1's EPT12 / NPT12 stores name L1 GPAs of [host]; the host may zap,
+        preempt and resume (the other host ops act on EPT01 / NPT01 only in the model:
+        kvm/nested_ept.py, kvm/nested_npt.py)."""
         for prog in programs:
             for op in prog:
-                if isinstance(op, EptMapOp) and op.l1gpa >= 0 and op.l1gpa not in host:
+                if isinstance(op, EptMapOp | NptMapOp) and op.l1gpa >= 0 and op.l1gpa not in host:
                     raise self.err(
                         op.line,
                         f"L1 GPA {op.l1gpa:#x} is not mapped in [host]",
@@ -487,37 +498,52 @@ class _Parser:
             if not isinstance(hop, ZapOp | PreemptOp | ResumeOp | FlushRemoteOp):
                 raise self.err(
                     getattr(hop, "line", 0),
-                    f"{hop.describe()} is not modelled with nested EPT",
+                    f"{hop.describe()} is not modelled with nested EPT or NPT",
                     "keep the host to zap, preempt, resume and flush_remote_tlbs",
                 )
 
     def ept12_map(
-        self, config: Config, host: dict[int, tuple[int, str]]
+        self, config: Config, host: dict[int, tuple[int, str]], table: str = "ept12"
     ) -> dict[int, tuple[int, str]]:
-        """[ept12]: "L2GPA" = "L1GPA RIGHTS", L1's EPT12 (nested EPT, docs/scenarios.md)."""
+        """[ept12]: "L2GPA" = "L1GPA RIGHTS", L1's EPT12 (nested EPT, docs/scenarios.md); with
+        `table` "npt12", [npt12]: L1's NPT12 (nested NPT), whose rights must include r (an NPT
+        entry is readable once present)."""
         out: dict[int, tuple[int, str]] = {}
-        if "ept12" not in self.data:
+        if table not in self.data:
             return out
-        line0 = self.lines.section("ept12")
-        if config.vendor != "intel" or not config.tdp or not config.vpid:
+        line0 = self.lines.section(table)
+        npt = table == "npt12"
+        if not npt and (config.vendor != "intel" or not config.tdp or not config.vpid):
             raise self.err(
                 line0,
                 "[ept12] (nested EPT) needs an Intel L0 with EPT and VPID",
                 'set vendor = "intel", tdp = true and vpid = true in [config]',
             )
-        for key, value in self._table("ept12").items():
-            line = self.lines.key("ept12", key)
+        if npt and (config.vendor != "amd" or not config.tdp):
+            raise self.err(
+                line0,
+                "[npt12] (nested NPT) needs an AMD L0 with NPT",
+                'set vendor = "amd" and tdp = true in [config]',
+            )
+        for key, value in self._table(table).items():
+            line = self.lines.key(table, key)
             l2gpa = self.addr(key, line, "L2 GPA")
             parts = str(value).split()
             if (
                 len(parts) != 2
                 or not set(parts[1]) <= set("rwx")
                 or ("w" in parts[1] and "r" not in parts[1])
+                or (npt and "r" not in parts[1])
             ):
                 raise self.err(
                     line,
-                    f"bad EPT12 entry {shown(value)}",
-                    'write "L1GPA RIGHTS" with rights from r, w, x (w needs r), e.g. "0x11000 rwx"',
+                    f"bad {table.upper()} entry {shown(value)}",
+                    (
+                        'write "L1GPA RIGHTS" with rights r, rw, rx or rwx, e.g. "0x11000 rwx"'
+                        if npt
+                        else 'write "L1GPA RIGHTS" with rights from r, w, x (w needs r), e.g. '
+                        '"0x11000 rwx"'
+                    ),
                 )
             l1gpa = self.addr(parts[0], line, "L1 GPA")
             if l1gpa not in host:
@@ -534,7 +560,7 @@ class _Parser:
                 )
             out[l2gpa] = (l1gpa, parts[1])
         if not out:
-            raise self.err(line0, "[ept12] maps nothing", '"0x40000" = "0x11000 rwx"')
+            raise self.err(line0, f"[{table}] maps nothing", '"0x40000" = "0x11000 rwx"')
         return out
 
     def _table(self, name: str) -> dict[str, Any]:
@@ -1028,7 +1054,7 @@ class _Parser:
                 "[tables] with 2 MiB guest pages is not modelled",
                 'remove [tables], or map the guest\'s pages 4 KiB at a time (without "2m")',
             )
-        if vm1 or self.ept12 or is_nested(programs):
+        if vm1 or self.ept12 or self.npt12 or is_nested(programs):
             raise self.err(
                 line0,
                 "2 MiB guest pages are modelled with one VM and no nested guest",
@@ -1393,7 +1419,7 @@ class _Parser:
                 if key == "host":
                     host_ops.append(self.host_op(text, line, config, host, remapped))
                 else:
-                    l2_host = {**host, **self.ept12}
+                    l2_host = {**host, **self.ept12, **self.npt12}
                     programs[v].append(self.guest_op(text, line, config, l2_host, v, roots))
         self.static_checks(config, guest, programs, roots)
         return tuple(tuple(p) for p in programs), tuple(host_ops)
@@ -1787,6 +1813,7 @@ class _Parser:
             self.lines.section("threads"),
             bool(self.ept12),
             config.pv_tlb_flush,
+            bool(self.npt12),
         )
         resolve_vmptrld(programs)
         executable = {gva for gva, (_, f) in guest.items() if "x" in f}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmtlb.errors import where
-from kvmtlb.guest.l1_ops import EptMapOp
+from kvmtlb.guest.l1_ops import EptMapOp, NptMapOp
 from kvmtlb.guest.ops import (
     InvpcidOp,
     LinkOp,
@@ -75,7 +75,7 @@ from kvmtlb.hw.vmcb import SVM_HOST, SvmCpu
 from kvmtlb.hw.vmx import (
     CAP_INVEPT_ALL,
 )
-from kvmtlb.hw.walk import WalkContext
+from kvmtlb.hw.walk import WalkContext, _npt_rights
 from kvmtlb.kvm.context import (
     KvmConfig,
     Step,
@@ -154,9 +154,16 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     nested_ept = bool(scenario.ept12)
     ept12_root = b.ept_root() if nested_ept else -1
     ept02_root = b.ept_root() if nested_ept else -1
-    l2_indices = l2_roots(scenario) if nested_ept else ()
+    # nested NPT ([npt12]) alike: L1's NPT12 and KVM's shadow NPT02 (kvm/nested_npt.py)
+    nested_npt = bool(scenario.npt12)
+    npt12_root = b.npt_root() if nested_npt else -1
+    npt02_root = b.npt_root() if nested_npt else -1
+    nested_tdp = nested_ept or nested_npt
+    l12_root = ept12_root if nested_ept else npt12_root
+    l02_root = ept02_root if nested_ept else npt02_root
+    l2_indices = l2_roots(scenario) if nested_tdp else ()
     roots = tuple(
-        b.guest_root((*tdp_roots, ept02_root, ept12_root) if r in l2_indices else tdp_roots)
+        b.guest_root((*tdp_roots, l02_root, l12_root) if r in l2_indices else tdp_roots)
         for r in range(len(root_names))
     )
     guest_root = roots[0]
@@ -267,8 +274,10 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         for other in tdp_roots[1:]:  # empty until a root is allocated there
             b.allow(other, gpa, [0, *values])
     l2_gpas: tuple[int, ...] = ()
-    if nested_ept:
-        l2_gpas = _nested_ept_layout(b, scenario, ept12_root, ept02_root, host_pages, rights)
+    if nested_tdp:
+        l2_gpas = _nested_ept_layout(
+            b, scenario, l12_root, l02_root, host_pages, rights, npt=nested_npt
+        )
     huge: list[tuple[int, int, int]] = []
     for base, (hpa, rs) in scenario.huge.items():
         # the region's EPT/NPT PDE: the huge leaf (write-protected too, under dirty logging),
@@ -350,14 +359,20 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         pairs = [(t, tdp_root) for t in tags]
         walked = shadow_roots
     walks = [(t, stage2, walked) for t, stage2 in pairs]
-    if nested_ept:
-        # EPT01 walks L1's page tables; EPT02 (tagged by its own EP4TA) L2's
+    if nested_tdp:
+        # EPT01 walks L1's page tables; EPT02 (tagged by its own EP4TA) L2's; on AMD NPT01 and
+        # NPT02, whose entries carry the same tags (the ASID: L1 and L2 share the vCPU's)
         l1_tables = tuple(r for i, r in enumerate(roots) if i not in l2_indices)
         l2_tables = tuple(r for i, r in enumerate(roots) if i in l2_indices)
         walks = [(t, stage2, l1_tables) for t, stage2 in pairs]
-        walks += [
-            (IntelEptTags(v, p, ept02_root), ept02_root, l2_tables) for v in vpids for p in pcids
-        ]
+        if nested_ept:
+            walks += [
+                (IntelEptTags(v, p, ept02_root), ept02_root, l2_tables)
+                for v in vpids
+                for p in pcids
+            ]
+        else:
+            walks += [(AmdTags(a, p, True), npt02_root, l2_tables) for a in asids for p in pcids]
     for t, stage2, tables in walks:
         for root in tables:
             for pge in (True, False):
@@ -420,6 +435,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         l2_gpas=l2_gpas,
         ept12_root=ept12_root,
         ept02_root=ept02_root,
+        npt12_root=npt12_root,
+        npt02_root=npt02_root,
         huge=tuple(huge),
         nx_huge=sum(1 << n for n, (base, _, _) in enumerate(huge) if base in scenario.nx_huge),
         hv_range_flush=cfg.hv_range_flush,
@@ -446,7 +463,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             vpid12s(scenario),
             guest_cr4,
             cfg.vcpus,
-            ept12_root,
+            l12_root,
             tuple(roots[i] for i in l2_indices),
         )
     else:
@@ -588,23 +605,31 @@ def _nested_ept_layout(
     ept02_root: int,
     host_pages: dict[int, tuple[list[int], bool]],
     rights: tuple[int, ...],
+    *,
+    npt: bool = False,
 ) -> tuple[int, ...]:
     """Nested EPT: L1's EPT12 leaves (the [ept12] entries and every value an `ept_map` /
     `ept_unmap` stores) and KVM's shadow EPT02 leaves, empty at start (the nested EPT fault
     fills them, kvm/nested_ept.py), each EPT02 value an EPT12 value's L1 GPA resolved to one of
-    its host pages, with the EPT12 rights cut by the memslot's. Returns the L2 GPAs."""
+    its host pages, with the EPT12 rights cut by the memslot's. Returns the L2 GPAs. With `npt`,
+    the same for nested NPT: [npt12], `npt_map` / `npt_unmap`, NPT-format entries
+    (kvm/nested_npt.py)."""
+    make = make_npt if npt else make_ept
+    rights_of = _npt_rights if npt else ept_rights
+    table = scenario.npt12 if npt else scenario.ept12
+    kind = NptMapOp if npt else EptMapOp
     stores: dict[int, list[int]] = {}
     for prog in scenario.programs:
         for op in prog:
-            if isinstance(op, EptMapOp):
-                value = make_ept(op.l1gpa, _rights(op.rights)) if op.l1gpa >= 0 else 0
+            if isinstance(op, kind):
+                value = make(op.l1gpa, _rights(op.rights)) if op.l1gpa >= 0 else 0
                 stores.setdefault(op.l2gpa, []).append(value)
-    l2_gpas = tuple(dict.fromkeys([*scenario.ept12, *stores]))
+    l2_gpas = tuple(dict.fromkeys([*table, *stores]))
     for l2 in l2_gpas:
         values: list[int] = []
-        if l2 in scenario.ept12:
-            l1, text = scenario.ept12[l2]
-            values.append(b.map(ept12_root, l2, make_ept(l1, _rights(text))))
+        if l2 in table:
+            l1, text = table[l2]
+            values.append(b.map(ept12_root, l2, make(l1, _rights(text))))
         b.allow(ept12_root, l2, [0, *stores.get(l2, [])])
         values += stores.get(l2, [])
         shadow = [0]
@@ -612,10 +637,10 @@ def _nested_ept_layout(
             if not v:
                 continue
             l1 = pte_addr(v)
-            cut = ept_rights(v) & rights[scenario.gpas.index(l1)]
+            cut = rights_of(v) & rights[scenario.gpas.index(l1)]
             for h in host_pages[l1][0]:
-                if cut and make_ept(h, cut) not in shadow:
-                    shadow.append(make_ept(h, cut))
+                if cut and make(h, cut) not in shadow:
+                    shadow.append(make(h, cut))
         b.allow(ept02_root, l2, shadow)
     return l2_gpas
 
