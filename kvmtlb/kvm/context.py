@@ -141,10 +141,18 @@ class KvmConfig:
     l2_gpas: tuple[int, ...] = ()
     ept12_root: int = -1
     ept02_root: int = -1
+    # An L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): the page of the direct EPT
+    # root KVM runs L2 on (root_mmu's root of role.guest_mode = 1); -1 otherwise
+    l2_tdp_root: int = -1
 
     @property
     def nested_ept(self) -> bool:
         return self.ept02_root >= 0
+
+    @property
+    def l2_on_ept01(self) -> bool:
+        """L1 runs L2 with EPT off in vmcs12 on an EPT L0 (kvm/nested_ept01.py)."""
+        return self.l2_tdp_root >= 0
 
     def ept02_region(self, l2gpa: int) -> int:
         """The bit of Kvm.ept02_unsync of the last-level EPT02 page holding `l2gpa`'s SPTE."""

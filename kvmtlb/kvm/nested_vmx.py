@@ -17,7 +17,8 @@ before it), as far as TLB tags and flushes go:
 What is modelled: L0 with shadow paging (enable_ept = 0) and VPID, vmcs12 with EPT off (L2's
 page tables map L2's GVAs to L1's GPAs, and KVM shadows them as it shadows L1's: kvm/shadow.py),
 vmcs12 with VPID on or off. Not modelled: nested EPT (the shadow EPT02 MMU and INVEPT
-emulation), L0 with EPT, a vmcs12 per L2 vCPU beyond the current one (VMPTRLD of another vmcs12
+emulation: kvm/nested_ept.py), L0 with EPT (vmcs12 with EPT off there:
+kvm/nested_ept01.py), a vmcs12 per L2 vCPU beyond the current one (VMPTRLD of another vmcs12
 is a VMLAUNCH of a new one), nested SVM.
 
 The hardware keeps one VMCS per vCPU here: where KVM switches between vmcs01 and vmcs02
@@ -207,6 +208,10 @@ class NestedVmx(Vmx):
             self.nested_ept_init_mmu_context(k, vcpu)  # type: ignore[attr-defined]
             self.nested_ept_set_guest_cr3(k, vcpu, vcpu.vmcs12_guest_cr3, "prepare_vmcs02")  # type: ignore[attr-defined]
             return
+        if k.config.l2_on_ept01:
+            # vmcs12 without EPT on an EPT L0: root_mmu's guest_mode root, kvm/nested_ept01.py
+            self.nested_ept01_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3, "prepare_vmcs02")  # type: ignore[attr-defined]
+            return
         self.nested_vmx_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
 
     def l1_cr3(self, k: Step, vcpu: Vcpu) -> int:
@@ -276,6 +281,9 @@ class NestedVmx(Vmx):
             # load_vmcs12_host_state: nested_ept_uninit_mmu_context, nested_vmx_load_cr3
             self.nested_ept_uninit_mmu_context(k, vcpu)  # type: ignore[attr-defined]
             self.nested_ept_set_guest_cr3(k, vcpu, vcpu.vmcs12_host_cr3, "load_vmcs12_host_state")  # type: ignore[attr-defined]
+            return
+        if k.config.l2_on_ept01:
+            self.nested_ept01_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3, "load_vmcs12_host_state")  # type: ignore[attr-defined]
             return
         self.nested_vmx_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
 

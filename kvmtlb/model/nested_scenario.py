@@ -303,6 +303,34 @@ def _check_l2_op(op: object, err: Err) -> None:
         raise err(ln, "L2 writes L1's page table [guest]", "L2 writes its own table: add root=NAME")
 
 
+def _check_l2_on_ept01(programs: Sequence[Sequence[object]], err: Err) -> None:
+    """An L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py) runs on its page tables
+    through KVM's guest_mode root: L2 may reload its CR3 but not switch to another table (the
+    walk contexts of that root are L2's vmlaunch tables), and does not shoot down (its IPIs
+    are modelled on a shadow-paging L0 only)."""
+    for prog in programs:
+        l2 = False
+        for op in prog:
+            ln = getattr(op, "line", 0)
+            if isinstance(op, VmlaunchOp | VmresumeOp):
+                l2 = True
+            elif isinstance(op, VmcallOp):
+                l2 = False
+            elif l2 and isinstance(op, MovCr3Op) and op.root:
+                raise err(
+                    ln,
+                    f"{op.describe()} inside L2 on an EPT L0 without nested EPT: L2 switches "
+                    "page tables only through vmcs12 here",
+                    "drop the table name (mov_cr3 reloads L2's CR3), or vmlaunch that table",
+                )
+            elif l2 and isinstance(op, FlushTlbOp):
+                raise err(
+                    ln,
+                    f"{op.describe()} inside L2 on an EPT L0 without nested EPT is not modelled",
+                    "use invlpg or mov_cr3 in L2, or set tdp = false in [config]",
+                )
+
+
 def _check_svm_threads(programs: Sequence[Sequence[object]], err: Err) -> None:
     """An SVM L1 thread: VMRUN enters L2 (EFER.SVME is taken as set), `vmcall` (VMMCALL)
     leaves it; INVLPGA and VMRUN are L1's."""
@@ -370,14 +398,14 @@ def check_nested(
             if vendor == "amd" and isinstance(op, VMX_OPS):
                 raise err(op.line, f"{op.describe()} is a VMX instruction", 'set vendor = "intel"')
     ept_op = next((op for p in programs for op in p if isinstance(op, EPT_OPS)), None)
-    if tdp and (vendor == "amd" or not ept12):
+    if tdp and vendor == "amd":
         raise err(
             line,
-            "nested virtualization on a TDP L0 is modelled with nested EPT only (vmcs12 with "
-            "EPT on; an L2 without nested EPT on an EPT02 from EPT01, and nested NPT, are not "
-            "built)",
-            "declare L1's EPT12 as [ept12] (L2 GPA -> L1 GPA), or set tdp = false in [config]",
+            "nested SVM on an NPT L0 is not modelled",
+            "set tdp = false in [config]",
         )
+    if tdp and not ept12:
+        _check_l2_on_ept01(programs, err)
     if ept_op is not None and not tdp:
         raise err(
             ept_op.line,
@@ -430,7 +458,7 @@ def check_nested(
                     l2 = launched = True
                     vmcs12s.add(op.root)
                 elif isinstance(op, VmptrldOp):
-                    if tdp:
+                    if tdp and ept12:
                         raise err(
                             ln,
                             "vmptrld with nested EPT is not modelled (one EPT12: guest_mmu's "

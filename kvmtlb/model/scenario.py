@@ -427,8 +427,14 @@ class _Parser:
         # the frames of both VMs (disjoint); a 2 MiB region's frames join when an op names them
         both = HostMap({**host, **vm1_host}, self.huge_regions) if vm1_host else host
         programs, host_program = self.threads(config, guest, both, roots)
-        if self.ept12:
+        if self.ept12 or (config.tdp and config.vendor == "intel" and is_nested(programs)):
             self.ept_checks(programs, host_program, host)
+            if vm1 or self.huge_regions:
+                raise self.err(
+                    self.lines.section("vm1" if vm1 else "host"),
+                    "nested VMX on an EPT L0 with [vm1] or 2 MiB regions in [host] is not modelled",
+                    'remove [vm1], and map 4 KiB frames in [host] ("HPA RIGHTS", without 2m)',
+                )
         if vm1 or any(isinstance(op, CreateVcpuOp | DestroyVmOp) for op in host_program):
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
         if self.huge_regions or config.hv_range_flush:
@@ -464,8 +470,9 @@ class _Parser:
         host_program: tuple[HostOp, ...],
         host: dict[int, tuple[int, str]],
     ) -> None:
-        """Nested EPT: L1's EPT12 stores name L1 GPAs of [host]; the host may zap, preempt and
-        resume (the other host ops act on EPT01 only in the model: kvm/nested_ept.py)."""
+        """Nested VMX on an EPT L0: L1's EPT12 stores name L1 GPAs of [host]; the host may zap,
+        preempt and resume (the other host ops act on EPT01 only in the model:
+        kvm/nested_ept.py, kvm/nested_ept01.py)."""
         for prog in programs:
             for op in prog:
                 if isinstance(op, EptMapOp) and op.l1gpa >= 0 and op.l1gpa not in host:

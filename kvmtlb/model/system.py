@@ -154,9 +154,14 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     nested_ept = bool(scenario.ept12)
     ept12_root = b.ept_root() if nested_ept else -1
     ept02_root = b.ept_root() if nested_ept else -1
-    l2_indices = l2_roots(scenario) if nested_ept else ()
+    # an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): KVM runs it on a direct
+    # root of its own (role.guest_mode), which maps L2's page tables as EPT01 maps L1's
+    l2_on_ept01 = cfg.tdp and vmx and not nested_ept and is_nested(scenario.programs)
+    l2_tdp_root = b.ept_root() if l2_on_ept01 else -1
+    l2_indices = l2_roots(scenario) if nested_ept or l2_on_ept01 else ()
+    l2_stage2 = (ept02_root, ept12_root) if nested_ept else (l2_tdp_root,)
     roots = tuple(
-        b.guest_root((*tdp_roots, ept02_root, ept12_root) if r in l2_indices else tdp_roots)
+        b.guest_root((*tdp_roots, *l2_stage2) if r in l2_indices else tdp_roots)
         for r in range(len(root_names))
     )
     guest_root = roots[0]
@@ -241,6 +246,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             continue
         leaf = make_ept if vmx else make_npt
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
+        if l2_on_ept01:
+            b.allow(l2_tdp_root, gpa, [0, *values])  # faulted in while L2 runs
         if two_vms:
             # its VM's boot root maps it (if that VM has a vCPU at boot); either root page may
             # come to hold it (a page the destroyed VM freed becomes the other VM's root), and
@@ -356,6 +363,12 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         walks += [
             (IntelEptTags(v, p, ept02_root), ept02_root, l2_tables) for v in vpids for p in pcids
         ]
+    if l2_on_ept01:
+        # L2's page tables through L2's root, tagged by its EP4TA
+        l2_tables = tuple(r for i, r in enumerate(roots) if i in l2_indices)
+        walks += [
+            (IntelEptTags(v, p, l2_tdp_root), l2_tdp_root, l2_tables) for v in vpids for p in pcids
+        ]
     for t, stage2, tables in walks:
         for root in tables:
             for pge in (True, False):
@@ -418,6 +431,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         l2_gpas=l2_gpas,
         ept12_root=ept12_root,
         ept02_root=ept02_root,
+        l2_tdp_root=l2_tdp_root,
         huge=tuple(huge),
         hv_range_flush=cfg.hv_range_flush,
         tdp_mmu=cfg.tdp_mmu,
