@@ -291,6 +291,13 @@ TOKENS = (
     "[ept12]",
     "0x40000",
     "tdp = true",
+    # several EPT12 tables, an L2 without nested EPT on an EPT L0
+    "[ept12.b]",
+    "[ept12.default]",
+    "ept=b",
+    "ept=default",
+    "ept=",
+    "ept=nosuch",
 )
 
 

@@ -153,3 +153,134 @@ def test_bugs_are_caught_with_short_traces(scen: str, bug: str, prop: str, most:
     r = explore(build(s, registry()[bug]()))
     assert r.label.startswith(f"violation:{prop}")
     assert r.trace is not None and len(r.trace) <= most
+
+
+# -- several EPT12 tables (kvm/nested_ept.py: guest_mmu's cached roots) -------------------------
+TWO_EPT12 = """name = "t"
+[config]
+vendor = "intel"
+tdp = true
+vcpus = 1
+pcpus = 1
+[guest]
+"0x1000" = "0x10000 w"
+[guest.l2]
+"0x1000" = "0x40000 w"
+[ept12]
+"0x40000" = "0x11000 rwx"
+[ept12.b]
+"0x40000" = "0x12000 rwx"
+EXTRA[host]
+"0x10000" = "0x80000 rwx"
+"0x11000" = "0x81000 rwx"
+"0x12000" = "0x82000 rwx"
+"0x13000" = "0x83000 rwx"
+[threads]
+vcpu0 = \"\"\"
+OPS
+\"\"\"
+"""
+SWITCH = "vmxon\nvmlaunch l2 vpid=1\nread 0x1000\nvmcall\nvmresume ept=b\nread 0x1000\nvmcall"
+
+
+def _two(ops: str, extra: str = "") -> str:
+    return TWO_EPT12.replace("OPS", ops).replace("EXTRA", extra)
+
+
+def _after(policy: str, ops: str) -> Vcpu:
+    system = build(parse(_two(ops), "t.toml"), registry()[policy]())
+    steps = _walk(system, 400)
+    return steps[-1][0]
+
+
+def test_two_ept12_tables_have_their_own_roots() -> None:
+    system = build(parse(_two("vmxon"), "t.toml"), registry()["kvm-6.18"]())
+    cfg = system.kvm
+    assert len(cfg.ept12_roots) == 2 and len(cfg.ept02_roots) == 2
+    assert len(set(cfg.ept12_roots + cfg.ept02_roots)) == 4
+
+
+@pytest.mark.parametrize("policy", ["kvm-6.18", "kvm-5.8", "kvm-5.7"])
+def test_guest_mmu_caches_the_root_of_the_other_eptp(policy: str) -> None:
+    """After L2 ran under both EPTPs, guest_mmu's current root is [ept12.b]'s and [ept12]'s is
+    in prev_roots (the fast switch keeps the old current root)."""
+    vcpu = _after(policy, SWITCH)
+    assert vcpu.eptp12 == 1 and vcpu.ept02_cur == 1 and vcpu.parked_root_valid
+    assert vcpu.ept02_prev == 0b01
+
+
+@pytest.mark.parametrize(
+    ("policy", "invept", "current", "cached"),
+    [
+        ("kvm-6.18", "invept 1 ept=default", True, 0b00),
+        ("kvm-6.18", "invept 1", False, 0b01),
+        ("kvm-6.18", "invept 2", False, 0b00),
+        ("kvm-5.8", "invept 1 ept=default", True, 0b00),
+        ("kvm-5.8", "invept 1", False, 0b01),
+        ("kvm-5.7", "invept 1 ept=default", True, 0b01),
+        ("kvm-5.7", "invept 2", True, 0b01),
+    ],
+)
+def test_handle_invept_frees_the_roots_of_the_operand(
+    policy: str, invept: str, current: bool, cached: int
+) -> None:
+    """handle_invept @ v5.8 / v6.18: single-context frees the roots whose EPTP matches (an
+    unnamed operand is vmcs12's current EPTP, [ept12.b]'s), all-context every root; v5.7 none."""
+    vcpu = _after(policy, f"{SWITCH}\n{invept}")
+    assert vcpu.parked_root_valid is current
+    assert vcpu.ept02_prev == cached
+
+
+@pytest.mark.parametrize("policy", ["kvm-6.18", "kvm-5.8", "kvm-5.7"])
+def test_vmptrld_frees_every_guest_mmu_root(policy: str) -> None:
+    """nested_release_vmcs12 (handle_vmptrld of another vmcs12) frees KVM_MMU_ROOTS_ALL."""
+    tables = '[guest.a]\n"0x1000" = "0x40000 w"\n'
+    ops = "vmxon\nvmlaunch a vpid=1\nvmcall\nvmlaunch l2 vpid=2 ept=b\nread 0x1000\nvmcall"
+    ops += "\nvmptrld a"
+    system = build(parse(_two(ops, tables), "t.toml"), registry()[policy]())
+    vcpu = _walk(system, 400)[-1][0]
+    assert not vcpu.parked_root_valid and vcpu.ept02_prev == 0 and vcpu.eptp12 == 0
+
+
+@pytest.mark.parametrize(
+    ("ops", "extra", "message"),
+    [
+        ("vmxon\nvmlaunch l2 ept=nosuch", "", "no EPT12 table named 'nosuch'"),
+        ("vmxon\ninvept 2 ept=b", "", "names no EPTP"),
+        ("vmxon ept=b", "", "takes no ept=NAME"),
+        ("vmxon", '[ept12.default]\n"0x40000" = "0x12000 rwx"\n', "names [ept12] itself"),
+        (
+            "vmxon",
+            '[ept12.c]\n"0x40000" = "0x12000 rwx"\n[ept12.d]\n"0x40000" = "0x12000 rwx"\n',
+            "a fourth EPT12 table",
+        ),
+    ],
+)
+def test_bad_ept12_input(ops: str, extra: str, message: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        parse(_two(ops, extra), "t.toml")
+    assert message in str(e.value)
+    assert e.value.line > 0
+
+
+def test_ept_name_without_ept12_is_an_error() -> None:
+    with pytest.raises(ScenarioError) as e:
+        parse(_ept01("vmxon\nvmlaunch l2 ept=b"), "e.toml")
+    assert "no EPT12 table named 'b'" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("scen", "bug"),
+    [
+        ("nested-ept-eptp-switch-invept-cached", "bug-nested-invept-frees-current-root"),
+        ("nested-ept-eptp-switch-invept-cached", "bug-nested-invept-noop"),
+        ("nested-ept-eptp-switch-invept-current", "bug-nested-invept-noop"),
+    ],
+)
+def test_invept_bugs_are_caught_on_two_eptps(scen: str, bug: str) -> None:
+    s = load(SCEN / f"{scen}.toml")
+    for version in ("kvm-6.18", "kvm-5.8", "kvm-5.7"):
+        assert explore(build(s, registry()[version]())).label == "safe"
+    r = explore(build(s, registry()[bug]()))
+    assert r.label == "violation:guest-transparency"
+    assert r.trace is not None and len(r.trace) <= 60

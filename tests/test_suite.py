@@ -111,7 +111,7 @@ def test_bug_zoo_lists_every_bug_policy() -> None:
     # second VM's ASID reuse and memslot deletion (issue 15); CR0.WP under shadow paging (issue 10);
     # nested EPT's bug #3 and bug #1 with EPT on (issue 11); bug #15's two range-flush sites
     # (issue 15)
-    assert len(ZOO) == 45
+    assert len(ZOO) == 46
 
 
 @pytest.mark.parametrize("name", [c.name for c in bug_policies()])

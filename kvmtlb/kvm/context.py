@@ -141,6 +141,10 @@ class KvmConfig:
     l2_gpas: tuple[int, ...] = ()
     ept12_root: int = -1
     ept02_root: int = -1
+    # Several EPT12 tables ([ept12.NAME]: vmcs12 EPTPs of their own): every EPT12 root and the
+    # EPT02 root KVM shadows it with, by table index (ept12_root, ept02_root: index 0)
+    ept12_roots: tuple[int, ...] = ()
+    ept02_roots: tuple[int, ...] = ()
     # An L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): the page of the direct EPT
     # root KVM runs L2 on (root_mmu's root of role.guest_mode = 1); -1 otherwise
     l2_tdp_root: int = -1
@@ -154,10 +158,11 @@ class KvmConfig:
         """L1 runs L2 with EPT off in vmcs12 on an EPT L0 (kvm/nested_ept01.py)."""
         return self.l2_tdp_root >= 0
 
-    def ept02_region(self, l2gpa: int) -> int:
-        """The bit of Kvm.ept02_unsync of the last-level EPT02 page holding `l2gpa`'s SPTE."""
+    def ept02_region(self, l2gpa: int, table: int = 0) -> int:
+        """The bit of Kvm.ept02_unsync of the last-level page of EPT02 root `table` (an EPT12
+        table's index) holding `l2gpa`'s SPTE."""
         regions = sorted({g >> 21 for g in self.l2_gpas})
-        return regions.index(l2gpa >> 21)
+        return table * len(regions) + regions.index(l2gpa >> 21)
 
     # 2 MiB regions ([host] "HPA RIGHTS 2m"; kvm/hugepage.py): (region GPA, HPA, rights) each;
     # KVM as a guest of Hyper-V with its enlightened flushes (kvm/hyperv.py); the tdp_mmu and

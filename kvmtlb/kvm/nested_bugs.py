@@ -4,7 +4,8 @@ Each variant overrides one method of kvm/nested_vmx.py or the L2 case of a vmx.c
 upstream fix, and is caught on a built-in nested scenario (docs/bug-zoo.md). Bug #12 has no
 variant here: kvm-6.18 itself ships it (the fix came in 2026), see nested-vmxoff-vpid-reuse.
 Some variants are not historical: `bug-nested-vmptrld-sets-last-vpid`, a plausible mistake in
-handle_vmptrld; `bug-nested-ept01-zap-skips-l2-root` and `bug-nested-ept01-invvpid-vpid01`,
+handle_vmptrld; `bug-nested-invept-frees-current-root`, one in handle_invept with several EPTPs;
+`bug-nested-ept01-zap-skips-l2-root` and `bug-nested-ept01-invvpid-vpid01`,
 plausible mistakes for an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py).
 """
 
@@ -146,7 +147,7 @@ class InveptNoop(Kvm618):
         "translation L1 just invalidated"
     )
 
-    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int) -> None:
+    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int, eptp: int = 0) -> None:
         """nested.c:handle_invept @ v5.7: nothing after the checks."""
         k.note("handle_invept: nothing (v5.7's emulation)")
 
@@ -185,12 +186,34 @@ class VmptrldSetsLastVpid(Kvm618):
         "L2 of the other left under the vCPU's one vpid02"
     )
 
-    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int) -> None:
+    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int, eptp12: int = 0) -> None:
         """nested.c:handle_vmptrld with last_vpid updated to the new vmcs12's VPID (not
         upstream: a plausible mistake; last_vpid must name the VPID whose translations vpid02
         holds)."""
-        super().handle_vmptrld(k, vcpu, root, vpid12)
+        super().handle_vmptrld(k, vcpu, root, vpid12, eptp12)
         vcpu.last_vpid = vpid12
+
+
+@register
+class InveptFreesCurrentRoot(Kvm618):
+    name = "bug-nested-invept-frees-current-root"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "single-context INVEPT frees guest_mmu's current root whatever its EPTP, not the roots "
+        "of the operand's EPTP: a cached EPT02 root of the invalidated EPTP survives, and the "
+        "fast switch back to it neither syncs nor flushes"
+    )
+
+    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int, eptp: int = 0) -> None:
+        """nested.c:handle_invept with KVM_MMU_ROOT_CURRENT for a single-context INVEPT (not
+        upstream: a plausible mistake; ce8fe7b77bd8 matches each root's EPTP,
+        nested_ept_root_matches)."""
+        if kind != 1:
+            super().handle_invept(k, vcpu, kind, eptp)
+            return
+        k.note("handle_invept(single-context)", "the current guest_mmu root only")
+        self.kvm_mmu_free_guest_mmu_roots(k, vcpu, 1 << vcpu.ept02_cur)
 
 
 @register
@@ -237,6 +260,7 @@ class InvvpidVpid01(Kvm618):
 __all__ = [
     "CurrentVpidIgnoresVmcs12",
     "GuestFlushL1Vpid",
+    "InveptFreesCurrentRoot",
     "InveptNoop",
     "InvvpidKeepsL2Roots",
     "InvvpidVpid01",

@@ -62,7 +62,7 @@ def nested_native(
     vpid12s: Sequence[int],
     cr4: int,
     nvcpus: int,
-    ept12_root: int = -1,
+    ept12_roots: Sequence[int] = (),
     l2_tables: Sequence[int] = (),
 ) -> tuple[MachineConfig, Machine]:
     """The reference's configuration and its machine at boot: every vCPU's L1 outside VMX
@@ -84,14 +84,13 @@ def nested_native(
         for root in roots
         for pge in (True, False)
     ]
-    if ept12_root >= 0:
-        # nested EPT: L2 runs under vmcs12's EPTP (EPT12, L2 GPA -> L1 GPA), its entries tagged
-        # by EPT12's EP4TA; L1 runs outside EPT on its own tables
+    if ept12_roots:
+        # nested EPT: L2 runs under vmcs12's EPTP (an EPT12, L2 GPA -> L1 GPA), its entries
+        # tagged by that EPT12's EP4TA; L1 runs outside EPT on its own tables
         contexts = [c for c in contexts if c.root not in l2_tables]
         contexts += [
-            WalkContext(
-                IntelEptTags(tag, pcid, ept12_root), root, ept12_root, Format.EPT, True, pge, True
-            )
+            WalkContext(IntelEptTags(tag, pcid, e12), root, e12, Format.EPT, True, pge, True)
+            for e12 in ept12_roots
             for tag in sorted({0, *vpid12s})
             for pcid in pcids
             for root in l2_tables

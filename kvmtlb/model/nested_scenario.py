@@ -45,16 +45,16 @@ from kvmtlb.guest.ops import (
 NESTED_OPS = {
     "vmxon": "vmxon",
     "vmxoff": "vmxoff",
-    "vmlaunch": "vmlaunch ROOT [vpid=N]",
-    "vmresume": "vmresume [vpid=N]",
+    "vmlaunch": "vmlaunch ROOT [vpid=N] [ept=NAME]",
+    "vmresume": "vmresume [vpid=N] [ept=NAME]",
     "vmptrld": "vmptrld ROOT",
     "invvpid": "invvpid TYPE [vpid=N] [GVA]",
     "vmcall": "vmcall",
     "vmrun": "vmrun ROOT [asid=N] [tlb_control=0|1|3|7]",
     "invlpga": "invlpga GVA [asid=N]",
-    "invept": "invept 1|2",
-    "ept_map": "ept_map L2GPA -> L1GPA RIGHTS",
-    "ept_unmap": "ept_unmap L2GPA",
+    "invept": "invept 1|2 [ept=NAME]",
+    "ept_map": "ept_map L2GPA -> L1GPA RIGHTS [ept=NAME]",
+    "ept_unmap": "ept_unmap L2GPA [ept=NAME]",
 }
 L1_OP_WORDS = tuple(NESTED_OPS)
 Err = Callable[[int, str, str], InputFileError]
@@ -84,6 +84,24 @@ def _number(text: str, line: int, what: str, low: int, high: int, err: Err) -> i
     return value
 
 
+def _ept_arg(
+    args: list[str], line: int, ept_names: Sequence[str], err: Err
+) -> tuple[list[str], int, str]:
+    """Split a trailing `ept=NAME` off `args`: (the other args, the EPT12 table's index, its
+    name); index -1 and name "" when there is none."""
+    if not args or not args[-1].startswith("ept="):
+        return args, -1, ""
+    name = args[-1][4:]
+    if name not in ept_names:
+        known = ", ".join(ept_names) or "none: declare [ept12]"
+        raise err(
+            line,
+            f"no EPT12 table named {name!r}",
+            f"name [ept12] (ept=default) or an [ept12.NAME] table (known: {known})",
+        )
+    return args[:-1], list(ept_names).index(name), name
+
+
 def parse_l1_op(
     op: str,
     args: list[str],
@@ -91,10 +109,15 @@ def parse_l1_op(
     roots: dict[str, Any],
     addr: Callable[[str, int, str], int],
     err: Err,
+    ept_names: Sequence[str] = (),
 ) -> Any:
-    """The L1 op `op args`, or None if `op` is not one."""
+    """The L1 op `op args`, or None if `op` is not one. `ept_names`: the EPT12 tables, in index
+    order ("default" for [ept12], then the [ept12.NAME] tables)."""
     if op not in L1_OP_WORDS:
         return None
+    args, ept, ept_name = _ept_arg(args, line, ept_names, err)
+    if ept_name and op not in ("vmlaunch", "vmresume", "invept", "ept_map", "ept_unmap"):
+        raise err(line, f"{op} takes no ept=NAME", "drop the ept=NAME")
     if op in ("vmxon", "vmxoff", "vmcall"):
         if args:
             raise err(line, f"{op} takes no operands", f"write: {op}")
@@ -136,11 +159,13 @@ def parse_l1_op(
                 "invept takes TYPE 1 (single context: vmcs12's EPTP) or 2 (all contexts)",
                 "write: invept 1",
             )
-        return InveptOp(int(args[0]), line)
+        if ept_name and args[0] == "2":
+            raise err(line, "invept 2 (all contexts) names no EPTP", "drop the ept=NAME")
+        return InveptOp(int(args[0]), line, ept, ept_name)
     if op == "ept_unmap":
         if len(args) != 1:
             raise err(line, "ept_unmap takes L2GPA", "write: ept_unmap 0x40000")
-        return EptMapOp(addr(args[0], line, "L2 GPA"), -1, "", line)
+        return EptMapOp(addr(args[0], line, "L2 GPA"), -1, "", line, max(ept, 0), ept_name)
     if op == "ept_map":
         if len(args) != 4 or args[1] != "->" or not set(args[3]) <= set("rwx") or not args[3]:
             raise err(
@@ -154,7 +179,14 @@ def parse_l1_op(
                 "an EPT entry with write but not read permission is an EPT misconfiguration",
                 "add r: rw or rwx",
             )
-        return EptMapOp(addr(args[0], line, "L2 GPA"), addr(args[2], line, "L1 GPA"), args[3], line)
+        return EptMapOp(
+            addr(args[0], line, "L2 GPA"),
+            addr(args[2], line, "L1 GPA"),
+            args[3],
+            line,
+            max(ept, 0),
+            ept_name,
+        )
     if op == "vmlaunch":
         if len(args) not in (1, 2):
             raise err(line, "vmlaunch takes ROOT [vpid=N]", "write: vmlaunch l2 vpid=1")
@@ -168,7 +200,7 @@ def parse_l1_op(
                 f"L1's own table [guest] (KVM keys L2's roots by role, the model by table)",
             )
         vpid = _vpid(args[1], line, err) if len(args) == 2 else 1
-        return VmlaunchOp(root, vpid, line)
+        return VmlaunchOp(root, vpid, line, max(ept, 0), ept_name)
     if op == "vmptrld":
         if len(args) != 1:
             raise err(line, "vmptrld takes ROOT", "write: vmptrld l2")
@@ -182,7 +214,7 @@ def parse_l1_op(
     if op == "vmresume":
         if len(args) > 1:
             raise err(line, "vmresume takes [vpid=N]", "write: vmresume vpid=2")
-        return VmresumeOp(_vpid(args[0], line, err) if args else -1, line)
+        return VmresumeOp(_vpid(args[0], line, err) if args else -1, line, ept, ept_name)
     # invvpid TYPE [vpid=N] [GVA]
     if not args:
         raise err(line, "invvpid takes TYPE [vpid=N] [GVA]", "write: invvpid 1 vpid=1")
@@ -210,23 +242,32 @@ def parse_l1_op(
 
 
 def resolve_vmptrld(programs: list[list[Any]]) -> None:
-    """Fill in each `vmptrld ROOT`'s vpid: the VPID of the vmcs12 launched on ROOT, as the
-    thread last left it (its vmlaunch, then any vmresume vpid=N while it was current). The
-    thread is valid (check_nested ran)."""
+    """Fill in each `vmptrld ROOT`'s vpid and EPTP: those of the vmcs12 launched on ROOT, as the
+    thread last left them (its vmlaunch, then any vmresume vpid=N / ept=NAME while it was
+    current); and each single-context `invept` without ept=NAME's EPTP: the current vmcs12's.
+    The thread is valid (check_nested ran)."""
     for prog in programs:
         vpids: dict[str, int] = {}
+        epts: dict[str, int] = {}
         current = ""
         for i, op in enumerate(prog):
             if isinstance(op, VmlaunchOp):
                 current = op.root
                 vpids[current] = op.vpid
-            elif isinstance(op, VmresumeOp) and op.vpid >= 0:
-                vpids[current] = op.vpid
+                epts[current] = op.ept
+            elif isinstance(op, VmresumeOp):
+                if op.vpid >= 0:
+                    vpids[current] = op.vpid
+                if op.ept >= 0:
+                    epts[current] = op.ept
             elif isinstance(op, VmptrldOp):
                 current = op.root
-                prog[i] = op._replace(vpid=vpids[current])
+                prog[i] = op._replace(vpid=vpids[current], ept=epts[current])
+            elif isinstance(op, InveptOp) and op.type == 1 and op.ept < 0:
+                prog[i] = op._replace(ept=epts.get(current, 0))
             elif isinstance(op, VmxoffOp):
                 vpids.clear()
+                epts.clear()
 
 
 def is_nested(programs: Sequence[Sequence[object]]) -> bool:
@@ -406,7 +447,7 @@ def check_nested(
         )
     if tdp and not ept12:
         _check_l2_on_ept01(programs, err)
-    if ept_op is not None and not tdp:
+    if ept_op is not None and not (tdp and ept12):
         raise err(
             ept_op.line,
             f"{ept_op.describe()} needs nested EPT (an EPT L0 and an [ept12] table)",
@@ -458,13 +499,6 @@ def check_nested(
                     l2 = launched = True
                     vmcs12s.add(op.root)
                 elif isinstance(op, VmptrldOp):
-                    if tdp and ept12:
-                        raise err(
-                            ln,
-                            "vmptrld with nested EPT is not modelled (one EPT12: guest_mmu's "
-                            "roots of another vmcs12's EPTP)",
-                            "set tdp = false in [config]",
-                        )
                     if op.root not in vmcs12s:
                         raise err(
                             ln,

@@ -58,6 +58,7 @@ from kvmtlb.model.nested_scenario import check_nested, is_nested, parse_l1_op, r
 from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
+DEFAULT_EPT12 = "default"  # how the ops name the [ept12] table (`ept=default`)
 ROOT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 FLUSH_ORDERS = ("local-first", "concurrent")
 MAX_ROOTS = 4  # guest page tables per scenario, [guest] included
@@ -290,6 +291,16 @@ class Scenario:
     # 2 MiB guest pages ("GPA FLAGS 2m" in [guest], `map ... 2m`): (page-table name, GVA of the
     # 2 MiB region) for every region whose PDE the file maps with PS = 1 (then never 4 KiB)
     guest_huge: frozenset[tuple[str, int]] = frozenset()
+    # Further EPT12 tables ([ept12.NAME], vmcs12 EPTPs of their own), in file order: (name,
+    # L2 GPA -> (L1 GPA, rights)); the ops name [ept12] itself `default`
+    ept12_named: tuple[tuple[str, dict[int, tuple[int, str]]], ...] = ()
+
+    @property
+    def ept12_tables(self) -> tuple[dict[int, tuple[int, str]], ...]:
+        """The EPT12 tables by index: [ept12], then the [ept12.NAME] tables (empty: none)."""
+        if not self.ept12:
+            return ()
+        return (self.ept12, *(t for _, t in self.ept12_named))
 
     def huge_gva(self, gva: int, root: str | None = None) -> bool:
         """Whether `gva` lies in a 2 MiB guest page of page table `root` (any, if None)."""
@@ -351,6 +362,7 @@ class Scenario:
             self.ept12,
             self.huge,
             self.guest_huge,
+            self.ept12_named,
         )
 
 
@@ -397,6 +409,7 @@ class _Parser:
         self.known = known
         self.zaps: dict[int, int] = {}  # zaps per GPA so far
         self.ept12: dict[int, tuple[int, str]] = {}  # [ept12], parsed before the threads
+        self.ept12_named: dict[str, dict[int, tuple[int, str]]] = {}  # [ept12.NAME]
         self.fast_zaps = 0  # zap_all_fast ops so far
         self.huge_regions: dict[int, tuple[int, str]] = {}  # [host]'s 2 MiB regions
         # 2 MiB guest pages: (page-table name, GVA region) -> the line that first maps it 2m
@@ -419,7 +432,7 @@ class _Parser:
                 'map 4 KiB frames in [host] ("HPA RIGHTS", without 2m) in a nested-EPT scenario',
             )
         # L2's page tables name L2 GPAs (the keys of [ept12]); L1's name L1 GPAs
-        guest, roots = self.guest_map({**host, **self.ept12} if self.ept12 else host)
+        guest, roots = self.guest_map({**host, **self.l2_gpa_map()} if self.ept12 else host)
         tables = self.tables(config, host, roots)
         vm1, vm1_host = self.vm1(config, host, roots)
         placement = self.placement(config)
@@ -462,6 +475,7 @@ class _Parser:
             self.ept12,
             dict(self.huge_regions),
             frozenset(self.guest_huge),
+            tuple(self.ept12_named.items()),
         )
 
     def ept_checks(
@@ -503,8 +517,51 @@ class _Parser:
                 "[ept12] (nested EPT) needs an Intel L0 with EPT and VPID",
                 'set vendor = "intel", tdp = true and vpid = true in [config]',
             )
-        for key, value in self._table("ept12").items():
-            line = self.lines.key("ept12", key)
+        table = self._table("ept12")
+        for name, sub in table.items():
+            if not isinstance(sub, dict):
+                continue
+            line = self.lines.nested("ept12", name)
+            if name == DEFAULT_EPT12 or len(self.ept12_named) == 2:
+                raise self.err(
+                    line,
+                    f"[ept12.{name}]: "
+                    + (
+                        "'default' names [ept12] itself"
+                        if name == DEFAULT_EPT12
+                        else "a fourth EPT12 table"
+                    ),
+                    "rename it"
+                    if name == DEFAULT_EPT12
+                    else "use at most [ept12] and two [ept12.NAME] tables",
+                )
+            self.ept12_named[name] = self.ept12_entries(sub, ("ept12", name), host, line)
+        out = self.ept12_entries(
+            {k: v for k, v in table.items() if not isinstance(v, dict)}, ("ept12",), host, line0
+        )
+        if not out:
+            raise self.err(line0, "[ept12] maps nothing", '"0x40000" = "0x11000 rwx"')
+        return out
+
+    def l2_gpa_map(self) -> dict[int, tuple[int, str]]:
+        """Every L2 GPA of the EPT12 tables (what L2's page tables may name)."""
+        out = dict(self.ept12)
+        for table in self.ept12_named.values():
+            for l2gpa, entry in table.items():
+                out.setdefault(l2gpa, entry)
+        return out
+
+    def ept12_entries(
+        self,
+        table: dict[str, Any],
+        path: tuple[str, ...],
+        host: dict[int, tuple[int, str]],
+        line0: int,
+    ) -> dict[int, tuple[int, str]]:
+        """The entries "L2GPA" = "L1GPA RIGHTS" of an EPT12 table."""
+        out: dict[int, tuple[int, str]] = {}
+        for key, value in table.items():
+            line = self.lines.nested(*path, key) if len(path) > 1 else self.lines.key(path[0], key)
             l2gpa = self.addr(key, line, "L2 GPA")
             parts = str(value).split()
             if (
@@ -531,8 +588,8 @@ class _Parser:
                     "give L2's guest-physical pages addresses of their own",
                 )
             out[l2gpa] = (l1gpa, parts[1])
-        if not out:
-            raise self.err(line0, "[ept12] maps nothing", '"0x40000" = "0x11000 rwx"')
+        if not out and len(path) > 1:
+            raise self.err(line0, f"[ept12.{path[1]}] maps nothing", '"0x40000" = "0x12000 rwx"')
         return out
 
     def _table(self, name: str) -> dict[str, Any]:
@@ -1339,7 +1396,7 @@ class _Parser:
                 if key == "host":
                     host_ops.append(self.host_op(text, line, config, host, remapped))
                 else:
-                    l2_host = {**host, **self.ept12}
+                    l2_host = {**host, **self.l2_gpa_map()}
                     programs[v].append(self.guest_op(text, line, config, l2_host, v, roots))
         self.static_checks(config, guest, programs, roots)
         return tuple(tuple(p) for p in programs), tuple(host_ops)
@@ -1509,7 +1566,8 @@ class _Parser:
         if op == "emulated_read":
             need(1, "GVA")
             return EmulatedReadOp(self.addr(args[0], line, "GVA"), line)
-        l1 = parse_l1_op(op, args, line, roots, self.addr, self.err)
+        ept_names = (DEFAULT_EPT12, *self.ept12_named) if self.ept12 else ()
+        l1 = parse_l1_op(op, args, line, roots, self.addr, self.err, ept_names)
         if l1 is not None:
             return l1  # type: ignore[no-any-return]
         raise self.err(

@@ -152,14 +152,16 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     # tables are mapped in both (the native reference walks them through EPT12, the processor
     # KVM drives through EPT02), L1's in EPT01
     nested_ept = bool(scenario.ept12)
-    ept12_root = b.ept_root() if nested_ept else -1
-    ept02_root = b.ept_root() if nested_ept else -1
+    ept12_roots = tuple(b.ept_root() for _ in scenario.ept12_tables)
+    ept02_roots = tuple(b.ept_root() for _ in scenario.ept12_tables)
+    ept12_root = ept12_roots[0] if nested_ept else -1
+    ept02_root = ept02_roots[0] if nested_ept else -1
     # an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): KVM runs it on a direct
     # root of its own (role.guest_mode), which maps L2's page tables as EPT01 maps L1's
     l2_on_ept01 = cfg.tdp and vmx and not nested_ept and is_nested(scenario.programs)
     l2_tdp_root = b.ept_root() if l2_on_ept01 else -1
     l2_indices = l2_roots(scenario) if nested_ept or l2_on_ept01 else ()
-    l2_stage2 = (ept02_root, ept12_root) if nested_ept else (l2_tdp_root,)
+    l2_stage2 = (*ept02_roots, *ept12_roots) if nested_ept else (l2_tdp_root,)
     roots = tuple(
         b.guest_root((*tdp_roots, *l2_stage2) if r in l2_indices else tdp_roots)
         for r in range(len(root_names))
@@ -272,7 +274,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             b.allow(other, gpa, [0, *values])
     l2_gpas: tuple[int, ...] = ()
     if nested_ept:
-        l2_gpas = _nested_ept_layout(b, scenario, ept12_root, ept02_root, host_pages, rights)
+        l2_gpas = _nested_ept_layout(b, scenario, ept12_roots, ept02_roots, host_pages, rights)
     huge: list[tuple[int, int, int]] = []
     for base, (hpa, rs) in scenario.huge.items():
         # the region's EPT/NPT PDE: the huge leaf (write-protected too, under dirty logging),
@@ -361,7 +363,10 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         l2_tables = tuple(r for i, r in enumerate(roots) if i in l2_indices)
         walks = [(t, stage2, l1_tables) for t, stage2 in pairs]
         walks += [
-            (IntelEptTags(v, p, ept02_root), ept02_root, l2_tables) for v in vpids for p in pcids
+            (IntelEptTags(v, p, e02), e02, l2_tables)
+            for e02 in ept02_roots
+            for v in vpids
+            for p in pcids
         ]
     if l2_on_ept01:
         # L2's page tables through L2's root, tagged by its EP4TA
@@ -431,6 +436,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         l2_gpas=l2_gpas,
         ept12_root=ept12_root,
         ept02_root=ept02_root,
+        ept12_roots=ept12_roots,
+        ept02_roots=ept02_roots,
         l2_tdp_root=l2_tdp_root,
         huge=tuple(huge),
         hv_range_flush=cfg.hv_range_flush,
@@ -457,7 +464,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             vpid12s(scenario),
             guest_cr4,
             cfg.vcpus,
-            ept12_root,
+            ept12_roots,
             tuple(roots[i] for i in l2_indices),
         )
     else:
@@ -595,26 +602,56 @@ def _shadow_layout(
 def _nested_ept_layout(
     b: LayoutBuilder,
     scenario: Scenario,
-    ept12_root: int,
-    ept02_root: int,
+    ept12_roots: tuple[int, ...],
+    ept02_roots: tuple[int, ...],
     host_pages: dict[int, tuple[list[int], bool]],
     rights: tuple[int, ...],
 ) -> tuple[int, ...]:
-    """Nested EPT: L1's EPT12 leaves (the [ept12] entries and every value an `ept_map` /
-    `ept_unmap` stores) and KVM's shadow EPT02 leaves, empty at start (the nested EPT fault
-    fills them, kvm/nested_ept.py), each EPT02 value an EPT12 value's L1 GPA resolved to one of
-    its host pages, with the EPT12 rights cut by the memslot's. Returns the L2 GPAs."""
-    stores: dict[int, list[int]] = {}
+    """Nested EPT: L1's EPT12 leaves (the entries of [ept12] and of each [ept12.NAME], and every
+    value an `ept_map` / `ept_unmap` stores) and KVM's shadow EPT02 leaves of each, empty at
+    start (the nested EPT fault fills them, kvm/nested_ept.py), each EPT02 value an EPT12
+    value's L1 GPA resolved to one of its host pages, with the EPT12 rights cut by the
+    memslot's. Returns the L2 GPAs (of every table: each table has a slot for each)."""
+    tables = scenario.ept12_tables
+    stores: list[dict[int, list[int]]] = [{} for _ in tables]
     for prog in scenario.programs:
         for op in prog:
             if isinstance(op, EptMapOp):
                 value = make_ept(op.l1gpa, _rights(op.rights)) if op.l1gpa >= 0 else 0
-                stores.setdefault(op.l2gpa, []).append(value)
-    l2_gpas = tuple(dict.fromkeys([*scenario.ept12, *stores]))
+                stores[op.ept].setdefault(op.l2gpa, []).append(value)
+    pairs = zip(tables, stores, strict=True)
+    l2_gpas = tuple(dict.fromkeys(g for t, st in pairs for g in (*t, *st)))
+    for t, table in enumerate(tables):
+        _ept12_table(
+            b,
+            scenario,
+            table,
+            stores[t],
+            l2_gpas,
+            ept12_roots[t],
+            ept02_roots[t],
+            host_pages,
+            rights,
+        )
+    return l2_gpas
+
+
+def _ept12_table(
+    b: LayoutBuilder,
+    scenario: Scenario,
+    table: dict[int, tuple[int, str]],
+    stores: dict[int, list[int]],
+    l2_gpas: tuple[int, ...],
+    ept12_root: int,
+    ept02_root: int,
+    host_pages: dict[int, tuple[list[int], bool]],
+    rights: tuple[int, ...],
+) -> None:
+    """One EPT12 table and its EPT02 (see _nested_ept_layout)."""
     for l2 in l2_gpas:
         values: list[int] = []
-        if l2 in scenario.ept12:
-            l1, text = scenario.ept12[l2]
+        if l2 in table:
+            l1, text = table[l2]
             values.append(b.map(ept12_root, l2, make_ept(l1, _rights(text))))
         b.allow(ept12_root, l2, [0, *stores.get(l2, [])])
         values += stores.get(l2, [])
@@ -628,7 +665,6 @@ def _nested_ept_layout(
                 if cut and make_ept(h, cut) not in shadow:
                     shadow.append(make_ept(h, cut))
         b.allow(ept02_root, l2, shadow)
-    return l2_gpas
 
 
 def shadow_page_bits(nroots: int, gvas: tuple[int, ...] | list[int]) -> tuple[tuple[int, ...], ...]:
