@@ -89,6 +89,18 @@ class NestedEpt01:
             return
         super().kvm_mmu_put_root(k, vcpu)  # type: ignore[misc]
 
+    def kvm_mmu_reset_context(self, k: Step, vcpu: Vcpu) -> None:
+        """mmu.c:kvm_mmu_reset_context -> kvm_mmu_unload @ v6.18 (v5.7, v5.8 alike): every root
+        of root_mmu and of guest_mmu is freed, the cached one of the MMU that is not current
+        too (L2's guest_mode root, or nested EPT's EPT02 roots)."""
+        super().kvm_mmu_reset_context(k, vcpu)  # type: ignore[misc]
+        if (k.config.l2_on_ept01 or k.config.nested_ept) and (
+            vcpu.parked_root_valid or vcpu.ept02_prev
+        ):
+            vcpu.parked_root_valid = False
+            vcpu.ept02_prev = 0
+            k.note("kvm_mmu_unload: the other MMU's roots freed too")
+
     def mmu_alloc_direct_roots(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:mmu_alloc_direct_roots @ v6.18 (v5.x alike) while L2 runs: the root of role
         guest_mode (kvm_tdp_mmu_get_vcpu_root_hpa finds it by role; v5.x's kvm_mmu_get_page
