@@ -303,6 +303,13 @@ TOKENS = (
     "npt_unmap",
     "[npt12]",
     'vendor = "amd"',
+    # several EPT12 tables, an L2 without nested EPT on an EPT L0
+    "[ept12.b]",
+    "[ept12.default]",
+    "ept=b",
+    "ept=default",
+    "ept=",
+    "ept=nosuch",
 )
 
 

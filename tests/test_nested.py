@@ -124,7 +124,7 @@ def test_kvm_618_is_safe_on_the_claim() -> None:
         ("vmxon\nvmlaunch l2\nset_cr4 pge=0", {}, "not modelled"),
         ("vmxon\nvmlaunch l2\nmap 0x1000 -> 0x10000 w", {}, "L1's page table"),
         ("vmxon\nvmxon", {}, "vmxon in VMX operation"),
-        ("vmxon", {"tdp": "true"}, "with nested EPT only"),
+        ("vmxon\nvmlaunch l2\nmov_cr3 l2", {"tdp": "true"}, "only through vmcs12"),
         ("vmxon", {"vpid": "false"}, "VPID in L0"),
         ("vmxon\nvmlaunch l2\nflush_tlb 0x1000 others", {"pv_tlb_flush": "true"}, "PV TLB flush"),
         ("vmxon\nvmlaunch l2\nflush_tlb all others", {}, "full flush toggles CR4.PGE"),

@@ -620,9 +620,10 @@ def _instrument_nested_ept(policy: KvmPolicy, n: Counter[str]) -> KvmPolicy:
             n["nested.ept02-root-loads"] += 1
         load(k, vcpu)
 
-    def kvm_mmu_free_guest_mmu_roots(k: Any, vcpu: Vcpu) -> None:
-        n["nested.ept02-roots-freed"] += vcpu.parked_root_valid
-        free(k, vcpu)
+    def kvm_mmu_free_guest_mmu_roots(k: Any, vcpu: Vcpu, eptps: int) -> None:
+        current = vcpu.parked_root_valid and eptps >> vcpu.ept02_cur & 1
+        n["nested.ept02-roots-freed"] += int(current) + (vcpu.ept02_prev & eptps).bit_count()
+        free(k, vcpu, eptps)
 
     def kvm_mmu_page_fault(k: Any, vcpu: Vcpu, gpa: int, write: bool) -> None:
         if pol.nested_ept_active(k, vcpu):

@@ -89,14 +89,14 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> bool:
     elif isinstance(op, VmlaunchOp):
         root = cfg.root_names.index(op.root)
         event = VmEntry(launch=True)
-        frame = (NESTED_VMLAUNCH, root, op.vpid, 0)
+        frame = (NESTED_VMLAUNCH, root, op.vpid, op.ept)
         ncpu = k.native.cpus[v]
         vmcs12 = Vmcs(
             ident=VMCS12_IDENT,
             vpid=op.vpid,
             enable_vpid=op.vpid != 0,
             enable_ept=cfg.nested_ept,
-            eptp=make_eptp(cfg.ept12_root) if cfg.nested_ept else 0,
+            eptp=_eptp12(k, op.ept),
             guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
         )
         _native(k, v, Vmptrld(vmcs12), VmEntry(launch=True))
@@ -108,25 +108,29 @@ def l1_step(k: Step, pol: KvmPolicy, v: int, op: L1Op) -> bool:
             ident=VMCS12_IDENT,
             vpid=op.vpid,
             enable_vpid=op.vpid != 0,
+            enable_ept=cfg.nested_ept,
+            eptp=_eptp12(k, op.ept),
             guest=Regs(ncpu.regs.cr0, cfg.roots[root], ncpu.regs.cr4),
             launched=True,
         )
         event = Vmptrld(vmcs12)
-        frame = (NESTED_VMPTRLD, root, op.vpid, 0)
+        frame = (NESTED_VMPTRLD, root, op.vpid, op.ept)
         _native(k, v, event)
     elif isinstance(op, VmresumeOp):
         event = VmEntry(launch=False)
-        frame = (NESTED_VMRESUME, -1, op.vpid, 0)
+        frame = (NESTED_VMRESUME, -1, op.vpid, op.ept)
         if op.vpid >= 0:
             _native(k, v, Vmwrite("vpid", op.vpid), Vmwrite("enable_vpid", op.vpid != 0))
+        if op.ept >= 0:
+            _native(k, v, Vmwrite("eptp", _eptp12(k, op.ept)))
         _native(k, v, VmEntry(launch=False))
     elif isinstance(op, InvvpidOp):
         event = Invvpid(op.type, op.vpid, op.gva)
         frame = (NESTED_INVVPID, op.type, op.vpid, op.gva)
         _native(k, v, event)
     elif isinstance(op, InveptOp):
-        event = Invept(op.type, make_eptp(cfg.ept12_root) if op.type == 1 else 0)
-        frame = (NESTED_INVEPT, op.type, 0, 0)
+        event = Invept(op.type, _eptp12(k, op.ept) if op.type == 1 else 0)
+        frame = (NESTED_INVEPT, op.type, max(op.ept, 0), 0)
         _native(k, v, event)
     elif isinstance(op, VmcallOp) and cfg.vmx:
         event = VmExitEvent("VMCALL")
@@ -168,12 +172,12 @@ def _ept12_store(k: Step, pol: KvmPolicy, v: int, op: EptMapOp) -> bool:
     table is writable: the store lands, and EPT02 keeps its old SPTE until a sync."""
     cfg = k.config
     vcpu = k.vcpus[v]
-    if not pol.ept02_sp_unsync(k, op.l2gpa):
+    if not pol.ept02_sp_unsync(k, op.l2gpa, op.ept):
         k.hw(vcpu.cpu, VmExitEvent("EPT violation"), "L1's store to a write-protected EPT12")
-        pol.vcpu_exit(k, vcpu, EXIT_NESTED, (NESTED_EPT12_WRITE, op.l2gpa, 0, 0))
+        pol.vcpu_exit(k, vcpu, EXIT_NESTED, (NESTED_EPT12_WRITE, op.l2gpa, op.ept, 0))
         return False
     value = make_ept(op.l1gpa, _ept_rights(op.rights)) if op.l1gpa >= 0 else 0
-    slot = cfg.layout.slot(cfg.ept12_root, op.l2gpa)
+    slot = cfg.layout.slot((cfg.ept12_roots or (cfg.ept12_root,))[op.ept], op.l2gpa)
     what = f"{op.l1gpa:#x} {op.rights}" if op.l1gpa >= 0 else "not present"
     k.write_slot(slot, value, f"L1: EPT12[{op.l2gpa:#x}] = {what}")
     return True
@@ -193,6 +197,14 @@ def _npt12_store(k: Step, pol: KvmPolicy, v: int, op: NptMapOp) -> bool:
     what = f"{op.l1gpa:#x} {op.rights}" if op.l1gpa >= 0 else "not present"
     k.write_slot(slot, value, f"L1: NPT12[{op.l2gpa:#x}] = {what}")
     return True
+
+
+def _eptp12(k: Step, table: int) -> int:
+    """vmcs12's EPTP for EPT12 table `table` (0 without nested EPT: EPT off in vmcs12)."""
+    cfg = k.config
+    if not cfg.nested_ept:
+        return 0
+    return make_eptp((cfg.ept12_roots or (cfg.ept12_root,))[max(table, 0)])
 
 
 def _ept_rights(text: str) -> int:

@@ -13,7 +13,10 @@ docs/scenarios.md, "Nested VMX".
 
 vmcs12 is modelled by what the TLB rules read: VPID (`vpid=N`, N > 0 enables VPID in vmcs12,
 vpid=0 disables it), GUEST_CR3 (the L2 page table) and 'enable EPT': off on a shadow-paging L0;
-on an EPT L0 (nested EPT) on, with EPTP = the scenario's [ept12] table (L2 GPA -> L1 GPA).
+on an EPT L0 (nested EPT) on, with EPTP = one of the scenario's EPT12 tables (L2 GPA -> L1
+GPA): [ept12] (named `default`) or an [ept12.NAME] (`ept=NAME` on vmlaunch, vmresume, invept,
+ept_map and ept_unmap). The ops hold the table's index (`ept`, 0 for [ept12]) and its name as
+written (`ept_name`, "" when the op did not name one).
 vmcb12 likewise: ASID, TLB_CONTROL, CR3, and NP_ENABLE: on with an [npt12] table (nested NPT on
 an NPT L0), nCR3 = that table.
 """
@@ -44,9 +47,11 @@ class VmlaunchOp(NamedTuple):
     root: str
     vpid: int
     line: int = 0
+    ept: int = 0  # nested EPT: vmcs12's EPTP, an EPT12 table's index
+    ept_name: str = ""
 
     def describe(self) -> str:
-        return f"vmlaunch {self.root} vpid={self.vpid}"
+        return f"vmlaunch {self.root} vpid={self.vpid}{_ept(self.ept_name)}"
 
 
 class VmptrldOp(NamedTuple):
@@ -57,6 +62,7 @@ class VmptrldOp(NamedTuple):
     root: str
     vpid: int = -1
     line: int = 0
+    ept: int = 0  # nested EPT: that vmcs12's EPTP as L1 left it (resolve_vmptrld too)
 
     def describe(self) -> str:
         return f"vmptrld {self.root}"
@@ -67,9 +73,11 @@ class VmresumeOp(NamedTuple):
 
     vpid: int = -1
     line: int = 0
+    ept: int = -1  # nested EPT: L1 first writes this EPT12's EPTP into vmcs12 (-1: unchanged)
+    ept_name: str = ""
 
     def describe(self) -> str:
-        return "vmresume" + (f" vpid={self.vpid}" if self.vpid >= 0 else "")
+        return "vmresume" + (f" vpid={self.vpid}" if self.vpid >= 0 else "") + _ept(self.ept_name)
 
 
 class InvvpidOp(NamedTuple):
@@ -123,9 +131,13 @@ class InveptOp(NamedTuple):
 
     type: int
     line: int = 0
+    # single-context: the operand's EPTP, an EPT12 table's index (the parser resolves an
+    # unnamed one to vmcs12's current EPTP: model/nested_scenario.py:resolve_vmptrld)
+    ept: int = -1
+    ept_name: str = ""
 
     def describe(self) -> str:
-        return f"invept {self.type}"
+        return f"invept {self.type}{_ept(self.ept_name)}"
 
 
 class EptMapOp(NamedTuple):
@@ -136,11 +148,13 @@ class EptMapOp(NamedTuple):
     l1gpa: int
     rights: str
     line: int = 0
+    ept: int = 0  # the EPT12 table stored to
+    ept_name: str = ""
 
     def describe(self) -> str:
         if self.l1gpa < 0:
-            return f"ept_unmap {self.l2gpa:#x}"
-        return f"ept_map {self.l2gpa:#x} -> {self.l1gpa:#x} {self.rights}"
+            return f"ept_unmap {self.l2gpa:#x}{_ept(self.ept_name)}"
+        return f"ept_map {self.l2gpa:#x} -> {self.l1gpa:#x} {self.rights}{_ept(self.ept_name)}"
 
 
 class NptMapOp(NamedTuple):
@@ -212,3 +226,7 @@ __all__ = [
     "VmxoffOp",
     "VmxonOp",
 ]
+
+
+def _ept(name: str) -> str:
+    return f" ept={name}" if name else ""

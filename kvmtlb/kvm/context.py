@@ -141,6 +141,13 @@ class KvmConfig:
     l2_gpas: tuple[int, ...] = ()
     ept12_root: int = -1
     ept02_root: int = -1
+    # Several EPT12 tables ([ept12.NAME]: vmcs12 EPTPs of their own): every EPT12 root and the
+    # EPT02 root KVM shadows it with, by table index (ept12_root, ept02_root: index 0)
+    ept12_roots: tuple[int, ...] = ()
+    ept02_roots: tuple[int, ...] = ()
+    # An L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): the page of the direct EPT
+    # root KVM runs L2 on (root_mmu's root of role.guest_mode = 1); -1 otherwise
+    l2_tdp_root: int = -1
 
     # Nested NPT (kvm/nested_npt.py; scenario table [npt12]): the root of L1's NPT12 (L2 GPA ->
     # L1 GPA) and of KVM's shadow NPT02 (L2 GPA -> HPA); the L2 GPAs are `l2_gpas`, and the
@@ -161,10 +168,16 @@ class KvmConfig:
         """L2 runs on a shadow of L1's nested TDP table (EPT12 or NPT12)."""
         return self.ept02_root >= 0 or self.npt02_root >= 0
 
-    def ept02_region(self, l2gpa: int) -> int:
-        """The bit of Kvm.ept02_unsync of the last-level EPT02 page holding `l2gpa`'s SPTE."""
+    @property
+    def l2_on_ept01(self) -> bool:
+        """L1 runs L2 with EPT off in vmcs12 on an EPT L0 (kvm/nested_ept01.py)."""
+        return self.l2_tdp_root >= 0
+
+    def ept02_region(self, l2gpa: int, table: int = 0) -> int:
+        """The bit of Kvm.ept02_unsync of the last-level page of EPT02 root `table` (an EPT12
+        table's index) holding `l2gpa`'s SPTE."""
         regions = sorted({g >> 21 for g in self.l2_gpas})
-        return regions.index(l2gpa >> 21)
+        return table * len(regions) + regions.index(l2gpa >> 21)
 
     # 2 MiB regions ([host] "HPA RIGHTS 2m"; kvm/hugepage.py): (region GPA, HPA, rights) each;
     # KVM as a guest of Hyper-V with its enlightened flushes (kvm/hyperv.py); the tdp_mmu and

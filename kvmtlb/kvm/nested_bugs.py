@@ -3,8 +3,10 @@
 Each variant overrides one method of kvm/nested_vmx.py or the L2 case of a vmx.c hook, records the
 upstream fix, and is caught on a built-in nested scenario (docs/bug-zoo.md). Bug #12 has no
 variant here: kvm-6.18 itself ships it (the fix came in 2026), see nested-vmxoff-vpid-reuse.
-One variant is not historical: `bug-nested-vmptrld-sets-last-vpid`, a plausible mistake in
-handle_vmptrld.
+Some variants are not historical: `bug-nested-vmptrld-sets-last-vpid`, a plausible mistake in
+handle_vmptrld; `bug-nested-invept-frees-current-root`, one in handle_invept with several EPTPs;
+`bug-nested-ept01-zap-skips-l2-root` and `bug-nested-ept01-invvpid-vpid01`,
+plausible mistakes for an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class InveptNoop(Kvm618):
         "translation L1 just invalidated"
     )
 
-    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int) -> None:
+    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int, eptp: int = 0) -> None:
         """nested.c:handle_invept @ v5.7: nothing after the checks."""
         k.note("handle_invept: nothing (v5.7's emulation)")
 
@@ -184,22 +186,88 @@ class VmptrldSetsLastVpid(Kvm618):
         "L2 of the other left under the vCPU's one vpid02"
     )
 
-    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int) -> None:
+    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int, eptp12: int = 0) -> None:
         """nested.c:handle_vmptrld with last_vpid updated to the new vmcs12's VPID (not
         upstream: a plausible mistake; last_vpid must name the VPID whose translations vpid02
         holds)."""
-        super().handle_vmptrld(k, vcpu, root, vpid12)
+        super().handle_vmptrld(k, vcpu, root, vpid12, eptp12)
         vcpu.last_vpid = vpid12
+
+
+@register
+class InveptFreesCurrentRoot(Kvm618):
+    name = "bug-nested-invept-frees-current-root"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "single-context INVEPT frees guest_mmu's current root whatever its EPTP, not the roots "
+        "of the operand's EPTP: a cached EPT02 root of the invalidated EPTP survives, and the "
+        "fast switch back to it neither syncs nor flushes"
+    )
+
+    def handle_invept(self, k: Step, vcpu: Vcpu, kind: int, eptp: int = 0) -> None:
+        """nested.c:handle_invept with KVM_MMU_ROOT_CURRENT for a single-context INVEPT (not
+        upstream: a plausible mistake; ce8fe7b77bd8 matches each root's EPTP,
+        nested_ept_root_matches)."""
+        if kind != 1:
+            super().handle_invept(k, vcpu, kind, eptp)
+            return
+        k.note("handle_invept(single-context)", "the current guest_mmu root only")
+        self.kvm_mmu_free_guest_mmu_roots(k, vcpu, 1 << vcpu.ept02_cur)
+
+
+@register
+class ZapSkipsL2Root(Kvm618):
+    name = "bug-nested-ept01-zap-skips-l2-root"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "the host's zap of an L1 frame reaches only L1's EPT root, not the direct root of role "
+        "guest_mode KVM runs an L2 without nested EPT on: L2 keeps an SPTE to the freed page"
+    )
+
+    def live_tdp_roots(self, k: Step) -> list[int]:
+        """mmu.c:kvm_unmap_gfn_range walking only the roots of L1's role (not upstream: a
+        plausible mistake; the TDP MMU walks every root of the VM, v5.x's rmap every shadow
+        page)."""
+        live = super().live_tdp_roots(k)
+        if k.config.l2_on_ept01:
+            live.remove(self.l2_tdp_index(k))
+        return live
+
+
+@register
+class InvvpidVpid01(Kvm618):
+    name = "bug-nested-ept01-invvpid-vpid01"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "L1's INVVPID is emulated on vmx->vpid (L1's own VPID) instead of vpid02, so L2's "
+        "translations of the pages L1 invalidated for it survive"
+    )
+
+    def handle_invvpid(self, k: Step, vcpu: Vcpu, kind: int, vpid: int, gva: int) -> None:
+        """nested.c:handle_invvpid with vpid01 for vpid02 (not upstream: a plausible mistake;
+        every L2 VPID is vpid02 to KVM)."""
+        vpid02 = vcpu.vpid02
+        vcpu.vpid02 = vcpu.vpid
+        try:
+            super().handle_invvpid(k, vcpu, kind, vpid, gva)
+        finally:
+            vcpu.vpid02 = vpid02
 
 
 __all__ = [
     "CurrentVpidIgnoresVmcs12",
     "GuestFlushL1Vpid",
+    "InveptFreesCurrentRoot",
     "InveptNoop",
     "InvvpidKeepsL2Roots",
+    "InvvpidVpid01",
     "NewVpid12InvvpidOnly",
     "RemoteFlushCurrentEptpOnly",
     "RemoteFlushL1VpidOnly",
     "SvmNoTransitionFlush",
     "VmptrldSetsLastVpid",
+    "ZapSkipsL2Root",
 ]

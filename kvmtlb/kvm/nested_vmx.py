@@ -17,7 +17,8 @@ before it), as far as TLB tags and flushes go:
 What is modelled: L0 with shadow paging (enable_ept = 0) and VPID, vmcs12 with EPT off (L2's
 page tables map L2's GVAs to L1's GPAs, and KVM shadows them as it shadows L1's: kvm/shadow.py),
 vmcs12 with VPID on or off. Not modelled: nested EPT (the shadow EPT02 MMU and INVEPT
-emulation), L0 with EPT, a vmcs12 per L2 vCPU beyond the current one (VMPTRLD of another vmcs12
+emulation: kvm/nested_ept.py), L0 with EPT (vmcs12 with EPT off there:
+kvm/nested_ept01.py), a vmcs12 per L2 vCPU beyond the current one (VMPTRLD of another vmcs12
 is a VMLAUNCH of a new one), nested SVM.
 
 The hardware keeps one VMCS per vCPU here: where KVM switches between vmcs01 and vmcs02
@@ -129,11 +130,11 @@ class NestedVmx(Vmx):
         elif code == NESTED_VMXOFF:
             self.free_nested(k, vcpu)
         elif code in (NESTED_VMLAUNCH, NESTED_VMRESUME):
-            self.nested_vmx_run(k, vcpu, code == NESTED_VMLAUNCH, a, b)
+            self.nested_vmx_run(k, vcpu, code == NESTED_VMLAUNCH, a, b, c)
         elif code == NESTED_INVVPID:
             self.handle_invvpid(k, vcpu, a, b, c)
         elif code == NESTED_VMPTRLD:
-            self.handle_vmptrld(k, vcpu, a, b)
+            self.handle_vmptrld(k, vcpu, a, b, c)
         elif code == NESTED_VMCALL and k.config.vmx:
             self.nested_vmx_vmexit(k, vcpu)
         elif code == NESTED_VMCALL:
@@ -143,9 +144,9 @@ class NestedVmx(Vmx):
         elif code == NESTED_INVLPGA:
             self.invlpga_interception(k, vcpu, a, b)  # type: ignore[attr-defined]
         elif code == NESTED_INVEPT:
-            self.handle_invept(k, vcpu, a)  # type: ignore[attr-defined]
+            self.handle_invept(k, vcpu, a, b)  # type: ignore[attr-defined]
         elif code == NESTED_EPT12_WRITE:
-            self.ept12_write_fault(k, vcpu, a)  # type: ignore[attr-defined]
+            self.ept12_write_fault(k, vcpu, a, b)  # type: ignore[attr-defined]
         else:
             raise AssertionError(f"unknown nested operation {code}")
 
@@ -164,16 +165,22 @@ class NestedVmx(Vmx):
         vcpu.vpid02 = 0
         vcpu.nested_vmxon = False
 
-    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int) -> None:
+    def handle_vmptrld(self, k: Step, vcpu: Vcpu, root: int, vpid12: int, eptp12: int = 0) -> None:
         """nested.c:handle_vmptrld @ v6.18 (v5.8, v5.7 alike), for a vmcs12 other than the
         current one: nested_release_vmcs12 writes the current vmcs12 back to L1's memory and
-        frees guest_mmu's roots (nested EPT's; a shadow-paging L0 has none), then the new
-        vmcs12 is read into the cache (set_current_vmptr). No TLB flush and no change of
-        last_vpid: a different VPID is caught by the next VM-Enter's
-        nested_vmx_transition_tlb_flush. `root` and `vpid12` are what KVM reads from the new
-        vmcs12 (its GUEST_CR3, its VPID)."""
+        frees guest_mmu's roots (nested EPT's, every one: KVM_MMU_ROOTS_ALL; a shadow-paging L0
+        or an L2 without nested EPT has none), then the new vmcs12 is read into the cache
+        (set_current_vmptr). No TLB flush and no change of last_vpid: a different VPID is
+        caught by the next VM-Enter's nested_vmx_transition_tlb_flush. `root`, `vpid12` and
+        `eptp12` are what KVM reads from the new vmcs12 (its GUEST_CR3, its VPID, its EPTP: an
+        EPT12 table's index)."""
+        if vcpu.vmcs12_guest_cr3 == k.config.roots[root]:
+            k.note("handle_vmptrld: the current vmcs12 (its page table)", "nothing to do")
+            return
+        self.nested_release_guest_mmu(k, vcpu)  # type: ignore[attr-defined]
         vcpu.vmcs12_guest_cr3 = k.config.roots[root]
         vcpu.vpid12 = vpid12
+        vcpu.eptp12 = eptp12
         k.note(
             f"handle_vmptrld: vmcs12 of GUEST_CR3 {vcpu.vmcs12_guest_cr3:#x}, VPID "
             f"{vpid12 or 'off'}",
@@ -181,17 +188,26 @@ class NestedVmx(Vmx):
         )
 
     # -- nested VM-Enter --------------------------------------------------------------------------
-    def nested_vmx_run(self, k: Step, vcpu: Vcpu, launch: bool, root: int, vpid12: int) -> None:
+    def nested_vmx_run(
+        self, k: Step, vcpu: Vcpu, launch: bool, root: int, vpid12: int, eptp12: int = -1
+    ) -> None:
         """nested.c:nested_vmx_run -> nested_vmx_enter_non_root_mode @ v6.18: service the flushes
         pending for L1 while its context is current, enter guest mode, prepare vmcs02 (its VPID
         first: prepare_vmcs02_early_rare), then prepare_vmcs02: the transition flush, then L2's
         CR3 (nested_vmx_load_cr3). L1's CR3 is vmcs12's HOST_CR3. `root` is the L2 page table
-        of a VMLAUNCH (-1: VMRESUME), `vpid12` vmcs12's VPID as L1 wrote it (-1: unchanged)."""
+        of a VMLAUNCH (-1: VMRESUME), `vpid12` vmcs12's VPID as L1 wrote it (-1: unchanged),
+        `eptp12` its EPTP with nested EPT (an EPT12 table's index; -1: unchanged)."""
         self.nested_service_local_flushes(k, vcpu)
+        if launch:
+            # the model's VMLAUNCH makes a fresh vmcs12 current first (handle_vmptrld ->
+            # nested_release_vmcs12 of the old one; after VMXON free_nested freed them)
+            self.nested_release_guest_mmu(k, vcpu)  # type: ignore[attr-defined]
         if root >= 0:
             vcpu.vmcs12_guest_cr3 = k.config.roots[root]
         if vpid12 >= 0:
             vcpu.vpid12 = vpid12
+        if eptp12 >= 0:
+            vcpu.eptp12 = eptp12
         vcpu.vmcs12_host_cr3 = self.l1_cr3(k, vcpu)
         vcpu.guest_mode = True
         k.note(
@@ -206,6 +222,10 @@ class NestedVmx(Vmx):
             # nested_ept (no PGD switch: GUEST_CR3 is L2's own), kvm/nested_ept.py
             self.nested_ept_init_mmu_context(k, vcpu)  # type: ignore[attr-defined]
             self.nested_ept_set_guest_cr3(k, vcpu, vcpu.vmcs12_guest_cr3, "prepare_vmcs02")  # type: ignore[attr-defined]
+            return
+        if k.config.l2_on_ept01:
+            # vmcs12 without EPT on an EPT L0: root_mmu's guest_mode root, kvm/nested_ept01.py
+            self.nested_ept01_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3, "prepare_vmcs02")  # type: ignore[attr-defined]
             return
         self.nested_vmx_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
 
@@ -276,6 +296,9 @@ class NestedVmx(Vmx):
             # load_vmcs12_host_state: nested_ept_uninit_mmu_context, nested_vmx_load_cr3
             self.nested_ept_uninit_mmu_context(k, vcpu)  # type: ignore[attr-defined]
             self.nested_ept_set_guest_cr3(k, vcpu, vcpu.vmcs12_host_cr3, "load_vmcs12_host_state")  # type: ignore[attr-defined]
+            return
+        if k.config.l2_on_ept01:
+            self.nested_ept01_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3, "load_vmcs12_host_state")  # type: ignore[attr-defined]
             return
         self.nested_vmx_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
 

@@ -22,6 +22,7 @@ from kvmtlb.kvm.kvm_main import KvmMain
 from kvmtlb.kvm.memslot import Memslots
 from kvmtlb.kvm.mmu import Mmu
 from kvmtlb.kvm.nested_ept import NestedEpt
+from kvmtlb.kvm.nested_ept01 import NestedEpt01
 from kvmtlb.kvm.nested_npt import NestedNpt
 from kvmtlb.kvm.nested_svm import NestedSvm
 from kvmtlb.kvm.nested_vmx import NestedVmx
@@ -36,6 +37,7 @@ from kvmtlb.kvm.x86 import X86
 class KvmPolicy(
     NestedNpt,
     NestedEpt,
+    NestedEpt01,
     NestedVmx,
     NestedSvm,
     X86,

@@ -126,6 +126,12 @@ class Vcpu:
     # guest_mmu's (the shadow EPT02) while L1 runs, root_mmu's (EPT01) while L2 runs.
     # `root_valid` is always the current MMU's (vcpu->arch.mmu).
     parked_root_valid: bool = False
+    # Nested EPT with several EPT12 tables: vmcs12's EPTP (an EPT12 table's index), the EPT12
+    # whose EPT02 root is guest_mmu's current root (valid as root_valid / parked_root_valid
+    # say), and guest_mmu's cached roots (prev_roots), a bitmask by EPT12 index
+    eptp12: int = 0
+    ept02_cur: int = 0
+    ept02_prev: int = 0
 
     @property
     def loaded(self) -> bool:

@@ -21,6 +21,7 @@ from kvmtlb.kvm.context import Step
 from kvmtlb.kvm.hugepage import HugePages58
 from kvmtlb.kvm.hyperv import HypervFlush58
 from kvmtlb.kvm.nested_ept import NestedEpt57
+from kvmtlb.kvm.nested_ept01 import NestedEpt0157
 from kvmtlb.kvm.nested_npt import NestedNpt58
 from kvmtlb.kvm.nested_svm import NestedSvm58
 from kvmtlb.kvm.nested_vmx import NestedVmx57, NestedVmx58
@@ -249,7 +250,7 @@ class Kvm58(NestedNpt58, NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, K
 
 
 @register
-class Kvm57(NestedEpt57, NestedVmx57, Kvm58):
+class Kvm57(NestedEpt57, NestedEpt0157, NestedVmx57, Kvm58):
     name = "kvm-5.7"
     summary = (
         "v5.7: before the seed's series: tlb_flush(invalidate_gpa); the PV flush "

@@ -63,13 +63,13 @@ def nested_native(
     vpid12s: Sequence[int],
     cr4: int,
     nvcpus: int,
-    ept12_root: int = -1,
+    ept12_roots: Sequence[int] = (),
     l2_tables: Sequence[int] = (),
 ) -> tuple[MachineConfig, Machine]:
     """The reference's configuration and its machine at boot: every vCPU's L1 outside VMX
     operation on the first page table. Its universe holds the entries of VPID 0 (L1, and L2
-    with VPID off in vmcs12) and of every vmcs12 VPID the scenario names. `ept12_root` is L1's
-    nested table: EPT12 on Intel, NPT12 on AMD (vmcb12's nCR3)."""
+    with VPID off in vmcs12) and of every vmcs12 VPID the scenario names. `ept12_roots` are L1's
+    nested tables: EPT12s on Intel, the NPT12 on AMD (vmcb12's nCR3)."""
     intel = vendor == "intel"
     contexts = [
         WalkContext(
@@ -86,7 +86,7 @@ def nested_native(
         for root in roots
         for pge in (True, False)
     ]
-    if ept12_root >= 0 and not intel:
+    if ept12_roots and not intel:
         # nested NPT: L2 runs under vmcb12's nCR3 (NPT12, L2 GPA -> L1 GPA); its entries,
         # nested ones included, are tagged by vmcb12's ASID only (APM §15.16); L1 runs in host
         # mode (ASID 0) on its own tables
@@ -96,20 +96,19 @@ def nested_native(
             if c.root not in l2_tables and isinstance(c.tags, AmdTags) and c.tags.asid == 0
         ]
         contexts += [
-            WalkContext(AmdTags(tag, pcid, True), root, ept12_root, Format.NPT, True, pge, True)
+            WalkContext(AmdTags(tag, pcid, True), root, ept12_roots[0], Format.NPT, True, pge, True)
             for tag in sorted(vpid12s)
             for pcid in pcids
             for root in l2_tables
             for pge in (True, False)
         ]
-    elif ept12_root >= 0:
-        # nested EPT: L2 runs under vmcs12's EPTP (EPT12, L2 GPA -> L1 GPA), its entries tagged
-        # by EPT12's EP4TA; L1 runs outside EPT on its own tables
+    elif ept12_roots:
+        # nested EPT: L2 runs under vmcs12's EPTP (an EPT12, L2 GPA -> L1 GPA), its entries
+        # tagged by that EPT12's EP4TA; L1 runs outside EPT on its own tables
         contexts = [c for c in contexts if c.root not in l2_tables]
         contexts += [
-            WalkContext(
-                IntelEptTags(tag, pcid, ept12_root), root, ept12_root, Format.EPT, True, pge, True
-            )
+            WalkContext(IntelEptTags(tag, pcid, e12), root, e12, Format.EPT, True, pge, True)
+            for e12 in ept12_roots
             for tag in sorted({0, *vpid12s})
             for pcid in pcids
             for root in l2_tables
@@ -124,7 +123,7 @@ def nested_native(
     else:
         # L1 runs with EFER.SVME set; the reference processor has FlushByAsid (TLB_CONTROL 3
         # and 7 are defined) and 16 ASIDs (vmcb12's ASID is 1..15)
-        caps = SvmCapabilities(flush_by_asid=True, nasid=16, npt=ept12_root >= 0)
+        caps = SvmCapabilities(flush_by_asid=True, nasid=16, npt=bool(ept12_roots))
         config = MachineConfig(universe, caps, arch=AmdArch(), memo_steps=True)
         cpus = [NativeSvmCpu(SVM_HOST, regs, None, regs) for _ in range(nvcpus)]
     return config, Machine.boot(config, memory, cpus)

@@ -47,16 +47,16 @@ from kvmtlb.guest.ops import (
 NESTED_OPS = {
     "vmxon": "vmxon",
     "vmxoff": "vmxoff",
-    "vmlaunch": "vmlaunch ROOT [vpid=N]",
-    "vmresume": "vmresume [vpid=N]",
+    "vmlaunch": "vmlaunch ROOT [vpid=N] [ept=NAME]",
+    "vmresume": "vmresume [vpid=N] [ept=NAME]",
     "vmptrld": "vmptrld ROOT",
     "invvpid": "invvpid TYPE [vpid=N] [GVA]",
     "vmcall": "vmcall",
     "vmrun": "vmrun ROOT [asid=N] [tlb_control=0|1|3|7]",
     "invlpga": "invlpga GVA [asid=N]",
-    "invept": "invept 1|2",
-    "ept_map": "ept_map L2GPA -> L1GPA RIGHTS",
-    "ept_unmap": "ept_unmap L2GPA",
+    "invept": "invept 1|2 [ept=NAME]",
+    "ept_map": "ept_map L2GPA -> L1GPA RIGHTS [ept=NAME]",
+    "ept_unmap": "ept_unmap L2GPA [ept=NAME]",
     "npt_map": "npt_map L2GPA -> L1GPA RIGHTS",
     "npt_unmap": "npt_unmap L2GPA",
 }
@@ -88,6 +88,24 @@ def _number(text: str, line: int, what: str, low: int, high: int, err: Err) -> i
     return value
 
 
+def _ept_arg(
+    args: list[str], line: int, ept_names: Sequence[str], err: Err
+) -> tuple[list[str], int, str]:
+    """Split a trailing `ept=NAME` off `args`: (the other args, the EPT12 table's index, its
+    name); index -1 and name "" when there is none."""
+    if not args or not args[-1].startswith("ept="):
+        return args, -1, ""
+    name = args[-1][4:]
+    if name not in ept_names:
+        known = ", ".join(ept_names) or "none: declare [ept12]"
+        raise err(
+            line,
+            f"no EPT12 table named {name!r}",
+            f"name [ept12] (ept=default) or an [ept12.NAME] table (known: {known})",
+        )
+    return args[:-1], list(ept_names).index(name), name
+
+
 def parse_l1_op(
     op: str,
     args: list[str],
@@ -95,10 +113,15 @@ def parse_l1_op(
     roots: dict[str, Any],
     addr: Callable[[str, int, str], int],
     err: Err,
+    ept_names: Sequence[str] = (),
 ) -> Any:
-    """The L1 op `op args`, or None if `op` is not one."""
+    """The L1 op `op args`, or None if `op` is not one. `ept_names`: the EPT12 tables, in index
+    order ("default" for [ept12], then the [ept12.NAME] tables)."""
     if op not in L1_OP_WORDS:
         return None
+    args, ept, ept_name = _ept_arg(args, line, ept_names, err)
+    if ept_name and op not in ("vmlaunch", "vmresume", "invept", "ept_map", "ept_unmap"):
+        raise err(line, f"{op} takes no ept=NAME", "drop the ept=NAME")
     if op in ("vmxon", "vmxoff", "vmcall"):
         if args:
             raise err(line, f"{op} takes no operands", f"write: {op}")
@@ -140,7 +163,9 @@ def parse_l1_op(
                 "invept takes TYPE 1 (single context: vmcs12's EPTP) or 2 (all contexts)",
                 "write: invept 1",
             )
-        return InveptOp(int(args[0]), line)
+        if ept_name and args[0] == "2":
+            raise err(line, "invept 2 (all contexts) names no EPTP", "drop the ept=NAME")
+        return InveptOp(int(args[0]), line, ept, ept_name)
     if op == "npt_unmap":
         if len(args) != 1:
             raise err(line, "npt_unmap takes L2GPA", "write: npt_unmap 0x40000")
@@ -162,7 +187,7 @@ def parse_l1_op(
     if op == "ept_unmap":
         if len(args) != 1:
             raise err(line, "ept_unmap takes L2GPA", "write: ept_unmap 0x40000")
-        return EptMapOp(addr(args[0], line, "L2 GPA"), -1, "", line)
+        return EptMapOp(addr(args[0], line, "L2 GPA"), -1, "", line, max(ept, 0), ept_name)
     if op == "ept_map":
         if len(args) != 4 or args[1] != "->" or not set(args[3]) <= set("rwx") or not args[3]:
             raise err(
@@ -176,7 +201,14 @@ def parse_l1_op(
                 "an EPT entry with write but not read permission is an EPT misconfiguration",
                 "add r: rw or rwx",
             )
-        return EptMapOp(addr(args[0], line, "L2 GPA"), addr(args[2], line, "L1 GPA"), args[3], line)
+        return EptMapOp(
+            addr(args[0], line, "L2 GPA"),
+            addr(args[2], line, "L1 GPA"),
+            args[3],
+            line,
+            max(ept, 0),
+            ept_name,
+        )
     if op == "vmlaunch":
         if len(args) not in (1, 2):
             raise err(line, "vmlaunch takes ROOT [vpid=N]", "write: vmlaunch l2 vpid=1")
@@ -190,7 +222,7 @@ def parse_l1_op(
                 f"L1's own table [guest] (KVM keys L2's roots by role, the model by table)",
             )
         vpid = _vpid(args[1], line, err) if len(args) == 2 else 1
-        return VmlaunchOp(root, vpid, line)
+        return VmlaunchOp(root, vpid, line, max(ept, 0), ept_name)
     if op == "vmptrld":
         if len(args) != 1:
             raise err(line, "vmptrld takes ROOT", "write: vmptrld l2")
@@ -204,7 +236,7 @@ def parse_l1_op(
     if op == "vmresume":
         if len(args) > 1:
             raise err(line, "vmresume takes [vpid=N]", "write: vmresume vpid=2")
-        return VmresumeOp(_vpid(args[0], line, err) if args else -1, line)
+        return VmresumeOp(_vpid(args[0], line, err) if args else -1, line, ept, ept_name)
     # invvpid TYPE [vpid=N] [GVA]
     if not args:
         raise err(line, "invvpid takes TYPE [vpid=N] [GVA]", "write: invvpid 1 vpid=1")
@@ -232,23 +264,32 @@ def parse_l1_op(
 
 
 def resolve_vmptrld(programs: list[list[Any]]) -> None:
-    """Fill in each `vmptrld ROOT`'s vpid: the VPID of the vmcs12 launched on ROOT, as the
-    thread last left it (its vmlaunch, then any vmresume vpid=N while it was current). The
-    thread is valid (check_nested ran)."""
+    """Fill in each `vmptrld ROOT`'s vpid and EPTP: those of the vmcs12 launched on ROOT, as the
+    thread last left them (its vmlaunch, then any vmresume vpid=N / ept=NAME while it was
+    current); and each single-context `invept` without ept=NAME's EPTP: the current vmcs12's.
+    The thread is valid (check_nested ran)."""
     for prog in programs:
         vpids: dict[str, int] = {}
+        epts: dict[str, int] = {}
         current = ""
         for i, op in enumerate(prog):
             if isinstance(op, VmlaunchOp):
                 current = op.root
                 vpids[current] = op.vpid
-            elif isinstance(op, VmresumeOp) and op.vpid >= 0:
-                vpids[current] = op.vpid
+                epts[current] = op.ept
+            elif isinstance(op, VmresumeOp):
+                if op.vpid >= 0:
+                    vpids[current] = op.vpid
+                if op.ept >= 0:
+                    epts[current] = op.ept
             elif isinstance(op, VmptrldOp):
                 current = op.root
-                prog[i] = op._replace(vpid=vpids[current])
+                prog[i] = op._replace(vpid=vpids[current], ept=epts[current])
+            elif isinstance(op, InveptOp) and op.type == 1 and op.ept < 0:
+                prog[i] = op._replace(ept=epts.get(current, 0))
             elif isinstance(op, VmxoffOp):
                 vpids.clear()
+                epts.clear()
 
 
 def is_nested(programs: Sequence[Sequence[object]]) -> bool:
@@ -323,6 +364,34 @@ def _check_l2_op(op: object, err: Err) -> None:
         raise err(ln, "emulated stores inside L2 are not modelled", "drop emulated")
     if isinstance(op, MapOp | UnmapOp) and op.root == DEFAULT_ROOT:
         raise err(ln, "L2 writes L1's page table [guest]", "L2 writes its own table: add root=NAME")
+
+
+def _check_l2_on_ept01(programs: Sequence[Sequence[object]], err: Err) -> None:
+    """An L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py) runs on its page tables
+    through KVM's guest_mode root: L2 may reload its CR3 but not switch to another table (the
+    walk contexts of that root are L2's vmlaunch tables), and does not shoot down (its IPIs
+    are modelled on a shadow-paging L0 only)."""
+    for prog in programs:
+        l2 = False
+        for op in prog:
+            ln = getattr(op, "line", 0)
+            if isinstance(op, VmlaunchOp | VmresumeOp):
+                l2 = True
+            elif isinstance(op, VmcallOp):
+                l2 = False
+            elif l2 and isinstance(op, MovCr3Op) and op.root:
+                raise err(
+                    ln,
+                    f"{op.describe()} inside L2 on an EPT L0 without nested EPT: L2 switches "
+                    "page tables only through vmcs12 here",
+                    "drop the table name (mov_cr3 reloads L2's CR3), or vmlaunch that table",
+                )
+            elif l2 and isinstance(op, FlushTlbOp):
+                raise err(
+                    ln,
+                    f"{op.describe()} inside L2 on an EPT L0 without nested EPT is not modelled",
+                    "use invlpg or mov_cr3 in L2, or set tdp = false in [config]",
+                )
 
 
 def _check_svm_threads(programs: Sequence[Sequence[object]], err: Err) -> None:
@@ -402,12 +471,7 @@ def check_nested(
             "declare L1's NPT12 as [npt12] (L2 GPA -> L1 GPA), or set tdp = false in [config]",
         )
     if tdp and vendor == "intel" and not ept12:
-        raise err(
-            line,
-            "nested virtualization on a TDP L0 is modelled with nested EPT only (vmcs12 with "
-            "EPT on; an L2 without nested EPT on an EPT02 from EPT01 is not built)",
-            "declare L1's EPT12 as [ept12] (L2 GPA -> L1 GPA), or set tdp = false in [config]",
-        )
+        _check_l2_on_ept01(programs, err)
     npt_op = next((op for p in programs for op in p if isinstance(op, NPT_OPS)), None)
     if npt_op is not None and not npt12:
         raise err(
@@ -415,7 +479,7 @@ def check_nested(
             f"{npt_op.describe()} needs nested NPT (an NPT L0 and an [npt12] table)",
             'set vendor = "amd" and tdp = true in [config] and declare [npt12]',
         )
-    if ept_op is not None and not tdp:
+    if ept_op is not None and not (tdp and ept12):
         raise err(
             ept_op.line,
             f"{ept_op.describe()} needs nested EPT (an EPT L0 and an [ept12] table)",
@@ -467,13 +531,6 @@ def check_nested(
                     l2 = launched = True
                     vmcs12s.add(op.root)
                 elif isinstance(op, VmptrldOp):
-                    if tdp:
-                        raise err(
-                            ln,
-                            "vmptrld with nested EPT is not modelled (one EPT12: guest_mmu's "
-                            "roots of another vmcs12's EPTP)",
-                            "set tdp = false in [config]",
-                        )
                     if op.root not in vmcs12s:
                         raise err(
                             ln,

@@ -59,6 +59,7 @@ from kvmtlb.model.nested_scenario import check_nested, is_nested, parse_l1_op, r
 from kvmtlb.tomlfile import Lines, check_header, loads, read, shown
 
 LIMIT = 1 << 32
+DEFAULT_EPT12 = "default"  # how the ops name the [ept12] table (`ept=default`)
 ROOT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 FLUSH_ORDERS = ("local-first", "concurrent")
 MAX_ROOTS = 4  # guest page tables per scenario, [guest] included
@@ -298,6 +299,16 @@ class Scenario:
     nx_huge: frozenset[int] = frozenset()
     # Nested NPT ([npt12]): L1's NPT12, L2 GPA -> (L1 GPA, rights); empty without nested NPT
     npt12: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # Further EPT12 tables ([ept12.NAME], vmcs12 EPTPs of their own), in file order: (name,
+    # L2 GPA -> (L1 GPA, rights)); the ops name [ept12] itself `default`
+    ept12_named: tuple[tuple[str, dict[int, tuple[int, str]]], ...] = ()
+
+    @property
+    def ept12_tables(self) -> tuple[dict[int, tuple[int, str]], ...]:
+        """The EPT12 tables by index: [ept12], then the [ept12.NAME] tables (empty: none)."""
+        if not self.ept12:
+            return ()
+        return (self.ept12, *(t for _, t in self.ept12_named))
 
     def huge_gva(self, gva: int, root: str | None = None) -> bool:
         """Whether `gva` lies in a 2 MiB guest page of page table `root` (any, if None)."""
@@ -361,6 +372,7 @@ class Scenario:
             self.guest_huge,
             self.nx_huge,
             self.npt12,
+            self.ept12_named,
         )
 
 
@@ -408,6 +420,7 @@ class _Parser:
         self.zaps: dict[int, int] = {}  # zaps per GPA so far
         self.ept12: dict[int, tuple[int, str]] = {}  # [ept12], parsed before the threads
         self.npt12: dict[int, tuple[int, str]] = {}  # [npt12], likewise
+        self.ept12_named: dict[str, dict[int, tuple[int, str]]] = {}  # [ept12.NAME]
         self.fast_zaps = 0  # zap_all_fast ops so far
         self.huge_regions: dict[int, tuple[int, str]] = {}  # [host]'s 2 MiB regions
         self.nx_regions: set[int] = set()  # those of them declared "2m nx"
@@ -424,7 +437,7 @@ class _Parser:
         host = self.host_map()
         host = HostMap(host, self.huge_regions)
         self.ept12 = self.ept12_map(config, host)
-        self.npt12 = self.ept12_map(config, host, "npt12")
+        self.npt12 = self.npt12_map(config, host)
         for table in ("ept12", "npt12"):
             if table in self.data and self.huge_regions:
                 raise self.err(
@@ -433,8 +446,9 @@ class _Parser:
                     'map 4 KiB frames in [host] ("HPA RIGHTS", without 2m) in a nested '
                     "EPT/NPT scenario",
                 )
-        # L2's page tables name L2 GPAs (the keys of [ept12] / [npt12]); L1's name L1 GPAs
-        l2_table = {**self.ept12, **self.npt12}
+        # L2's page tables name L2 GPAs (the keys of the EPT12 tables / [npt12]); L1's name L1
+        # GPAs
+        l2_table = {**self.l2_gpa_map(), **self.npt12}
         guest, roots = self.guest_map({**host, **l2_table} if l2_table else host)
         tables = self.tables(config, host, roots)
         vm1, vm1_host = self.vm1(config, host, roots)
@@ -443,8 +457,14 @@ class _Parser:
         # the frames of both VMs (disjoint); a 2 MiB region's frames join when an op names them
         both = HostMap({**host, **vm1_host}, self.huge_regions) if vm1_host else host
         programs, host_program = self.threads(config, guest, both, roots)
-        if l2_table:
+        if l2_table or (config.tdp and config.vendor == "intel" and is_nested(programs)):
             self.ept_checks(programs, host_program, host)
+            if vm1 or self.huge_regions:
+                raise self.err(
+                    self.lines.section("vm1" if vm1 else "host"),
+                    "nested VMX on an EPT L0 with [vm1] or 2 MiB regions in [host] is not modelled",
+                    'remove [vm1], and map 4 KiB frames in [host] ("HPA RIGHTS", without 2m)',
+                )
         if vm1 or any(isinstance(op, CreateVcpuOp | DestroyVmOp) for op in host_program):
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
         if self.huge_regions or config.hv_range_flush:
@@ -475,6 +495,7 @@ class _Parser:
             frozenset(self.guest_huge),
             frozenset(self.nx_regions),
             self.npt12,
+            tuple(self.ept12_named.items()),
         )
 
     def ept_checks(
@@ -485,7 +506,7 @@ class _Parser:
     ) -> None:
         """Nested EPT / NPT: L1's EPT12 / NPT12 stores name L1 GPAs of [host]; the host may zap,
         preempt and resume (the other host ops act on EPT01 / NPT01 only in the model:
-        kvm/nested_ept.py, kvm/nested_npt.py)."""
+        kvm/nested_ept.py, kvm/nested_ept01.py, kvm/nested_npt.py)."""
         for prog in programs:
             for op in prog:
                 if isinstance(op, EptMapOp | NptMapOp) and op.l1gpa >= 0 and op.l1gpa not in host:
@@ -503,30 +524,86 @@ class _Parser:
                 )
 
     def ept12_map(
-        self, config: Config, host: dict[int, tuple[int, str]], table: str = "ept12"
+        self, config: Config, host: dict[int, tuple[int, str]]
     ) -> dict[int, tuple[int, str]]:
-        """[ept12]: "L2GPA" = "L1GPA RIGHTS", L1's EPT12 (nested EPT, docs/scenarios.md); with
-        `table` "npt12", [npt12]: L1's NPT12 (nested NPT), whose rights must include r (an NPT
-        entry is readable once present)."""
+        """[ept12]: "L2GPA" = "L1GPA RIGHTS", L1's EPT12 (nested EPT, docs/scenarios.md), and its
+        [ept12.NAME] subtables (into `ept12_named`)."""
         out: dict[int, tuple[int, str]] = {}
-        if table not in self.data:
+        if "ept12" not in self.data:
             return out
-        line0 = self.lines.section(table)
-        npt = table == "npt12"
-        if not npt and (config.vendor != "intel" or not config.tdp or not config.vpid):
+        line0 = self.lines.section("ept12")
+        if config.vendor != "intel" or not config.tdp or not config.vpid:
             raise self.err(
                 line0,
                 "[ept12] (nested EPT) needs an Intel L0 with EPT and VPID",
                 'set vendor = "intel", tdp = true and vpid = true in [config]',
             )
-        if npt and (config.vendor != "amd" or not config.tdp):
+        table = self._table("ept12")
+        for name, sub in table.items():
+            if not isinstance(sub, dict):
+                continue
+            line = self.lines.nested("ept12", name)
+            if name == DEFAULT_EPT12 or len(self.ept12_named) == 2:
+                raise self.err(
+                    line,
+                    f"[ept12.{name}]: "
+                    + (
+                        "'default' names [ept12] itself"
+                        if name == DEFAULT_EPT12
+                        else "a fourth EPT12 table"
+                    ),
+                    "rename it"
+                    if name == DEFAULT_EPT12
+                    else "use at most [ept12] and two [ept12.NAME] tables",
+                )
+            self.ept12_named[name] = self.ept12_entries(sub, ("ept12", name), host, line)
+        out = self.ept12_entries(
+            {k: v for k, v in table.items() if not isinstance(v, dict)}, ("ept12",), host, line0
+        )
+        if not out:
+            raise self.err(line0, "[ept12] maps nothing", '"0x40000" = "0x11000 rwx"')
+        return out
+
+    def npt12_map(
+        self, config: Config, host: dict[int, tuple[int, str]]
+    ) -> dict[int, tuple[int, str]]:
+        """[npt12]: "L2GPA" = "L1GPA RIGHTS", L1's NPT12 (nested NPT), whose rights must include r
+        (an NPT entry is readable once present)."""
+        if "npt12" not in self.data:
+            return {}
+        line0 = self.lines.section("npt12")
+        if config.vendor != "amd" or not config.tdp:
             raise self.err(
                 line0,
                 "[npt12] (nested NPT) needs an AMD L0 with NPT",
                 'set vendor = "amd" and tdp = true in [config]',
             )
-        for key, value in self._table(table).items():
-            line = self.lines.key(table, key)
+        out = self.ept12_entries(self._table("npt12"), ("npt12",), host, line0)
+        if not out:
+            raise self.err(line0, "[npt12] maps nothing", '"0x40000" = "0x11000 rwx"')
+        return out
+
+    def l2_gpa_map(self) -> dict[int, tuple[int, str]]:
+        """Every L2 GPA of the EPT12 tables (what L2's page tables may name)."""
+        out = dict(self.ept12)
+        for table in self.ept12_named.values():
+            for l2gpa, entry in table.items():
+                out.setdefault(l2gpa, entry)
+        return out
+
+    def ept12_entries(
+        self,
+        table: dict[str, Any],
+        path: tuple[str, ...],
+        host: dict[int, tuple[int, str]],
+        line0: int,
+    ) -> dict[int, tuple[int, str]]:
+        """The entries "L2GPA" = "L1GPA RIGHTS" of an EPT12 table (or of [npt12], whose rights
+        must include r)."""
+        npt = path[0] == "npt12"
+        out: dict[int, tuple[int, str]] = {}
+        for key, value in table.items():
+            line = self.lines.nested(*path, key) if len(path) > 1 else self.lines.key(path[0], key)
             l2gpa = self.addr(key, line, "L2 GPA")
             parts = str(value).split()
             if (
@@ -537,7 +614,7 @@ class _Parser:
             ):
                 raise self.err(
                     line,
-                    f"bad {table.upper()} entry {shown(value)}",
+                    f"bad {path[0].upper()} entry {shown(value)}",
                     (
                         'write "L1GPA RIGHTS" with rights r, rw, rx or rwx, e.g. "0x11000 rwx"'
                         if npt
@@ -559,8 +636,8 @@ class _Parser:
                     "give L2's guest-physical pages addresses of their own",
                 )
             out[l2gpa] = (l1gpa, parts[1])
-        if not out:
-            raise self.err(line0, f"[{table}] maps nothing", '"0x40000" = "0x11000 rwx"')
+        if not out and len(path) > 1:
+            raise self.err(line0, f"[ept12.{path[1]}] maps nothing", '"0x40000" = "0x12000 rwx"')
         return out
 
     def _table(self, name: str) -> dict[str, Any]:
@@ -1419,7 +1496,7 @@ class _Parser:
                 if key == "host":
                     host_ops.append(self.host_op(text, line, config, host, remapped))
                 else:
-                    l2_host = {**host, **self.ept12, **self.npt12}
+                    l2_host = {**host, **self.l2_gpa_map(), **self.npt12}
                     programs[v].append(self.guest_op(text, line, config, l2_host, v, roots))
         self.static_checks(config, guest, programs, roots)
         return tuple(tuple(p) for p in programs), tuple(host_ops)
@@ -1589,7 +1666,8 @@ class _Parser:
         if op == "emulated_read":
             need(1, "GVA")
             return EmulatedReadOp(self.addr(args[0], line, "GVA"), line)
-        l1 = parse_l1_op(op, args, line, roots, self.addr, self.err)
+        ept_names = (DEFAULT_EPT12, *self.ept12_named) if self.ept12 else ()
+        l1 = parse_l1_op(op, args, line, roots, self.addr, self.err, ept_names)
         if l1 is not None:
             return l1  # type: ignore[no-any-return]
         raise self.err(

@@ -152,18 +152,27 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     # tables are mapped in both (the native reference walks them through EPT12, the processor
     # KVM drives through EPT02), L1's in EPT01
     nested_ept = bool(scenario.ept12)
-    ept12_root = b.ept_root() if nested_ept else -1
-    ept02_root = b.ept_root() if nested_ept else -1
+    ept12_roots = tuple(b.ept_root() for _ in scenario.ept12_tables)
+    ept02_roots = tuple(b.ept_root() for _ in scenario.ept12_tables)
+    ept12_root = ept12_roots[0] if nested_ept else -1
+    ept02_root = ept02_roots[0] if nested_ept else -1
     # nested NPT ([npt12]) alike: L1's NPT12 and KVM's shadow NPT02 (kvm/nested_npt.py)
     nested_npt = bool(scenario.npt12)
     npt12_root = b.npt_root() if nested_npt else -1
     npt02_root = b.npt_root() if nested_npt else -1
-    nested_tdp = nested_ept or nested_npt
-    l12_root = ept12_root if nested_ept else npt12_root
-    l02_root = ept02_root if nested_ept else npt02_root
-    l2_indices = l2_roots(scenario) if nested_tdp else ()
+    # an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): KVM runs it on a direct
+    # root of its own (role.guest_mode), which maps L2's page tables as EPT01 maps L1's
+    l2_on_ept01 = cfg.tdp and vmx and not nested_ept and is_nested(scenario.programs)
+    l2_tdp_root = b.ept_root() if l2_on_ept01 else -1
+    l2_indices = l2_roots(scenario) if nested_ept or nested_npt or l2_on_ept01 else ()
+    if nested_ept:
+        l2_stage2: tuple[int, ...] = (*ept02_roots, *ept12_roots)
+    elif nested_npt:
+        l2_stage2 = (npt02_root, npt12_root)
+    else:
+        l2_stage2 = (l2_tdp_root,)
     roots = tuple(
-        b.guest_root((*tdp_roots, l02_root, l12_root) if r in l2_indices else tdp_roots)
+        b.guest_root((*tdp_roots, *l2_stage2) if r in l2_indices else tdp_roots)
         for r in range(len(root_names))
     )
     guest_root = roots[0]
@@ -248,6 +257,8 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             continue
         leaf = make_ept if vmx else make_npt
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
+        if l2_on_ept01:
+            b.allow(l2_tdp_root, gpa, [0, *values])  # faulted in while L2 runs
         if two_vms:
             # its VM's boot root maps it (if that VM has a vCPU at boot); either root page may
             # come to hold it (a page the destroyed VM freed becomes the other VM's root), and
@@ -274,9 +285,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         for other in tdp_roots[1:]:  # empty until a root is allocated there
             b.allow(other, gpa, [0, *values])
     l2_gpas: tuple[int, ...] = ()
-    if nested_tdp:
+    if nested_ept:
+        l2_gpas = _nested_ept_layout(b, scenario, ept12_roots, ept02_roots, host_pages, rights)
+    elif nested_npt:
         l2_gpas = _nested_ept_layout(
-            b, scenario, l12_root, l02_root, host_pages, rights, npt=nested_npt
+            b, scenario, (npt12_root,), (npt02_root,), host_pages, rights, npt=True
         )
     huge: list[tuple[int, int, int]] = []
     for base, (hpa, rs) in scenario.huge.items():
@@ -359,7 +372,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         pairs = [(t, tdp_root) for t in tags]
         walked = shadow_roots
     walks = [(t, stage2, walked) for t, stage2 in pairs]
-    if nested_tdp:
+    if nested_ept or nested_npt:
         # EPT01 walks L1's page tables; EPT02 (tagged by its own EP4TA) L2's; on AMD NPT01 and
         # NPT02, whose entries carry the same tags (the ASID: L1 and L2 share the vCPU's)
         l1_tables = tuple(r for i, r in enumerate(roots) if i not in l2_indices)
@@ -367,12 +380,19 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         walks = [(t, stage2, l1_tables) for t, stage2 in pairs]
         if nested_ept:
             walks += [
-                (IntelEptTags(v, p, ept02_root), ept02_root, l2_tables)
+                (IntelEptTags(v, p, e02), e02, l2_tables)
+                for e02 in ept02_roots
                 for v in vpids
                 for p in pcids
             ]
         else:
             walks += [(AmdTags(a, p, True), npt02_root, l2_tables) for a in asids for p in pcids]
+    if l2_on_ept01:
+        # L2's page tables through L2's root, tagged by its EP4TA
+        l2_tables = tuple(r for i, r in enumerate(roots) if i in l2_indices)
+        walks += [
+            (IntelEptTags(v, p, l2_tdp_root), l2_tdp_root, l2_tables) for v in vpids for p in pcids
+        ]
     for t, stage2, tables in walks:
         for root in tables:
             for pge in (True, False):
@@ -437,6 +457,9 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         ept02_root=ept02_root,
         npt12_root=npt12_root,
         npt02_root=npt02_root,
+        ept12_roots=ept12_roots,
+        ept02_roots=ept02_roots,
+        l2_tdp_root=l2_tdp_root,
         huge=tuple(huge),
         nx_huge=sum(1 << n for n, (base, _, _) in enumerate(huge) if base in scenario.nx_huge),
         hv_range_flush=cfg.hv_range_flush,
@@ -463,7 +486,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
             vpid12s(scenario),
             guest_cr4,
             cfg.vcpus,
-            l12_root,
+            ept12_roots if nested_ept else ((npt12_root,) if nested_npt else ()),
             tuple(roots[i] for i in l2_indices),
         )
     else:
@@ -601,30 +624,65 @@ def _shadow_layout(
 def _nested_ept_layout(
     b: LayoutBuilder,
     scenario: Scenario,
+    ept12_roots: tuple[int, ...],
+    ept02_roots: tuple[int, ...],
+    host_pages: dict[int, tuple[list[int], bool]],
+    rights: tuple[int, ...],
+    *,
+    npt: bool = False,
+) -> tuple[int, ...]:
+    """Nested EPT: L1's EPT12 leaves (the entries of [ept12] and of each [ept12.NAME], and every
+    value an `ept_map` / `ept_unmap` stores) and KVM's shadow EPT02 leaves of each, empty at
+    start (the nested EPT fault fills them, kvm/nested_ept.py), each EPT02 value an EPT12
+    value's L1 GPA resolved to one of its host pages, with the EPT12 rights cut by the
+    memslot's. Returns the L2 GPAs (of every table: each table has a slot for each). With `npt`,
+    the same for nested NPT: [npt12] (one table), `npt_map` / `npt_unmap`, NPT-format entries
+    (kvm/nested_npt.py)."""
+    tables = (scenario.npt12,) if npt else scenario.ept12_tables
+    stores: list[dict[int, list[int]]] = [{} for _ in tables]
+    make = make_npt if npt else make_ept
+    for prog in scenario.programs:
+        for op in prog:
+            if isinstance(op, NptMapOp) and npt:
+                value = make(op.l1gpa, _rights(op.rights)) if op.l1gpa >= 0 else 0
+                stores[0].setdefault(op.l2gpa, []).append(value)
+            elif isinstance(op, EptMapOp) and not npt:
+                value = make(op.l1gpa, _rights(op.rights)) if op.l1gpa >= 0 else 0
+                stores[op.ept].setdefault(op.l2gpa, []).append(value)
+    pairs = zip(tables, stores, strict=True)
+    l2_gpas = tuple(dict.fromkeys(g for t, st in pairs for g in (*t, *st)))
+    for t, table in enumerate(tables):
+        _ept12_table(
+            b,
+            scenario,
+            table,
+            stores[t],
+            l2_gpas,
+            ept12_roots[t],
+            ept02_roots[t],
+            host_pages,
+            rights,
+            npt=npt,
+        )
+    return l2_gpas
+
+
+def _ept12_table(
+    b: LayoutBuilder,
+    scenario: Scenario,
+    table: dict[int, tuple[int, str]],
+    stores: dict[int, list[int]],
+    l2_gpas: tuple[int, ...],
     ept12_root: int,
     ept02_root: int,
     host_pages: dict[int, tuple[list[int], bool]],
     rights: tuple[int, ...],
     *,
     npt: bool = False,
-) -> tuple[int, ...]:
-    """Nested EPT: L1's EPT12 leaves (the [ept12] entries and every value an `ept_map` /
-    `ept_unmap` stores) and KVM's shadow EPT02 leaves, empty at start (the nested EPT fault
-    fills them, kvm/nested_ept.py), each EPT02 value an EPT12 value's L1 GPA resolved to one of
-    its host pages, with the EPT12 rights cut by the memslot's. Returns the L2 GPAs. With `npt`,
-    the same for nested NPT: [npt12], `npt_map` / `npt_unmap`, NPT-format entries
-    (kvm/nested_npt.py)."""
+) -> None:
+    """One EPT12 (or NPT12) table and its EPT02 (NPT02): see _nested_ept_layout."""
     make = make_npt if npt else make_ept
     rights_of = _npt_rights if npt else ept_rights
-    table = scenario.npt12 if npt else scenario.ept12
-    kind = NptMapOp if npt else EptMapOp
-    stores: dict[int, list[int]] = {}
-    for prog in scenario.programs:
-        for op in prog:
-            if isinstance(op, kind):
-                value = make(op.l1gpa, _rights(op.rights)) if op.l1gpa >= 0 else 0
-                stores.setdefault(op.l2gpa, []).append(value)
-    l2_gpas = tuple(dict.fromkeys([*table, *stores]))
     for l2 in l2_gpas:
         values: list[int] = []
         if l2 in table:
@@ -642,7 +700,6 @@ def _nested_ept_layout(
                 if cut and make(h, cut) not in shadow:
                     shadow.append(make(h, cut))
         b.allow(ept02_root, l2, shadow)
-    return l2_gpas
 
 
 def shadow_page_bits(nroots: int, gvas: tuple[int, ...] | list[int]) -> tuple[tuple[int, ...], ...]:
