@@ -57,3 +57,14 @@ def test_the_readme_counts_the_bug_zoo() -> None:
 
     said = re.search(r"^(\d+) policies reintroduce", (ROOT / "README.md").read_text(), re.M)
     assert said is not None and int(said.group(1)) == len(bug_policies())
+
+
+def test_the_readme_counts_the_built_in_scenarios() -> None:
+    text = (ROOT / "README.md").read_text()
+    said = re.search(r"The (\d+) built-in scenarios of the default suite", text)
+    slow = re.search(r"and (\d+) slower ones in `kvmtlb/scenarios/extended/`", text)
+    assert said is not None and slow is not None
+    assert int(said.group(1)) == len(list((ROOT / "kvmtlb" / "scenarios").glob("*.toml")))
+    assert int(slow.group(1)) == len(
+        list((ROOT / "kvmtlb" / "scenarios" / "extended").glob("*.toml"))
+    )
