@@ -122,13 +122,6 @@ def test_bad_input_is_an_error_with_a_line(ops: str, host: str, message: str) ->
     assert e.value.line > 0
 
 
-def test_amd_on_npt_is_refused() -> None:
-    text = _ept01("vmrun l2").replace('vendor = "intel"', 'vendor = "amd"')
-    with pytest.raises(ScenarioError) as e:
-        parse(text, "e.toml")
-    assert "nested SVM on an NPT L0" in str(e.value)
-
-
 def test_cli_exit_code_2(tmp_path: Path) -> None:
     f = tmp_path / "bad.toml"
     f.write_text(_ept01("vmxon\nvmlaunch l2\nmov_cr3 l2"))

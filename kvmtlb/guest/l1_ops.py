@@ -18,7 +18,8 @@ GPA): [ept12] (named `default`) or an [ept12.NAME] (`ept=NAME` on vmlaunch, vmre
 ept_map and ept_unmap). The ops hold the table's index (`ept`, 0 for [ept12]) and its name as
 written (`ept_name`, "" when the op did not name one).
 vmcb12 likewise: ASID, TLB_CONTROL, CR3, and NP_ENABLE: on with an [npt12] table (nested NPT on
-an NPT L0), nCR3 = that table.
+an NPT L0), nCR3 = that table; off otherwise (on a shadow-paging L0, or on an NPT L0 without
+[npt12]: kvm/nested_ept01.py).
 """
 
 from __future__ import annotations

@@ -145,8 +145,9 @@ class KvmConfig:
     # EPT02 root KVM shadows it with, by table index (ept12_root, ept02_root: index 0)
     ept12_roots: tuple[int, ...] = ()
     ept02_roots: tuple[int, ...] = ()
-    # An L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): the page of the direct EPT
-    # root KVM runs L2 on (root_mmu's root of role.guest_mode = 1); -1 otherwise
+    # An L2 without nested EPT on an EPT L0, or without nested NPT on an NPT L0
+    # (kvm/nested_ept01.py): the page of the direct EPT/NPT root KVM runs L2 on (root_mmu's
+    # root of role.guest_mode = 1); -1 otherwise
     l2_tdp_root: int = -1
 
     # Nested NPT (kvm/nested_npt.py; scenario table [npt12]): the root of L1's NPT12 (L2 GPA ->
@@ -170,7 +171,8 @@ class KvmConfig:
 
     @property
     def l2_on_ept01(self) -> bool:
-        """L1 runs L2 with EPT off in vmcs12 on an EPT L0 (kvm/nested_ept01.py)."""
+        """L1 runs L2 with EPT off in vmcs12 on an EPT L0, or with nested paging off in vmcb12
+        on an NPT L0 (kvm/nested_ept01.py; the name is the VMX case's, which came first)."""
         return self.l2_tdp_root >= 0
 
     def ept02_region(self, l2gpa: int, table: int = 0) -> int:

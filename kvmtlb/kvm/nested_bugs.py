@@ -6,7 +6,8 @@ variant here: kvm-6.18 itself ships it (the fix came in 2026), see nested-vmxoff
 Some variants are not historical: `bug-nested-vmptrld-sets-last-vpid`, a plausible mistake in
 handle_vmptrld; `bug-nested-invept-frees-current-root`, one in handle_invept with several EPTPs;
 `bug-nested-ept01-zap-skips-l2-root` and `bug-nested-ept01-invvpid-vpid01`,
-plausible mistakes for an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py).
+plausible mistakes for an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py); the first
+also covers the SVM analogue, an L2 without nested NPT on an NPT L0 (same root machinery).
 """
 
 from __future__ import annotations
@@ -222,8 +223,9 @@ class ZapSkipsL2Root(Kvm618):
     kind = "bug"
     based_on = "kvm-6.18"
     summary = (
-        "the host's zap of an L1 frame reaches only L1's EPT root, not the direct root of role "
-        "guest_mode KVM runs an L2 without nested EPT on: L2 keeps an SPTE to the freed page"
+        "the host's zap of an L1 frame reaches only L1's EPT/NPT root, not the direct root of "
+        "role guest_mode KVM runs an L2 without nested EPT (or NPT, on SVM) on: L2 keeps an "
+        "SPTE to the freed page"
     )
 
     def live_tdp_roots(self, k: Step) -> list[int]:

@@ -1,4 +1,5 @@
-"""An L2 without nested EPT on an EPT L0: vmcs12 has EPT off while KVM itself uses EPT.
+"""An L2 without nested EPT on an EPT L0 (vmcs12 has EPT off while KVM itself uses EPT), and
+its SVM analogue, an L2 without nested NPT on an NPT L0 (vmcb12's NP_ENABLE off).
 
 Ports the TDP half of nested.c:nested_vmx_load_cr3 and the role switch of mmu.c's root cache
 (read in the stable trees v5.7.14, v5.8.18 and v6.18.2, docs/kvm-sources.md, "An L2 without
@@ -27,6 +28,26 @@ nested EPT on an EPT L0"):
   masked there by the flush of the incoming EPTP on every nested transition).
 - INVVPID from L1 flushes vpid02 and frees no root (handle_invvpid frees roots only
   `if (!enable_ept)`, v5.8 and v6.18; v5.7 never).
+
+Nested SVM on an NPT L0 with nested paging off in vmcb12 (read in the same three trees,
+docs/kvm-sources.md, "An L2 without nested NPT on an NPT L0") shares the root machinery:
+
+- v6.18: svm/nested.c:nested_svm_load_cr3 (from nested_vmcb02_prepare_save on VMRUN, after
+  enter_guest_mode; from nested_svm_vmexit after leave_guest_mode) sets vcpu->arch.cr3 to
+  vmcb12's CR3 (L1's from vmcb01 on #VMEXIT), re-runs kvm_init_mmu (the role's guest_mode
+  follows is_guest_mode) and, without nested NPT, calls kvm_mmu_new_pgd: the fast switch to
+  the cached direct root of the other role, as above, with no sync and no flush of its own;
+  svm_load_mmu_pgd then puts that root in vmcb02's (vmcb01's) nCR3 and the guest's CR3 in its
+  save area. L1 and L2 share the vCPU's ASID, and nested_svm_transition_tlb_flush asks for a
+  sync and a flush of that ASID on every VMRUN and #VMEXIT (kvm/nested_svm.py).
+- v5.8 and v5.7: enter_svm_guest_mode copies vmcb12's CR3 into the VMCB and vcpu->arch.cr3
+  (npt_enabled) and resets the MMU context (kvm_mmu_reset_context; v5.8 from
+  nested_prepare_vmcb_control) before enter_guest_mode: the role it computes has guest_mode
+  clear, so the next kvm_mmu_load takes L1's NPT root again (mmu_alloc_direct_roots by role)
+  and L2 runs on it; svm_flush_tlb flushes the ASID on VMRUN and kvm_mmu_load's flush does at
+  the entry after #VMEXIT (nested_svm_vmexit: CR3 from hsave, kvm_mmu_reset_context,
+  kvm_mmu_load). L2 never gets a root of its own there (`tdp_role_guest_mode`).
+- the host's zap and kvm_flush_remote_tlbs: both roots, and the one ASID, as with nested NPT.
 
 Abstracted: the guest_mode root is one fixed root page (never freed: nothing in the modelled
 scenarios frees a root of root_mmu with EPT, and with two roles and three prev_roots both
@@ -101,11 +122,17 @@ class NestedEpt01:
             vcpu.ept02_prev = 0
             k.note("kvm_mmu_unload: the other MMU's roots freed too")
 
+    def tdp_role_guest_mode(self, k: Step, vcpu: Vcpu) -> bool:
+        """The guest_mode bit of the MMU role KVM last computed (kvm_init_mmu): that of
+        is_guest_mode when the role was computed, which is the current mode @ v6.18 (and on
+        VMX in v5.x)."""
+        return vcpu.guest_mode
+
     def mmu_alloc_direct_roots(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:mmu_alloc_direct_roots @ v6.18 (v5.x alike) while L2 runs: the root of role
         guest_mode (kvm_tdp_mmu_get_vcpu_root_hpa finds it by role; v5.x's kvm_mmu_get_page
         finds the shadow page of that role)."""
-        if k.config.l2_on_ept01 and vcpu.guest_mode:
+        if k.config.l2_on_ept01 and self.tdp_role_guest_mode(k, vcpu):
             vcpu.tdp_root = self.l2_tdp_index(k)
             k.note("mmu_alloc_direct_roots: the root of role.guest_mode (L2's)")
             return
@@ -118,29 +145,36 @@ class NestedEpt01:
         eptp: int = super().construct_eptp(k, vcpu)  # type: ignore[misc]
         return eptp
 
-    # -- nested_vmx_load_cr3 with EPT in L0 and not in vmcs12 ------------------------------------
+    # -- nested_vmx_load_cr3 / nested_svm_load_cr3 with TDP in L0 and not in vmcs12/vmcb12 --------
     def nested_ept01_load_cr3(self, k: Step, vcpu: Vcpu, cr3: int, why: str) -> None:
-        """nested.c:nested_vmx_load_cr3(cr3, nested_ept = false) @ v6.18 on an EPT L0:
+        """nested.c:nested_vmx_load_cr3(cr3, nested_ept = false) @ v6.18 on an EPT L0 (SVM:
+        svm/nested.c:nested_svm_load_cr3(cr3, nested_npt = false) @ v6.18 on an NPT L0):
         vcpu->arch.cr3 = cr3, kvm_init_mmu (the role's guest_mode follows is_guest_mode), then
         kvm_mmu_new_pgd: the root of the new role from prev_roots (the old one goes there), and
-        GUEST_CR3 = cr3 for the entry (vmx_load_mmu_pgd)."""
+        the guest's CR3 = cr3 for the entry (GUEST_CR3 by vmx_load_mmu_pgd; the VMCB's save.cr3
+        by svm_load_mmu_pgd, whose nCR3 is the root)."""
         vcpu.root_valid, vcpu.parked_root_valid = vcpu.parked_root_valid, vcpu.root_valid
         role = "guest_mode" if vcpu.guest_mode else "L1's"
+        loader = "nested_vmx_load_cr3" if k.config.vmx else "nested_svm_load_cr3"
         if vcpu.root_valid:
             vcpu.tdp_root = self.l2_tdp_index(k) if vcpu.guest_mode else 0
+            hpa = self.tdp_root_hpas(k)[vcpu.tdp_root]
+            pgd = f"EPTP {self.construct_eptp(k, vcpu):#x}" if k.config.vmx else f"nCR3 {hpa:#x}"
             k.note(
-                f"{why}: nested_vmx_load_cr3 -> kvm_mmu_new_pgd({cr3:#x})",
-                f"fast_pgd_switch: the cached root of role {role} (EPTP "
-                f"{self.construct_eptp(k, vcpu):#x})",
+                f"{why}: {loader} -> kvm_mmu_new_pgd({cr3:#x})",
+                f"fast_pgd_switch: the cached root of role {role} ({pgd})",
             )
             self.nested_ept01_pgd_requests(k, vcpu)
         else:
             vcpu.tdp_root = -1
             k.note(
-                f"{why}: nested_vmx_load_cr3 -> kvm_mmu_new_pgd({cr3:#x})",
+                f"{why}: {loader} -> kvm_mmu_new_pgd({cr3:#x})",
                 f"no cached root of role {role}: kvm_mmu_reload will load one",
             )
-        self.nested_ept_set_guest_cr3(k, vcpu, cr3, why)  # type: ignore[attr-defined]
+        if k.config.vmx:
+            self.nested_ept_set_guest_cr3(k, vcpu, cr3, why)  # type: ignore[attr-defined]
+        else:
+            self.nested_npt_set_guest_cr3(k, vcpu, cr3)  # type: ignore[attr-defined]
 
     def nested_ept01_pgd_requests(self, k: Step, vcpu: Vcpu) -> None:
         """mmu.c:kvm_mmu_new_pgd @ v6.18 after a fast switch: KVM_REQ_LOAD_MMU_PGD only (v5.8's

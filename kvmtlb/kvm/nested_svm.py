@@ -5,9 +5,10 @@ svm/nested.c @ v5.8 / v5.7 (`NestedSvm58`), as far as TLB flushes go. KVM runs L
 ASID (the vCPU's), so it flushes that ASID, and syncs the MMU, on every nested VMRUN and
 #VMEXIT: L1's TLB_CONTROL and ASID in vmcb12 are not needed (the TODO list of
 nested_svm_transition_tlb_flush). With shadow paging L2's page tables are shadowed like L1's
-(kvm/shadow.py); on an NPT L0 the model nests with nested NPT only (vmcb12's NP_ENABLE on, an
-[npt12] table): L2 runs on the shadow NPT02 of kvm/nested_npt.py. L1's INVLPGA is handled like
-INVLPG.
+(kvm/shadow.py); on an NPT L0 with nested NPT (vmcb12's NP_ENABLE on, an [npt12] table) L2
+runs on the shadow NPT02 of kvm/nested_npt.py, and with nested paging off in vmcb12 on root_mmu's
+direct root of role guest_mode (v6.18) or on L1's own NPT root (v5.x), kvm/nested_ept01.py. L1's
+INVLPGA is handled like INVLPG.
 
 The state reuses `Vcpu`'s nested fields: `guest_mode`, `vmcs12_guest_cr3` (vmcb12's CR3 as of
 the last #VMEXIT) and `vmcs12_host_cr3` (the host save area's CR3: L1's at VMRUN).
@@ -43,6 +44,13 @@ class NestedSvm:
             self.nested_svm_init_mmu_context(k, vcpu)  # type: ignore[attr-defined]
             self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)  # type: ignore[attr-defined]
             return
+        if k.config.l2_on_ept01:
+            # nested_vmcb02_prepare_save -> nested_svm_load_cr3(nested_npt = false) on an NPT
+            # L0: the direct root of role guest_mode (kvm/nested_ept01.py)
+            self.nested_ept01_load_cr3(  # type: ignore[attr-defined]
+                k, vcpu, vcpu.vmcs12_guest_cr3, "nested_vmcb02_prepare_save"
+            )
+            return
         self.nested_svm_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
 
     def svm_l1_cr3(self, k: Step, vcpu: Vcpu) -> int:
@@ -66,6 +74,12 @@ class NestedSvm:
             self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_host_cr3)  # type: ignore[attr-defined]
             return
         self.nested_svm_transition_tlb_flush(k, vcpu)
+        if k.config.l2_on_ept01:
+            # nested_svm_load_cr3(L1's CR3 from vmcb01, nested_npt = false): L1's root again
+            self.nested_ept01_load_cr3(  # type: ignore[attr-defined]
+                k, vcpu, vcpu.vmcs12_host_cr3, "nested_svm_vmexit"
+            )
+            return
         self.nested_svm_load_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
 
     def nested_svm_transition_tlb_flush(self, k: Step, vcpu: Vcpu) -> None:
@@ -108,6 +122,8 @@ class NestedSvm58(NestedSvm):
         if k.config.nested_npt:
             self.nested_svm_init_mmu_context(k, vcpu)  # type: ignore[attr-defined]
             self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)  # type: ignore[attr-defined]
+        elif k.config.l2_on_ept01:
+            self.nested_svm_set_cr3_npt(k, vcpu, vcpu.vmcs12_guest_cr3)
         else:
             self.nested_svm_set_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
         self.svm_flush_tlb_asid(k, vcpu)  # type: ignore[attr-defined]
@@ -123,12 +139,34 @@ class NestedSvm58(NestedSvm):
             self.nested_svm_uninit_mmu_context(k, vcpu)  # type: ignore[attr-defined]
             self.nested_npt_set_guest_cr3(k, vcpu, vcpu.vmcs12_host_cr3)  # type: ignore[attr-defined]
             return
+        if k.config.l2_on_ept01:
+            # then kvm_mmu_load: here at the next entry (kvm_mmu_reload), L1's root, flushed
+            self.nested_svm_set_cr3_npt(k, vcpu, vcpu.vmcs12_host_cr3)
+            return
         self.nested_svm_set_cr3(k, vcpu, vcpu.vmcs12_host_cr3)
 
     def nested_svm_set_cr3(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
         """(void)kvm_set_cr3(vcpu, cr3); kvm_mmu_reset_context(vcpu) @ v5.8 (without NPT)."""
         self.kvm_set_cr3(k, vcpu, cr3)  # type: ignore[attr-defined]
         self.kvm_mmu_reset_context(k, vcpu)  # type: ignore[attr-defined]
+
+    def nested_svm_set_cr3_npt(self, k: Step, vcpu: Vcpu, cr3: int) -> None:
+        """nested.c:enter_svm_guest_mode / nested_svm_vmexit @ v5.8 (v5.7 alike) with
+        npt_enabled and nested paging off in vmcb12: the VMCB's save.cr3 and vcpu->arch.cr3 take
+        the CR3 (vmcb12's, or hsave's on #VMEXIT), no kvm_set_cr3; then kvm_mmu_reset_context
+        (every root unloaded; the next entry's kvm_mmu_load takes a root, and flushes)."""
+        self.nested_npt_set_guest_cr3(k, vcpu, cr3)  # type: ignore[attr-defined]
+        self.kvm_mmu_reset_context(k, vcpu)  # type: ignore[attr-defined]
+
+    def tdp_role_guest_mode(self, k: Step, vcpu: Vcpu) -> bool:
+        """The MMU role of SVM @ v5.8 / v5.7 on an NPT L0: kvm_mmu_reset_context runs before
+        enter_guest_mode on VMRUN (nested_prepare_vmcb_control @ v5.8, enter_svm_guest_mode @
+        v5.7) and after leave_guest_mode on #VMEXIT, so its role has guest_mode clear while L2
+        runs: L2 runs on L1's NPT root. VMX as v6.18 (kvm/nested_ept01.py)."""
+        if k.config.vmx:
+            mode: bool = super().tdp_role_guest_mode(k, vcpu)  # type: ignore[misc]
+            return mode
+        return False
 
 
 __all__ = ["NestedSvm", "NestedSvm58"]

@@ -366,30 +366,32 @@ def _check_l2_op(op: object, err: Err) -> None:
         raise err(ln, "L2 writes L1's page table [guest]", "L2 writes its own table: add root=NAME")
 
 
-def _check_l2_on_ept01(programs: Sequence[Sequence[object]], err: Err) -> None:
-    """An L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py) runs on its page tables
-    through KVM's guest_mode root: L2 may reload its CR3 but not switch to another table (the
-    walk contexts of that root are L2's vmlaunch tables), and does not shoot down (its IPIs
-    are modelled on a shadow-paging L0 only)."""
+def _check_l2_on_ept01(programs: Sequence[Sequence[object]], err: Err, vmx: bool = True) -> None:
+    """An L2 without nested EPT on an EPT L0, or without nested NPT on an NPT L0
+    (kvm/nested_ept01.py), runs on its page tables through KVM's guest_mode root: L2 may reload
+    its CR3 but not switch to another table (the walk contexts of that root are L2's vmlaunch /
+    vmrun tables), and does not shoot down (its IPIs are modelled on a shadow-paging L0 only)."""
+    where = "an EPT L0 without nested EPT" if vmx else "an NPT L0 without nested NPT"
+    entry = "vmlaunch" if vmx else "vmrun"
     for prog in programs:
         l2 = False
         for op in prog:
             ln = getattr(op, "line", 0)
-            if isinstance(op, VmlaunchOp | VmresumeOp):
+            if isinstance(op, VmlaunchOp | VmresumeOp | VmrunOp):
                 l2 = True
             elif isinstance(op, VmcallOp):
                 l2 = False
             elif l2 and isinstance(op, MovCr3Op) and op.root:
                 raise err(
                     ln,
-                    f"{op.describe()} inside L2 on an EPT L0 without nested EPT: L2 switches "
-                    "page tables only through vmcs12 here",
-                    "drop the table name (mov_cr3 reloads L2's CR3), or vmlaunch that table",
+                    f"{op.describe()} inside L2 on {where}: L2 switches page tables only "
+                    f"through {'vmcs12' if vmx else 'vmcb12'} here",
+                    f"drop the table name (mov_cr3 reloads L2's CR3), or {entry} that table",
                 )
             elif l2 and isinstance(op, FlushTlbOp):
                 raise err(
                     ln,
-                    f"{op.describe()} inside L2 on an EPT L0 without nested EPT is not modelled",
+                    f"{op.describe()} inside L2 on {where} is not modelled",
                     "use invlpg or mov_cr3 in L2, or set tdp = false in [config]",
                 )
 
@@ -464,12 +466,7 @@ def check_nested(
                 raise err(op.line, f"{op.describe()} is a VMX instruction", 'set vendor = "intel"')
     ept_op = next((op for p in programs for op in p if isinstance(op, EPT_OPS)), None)
     if tdp and vendor == "amd" and not npt12:
-        raise err(
-            line,
-            "nested SVM on an NPT L0 is modelled with nested NPT only (vmcb12 with NP_ENABLE; an "
-            "L2 without nested NPT on NPT01 is not built)",
-            "declare L1's NPT12 as [npt12] (L2 GPA -> L1 GPA), or set tdp = false in [config]",
-        )
+        _check_l2_on_ept01(programs, err, vmx=False)
     if tdp and vendor == "intel" and not ept12:
         _check_l2_on_ept01(programs, err)
     npt_op = next((op for p in programs for op in p if isinstance(op, NPT_OPS)), None)

@@ -457,12 +457,13 @@ class _Parser:
         # the frames of both VMs (disjoint); a 2 MiB region's frames join when an op names them
         both = HostMap({**host, **vm1_host}, self.huge_regions) if vm1_host else host
         programs, host_program = self.threads(config, guest, both, roots)
-        if l2_table or (config.tdp and config.vendor == "intel" and is_nested(programs)):
+        if l2_table or (config.tdp and is_nested(programs)):
             self.ept_checks(programs, host_program, host)
             if vm1 or self.huge_regions:
                 raise self.err(
                     self.lines.section("vm1" if vm1 else "host"),
-                    "nested VMX on an EPT L0 with [vm1] or 2 MiB regions in [host] is not modelled",
+                    "a nested guest on an EPT or NPT L0 with [vm1] or 2 MiB regions in [host] "
+                    "is not modelled",
                     'remove [vm1], and map 4 KiB frames in [host] ("HPA RIGHTS", without 2m)',
                 )
         if vm1 or any(isinstance(op, CreateVcpuOp | DestroyVmOp) for op in host_program):

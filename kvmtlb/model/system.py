@@ -160,10 +160,11 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     nested_npt = bool(scenario.npt12)
     npt12_root = b.npt_root() if nested_npt else -1
     npt02_root = b.npt_root() if nested_npt else -1
-    # an L2 without nested EPT on an EPT L0 (kvm/nested_ept01.py): KVM runs it on a direct
-    # root of its own (role.guest_mode), which maps L2's page tables as EPT01 maps L1's
-    l2_on_ept01 = cfg.tdp and vmx and not nested_ept and is_nested(scenario.programs)
-    l2_tdp_root = b.ept_root() if l2_on_ept01 else -1
+    # an L2 without nested EPT on an EPT L0, or without nested NPT on an NPT L0
+    # (kvm/nested_ept01.py): KVM runs it on a direct root of its own (role.guest_mode), which
+    # maps L2's page tables as EPT01/NPT01 maps L1's
+    l2_on_ept01 = cfg.tdp and not nested_ept and not nested_npt and is_nested(scenario.programs)
+    l2_tdp_root = (b.ept_root() if vmx else b.npt_root()) if l2_on_ept01 else -1
     l2_indices = l2_roots(scenario) if nested_ept or nested_npt or l2_on_ept01 else ()
     if nested_ept:
         l2_stage2: tuple[int, ...] = (*ept02_roots, *ept12_roots)
@@ -388,11 +389,17 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         else:
             walks += [(AmdTags(a, p, True), npt02_root, l2_tables) for a in asids for p in pcids]
     if l2_on_ept01:
-        # L2's page tables through L2's root, tagged by its EP4TA
+        # L2's page tables through L2's root, tagged by its EP4TA; on AMD by the ASID alone (L1
+        # and L2 share the vCPU's)
         l2_tables = tuple(r for i, r in enumerate(roots) if i in l2_indices)
-        walks += [
-            (IntelEptTags(v, p, l2_tdp_root), l2_tdp_root, l2_tables) for v in vpids for p in pcids
-        ]
+        if vmx:
+            walks += [
+                (IntelEptTags(v, p, l2_tdp_root), l2_tdp_root, l2_tables)
+                for v in vpids
+                for p in pcids
+            ]
+        else:
+            walks += [(AmdTags(a, p, True), l2_tdp_root, l2_tables) for a in asids for p in pcids]
     for t, stage2, tables in walks:
         for root in tables:
             for pge in (True, False):
