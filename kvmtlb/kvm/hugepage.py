@@ -57,7 +57,7 @@ from __future__ import annotations
 from kvmtlb.hw.paging import E_W, EPT_PS, PS, ept_rights, make_ept, make_npt, pte_addr
 from kvmtlb.hw.walk import _npt_rights
 from kvmtlb.kvm.context import Step
-from kvmtlb.kvm.mmu import Mmu
+from kvmtlb.kvm.mmu import Mmu, rights_text
 from kvmtlb.kvm.state import HostTask, Vcpu
 
 HUGE = 1 << 21
@@ -119,7 +119,7 @@ class HugePages:
                 if k.config.vmx
                 else make_npt(hpa, rights, large=True)
             )
-            what = f"huge SPTE[{base:#x}] = {hpa:#x} 2 MiB ({_rights(rights)})"
+            what = f"huge SPTE[{base:#x}] = {hpa:#x} 2 MiB ({rights_text(rights)})"
         elif kind == TABLE:
             value = next(
                 v
@@ -511,10 +511,6 @@ class HugePages58:
         kvm, sp->gfn, KVM_PAGES_PER_HPAGE(sp->role.level)), sp the page table holding the
         zapped 4 KiB SPTE: one page at the table's base GFN, not at the SPTE's."""
         return gpa & ~(HUGE - 1), PAGES_PER_HPAGE[1]
-
-
-def _rights(r: int) -> str:
-    return "".join(c if r & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4))) or "none"
 
 
 __all__ = ["HUGE", "PAGES_PER_HPAGE", "HugePages", "HugePages58"]

@@ -29,7 +29,15 @@ guest mode) are not modelled, so at most one root is valid at a time.
 
 from __future__ import annotations
 
-from kvmtlb.hw.paging import E_ALL, E_W, ept_rights, make_ept, make_npt, pte_addr
+from kvmtlb.hw.paging import (
+    E_ALL,
+    E_W,
+    ept_rights,
+    format_ept_rights,
+    make_ept,
+    make_npt,
+    pte_addr,
+)
 from kvmtlb.hw.vmx import Vmwrite, make_eptp
 from kvmtlb.hw.walk import _npt_rights
 from kvmtlb.kvm.context import Step
@@ -94,7 +102,7 @@ class Mmu:
     def set_spte(self, k: Step, gpa: int, hpa: int, rights: int, why: str, root: int = 0) -> None:
         value = self.make_spte(k, gpa, hpa, rights) if hpa >= 0 else 0
         where = f"root {root}: " if len(self.tdp_root_hpas(k)) > 1 else ""
-        what = f"SPTE[{gpa:#x}] = " + (f"{hpa:#x} ({_rights(rights)})" if hpa >= 0 else "0")
+        what = f"SPTE[{gpa:#x}] = " + (f"{hpa:#x} ({rights_text(rights)})" if hpa >= 0 else "0")
         k.write_slot(self.spte_slot(k, gpa, root), value, f"{why}: {where}{what}")
 
     # -- roots --------------------------------------------------------------------------------
@@ -471,8 +479,9 @@ class Mmu:
             self.set_spte(k, gpa, hpa, self.host_rights(k, gpa), "map the migrated page", r)
 
 
-def _rights(r: int) -> str:
-    return "".join(c if r & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4))) or "none"
+def rights_text(r: int) -> str:
+    """An SPTE's rights for a trace line: "rw-", or "none" when it grants nothing."""
+    return format_ept_rights(r) if r else "none"
 
 
-__all__ = ["E_ALL", "Mmu"]
+__all__ = ["E_ALL", "Mmu", "rights_text"]

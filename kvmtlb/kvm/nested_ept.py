@@ -50,6 +50,7 @@ from __future__ import annotations
 from kvmtlb.hw.paging import E_W, ept_rights, make_ept, pte_addr
 from kvmtlb.hw.vmx import Vmwrite, make_eptp
 from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.mmu import rights_text
 from kvmtlb.kvm.requests import (
     KVM_REQ_LOAD_MMU_PGD,
     KVM_REQ_MMU_SYNC,
@@ -84,7 +85,7 @@ class NestedEpt:
         return int(k.machine.memory.values[self.ept02_slot(k, l2gpa, t)])
 
     def set_ept02_spte(self, k: Step, l2gpa: int, value: int, why: str, t: int = 0) -> None:
-        shown = f"{pte_addr(value):#x} ({_rights(ept_rights(value))})" if value else "0"
+        shown = f"{pte_addr(value):#x} ({rights_text(ept_rights(value))})" if value else "0"
         name = f"EPT02{_table(k, t)}"
         k.write_slot(self.ept02_slot(k, l2gpa, t), value, f"{why}: {name}[{l2gpa:#x}] = {shown}")
 
@@ -388,10 +389,6 @@ class NestedEpt57(NestedEpt):
 def _table(k: Step, t: int) -> str:
     """An EPT12 table's index in a note, with several tables only."""
     return f" #{t}" if len(k.config.ept12_roots) > 1 else ""
-
-
-def _rights(r: int) -> str:
-    return "".join(c if r & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4))) or "none"
 
 
 __all__ = ["NestedEpt", "NestedEpt57"]

@@ -48,6 +48,7 @@ from kvmtlb.hw.paging import E_W, make_npt, pte_addr
 from kvmtlb.hw.svm import SvmExitEvent
 from kvmtlb.hw.walk import _npt_rights
 from kvmtlb.kvm.context import Step
+from kvmtlb.kvm.mmu import rights_text
 from kvmtlb.kvm.requests import KVM_REQ_LOAD_MMU_PGD, kvm_make_request
 from kvmtlb.kvm.state import Vcpu
 
@@ -72,7 +73,7 @@ class NestedNpt:
         return int(k.machine.memory.values[self.npt02_slot(k, l2gpa)])
 
     def set_npt02_spte(self, k: Step, l2gpa: int, value: int, why: str) -> None:
-        shown = f"{pte_addr(value):#x} ({_rights(_npt_rights(value))})" if value else "0"
+        shown = f"{pte_addr(value):#x} ({rights_text(_npt_rights(value))})" if value else "0"
         k.write_slot(self.npt02_slot(k, l2gpa), value, f"{why}: NPT02[{l2gpa:#x}] = {shown}")
 
     def npt02_sp_unsync(self, k: Step, l2gpa: int) -> bool:
@@ -294,10 +295,6 @@ class NestedNpt58(NestedNpt):
             "nested_svm_uninit_mmu_context; kvm_mmu_reset_context -> kvm_mmu_unload",
             "kvm_mmu_load: the NPT01 root, flushed",
         )
-
-
-def _rights(r: int) -> str:
-    return "".join(c if r & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4))) or "none"
 
 
 __all__ = ["NESTED_NPT12_WRITE", "NestedNpt", "NestedNpt58"]
