@@ -29,7 +29,7 @@ class NestedSvm:
         (L1's CR3), nested_vmcb02_prepare_control (vmcb02's TLB_CONTROL = DO_NOTHING; L2 runs
         on the vCPU's ASID, not vmcb12's), nested_svm_transition_tlb_flush, then L2's CR3
         (nested_svm_load_cr3)."""
-        vcpu.vmcs12_host_cr3 = self.svm_l1_cr3(k, vcpu)
+        vcpu.vmcs12_host_cr3 = self.svm_guest_cr3(k, vcpu)
         vcpu.vmcs12_guest_cr3 = k.config.roots[root]
         vcpu.guest_mode = True
         k.note(
@@ -53,9 +53,10 @@ class NestedSvm:
             return
         self.nested_svm_load_cr3(k, vcpu, vcpu.vmcs12_guest_cr3)
 
-    def svm_l1_cr3(self, k: Step, vcpu: Vcpu) -> int:
-        """L1's CR3 at VMRUN (what vmcb01 keeps): with NPT the guest's own, in the VMCB; with
-        shadow paging vcpu->arch.cr3."""
+    def svm_guest_cr3(self, k: Step, vcpu: Vcpu) -> int:
+        """The running guest's CR3 (L1's at VMRUN, what vmcb01 keeps; L2's at #VMEXIT, what
+        vmcb12 keeps): with NPT the guest's own, in the VMCB; with shadow paging
+        vcpu->arch.cr3."""
         if k.config.tdp:
             assert vcpu.vmcb is not None
             return vcpu.vmcb.guest.cr3
@@ -64,7 +65,7 @@ class NestedSvm:
     def nested_svm_vmexit(self, k: Step, vcpu: Vcpu) -> None:
         """nested.c:nested_svm_vmexit @ v6.18: vmcb12 keeps L2's CR3, leave guest mode,
         nested_svm_transition_tlb_flush, L1's CR3 from vmcb01 (nested_svm_load_cr3)."""
-        vcpu.vmcs12_guest_cr3 = self.svm_l1_cr3(k, vcpu)  # L2's, at this exit
+        vcpu.vmcs12_guest_cr3 = self.svm_guest_cr3(k, vcpu)
         vcpu.guest_mode = False
         k.note("nested_svm_vmexit: leave_guest_mode")
         if k.config.nested_npt:
@@ -115,7 +116,7 @@ class NestedSvm58(NestedSvm):
         kvm_mmu_reset_context, svm_flush_tlb (v5.7: svm_flush_tlb(vcpu, true)). With nested
         NPT: nested_svm_init_mmu_context first, and the VMCB's CR3 and vcpu->arch.cr3 are
         vmcb12's (no kvm_set_cr3: npt_enabled)."""
-        vcpu.vmcs12_host_cr3 = self.svm_l1_cr3(k, vcpu)
+        vcpu.vmcs12_host_cr3 = self.svm_guest_cr3(k, vcpu)
         vcpu.vmcs12_guest_cr3 = k.config.roots[root]
         vcpu.guest_mode = True
         k.note(f"enter_svm_guest_mode: vmcb12 ASID {asid}, TLB_CONTROL {tlb_ctl}")
@@ -132,7 +133,7 @@ class NestedSvm58(NestedSvm):
         """nested.c:nested_svm_vmexit @ v5.8: kvm_set_cr3(hsave CR3), kvm_mmu_reset_context.
         With nested NPT: nested_svm_uninit_mmu_context, the VMCB's CR3 from hsave,
         kvm_mmu_reset_context and kvm_mmu_load (kvm/nested_npt.py)."""
-        vcpu.vmcs12_guest_cr3 = self.svm_l1_cr3(k, vcpu)
+        vcpu.vmcs12_guest_cr3 = self.svm_guest_cr3(k, vcpu)
         vcpu.guest_mode = False
         k.note("nested_svm_vmexit: leave_guest_mode")
         if k.config.nested_npt:
