@@ -315,6 +315,15 @@ TOKENS = (
     "ept=default",
     "ept=",
     "ept=nosuch",
+    # memslot moves: a GPA without memory, the op, its arrow and GPAs
+    '"none"',
+    "none",
+    '"0x20000" = "none"',
+    "move_memslot 0x10000 -> 0x20000",
+    "move_memslot 0x20000 -> 0x10000",
+    "move_memslot 0x10000 0x20000",
+    "move_memslot",
+    "0x20000",
 )
 
 

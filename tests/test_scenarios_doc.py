@@ -112,6 +112,8 @@ def test_every_op_example_parses(thread: str, example: str) -> None:
         text = text.replace("[host]", '[host]\n"0x200000" = "0x400000 rwx 2m"')
     if op.split()[0] == "recover_nx":  # a 2 MiB region split for NX
         text = text.replace("[host]", '[host]\n"0x200000" = "0x400000 rwx 2m nx"')
+    if op.split()[0] == "move_memslot":  # its destination: a GPA without memory
+        text = text.replace("[host]", '[host]\n"0x20000" = "none"')
     s = parse(text, "example.toml")
     ops = s.programs[0] if thread == "vcpu0" else s.host_program
     assert len(ops) == 1 and ops[0].describe().split()[0] == op.split()[0]

@@ -857,7 +857,7 @@ def summary_page(
     armed = ["guest-transparency"]
     if system is not None:
         kinds = {type(op).__name__ for op in system.scenario.host_program}
-        if kinds & {"ZapOp", "RemapOp"}:
+        if kinds & {"ZapOp", "RemapOp", "DeleteMemslotOp", "MoveMemslotOp"}:
             armed.insert(0, "host-isolation")
         if "WrprotectOp" in kinds:
             armed.insert(len(armed) - 1, "dirty-logging")

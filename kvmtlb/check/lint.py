@@ -20,6 +20,8 @@ its pool of fresh host pages). Warnings flag what is valid but probably not what
   reads a translation, so no property can see a stale one;
 - `collapse-without-log`: a `collapse` (dirty logging off) of a 2 MiB region no earlier
   `wrprotect` put under dirty logging: the region was never split, so nothing collapses;
+- `move-unwatched`: a `move_memslot` whose old GPA no guest page table maps (no [guest] entry, no
+  `map`): no access can go through it, so nothing checks that the move flushed it;
 - `pml-without-log`: `pml = true` with no `wrprotect` (PML only changes how KVM logs dirty pages);
 - `huge-knob`: `tdp_mmu` or `eager_split` changed without a 2 MiB region (they only change the
   huge-page paths);
@@ -54,6 +56,7 @@ KINDS = (
     "collapse-without-log",
     "pml-without-log",
     "huge-knob",
+    "move-unwatched",
 )
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
 REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
@@ -119,7 +122,14 @@ def warnings(scenario: object) -> list[LintWarning]:
         MapOp,
         MovCr3Op,
     )
-    from kvmtlb.host.ops import CollapseOp, CreateVcpuOp, PreemptOp, ResumeOp, WrprotectOp
+    from kvmtlb.host.ops import (
+        CollapseOp,
+        CreateVcpuOp,
+        MoveMemslotOp,
+        PreemptOp,
+        ResumeOp,
+        WrprotectOp,
+    )
     from kvmtlb.model.scenario import VM1_ROOT, Scenario
     from kvmtlb.tomlfile import Lines
 
@@ -280,6 +290,16 @@ def warnings(scenario: object) -> list[LintWarning]:
                     "it first",
                 )
             logged.discard(region)
+    gpas_mapped = {gpa for table in (s.guest, *s.roots.values()) for gpa, _ in table.values()}
+    gpas_mapped |= {op.gpa for p in s.programs for op in p if isinstance(op, MapOp)}
+    for hop in s.host_program:
+        if isinstance(hop, MoveMemslotOp) and hop.gpa not in gpas_mapped:
+            warn(
+                hop.line,
+                "move-unwatched",
+                f"no guest page table maps the old GPA {hop.gpa:#x}: no access goes through "
+                "it, so nothing checks that the move flushed it; map a GVA to it in [guest]",
+            )
     for v, line in sorted(held.items()):
         if s.programs[v]:
             warn(

@@ -76,6 +76,8 @@ from kvmtlb.kvm.x86 import (
 
 # The position of Vcpu.pf_injected in the frozen vCPU tuple.
 V_PF_INJECTED = [f.name for f in fields(Vcpu)].index("pf_injected")
+V_MMIO_EXIT = [f.name for f in fields(Vcpu)].index("mmio_exit")
+MMIO_DONE = -2  # the `access` step that completes an access userspace emulated as MMIO
 V_GUEST_MODE = [f.name for f in fields(Vcpu)].index("guest_mode")
 V_CR3 = [f.name for f in fields(Vcpu)].index("cr3")
 
@@ -137,6 +139,8 @@ def guest_actions(
     if isinstance(op, AccessOp):
         if w.vcpus[v][V_PF_INJECTED] >= 0:
             return [("access", (-1,))]  # the #PF KVM injected is delivered first
+        if w.vcpus[v][V_MMIO_EXIT] >= 0:
+            return [("access", (MMIO_DONE,))]  # userspace completed it (KVM_EXIT_MMIO)
         outcomes = w.machine.outcomes(pcpu, op.gva, op.kind)
         acts.extend(("access", (i,)) for i in range(len(outcomes)))
     elif isinstance(op, FlushTlbOp) and g.sub == _WAIT:
@@ -166,6 +170,8 @@ def describe(
     op = program[g.op]
     if name == "access" and args == (-1,):
         return f"{op.describe()}: takes the #PF KVM injected"
+    if name == "access" and args == (MMIO_DONE,):
+        return f"{op.describe()}: completes as MMIO (userspace handled KVM_EXIT_MMIO)"
     return op.describe()
 
 
@@ -252,6 +258,13 @@ def _access(
     k: Step, pol: KvmPolicy, v: int, g: GuestThread, op: AccessOp, choice: int
 ) -> GuestThread:
     vcpu = k.vcpus[v]
+    if choice == MMIO_DONE:
+        gpa, vcpu.mmio_exit = vcpu.mmio_exit, -1
+        k.note(
+            f"{op.kind} {op.gva:#x}",
+            f"completes as MMIO: no memslot at {gpa:#x}, userspace handled KVM_EXIT_MMIO",
+        )
+        return _done(g)
     if choice < 0:
         vcpu.pf_injected = -1
         k.note(f"{op.kind} {op.gva:#x}", "the guest takes the #PF KVM injected")

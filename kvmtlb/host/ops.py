@@ -159,6 +159,19 @@ class DeleteMemslotOp(NamedTuple):
         return f"delete_memslot {self.gpa:#x}"
 
 
+class MoveMemslotOp(NamedTuple):
+    """`move_memslot GPA -> GPA`: userspace moves the frame's memslot to another guest-physical
+    address (KVM_SET_USER_MEMORY_REGION with a new guest_phys_addr: kvm_set_memslot,
+    KVM_MR_MOVE). The same host page backs the new GPA; the old GPA has no memory afterwards."""
+
+    gpa: int
+    to: int
+    line: int = 0
+
+    def describe(self) -> str:
+        return f"move_memslot {self.gpa:#x} -> {self.to:#x}"
+
+
 HostOp: TypeAlias = (
     PreemptOp
     | ResumeOp
@@ -176,4 +189,5 @@ HostOp: TypeAlias = (
     | CreateVcpuOp
     | DestroyVmOp
     | DeleteMemslotOp
+    | MoveMemslotOp
 )

@@ -30,6 +30,10 @@ of the kernel's own (`mm:...`); `HostThread.ret` is the task's return stack.
   (kvm_arch_flush_shadow_memslot: kvm_mmu_zap_all_fast) and deletes it; when the ioctl returns,
   userspace frees the memory (`mm:free`: from then on no guest access may reach the old page)
   and creates the slot again on new memory (`mm:recreate`).
+- `move_memslot GPA -> GPA` (KVM_SET_USER_MEMORY_REGION with a new guest_phys_addr;
+  kvm/memslot.py): the same steps up to the fast zap, then KVM moves the slot (same host page,
+  new GPA); when the ioctl returns, the old GPA has no memory (`moved`: from then on no guest
+  access may reach a host page through it: host-isolation).
 - `zap_all_fast`: kvm_mmu_zap_all_fast (a memslot deletion's, or a write of the nx_huge_pages
   parameter's): every EPT/NPT root becomes obsolete, every vCPU must drop it before it enters
   again, and the obsolete roots are zapped.
@@ -73,6 +77,7 @@ from kvmtlb.host.ops import (
     DestroyVmOp,
     FlushRemoteOp,
     HostOp,
+    MoveMemslotOp,
     PreemptOp,
     RecoverNxOp,
     RemapOp,
@@ -112,6 +117,8 @@ class HostThread(NamedTuple):
     # loaded again (neither the host program nor time-sharing loads them)
     moves: tuple[int, ...] = ()
     parked: int = 0
+    # guest frames (by index) whose memslot a move_memslot moved away, once the ioctl returned
+    moved: int = 0
 
 
 def preemptible(pol: KvmPolicy, vcpu_state: tuple[object, ...]) -> bool:
@@ -310,6 +317,8 @@ def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
         if isinstance(op, DeleteMemslotOp):
             page = k.kvm.backing[k.config.gpa_index(op.gpa)]
             return _call(k, pol, op, h._replace(page=page), "kvm_set_memslot", "mm:free")
+        if isinstance(op, MoveMemslotOp):
+            return _call(k, pol, op, h, "kvm_set_memslot", DONE)
         assert isinstance(op, FlushRemoteOp)
         return _call(k, pol, op, h, "kvm_flush_remote_tlbs", DONE)
     if isinstance(op, DeleteMemslotOp):
@@ -348,6 +357,8 @@ def _call(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread, label: str, then: 
 def _kvm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
     if isinstance(op, ZapGfnRangeOp):
         gpa, hpa = op.first, op.second
+    elif isinstance(op, MoveMemslotOp):
+        gpa, hpa = op.gpa, op.to  # the task's second operand: the destination GPA
     else:
         gpa, hpa = getattr(op, "gpa", -1), getattr(op, "hpa", -1)
     task = HostTask(h.phase, h.frame, h.ret, gpa, hpa)
@@ -359,6 +370,10 @@ def _kvm_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:
         h = h._replace(protected=h.protected | _slot_bits(k, gpa))
     elif isinstance(op, ClearDirtyLogOp) and h.page == 1:
         h = h._replace(protected=h.protected | 1 << k.config.gpa_index(gpa))
+    elif isinstance(op, MoveMemslotOp):
+        # the ioctl returned: userspace treats the old GPA as having no memory
+        k.note(f"the move returned: GPA {gpa:#x} has no memory", "no access may reach a page")
+        h = h._replace(moved=h.moved | 1 << k.config.gpa_index(gpa))
     return h._replace(op=h.op + 1, phase="", ret=(), frame=(), page=-1)
 
 

@@ -587,6 +587,27 @@ class MemslotDeleteStillValid(Kvm618):
 
 
 @register
+class MemslotMoveNoFlush(Kvm618):
+    name = "bug-memslot-move-no-flush"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "kvm_set_memslot skips kvm_arch_flush_shadow_memslot for KVM_MR_MOVE (the host pages "
+        "stay, only the GPA changes): the SPTEs and TLB entries of the old GPA survive the move, "
+        "so the guest still reaches the moved page through a GPA that has no memory"
+    )
+
+    def kvm_arch_flush_shadow_memslot(self, k: Step, task: HostTask) -> None:
+        """x86.c:kvm_arch_flush_shadow_memslot @ v6.18 left out for a move (`task.hpa`, the
+        destination, is set): neither the zap of the old range nor its remote flush."""
+        if task.hpa < 0:
+            super().kvm_arch_flush_shadow_memslot(k, task)
+            return
+        k.note(f"kvm_set_memslot({task.gpa:#x}, KVM_MR_MOVE): no kvm_arch_flush_shadow_memslot")
+        task.return_()
+
+
+@register
 class SyncChildrenNoProtectFlush(Kvm618):
     name = "bug-sync-children-no-protect-flush"
     kind = "bug"

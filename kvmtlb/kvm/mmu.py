@@ -379,6 +379,8 @@ class Mmu:
             return
         if self.fast_page_fault(k, vcpu, gpa, write, hpa, rights):
             return
+        if self.kvm_handle_noslot_fault(k, vcpu, gpa):  # type: ignore[attr-defined]
+            return
         if self.kvm_faultin_memslot_invalid(k, gpa):  # type: ignore[attr-defined]
             return
         mmu_seq = k.kvm.mmu_invalidate_seq

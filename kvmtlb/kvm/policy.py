@@ -106,6 +106,7 @@ class KvmPolicy(
         "kvm_set_memslot:swap": "kvm_set_memslot_swap",
         "kvm_arch_flush_shadow_memslot": "kvm_arch_flush_shadow_memslot",
         "kvm_set_memslot:delete": "kvm_set_memslot_delete",
+        "kvm_set_memslot:move": "kvm_set_memslot_move",
     }
     NOT_PREEMPTIBLE: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})
     IRQS_OFF: ClassVar[frozenset[str]] = frozenset({"vcpu_enter_guest:recheck"})

@@ -103,6 +103,9 @@ class Vcpu:
     cr3: int = 0
     prev_roots: tuple[int, ...] = ()
     pf_injected: int = -1  # the GVA of a #PF KVM injected, for the guest to take; -1: none
+    # the GPA of an access KVM exited to userspace as MMIO (a frame with no memslot), which
+    # completes when the guest runs again (KVM_EXIT_MMIO, then KVM_RUN); -1: none
+    mmio_exit: int = -1
     # TDP: which of the VM's EPT/NPT root pages (KvmConfig.tdp_roots) mmu->root.hpa is; -1 none
     tdp_root: int = 0
     # Nested VMX (kvm/nested_vmx.py): vmx->nested.vmxon, is_guest_mode (L2 runs),
@@ -177,6 +180,9 @@ class Kvm:
     # Guest frames (bitmask by index) whose memslot is being deleted: marked KVM_MEMSLOT_INVALID
     # (kvm_invalidate_memslot), then gone until userspace creates it again (kvm/memslot.py)
     slot_invalid: int = 0
+    # Guest frames (bitmask by index) with no memslot: a move's destination until the move
+    # installs the slot there, its source after (kvm/memslot.py); a fault there is MMIO
+    slot_absent: int = 0
     # Nested EPT (kvm/nested_ept.py): the last-level shadow EPT02 pages marked sp->unsync, one
     # per 2 MiB region of L2 GPAs (bit n: the n-th region of KvmConfig.l2_gpas)
     ept02_unsync: int = 0

@@ -7,7 +7,9 @@
   emulated is checked when it completes, against the reference at that moment.
 - ept-coherence, in two parts. host-isolation is use-after-free: once the host kernel freed a
   host page, or migrated its data away (`HostThread.released`, set by the kernel's own step, not
-  by KVM's), no translation a vCPU in guest mode may use may reach it. dirty-logging: once write
+  by KVM's), no translation a vCPU in guest mode may use may reach it; and once a memslot move
+  returned to userspace (`HostThread.moved`), no translation through the old GPA, which has no
+  memory now, may reach any host page (the moved page is the new GPA's). dirty-logging: once write
   protection of a frame for dirty logging returned to userspace (its kvm_flush_remote_tlbs
   returned), a write through any translation of that frame must be logged in the dirty bitmap.
   With PML (kvm/pml.py) a write is logged too when it sets the EPT dirty flag with PML on, or
@@ -50,7 +52,7 @@ def check(system: System, w: World) -> Violation | None:
     Guest-transparency depends only on the two machines and on which vCPU runs where, and many
     worlds share those (they differ in KVM's or the host's state): it is memoized per system."""
     h: HostThread = w.host
-    watched = h.released or h.protected
+    watched = h.released or h.protected or h.moved
     running = tuple(
         (v, vc[V_CPU]) for v, vc in enumerate(w.vcpus) if vc[V_PC] == "guest" and vc[V_CPU] >= 0
     )
@@ -235,6 +237,15 @@ def _coherence(
         if gpa not in kvm.gpas:
             continue
         i = kvm.gpa_index(gpa)
+        if h.moved >> i & 1:
+            out.append(
+                Violation(
+                    "host-isolation",
+                    f"vcpu{v} {access} {gva:#x} may reach host page {o.frame:#x} through GPA "
+                    f"{gpa:#x}, whose memslot moved away: no memory is there since the move "
+                    "returned",
+                )
+            )
         if (
             h.protected >> i & 1
             and access == "write"

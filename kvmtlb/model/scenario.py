@@ -44,6 +44,7 @@ from kvmtlb.host.ops import (
     DestroyVmOp,
     FlushRemoteOp,
     HostOp,
+    MoveMemslotOp,
     PreemptOp,
     RecoverNxOp,
     RemapOp,
@@ -117,7 +118,11 @@ HUGE = 1 << 21  # a 2 MiB region of [host] ("HPA RIGHTS 2m"; kvm/hugepage.py)
 # The host ops a scenario with a 2 MiB region may run on the region's frames (kvm/hugepage.py
 # ports these paths for huge SPTEs), and the ops it may not run at all.
 HUGE_HOST_OPS = ("zap", "wrprotect", "collapse")
-HUGE_FORBIDDEN = ("zap_all_fast", "delete_memslot")
+HUGE_FORBIDDEN = ("zap_all_fast", "delete_memslot", "move_memslot")
+# A [host] value for a GPA with no memory (no memslot) at the start: the destination of a
+# `move_memslot` (its HPA is NO_MEMORY until the move installs the slot there).
+NO_MEMORY_VALUE = "none"
+NO_MEMORY = -1
 # Upper limits of the knobs besides vcpus and pcpus (at most 8 each).
 LIMITS = (
     ("vpids", 1 << 16, "VPIDs are 16 bits: KVM's bitmap has VMX_NR_VPIDS = 65,536"),
@@ -168,6 +173,7 @@ HOST_OPS = {
     "recover_nx": "recover_nx",
     "spawn": "spawn flush_remote_tlbs | spawn zap_gfn_range GPA GPA | spawn recover_nx",
     "delete_memslot": "delete_memslot GPA",
+    "move_memslot": "move_memslot GPA -> GPA",
     "create": "create vcpuN [on pcpuM]",
     "destroy": "destroy vm0|vm1",
 }
@@ -426,6 +432,8 @@ class _Parser:
         self.npt12: dict[int, tuple[int, str]] = {}  # [npt12], likewise
         self.ept12_named: dict[str, dict[int, tuple[int, str]]] = {}  # [ept12.NAME]
         self.fast_zaps = 0  # zap_all_fast ops so far
+        self.no_memory: dict[int, int] = {}  # [host]'s "none" GPAs -> their line
+        self.moved_to: dict[int, int] = {}  # move_memslot destination -> source, so far
         self.huge_regions: dict[int, tuple[int, str]] = {}  # [host]'s 2 MiB regions
         self.nx_regions: set[int] = set()  # those of them declared "2m nx"
         # 2 MiB guest pages: (page-table name, GVA region) -> the line that first maps it 2m
@@ -461,6 +469,8 @@ class _Parser:
         # the frames of both VMs (disjoint); a 2 MiB region's frames join when an op names them
         both = HostMap({**host, **vm1_host}, self.huge_regions) if vm1_host else host
         programs, host_program = self.threads(config, guest, both, roots)
+        if self.no_memory:
+            self.move_checks(programs, host_program, vm1)
         if l2_table or (config.tdp and is_nested(programs)):
             self.ept_checks(programs, host_program, host)
             if vm1 or self.huge_regions:
@@ -480,6 +490,13 @@ class _Parser:
                 "PML is modelled with 4 KiB frames and no nested guest",
                 'map the frames 4 KiB at a time ("HPA RIGHTS", without 2m) and remove [ept12] '
                 "and the nested ops, or remove pml",
+            )
+        moves = [op for op in host_program if isinstance(op, MoveMemslotOp)]
+        if config.pml and moves:
+            raise self.err(
+                moves[0].line,
+                "move_memslot is not modelled with PML (a moved slot's SPTEs have no dirty flag)",
+                "remove the move, or remove pml",
             )
         self.nx_checks(programs, host_program)
         if self.guest_huge:
@@ -814,6 +831,16 @@ class _Parser:
             )
             gpa = self.addr(key, line, "GPA")
             parts = str(value).split()
+            if parts == [NO_MEMORY_VALUE] and section == "host":
+                # no memslot here yet: a move_memslot's destination (move_checks); the rights
+                # become the moved slot's
+                if gpa in out:
+                    raise self.err(
+                        line, f"GPA {gpa:#x} is mapped twice", "keep one mapping per GPA"
+                    )
+                self.no_memory[gpa] = line
+                out[gpa] = (NO_MEMORY, "")
+                continue
             huge = len(parts) in (3, 4) and parts[2] == "2m" and section == "host"
             nx = huge and len(parts) == 4 and parts[3] == "nx"
             if (
@@ -827,7 +854,7 @@ class _Parser:
                     'write "HPA RIGHTS" with rights from r, w, x (r required), e.g. "0x80000 rwx"'
                     + (
                         '; a 2 MiB region: "0x400000 rwx 2m", split by an exec fault: '
-                        '"0x400000 rwx 2m nx"'
+                        '"0x400000 rwx 2m nx"; no memory (a move_memslot\'s destination): "none"'
                         if section == "host"
                         else ""
                     ),
@@ -1871,6 +1898,8 @@ class _Parser:
                     "delete the memslot fewer times",
                 )
             return DeleteMemslotOp(gpa, line)
+        if op == "move_memslot" and len(args) == 3 and args[1] == "->":
+            return self.move_op(args[0], args[2], line, config, host)
         if op == "zap_all_fast" and not args:
             if not config.tdp:
                 raise self.err(
@@ -1893,8 +1922,113 @@ class _Parser:
             "use: preempt vcpuN | resume vcpuN [on pcpuM] | zap GPA | "
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
             "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA | recover_nx | "
-            "create vcpuN [on pcpuM] | destroy vm0|vm1 | delete_memslot GPA",
+            "create vcpuN [on pcpuM] | destroy vm0|vm1 | delete_memslot GPA | "
+            "move_memslot GPA -> GPA",
         )
+
+    def move_op(
+        self, src: str, dst: str, line: int, config: Config, host: dict[int, tuple[int, str]]
+    ) -> MoveMemslotOp:
+        """`move_memslot GPA -> GPA`: the source a frame with memory, the destination a GPA
+        [host] declares "none" that no other move targets; the destination takes the source's
+        rights (the moved slot keeps its flags)."""
+        gpa = self.addr(src, line, "GPA")
+        to = self.addr(dst, line, "GPA")
+        if gpa not in host:
+            raise self.err(
+                line,
+                f"GPA {gpa:#x} is not mapped in [host]",
+                "move_memslot a GPA listed in [host]",
+            )
+        if gpa in self.moved_to.values():
+            raise self.err(
+                line,
+                f"the memslot at {gpa:#x} was already moved: {gpa:#x} has no memory now",
+                "move each memslot at most once",
+            )
+        if host[gpa][0] == NO_MEMORY:
+            raise self.err(
+                line,
+                f'GPA {gpa:#x} has no memory ([host] says "none"): there is no memslot to move',
+                "move a GPA that [host] maps to a host page",
+            )
+        if to not in self.no_memory:
+            raise self.err(
+                line,
+                f"the destination {to:#x} is not a GPA without memory",
+                f'declare it in [host] as "{to:#x}" = "none" (and map no host page there)',
+            )
+        if to in self.moved_to:
+            raise self.err(
+                line,
+                f"the destination {to:#x} already receives the memslot of {self.moved_to[to]:#x}",
+                'give each move its own destination ("none" in [host])',
+            )
+        if not config.tdp:
+            raise self.err(
+                line,
+                "move_memslot needs tdp = true (shadow paging's obsolete pages are not modelled)",
+                "remove the op, or set tdp = true",
+            )
+        self.fast_zaps += 1
+        if self.fast_zaps > MAX_FAST_ZAPS:
+            raise self.err(
+                line,
+                f"more than {MAX_FAST_ZAPS} zap_all_fast, delete_memslot and move_memslot ops",
+                "move or delete memslots fewer times",
+            )
+        self.moved_to[to] = gpa
+        host[to] = (NO_MEMORY, host[gpa][1])
+        return MoveMemslotOp(gpa, to, line)
+
+    def move_checks(
+        self,
+        programs: tuple[tuple[GuestOp, ...], ...],
+        host_program: tuple[HostOp, ...],
+        vm1: tuple[int, ...],
+    ) -> None:
+        """What the model of a memslot move asks of a file with GPAs without memory: each is a
+        move's destination; no other host op names a moved frame (the model follows one host
+        page per frame across the move, nothing else); one VM, no nested guest, no 2 MiB
+        region."""
+        for gpa, line in self.no_memory.items():
+            if gpa not in self.moved_to:
+                raise self.err(
+                    line,
+                    f"GPA {gpa:#x} has no memory and no move_memslot moves a memslot there",
+                    f"add `move_memslot GPA -> {gpa:#x}` to the host thread, or map a host page "
+                    f'there ("HPA rwx")',
+                )
+        moved = {*self.moved_to, *self.moved_to.values()}
+        for op in host_program:
+            inner = op.op if isinstance(op, SpawnOp) else op
+            if isinstance(inner, MoveMemslotOp):
+                continue
+            named = {getattr(inner, a, None) for a in ("gpa", "first", "second")}
+            hit = sorted(g for g in named if g in moved)
+            if hit:
+                raise self.err(
+                    op.line,
+                    f"{shown(op.describe())} names {hit[0]:#x}, a GPA a memslot move changes",
+                    "keep other host ops off the moved memslot's old and new GPA",
+                )
+        first = min(op.line for op in host_program if isinstance(op, MoveMemslotOp))
+        if vm1:
+            raise self.err(
+                first, "move_memslot is modelled with one VM", "remove [vm1] or the move"
+            )
+        if self.huge_regions:
+            raise self.err(
+                first,
+                "move_memslot is not modelled with a 2 MiB region (the model keeps one root)",
+                "remove move_memslot, or map the frames 4 KiB at a time",
+            )
+        if is_nested(programs) or self.ept12 or self.npt12:
+            raise self.err(
+                first,
+                "move_memslot is not modelled with a nested guest",
+                "remove the move, or the nested guest's ops",
+            )
 
     def static_checks(
         self,

@@ -35,6 +35,7 @@ from kvmtlb.host.ops import (
     ClearDirtyLogOp,
     CreateVcpuOp,
     DeleteMemslotOp,
+    MoveMemslotOp,
     RemapOp,
     ResumeOp,
     SpawnOp,
@@ -93,7 +94,14 @@ from kvmtlb.kvm.state import OUTSIDE_GUEST_MODE, ROOT_FREE, ROOT_VALID, Kvm, Pcp
 from kvmtlb.model.native import NativeConfig, NativeMachine
 from kvmtlb.model.nested_native import nested_native
 from kvmtlb.model.nested_scenario import is_nested, l2_flush_ops, l2_roots, vpid12s
-from kvmtlb.model.scenario import HUGE, MAX_ZAPS, VM1_ROOT, Scenario, ScenarioError
+from kvmtlb.model.scenario import (
+    HUGE,
+    MAX_ZAPS,
+    NO_MEMORY,
+    VM1_ROOT,
+    Scenario,
+    ScenarioError,
+)
 
 RIGHTS = {"r": E_R, "w": E_W, "x": E_X}
 
@@ -136,7 +144,13 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
     # EPT/NPT root pages: one, and one more per fast zap (kvm/mmu.py: a vCPU may hold an
     # obsolete root while the others load the next one)
     # (a memslot deletion zaps all roots too: kvm_arch_flush_shadow_memslot)
-    fast_zaps = sum(isinstance(op, ZapAllFastOp | DeleteMemslotOp) for op in scenario.host_program)
+    fast_zaps = sum(
+        isinstance(op, ZapAllFastOp | DeleteMemslotOp | MoveMemslotOp)
+        for op in scenario.host_program
+    )
+    # a memslot move's destination -> source: the destination has no memory at first (no SPTE
+    # in the boot root), then the source's page (kvm/memslot.py)
+    moves = {op.to: op.gpa for op in scenario.host_program if isinstance(op, MoveMemslotOp)}
     ranged = {
         gpa
         for op in scenario.host_program
@@ -262,9 +276,17 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         fresh = [FRESH_HPA_BASE + (i * 16 + n) * 0x1000 for n in range(zaps)]
         pages = [hpa, *targets, *fresh]
         host_pages[gpa] = (pages, protect)
+        leaf: Callable[[int, int], int] = make_ept if vmx else make_npt
+        if gpa in moves:
+            # a move's destination: not mapped until the move; then its SPTE names the moved
+            # page (the source's), faulted in under whichever root is current
+            host_pages[gpa] = ([], False)
+            moved = [0, leaf(scenario.host[moves[gpa]][0], r)]
+            for root in tdp_roots:
+                b.allow(root, gpa, moved)
+            continue
         if not cfg.tdp:
             continue
-        leaf: Callable[[int, int], int] = make_ept if vmx else make_npt
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
         if cfg.pml and r & E_W:
             # kvm/pml.py: KVM makes a writable SPTE dirty (the boot one too) and cleans it for
@@ -770,6 +792,9 @@ def _boot(
             root_refs=tuple(holders),
             root_vm=tuple(range(len(kvm.tdp_roots))) if kvm.vm_of else (),
             nx_huge=kvm.nx_huge,
+            slot_absent=sum(
+                1 << i for i, g in enumerate(kvm.gpas) if scenario.host[g][0] == NO_MEMORY
+            ),
         ),
         Thawed.of(
             [
