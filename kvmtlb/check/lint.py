@@ -52,6 +52,7 @@ KINDS = (
     "npt12-unused-gpa",
     "collapse-without-log",
     "huge-knob",
+    "sregs-held",
 )
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
 REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
@@ -117,7 +118,14 @@ def warnings(scenario: object) -> list[LintWarning]:
         MapOp,
         MovCr3Op,
     )
-    from kvmtlb.host.ops import CollapseOp, CreateVcpuOp, PreemptOp, ResumeOp, WrprotectOp
+    from kvmtlb.host.ops import (
+        CollapseOp,
+        CreateVcpuOp,
+        PreemptOp,
+        ResumeOp,
+        SetSregsOp,
+        WrprotectOp,
+    )
     from kvmtlb.model.scenario import VM1_ROOT, Scenario
     from kvmtlb.tomlfile import Lines
 
@@ -139,6 +147,7 @@ def warnings(scenario: object) -> list[LintWarning]:
     vm1_mapped = set(s.roots.get(VM1_ROOT, {})) if s.vm1 else set()
     loaded = {op.root for p in s.programs for op in p if isinstance(op, MovCr3Op) and op.root}
     loaded |= {op.root for p in s.programs for op in p if isinstance(op, VmlaunchOp | VmrunOp)}
+    loaded |= {op.root for op in s.host_program if isinstance(op, SetSregsOp) and op.root}
     if s.vm1:
         loaded.add(VM1_ROOT)  # the second VM's vCPUs start on it
     # a `link` from a page table that is walked makes the walk reach the target's tables
@@ -235,6 +244,15 @@ def warnings(scenario: object) -> list[LintWarning]:
                 )
                 blocked = hop.line
             held[hop.vcpu] = hop.line
+        elif isinstance(hop, SetSregsOp) and hop.vcpu in held:
+            warn(
+                hop.line,
+                "sregs-held",
+                f"vcpu{hop.vcpu} is held out by the preempt on line {held[hop.vcpu]}: its thread "
+                f"cannot make the ioctl until resumed, so this never runs; resume vcpu{hop.vcpu} "
+                "first",
+            )
+            blocked = hop.line
         elif isinstance(hop, CreateVcpuOp):
             if not s.programs[hop.vcpu]:
                 warn(

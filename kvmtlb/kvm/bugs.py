@@ -634,3 +634,24 @@ class ShadowRoleIgnoresCr0Wp(Kvm618):
     def sroot(self, k: Step, vcpu: Vcpu, g: int) -> int:
         """One set of shadow pages for both roles."""
         return g
+
+
+@register
+class SetSregsCr3NoReset(Kvm618):
+    name = "bug-set-sregs-cr3-no-reset"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "__set_sregs_common leaves a CR3 change out of mmu_reset_needed (not a historical bug: "
+        "every version compares kvm_read_cr3 with the new CR3): KVM_SET_SREGS that only moves "
+        "CR3 neither resets the MMU nor flushes, so the old page table's translations (with TDP "
+        "the hardware's, tagged with the same VPID/ASID and PCID; with shadow paging the old "
+        "shadow root, still loaded) stay in use"
+    )
+
+    def set_sregs_common(self, k: Step, vcpu: Vcpu, cr3: int, cr4: int) -> bool:
+        """x86.c:__set_sregs_common @ v6.18 without the CR3 comparison."""
+        old_cr4 = self.kvm_read_cr4(k, vcpu)
+        super().set_sregs_common(k, vcpu, cr3, cr4)
+        k.note("__set_sregs_common: a CR3 change is no reason to reset the MMU")
+        return old_cr4 != cr4
