@@ -2,7 +2,7 @@
 
 - __set_sregs @ every version: a changed CR3 or CR4 resets the MMU context (the roots are
   unloaded; kvm_mmu_load flushes the current context before the next entry); v6.18 also requests
-  KVM_REQ_TLB_FLUSH_GUEST (4346db6e6e7a, v6.6), v5.7/v5.8 do not; an unchanged write does neither.
+  KVM_REQ_TLB_FLUSH_GUEST (4346db6e6e7a, v6.7), v5.7/v5.8 do not; an unchanged write does neither.
 - The native reference (model/native.py:load_state): a change leaves the vCPU's native processor
   with nothing cached but what the fill rule takes from the current tables; no change is no event.
 - The host op waits until its vCPU is loaded and where KVM_RUN can return to userspace, and

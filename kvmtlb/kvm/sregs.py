@@ -6,7 +6,7 @@ left alone), in 4-level paging with CR0.PG = 1 and EFER.LMA = 1 throughout. KVM 
 new register with the current one; any difference resets the MMU context
 (kvm_mmu_reset_context: the current and cached roots are unloaded, and the next entry's
 kvm_mmu_load flushes the current context for the new root), and since 4346db6e6e7a ("KVM: x86:
-Force TLB flush on userspace changes to special registers", v6.6) also requests a flush of the
+Force TLB flush on userspace changes to special registers", v6.7) also requests a flush of the
 guest's TLB (KVM_REQ_TLB_FLUSH_GUEST). A write that changes nothing does neither.
 
 What is abstracted away, and why that is sound here:
@@ -91,7 +91,7 @@ class SetSregs58(SetSregs):
 
     def set_sregs(self, k: Step, vcpu: Vcpu, cr3: int, cr4: int) -> None:
         """x86.c:__set_sregs @ v5.8 (v5.7 alike): a change resets the MMU context, and nothing
-        more: the flush request came with 4346db6e6e7a (v6.6). kvm_mmu_load's flush of the
+        more: the flush request came with 4346db6e6e7a (v6.7). kvm_mmu_load's flush of the
         current context for the new root is the only flush."""
         if self.set_sregs_common(k, vcpu, cr3, cr4):
             self.kvm_mmu_reset_context(k, vcpu)  # type: ignore[attr-defined]
