@@ -650,8 +650,19 @@ class SetSregsCr3NoReset(Kvm618):
     )
 
     def set_sregs_common(self, k: Step, vcpu: Vcpu, cr3: int, cr4: int) -> bool:
-        """x86.c:__set_sregs_common @ v6.18 without the CR3 comparison."""
+        """x86.c:__set_sregs_common @ v6.18 without the CR3 comparison: the registers are
+        written as upstream does, but only a CR4 change asks for the MMU reset."""
+        old_cr3 = self.kvm_read_cr3(k, vcpu)
         old_cr4 = self.kvm_read_cr4(k, vcpu)
-        super().set_sregs_common(k, vcpu, cr3, cr4)
-        k.note("__set_sregs_common: a CR3 change is no reason to reset the MMU")
-        return old_cr4 != cr4
+        vcpu.cr3 = cr3
+        if k.config.tdp and old_cr3 != cr3:
+            self.kvm_x86_call(k, "set_guest_cr3", vcpu, cr3)
+        if old_cr4 != cr4:
+            self.kvm_x86_call(k, "set_guest_cr4", vcpu, cr4)
+        reset = old_cr4 != cr4
+        k.note(
+            "__set_sregs_common (CR3 not compared)",
+            f"CR3 {old_cr3:#x} -> {cr3:#x}, CR4 {old_cr4:#x} -> {cr4:#x}: "
+            + ("mmu_reset_needed" if reset else "no MMU reset"),
+        )
+        return reset
