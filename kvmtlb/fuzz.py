@@ -306,6 +306,11 @@ TOKENS = (
     "[ept12]",
     "0x40000",
     "tdp = true",
+    # dirty logging with PML
+    "pml = true",
+    "pml = false",
+    "pml = 1",
+    "ept_ad = false",
     # nested NPT
     "npt_map",
     "npt_unmap",

@@ -38,6 +38,7 @@ from kvmtlb.hw.cpu import (
     Regs,
     Vmcs,
 )
+from kvmtlb.hw.dirty import tracks_dirty, write_results
 from kvmtlb.hw.layout import Format, LayoutBuilder
 from kvmtlb.hw.machine import Machine, MachineConfig
 from kvmtlb.hw.outcomes import (
@@ -47,7 +48,17 @@ from kvmtlb.hw.outcomes import (
     NestedPageFault,
     PageFault,
 )
-from kvmtlb.hw.paging import E_ALL, E_R, E_W, E_X, make_ept, make_npt, make_pte, make_table_pte
+from kvmtlb.hw.paging import (
+    E_ALL,
+    E_R,
+    E_W,
+    E_X,
+    EPT_D,
+    make_ept,
+    make_npt,
+    make_pte,
+    make_table_pte,
+)
 from kvmtlb.hw.svm import AmdArch, FlushAllAsids, Invlpga, SvmExitEvent, Vmrun
 from kvmtlb.hw.tags import AmdTags, IntelEptTags, IntelLinearTags
 from kvmtlb.hw.universe import Universe
@@ -141,6 +152,8 @@ def build(vendor: str) -> Bed:
             vals.append(0)
             if ept:
                 vals.append(make_ept(hpa, E_W))  # write without read: a misconfiguration
+                # the leaf with its dirty flag set (by the processor under EPT A/D, or by KVM)
+                vals += [make_ept(hpa + 0x10000 * k, E_ALL) | EPT_D for k in range(2)]
             b.allow(r2, gpa, vals)
         b.map(
             r2,
@@ -367,6 +380,9 @@ class Pair:
         if nxt is self.hw:
             return None
         self.hw = nxt
+        if isinstance(outcome, Access):  # a write that set an EPT dirty flag (hw/dirty.py)
+            self.oracle = self.oracle.take_write(i, access_tuple(outcome))
+            return None
         self.oracle, rm = self.oracle.take(i, access_tuple(outcome))
         return i, rm
 
@@ -459,8 +475,11 @@ class Pair:
         if k == 3:
             on = bool(b % 2)
             return self.step(i, Vmwrite("enable_vpid", on), ("vmwrite", "enable_vpid", on))
-        if k == 4:
-            eptp = make_eptp(bed.s2_roots[b % 2])
+        if k == 4 and a % 3 == 2:
+            on = bool(b % 2)
+            return self.step(i, Vmwrite("enable_pml", on), ("vmwrite", "enable_pml", on))
+        if k == 4:  # with EPT A/D flags or without
+            eptp = make_eptp(bed.s2_roots[b % 2], ad=a % 3 == 1)
             return self.step(i, Vmwrite("eptp", eptp), ("vmwrite", "eptp", eptp))
         if k == 6:  # the EPTP list of VMFUNC leaf 0
             lst = tuple(make_eptp(r) for r in bed.s2_roots)
@@ -487,6 +506,9 @@ class Pair:
         `concrete`, hw/concrete.py's path walker is checked on the same states too (it
         enumerates paths one by one, so it is kept to the short directed sequences)."""
         for j in range(len(self.hw.cpus)):
+            vmcs = getattr(self.hw.cpus[j], "vmcs", None)
+            if vmcs is not None:  # the page-modification log (hw/dirty.py)
+                assert vmcs.pml == self.oracle.procs[j].pml, (where, j)
             mine, theirs = self.held(j), self.oracle.procs[j].held
             assert mine == theirs, (
                 f"after {where} on cpu {j}: model only "
@@ -510,9 +532,12 @@ class Pair:
                     if not concrete:
                         continue
                     arch = self.hw.config.arch
+                    results = tuple(p.result for p in pw.paths(gva))
+                    if access == "write" and tracks_dirty(self.hw.cpus[j]):
+                        results = write_results(results, self.hw.reference(j, gva))
                     paths = {
-                        access_tuple(arch.classify(self.hw.cpus[j], gva, access, p.result))
-                        for p in pw.paths(gva)
+                        access_tuple(arch.classify(self.hw.cpus[j], gva, access, r))
+                        for r in results
                     }
                     assert paths == got, (where, j, gva, access)
 

@@ -537,15 +537,17 @@ def test_policies_json() -> None:
     assert [row["name"] for row in upstream] == UPSTREAM
     assert all(row["fix"] is None and row["cve"] is None for row in upstream)
     bug_rows = [row for row in rows if row["kind"] == "bug"]
-    assert len(bug_rows) == 51
+    assert len(bug_rows) == 53
     assert {row["kind"] for row in rows} == {"upstream", "bug"}
     for row in bug_rows:
         cls = registry()[row["name"]]
-        # (hugepage_bugs and nested_npt_bugs by name: importing them here would change the order)
+        # (hugepage_bugs, pml_bugs and nested_npt_bugs by name: importing them here would change
+        # the order)
         assert cls.__module__ in (
             bugs.__name__,
             nested_bugs.__name__,
             "kvmtlb.kvm.hugepage_bugs",
+            "kvmtlb.kvm.pml_bugs",
             "kvmtlb.kvm.nested_npt_bugs",
         )
         assert row["based_on"] in UPSTREAM

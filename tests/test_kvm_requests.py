@@ -26,6 +26,7 @@ from kvmtlb.kvm.requests import (
     KVM_REQ_TLB_FLUSH,
     KVM_REQ_TLB_FLUSH_CURRENT,
     KVM_REQ_TLB_FLUSH_GUEST,
+    KVM_REQ_UPDATE_CPU_DIRTY_LOGGING,
     WAIT_REQUESTS,
     kvm_make_request,
 )
@@ -381,12 +382,13 @@ def test_kvm_request_needs_ipi(mode: int, req: int, ipi: bool, after: int) -> No
 
 def test_wait_requests() -> None:
     """KVM_REQ_TLB_FLUSH and KVM_REQ_TLB_FLUSH_GUEST carry KVM_REQUEST_WAIT, and so do the root
-    reloads of a fast zap (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS; v5.x's KVM_REQ_MMU_RELOAD); CURRENT
-    does not."""
+    reloads of a fast zap (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS; v5.x's KVM_REQ_MMU_RELOAD), and PML's
+    KVM_REQ_UPDATE_CPU_DIRTY_LOGGING; CURRENT does not."""
     assert WAIT_REQUESTS == (
         KVM_REQ_TLB_FLUSH
         | KVM_REQ_TLB_FLUSH_GUEST
         | KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+        | KVM_REQ_UPDATE_CPU_DIRTY_LOGGING
         | KVM_REQ_MMU_RELOAD
     )
 

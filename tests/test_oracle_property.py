@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oraclebeds import Bed, Pair, build
 
+from kvmtlb.hw.paging import E_D, EPT_D
 from kvmtlb.oracle.machine import ConcreteTlb
 
 BEDS: dict[str, Bed] = {}
@@ -109,6 +110,10 @@ def test_single_runs_with_evictions_stay_inside_both(
 P1 = PRELUDES["intel"][1]
 P2 = PRELUDES["intel"][2]
 USER = ("pte", 0, 0, 0, 3)  # GVA 0x1000 maps a user page
+# EPTP with A/D flags (event 4, a = 1) and 'enable PML' (event 4, a = 2, b = 1), then enter and
+# write 0x1000 (GPA 0x10000, whose leaf starts clean).
+PML_AD = [("event", 0, 4, 1, 0), ("event", 0, 4, 2, 1)]
+PML_ON = [*PML_AD, T0, ("access", 0, 0, 1, 0)]
 DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     ("intel", "invlpg-pcid1-global", [*P1, ("event", 0, 0, 1, 0)]),
     ("amd", "invlpg-pcid1-global", [*PRELUDES["amd"][1], ("event", 0, 0, 1, 0)]),
@@ -198,6 +203,23 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
     # PSC entry of nCR3 0's hierarchy held, the host rewires nCR3 0's level-2 entry; the walks
     # through the held entry read it, so a memoized fill keyed on nCR3 1's slots misses them.
     ("amd", "ncr3-switch-held-nested-psc", [T0, T0, ("event", 0, 5, 3, 1), T0, ("s2", 0, 5, 0, 1)]),
+    # EPT A/D flags and PML (hw/dirty.py): a write through the clean leaf sets its dirty flag
+    # and logs; KVM-style cleaning without INVEPT leaves a translation held dirty; the next
+    # writes may go through it (nothing set) or walk and set the flag again.
+    ("intel", "ept-dirty-write-logs", PML_ON),
+    ("intel", "ept-dirty-clean-stale", [*PML_ON, ("s2", 0, 0, 0, 0), ("access", 0, 0, 1, 0)]),
+    ("intel", "ept-dirty-clean-walk", [*PML_ON, ("s2", 0, 0, 0, 0), ("access", 0, 0, 1, 1)]),
+    (
+        "intel",
+        "ept-dirty-clean-invept",
+        [*PML_ON, ("s2", 0, 0, 0, 0), T0, ("event", 0, 1, 0, 0), T0, ("access", 0, 0, 1, 0)],
+    ),
+    # the leaf remapped clean under a translation held clean: a write walks to the new frame
+    (
+        "intel",
+        "ept-dirty-stale-clean-remap",
+        [*PML_AD, T0, ("s2", 0, 0, 0, 2), ("access", 0, 0, 1, 0)],
+    ),
     # A guest PSC entry made with nested paging on, used after VMRUN with it off (same ASID and
     # PCID): the walk through it makes entries no walk from a root makes.
     ("amd", "npt-psc-used-with-npt-off", [T0, T0, ("event", 0, 5, 1, 0), T0]),
@@ -209,6 +231,20 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
         [T0, ("event", 0, 3, 0, 0), ("s2", 0, 0, 0, 4), ("access", 0, 0, 0, 7), T0],
     ),
 ]
+
+
+def test_the_pml_sequences_set_the_flag_and_log() -> None:
+    """The directed PML sequences reach what they are about: the flag set and the GPA logged,
+    and after a cleaning without INVEPT a write through the translation held dirty."""
+    pair = Pair(bed("intel"))
+    for o in PML_ON:
+        pair.apply(o)
+    assert pair.hw.cpus[0].vmcs.pml == (0x10000,)
+    assert pair.hw.memory.values[pair.bed.slots["s2_0_0"]] & EPT_D
+    pair.apply(("s2", 0, 0, 0, 0))
+    dirty = [o for o in pair.hw.outcomes(0, 0x1000, "write") if o.erights & E_D]
+    clean = [o for o in pair.hw.outcomes(0, 0x1000, "write") if not o.erights & E_D]
+    assert dirty and clean
 
 
 @pytest.mark.parametrize(

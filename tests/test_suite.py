@@ -113,7 +113,7 @@ def test_bug_zoo_lists_every_bug_policy() -> None:
     # (issue 15); nested NPT's missing MMU sync and NPT02 rmap zap (issue 11); NX huge page
     # recovery's bug #13 half (issue 15); an L2 on EPT01 and guest_mmu's roots per EPTP (issue 11)
     # KVM_SET_SREGS without the MMU reset for a new CR3 (issue 15)
-    assert len(ZOO) == 51
+    assert len(ZOO) == 53
 
 
 @pytest.mark.parametrize("name", [c.name for c in bug_policies()])

@@ -20,6 +20,7 @@ its pool of fresh host pages). Warnings flag what is valid but probably not what
   reads a translation, so no property can see a stale one;
 - `collapse-without-log`: a `collapse` (dirty logging off) of a 2 MiB region no earlier
   `wrprotect` put under dirty logging: the region was never split, so nothing collapses;
+- `pml-without-log`: `pml = true` with no `wrprotect` (PML only changes how KVM logs dirty pages);
 - `huge-knob`: `tdp_mmu` or `eager_split` changed without a 2 MiB region (they only change the
   huge-page paths);
 - `knob`: `vpids` or `max_asid` set far from real hardware (processors have far more VPIDs than a
@@ -51,6 +52,7 @@ KINDS = (
     "ept12-unused-gpa",
     "npt12-unused-gpa",
     "collapse-without-log",
+    "pml-without-log",
     "huge-knob",
     "sregs-held",
 )
@@ -305,6 +307,13 @@ def warnings(scenario: object) -> list[LintWarning]:
                 f"then never run; add resume vcpu{v} if it should finish",
             )
     # -- knobs -----------------------------------------------------------------------------------
+    if cfg.pml and not any(isinstance(op, WrprotectOp) for op in s.host_program):
+        warn(
+            _config_line(s, "pml"),
+            "pml-without-log",
+            "pml = true only changes how KVM logs dirty pages, and no wrprotect switches dirty "
+            "logging on: add wrprotect GPA to the host thread, or remove pml",
+        )
     if not s.huge:
         for key, default in (("tdp_mmu", True), ("eager_split", True)):
             if getattr(cfg, key) != default:

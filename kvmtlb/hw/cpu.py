@@ -91,6 +91,8 @@ class Vmcs(NamedTuple):
     cr4_read_shadow: int = 0
     pf_exiting: bool = False
     eptp_list: tuple[int, ...] = ()
+    enable_pml: bool = False  # secondary control 'enable PML' (SDM §28.2.5; hw/dirty.py)
+    pml: tuple[int, ...] = ()  # the page-modification log: the GPAs logged, oldest first
     guest: Regs = Regs()
     host: Regs = Regs()
     launched: bool = False

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 from kvmtlb.hw.cpu import CR0_WP, CR4_SMAP, CR4_SMEP, VMX_NONROOT, Capabilities, Cpu
+from kvmtlb.hw.dirty import leaf_slot, log_write, sets_dirty, tracks_dirty, write_results
 from kvmtlb.hw.effect import DEFAULT_READINGS, Effect, Event, Readings
 from kvmtlb.hw.errors import ModelError, UnknownEvent
 from kvmtlb.hw.invalidation import Invalidation, union
@@ -34,6 +35,7 @@ from kvmtlb.hw.outcomes import (
     Outcome,
     PageFault,
 )
+from kvmtlb.hw.paging import E_D, EPT_D
 from kvmtlb.hw.rules import check_ids
 from kvmtlb.hw.scope import native_scope
 from kvmtlb.hw.smm import Rsm
@@ -43,6 +45,7 @@ from kvmtlb.hw.vmexit import vm_exit
 from kvmtlb.hw.vmx import ept_violation_invalidation
 from kvmtlb.hw.walk import (
     ACCESS_KINDS,
+    WRITE,
     NotPresent,
     Stage2Fault,
     Translated,
@@ -95,7 +98,9 @@ class IntelArch:
             return PageFault(gva, "rights")
         if stage2_denies(r, access):
             return EptViolation(r.gpa, gva)
-        return Access(gva, r.gpa, r.frame, r.rights, r.erights)
+        # the cached dirty flag tells writes apart only (hw/dirty.py)
+        erights = r.erights if access == WRITE else r.erights & ~E_D
+        return Access(gva, r.gpa, r.frame, r.rights, erights)
 
     def fault_effect(self, cpu: Cpu, outcome: AccessOutcome, readings: Readings) -> Effect:
         if isinstance(outcome, PageFault):
@@ -270,9 +275,10 @@ class Machine:
             raise ModelError(f"unknown access kind {access!r}; use one of {ACCESS_KINDS}")
         cpu = self.cpus[i]
         arch = self.config.arch
-        return list(
-            dict.fromkeys(arch.classify(cpu, gva, access, r) for r in self.translations(i, gva))
-        )
+        results = self.translations(i, gva)
+        if access == WRITE and tracks_dirty(cpu):
+            results = write_results(results, self.reference(i, gva))
+        return list(dict.fromkeys(arch.classify(cpu, gva, access, r) for r in results))
 
     def access(self, i: int, gva: int, access: str) -> list[tuple[AccessOutcome, Machine]]:
         """One successor per outcome; a fault's successor has the fault's invalidation applied
@@ -282,9 +288,22 @@ class Machine:
             if isinstance(o, PageFault | EptViolation | EptMisconfig | NestedPageFault):
                 eff = self.config.arch.fault_effect(self.cpus[i], o, self.config.readings)
                 result.append((o, self._apply(i, self.cpus[i], eff).machine))
+            elif access == WRITE and sets_dirty(o) and tracks_dirty(self.cpus[i]):
+                result.append((o, self._set_dirty(i, o)))
             else:
                 result.append((o, self))
         return result
+
+    def _set_dirty(self, i: int, o: Access) -> Machine:
+        """Processor `i`'s write `o` sets the dirty flag of the EPT leaf of its GPA, and logs
+        the GPA if page-modification logging is on (hw/dirty.py)."""
+        cpu = self.cpus[i]
+        slot = leaf_slot(self.memory, cpu.ep4ta, o.gpa)
+        m = self.write(slot, self.memory.values[slot] | EPT_D)
+        logged = log_write(m.cpus[i], o.gpa)
+        if logged is m.cpus[i]:
+            return m
+        return Machine(self.config, m.memory, (*m.cpus[:i], logged, *m.cpus[i + 1 :]))
 
     def reference(self, i: int, gva: int) -> tuple[WalkResult, ...]:
         """The TLB-free reference walk of `gva` in processor `i`'s current context."""

@@ -5,11 +5,14 @@ address field) and of an EPT entry (SDM §28.2.2, new §29.3.2: read, write, exe
 memory type, PS), and how walks combine them into rights (§4.10.2.2: R/W and U/S are ANDed over
 the levels, XD is ORed; EPT R/W/X are ANDed).
 
-Abstracts away: accessed/dirty flags (the processor sets A before caching, §4.10.2.3, so every
-cached entry is modelled as accessed; dirty-bit transitions are not modelled, dirty logging is
-by write protection), protection keys, PAT/PCD/PWT and EPT memory types beyond "WB leaf", and
-the user-execute bit of mode-based execute control. None of them affects which translations
-an invalidation must remove.
+Accessed flags are abstracted away (the processor sets A before caching, §4.10.2.3, so every
+cached entry is modelled as accessed), and so are the guest's dirty flags. The dirty flag of an
+EPT leaf (bit 9, SDM §28.2.4, new §29.3.5) is modelled: a translation caches it (§4.10.2.2: the
+dirty flag is among what a TLB entry holds), as `E_D` in the EPT rights, because a write through
+a translation cached dirty sets nothing and logs nothing (page-modification logging, §28.2.5);
+see hw/dirty.py. Also abstracted away: protection keys, PAT/PCD/PWT and EPT memory types beyond
+"WB leaf", and the user-execute bit of mode-based execute control. None of them affects which
+translations an invalidation must remove.
 
 Rights are small ints so that walks and cached entries stay compact: guest rights use
 G_W | G_U | G_X (X meaning "XD clear"), EPT and NPT rights use E_R | E_W | E_X.
@@ -33,6 +36,7 @@ EPT_W = 1 << 1
 EPT_X = 1 << 2
 EPT_MEMTYPE_WB = 6 << 3
 EPT_PS = 1 << 7
+EPT_D = 1 << 9  # the dirty flag of an EPT leaf, used when the EPTP enables A/D flags
 
 # Rights of a translation, guest layer.
 G_W = 1
@@ -44,6 +48,8 @@ E_R = 1
 E_W = 2
 E_X = 4
 E_ALL = E_R | E_W | E_X
+# Not a right: the EPT leaf's dirty flag as the translation cached it (hw/dirty.py).
+E_D = 8
 
 
 def make_pte(
@@ -136,4 +142,7 @@ def format_guest_rights(rights: int) -> str:
 
 
 def format_ept_rights(rights: int) -> str:
-    return "".join(c if rights & b else "-" for c, b in (("r", E_R), ("w", E_W), ("x", E_X)))
+    """ "rwx" with "-" for a missing right, and " dirty" when the translation cached the leaf's
+    dirty flag set (E_D)."""
+    text = "".join(c if rights & b else "-" for c, b in (("r", E_R), ("w", E_W), ("x", E_X)))
+    return text + " dirty" if rights & E_D else text

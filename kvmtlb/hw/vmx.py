@@ -378,6 +378,8 @@ class Vmwrite:
 
     def describe(self) -> str:
         v = self.value
+        if isinstance(v, bool):
+            return f"VMWRITE {self.field} = {int(v)}"
         return f"VMWRITE {self.field} = {v:#x}" if isinstance(v, int) else f"VMWRITE {self.field}"
 
     def execute(self, cpu: Cpu, caps: Capabilities, readings: Readings) -> Effect:

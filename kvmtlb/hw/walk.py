@@ -39,9 +39,11 @@ from kvmtlb.hw.layout import Format
 from kvmtlb.hw.mappings import Entry
 from kvmtlb.hw.paging import (
     E_ALL,
+    E_D,
     E_R,
     E_W,
     E_X,
+    EPT_D,
     EPT_PS,
     G_ALL,
     G_U,
@@ -179,6 +181,8 @@ class Walker:
             r = rights & self._s2_rights(value)
             large = level == 2 and bool(value & self._s2_large)
             if level == 1 or large:
+                if self._ept and value & EPT_D:
+                    r |= E_D  # the leaf's dirty flag, cached with the translation (hw/dirty.py)
                 size = PAGE_SIZE if level == 1 else LARGE_PAGE_SIZE
                 base = pte_addr(value) & ~(size - 1)
                 self.fills.add(tags.s2_translation(page_base(gpa, size), size, base, r))

@@ -108,6 +108,7 @@ class KvmConfig:
     wp_roles: bool = False
     # EPT accessed/dirty bits (enable_ept_ad_bits; NPT always has them); else access tracking
     ept_ad: bool = True
+    pml: bool = False  # VMX: dirty logging by EPT dirty flags and PML (kvm/pml.py)
     # The VM's EPT/NPT root pages (TDP; kvm/mmu.py): tdp_root and the pages fast zaps may use.
     tdp_roots: tuple[int, ...] = ()
     # Every host page a guest frame may be given, to its frame (an SPTE names the host page only).

@@ -224,7 +224,7 @@ class Mmu:
         hpa = self.tdp_root_hpas(k)[vcpu.tdp_root]
         if k.config.vmx:
             assert vcpu.vmcs is not None
-            eptp = make_eptp(hpa)
+            eptp = make_eptp(hpa, ad=k.config.pml)  # construct_eptp (kvm/vmx.py)
             if vcpu.vmcs.eptp != eptp:
                 k.hw(vcpu.cpu, Vmwrite("eptp", eptp), "vmx_load_mmu_pgd: EPT_POINTER")
         else:
@@ -276,13 +276,19 @@ class Mmu:
             return
         k.kvm.set_dirty(i, False)
         k.note(f"KVM_CLEAR_DIRTY_LOG({task.gpa:#x}): dirty bit cleared")
-        for r in self.live_tdp_roots(k) if k.config.tdp else []:
-            hpa, rights = self.spte(k, task.gpa, r)
-            if hpa >= 0:
-                self.set_spte(k, task.gpa, hpa, rights & ~E_W, "clear_dirty_pt_masked", r)
-        if not k.config.tdp:
-            self.rmap_write_protect(k, task.gpa)  # type: ignore[attr-defined]
+        self.kvm_arch_mmu_enable_log_dirty_pt_masked(k, task.gpa)
         self.kvm_flush_remote_tlbs_memslot(k, task)
+
+    def kvm_arch_mmu_enable_log_dirty_pt_masked(self, k: Step, gpa: int) -> None:
+        """x86.c:kvm_arch_mmu_enable_log_dirty_pt_masked @ v6.18 for one frame, without PML
+        (kvm/pml.py): write-protect its SPTEs (kvm_tdp_mmu_clear_dirty_pt_masked clears W of an
+        SPTE whose A/D flags may not be used; the rmap's kvm_mmu_write_protect_pt_masked)."""
+        for r in self.live_tdp_roots(k) if k.config.tdp else []:
+            hpa, rights = self.spte(k, gpa, r)
+            if hpa >= 0:
+                self.set_spte(k, gpa, hpa, rights & ~E_W, "clear_dirty_pt_masked", r)
+        if not k.config.tdp:
+            self.rmap_write_protect(k, gpa)  # type: ignore[attr-defined]
 
     def kvm_flush_remote_tlbs_memslot(self, k: Step, task: HostTask) -> None:
         """kvm_main.c:kvm_flush_remote_tlbs_memslot @ v6.18 (kvm_arch_flush_remote_tlbs_memslot
@@ -455,7 +461,11 @@ class Mmu:
     def kvm_mmu_slot_remove_write_access(self, k: Step, task: HostTask) -> None:
         """x86.c:kvm_mmu_slot_apply_flags -> mmu.c:kvm_mmu_slot_remove_write_access, then
         kvm_flush_remote_tlbs_memslot @ v6.18 (dirty logging switched on, or the dirty log
-        cleared): write-protect the frame, and flush if write permission may be cached."""
+        cleared): write-protect the frame, and flush if write permission may be cached. With PML,
+        the dirty flags are cleared instead (kvm/pml.py)."""
+        if k.config.pml:
+            self.kvm_mmu_slot_apply_flags_pml(k, task)  # type: ignore[attr-defined]
+            return
         if self.kvm_tdp_mmu_write_protect(k, task.gpa):
             task.goto("kvm_flush_remote_tlbs")
         else:

@@ -26,6 +26,7 @@ from kvmtlb.kvm.nested_ept01 import NestedEpt01
 from kvmtlb.kvm.nested_npt import NestedNpt
 from kvmtlb.kvm.nested_svm import NestedSvm
 from kvmtlb.kvm.nested_vmx import NestedVmx
+from kvmtlb.kvm.pml import Pml
 from kvmtlb.kvm.shadow import ShadowMmu
 from kvmtlb.kvm.sregs import SetSregs
 from kvmtlb.kvm.state import HostTask, Vcpu
@@ -47,6 +48,7 @@ class KvmPolicy(
     HypervFlush,
     HugePages,
     KvmMain,
+    Pml,
     Mmu,
     ShadowMmu,
     VmLifecycle,
@@ -81,6 +83,7 @@ class KvmPolicy(
         "kvm_flush_remote_tlbs:wait": "kvm_flush_remote_tlbs_wait",
         "kvm_mmu_notifier_invalidate_range_end": "kvm_mmu_notifier_invalidate_range_end",
         "kvm_mmu_slot_remove_write_access": "kvm_mmu_slot_remove_write_access",
+        "kvm_mmu_slot_leaf_clear_dirty": "kvm_mmu_slot_leaf_clear_dirty",
         "kvm_mmu_slot_apply_flags:log_off": "kvm_mmu_slot_apply_flags_log_off",
         "kvm_set_spte_gfn": "kvm_set_spte_gfn",
         "kvm_make_all_cpus_request": "kvm_make_all_cpus_request",
@@ -159,6 +162,7 @@ def registry() -> dict[str, type[KvmPolicy]]:
 
     # after the nested bugs, whichever was imported first: the bug zoo's table keeps this order
     import_module("kvmtlb.kvm.hugepage_bugs")
+    import_module("kvmtlb.kvm.pml_bugs")
     import_module("kvmtlb.kvm.nested_npt_bugs")
 
     return dict(_REGISTRY)

@@ -25,6 +25,7 @@ from kvmtlb.kvm.nested_ept01 import NestedEpt0157
 from kvmtlb.kvm.nested_npt import NestedNpt58
 from kvmtlb.kvm.nested_svm import NestedSvm58
 from kvmtlb.kvm.nested_vmx import NestedVmx57, NestedVmx58
+from kvmtlb.kvm.pml import Pml58
 from kvmtlb.kvm.policy import KvmPolicy, register
 from kvmtlb.kvm.requests import (
     KVM_REQ_MMU_RELOAD,
@@ -54,7 +55,9 @@ class Kvm618(KvmPolicy):
 
 
 @register
-class Kvm58(NestedNpt58, NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, SetSregs58, Kvm618):
+class Kvm58(
+    NestedNpt58, NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, Pml58, SetSregs58, Kvm618
+):
     name = "kvm-5.8"
     summary = (
         "v5.8: after the seed's series (tlb_flush_guest, tlb_flush_current), before "

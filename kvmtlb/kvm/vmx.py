@@ -118,9 +118,11 @@ class Vmx:
     # -- vmx.c -------------------------------------------------------------------------------
     def construct_eptp(self, k: Step, vcpu: Vcpu) -> int:
         """vmx.c:construct_eptp @ v6.18: WB, 4-level walk, the address of the vCPU's root
-        (mmu->root.hpa; A/D off)."""
+        (mmu->root.hpa). A/D flags are enabled with enable_ept_ad_bits; the model sets the bit
+        only with PML (kvm/pml.py): elsewhere KVM's writable SPTEs are made dirty and never
+        cleaned, so the processor would have no flag to set."""
         roots = k.config.tdp_roots or (k.config.tdp_root,)
-        return make_eptp(roots[max(vcpu.tdp_root, 0)])
+        return make_eptp(roots[max(vcpu.tdp_root, 0)], ad=k.config.pml)
 
     def vmx_get_current_vpid(self, k: Step, vcpu: Vcpu) -> int:
         """vmx.c:vmx_get_current_vpid @ v6.18 (no nested guest in the model: vmx->vpid)."""
@@ -185,6 +187,7 @@ class Vmx:
             enable_vpid=vcpu.vpid != 0,
             enable_ept=tdp,
             eptp=self.construct_eptp(k, vcpu) if tdp else 0,
+            enable_pml=self.vmx_pml_at_create(k),  # type: ignore[attr-defined]
             unrestricted_guest=k.config.unrestricted_guest and tdp,
             # without EPT, KVM intercepts #PF, INVLPG (and so INVPCID) and CR3 loads (init_vmcs:
             # exec_controls / the exception bitmap, vmx_update_exception_bitmap)

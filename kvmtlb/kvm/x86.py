@@ -133,6 +133,7 @@ class X86:
         if kvm_check_request(vcpu, KVM_REQ_TLB_FLUSH):
             self.kvm_vcpu_flush_tlb_all(k, vcpu)
         self.kvm_service_local_tlb_flush_requests(k, vcpu)
+        self.kvm_service_dirty_logging_request(k, vcpu)  # type: ignore[attr-defined]
         if kvm_check_request(vcpu, KVM_REQ_STEAL_UPDATE):
             self.record_steal_time(k, vcpu)
             return
@@ -255,6 +256,8 @@ class X86:
         vcpu.at_instruction_boundary = self.exit_at_instruction_boundary(reason)
         if not k.config.vmx:
             self.svm_vcpu_after_run(k, vcpu)  # type: ignore[attr-defined]
+        else:
+            self.vmx_flush_pml_buffer(k, vcpu)  # type: ignore[attr-defined]
         k.note(
             f"vcpu{vcpu.id} VM exit: {EXIT_NAMES[reason]}{' (' + cause + ')' if cause else ''}",
             "vcpu->mode = OUTSIDE_GUEST_MODE",

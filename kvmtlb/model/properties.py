@@ -10,6 +10,8 @@
   by KVM's), no translation a vCPU in guest mode may use may reach it. dirty-logging: once write
   protection of a frame for dirty logging returned to userspace (its kvm_flush_remote_tlbs
   returned), a write through any translation of that frame must be logged in the dirty bitmap.
+  With PML (kvm/pml.py) a write is logged too when it sets the EPT dirty flag with PML on, or
+  when its GPA is in a PML log already (KVM moves it to the bitmap at the vCPU's next exit).
 - vm-isolation (with a second VM, kvm/vm.py): no outcome of an access by a vCPU of one VM may
   reach a host page that backs a guest frame of the other VM (a stale entry under a VPID or ASID
   or EP4TA that a vCPU of the other VM used). The destroyed VM's pages stay its own: userspace
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from kvmtlb.host.thread import HostThread
+from kvmtlb.hw.dirty import sets_dirty, tracks_dirty
 from kvmtlb.hw.outcomes import Access, PageFault
 from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.walk import ACCESS_KINDS
@@ -57,7 +60,7 @@ def check(system: System, w: World) -> Violation | None:
             for gva in system.scenario.gvas:
                 for access in ACCESS_KINDS:
                     model = w.machine.outcomes(cpu, gva, access)
-                    found.extend(_coherence(system, w, v, gva, access, model))
+                    found.extend(_coherence(system, w, v, cpu, gva, access, model))
     memo = system.memo
     key = (w.machine, w.native, running)
     seen = memo.get(key)
@@ -210,7 +213,7 @@ def _isolation(
 
 
 def _coherence(
-    system: System, w: World, v: int, gva: int, access: str, model: Sequence[object]
+    system: System, w: World, v: int, cpu: int, gva: int, access: str, model: Sequence[object]
 ) -> list[Violation]:
     h: HostThread = w.host
     kvm = system.kvm
@@ -232,7 +235,12 @@ def _coherence(
         if gpa not in kvm.gpas:
             continue
         i = kvm.gpa_index(gpa)
-        if h.protected >> i & 1 and access == "write" and not w.kvm[K_DIRTY][i]:
+        if (
+            h.protected >> i & 1
+            and access == "write"
+            and not w.kvm[K_DIRTY][i]
+            and not _pml_logged(w, cpu, o, gpa)
+        ):
             out.append(
                 Violation(
                     "dirty-logging",
@@ -241,6 +249,19 @@ def _coherence(
                 )
             )
     return out
+
+
+def _pml_logged(w: World, cpu: int, o: Access, gpa: int) -> bool:
+    """With page-modification logging (hw/dirty.py, kvm/pml.py), whether the write `o` on
+    processor `cpu` is logged: it sets the EPT dirty flag with PML on, or the GPA is in a log
+    already (KVM moves it to the bitmap at the vCPU's next exit)."""
+    p = w.machine.cpus[cpu]
+    if tracks_dirty(p) and sets_dirty(o) and p.vmcs.enable_pml:
+        return True
+    page = gpa & ~0xFFF
+    return any(
+        c.vmcs is not None and page in c.vmcs.pml for c in w.machine.cpus if hasattr(c, "vmcs")
+    )
 
 
 __all__ = ["E_W", "PRECEDENCE", "Violation", "check", "visible"]

@@ -106,6 +106,7 @@ CONFIG_KEYS: dict[str, type] = {
     "ept_vpid_cap": list,
     "unrestricted_guest": bool,
     "ept_ad": bool,
+    "pml": bool,
     "flush_order": str,
     "hv_range_flush": bool,
     "tdp_mmu": bool,
@@ -126,7 +127,7 @@ LIMITS = (
 MAX_MOVES = 4  # [schedule]: times the scheduler may move one vCPU
 MAX_ZAPS = 16  # zaps of one guest frame (each takes a fresh host page from the frame's pool)
 MAX_FAST_ZAPS = 3  # zap_all_fast ops of a scenario (each may need one more EPT/NPT root page)
-INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest", "ept_ad")
+INTEL_ONLY = ("vpid", "vpids", "ept_vpid_cap", "unrestricted_guest", "ept_ad", "pml")
 AMD_ONLY = ("flush_by_asid", "max_asid")
 GUEST_OPS = {
     "read": "read GVA",
@@ -223,6 +224,7 @@ class Config:
     unrestricted_guest: bool = True
     flush_order: str = "local-first"  # the guest kernel's shootdown: see kvmtlb.guest.thread
     ept_ad: bool = True  # Intel: EPT accessed/dirty bits (enable_ept_ad_bits); else access tracking
+    pml: bool = False  # Intel: dirty logging by EPT dirty flags and PML (kvm/pml.py)
     # KVM as a guest of Hyper-V with the enlightened remote TLB flush (kvm/hyperv.py)
     hv_range_flush: bool = False
     tdp_mmu: bool = True  # v6.18's tdp_mmu module parameter (false: the shadow MMU's rmaps)
@@ -261,6 +263,8 @@ class Config:
                 unrestricted_guest=self.unrestricted_guest,
                 ept_ad=self.ept_ad,
             )
+            if self.pml:
+                d["pml"] = True
         else:
             d.update(flush_by_asid=self.flush_by_asid, max_asid=self.max_asid)
         return d
@@ -476,6 +480,13 @@ class _Parser:
             host_program = self.vm_checks(config, vm1, host, programs, host_program)
         if self.huge_regions or config.hv_range_flush:
             self.huge_checks(config, vm1, host_program)
+        if config.pml and (self.huge_regions or self.ept12 or is_nested(programs)):
+            raise self.err(
+                self.lines.key("config", "pml"),
+                "PML is modelled with 4 KiB frames and no nested guest",
+                'map the frames 4 KiB at a time ("HPA RIGHTS", without 2m) and remove [ept12] '
+                "and the nested ops, or remove pml",
+            )
         self.nx_checks(programs, host_program)
         self.sregs_checks(config, vm1, programs, host_program)
         if self.guest_huge:
@@ -733,6 +744,14 @@ class _Parser:
                     f"{key} is a knob of KVM's EPT/NPT MMU, and this scenario has tdp = false",
                     f"remove {key}, or set tdp = true",
                 )
+        pml = t.get("pml", False)
+        if pml and not (tdp and t.get("ept_ad", True)):
+            raise self.err(
+                self.lines.key("config", "pml"),
+                "KVM uses PML only with EPT and EPT A/D flags (vmx_hardware_setup clears "
+                "enable_pml without them)",
+                "set tdp = true and ept_ad = true, or remove pml",
+            )
         if vendor == "intel" and tdp and "invept-all" not in caps:
             raise self.err(
                 self.lines.key("config", "ept_vpid_cap"),
@@ -756,6 +775,7 @@ class _Parser:
             unrestricted_guest=t.get("unrestricted_guest", True),
             flush_order=flush_order,
             ept_ad=t.get("ept_ad", True),
+            pml=pml,
             hv_range_flush=t.get("hv_range_flush", False),
             tdp_mmu=t.get("tdp_mmu", True),
             eager_split=t.get("eager_split", True),

@@ -13,6 +13,7 @@ not marked preempted. TLBs and native references start empty, then the fill rule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,8 @@ from kvmtlb.hw.paging import (
     E_R,
     E_W,
     E_X,
+    EPT_D,
+    EPT_W,
     RW,
     P,
     ept_rights,
@@ -112,6 +115,11 @@ class System:
     @property
     def programs(self) -> tuple[tuple[object, ...], ...]:
         return self.scenario.programs
+
+
+def _dirty_leaf(hpa: int, rights: int) -> int:
+    """A writable 4 KiB EPT leaf as KVM makes it with PML: dirty (kvm/pml.py)."""
+    return make_ept(hpa, rights) | EPT_D
 
 
 def _rights(s: str) -> int:
@@ -257,8 +265,13 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         host_pages[gpa] = (pages, protect)
         if not cfg.tdp:
             continue
-        leaf = make_ept if vmx else make_npt
+        leaf: Callable[[int, int], int] = make_ept if vmx else make_npt
         values = [leaf(h, rr) for h in pages for rr in ((r, r & ~E_W) if protect else (r,))]
+        if cfg.pml and r & E_W:
+            # kvm/pml.py: KVM makes a writable SPTE dirty (the boot one too) and cleans it for
+            # dirty logging; the processor sets the flag again on a write (hw/dirty.py)
+            values = [v | EPT_D for v in values if v & EPT_W] + values
+            leaf = _dirty_leaf
         if l2_on_ept01:
             b.allow(l2_tdp_root, gpa, [0, *values])  # faulted in while L2 runs
         if two_vms:
@@ -438,6 +451,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
         tdp_root=tdp_root,
         tdp_roots=tdp_roots,
         ept_ad=cfg.ept_ad or not vmx,
+        pml=cfg.pml,
         guest_root=guest_root,
         guest_cr4=guest_cr4,
         host_regs=host_regs,

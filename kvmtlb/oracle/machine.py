@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from kvmtlb.oracle.processor import Proc, Removes, classify, execute, fault
-from kvmtlb.oracle.walk import Entry, Result, Walk
+from kvmtlb.oracle.walk import ADDR, EPT_DIRTY, KIB4, PS, SD, Entry, Result, Walk, index
 
 Mem = dict[tuple[int, int], int]
 
@@ -117,7 +117,35 @@ class Machine:
 
     def outcomes(self, i: int, gva: int, access: str) -> set[tuple[object, ...]]:
         p = self.procs[i]
-        return {classify(p, gva, access, r) for r in self.results(i, gva)}
+        results = self.results(i, gva)
+        if access == "write" and p.ad_on:
+            # §28.2.4: a write sets the leaf's dirty flag unless the translation it uses holds
+            # it set; to set it the processor walks the EPT, so a translation held clean is not
+            # used as it is: the write takes what a walk of memory finds now
+            fresh = [r for r, _ in walker(p, self.mem, frozenset()).paths(gva)]
+            results = [r for r in results if r.what != "ok" or r.erights & SD or r in fresh]
+            results += fresh
+        return {classify(p, gva, access, r) for r in results}
+
+    def take_write(self, i: int, outcome: tuple[object, ...]) -> Machine:
+        """A write that completes with `outcome` (an "access"): with EPT A/D flags on and the
+        translation not holding the dirty flag, the processor sets the flag in the EPT leaf of
+        the GPA (§28.2.4) and, with 'enable PML', logs the GPA's page (§28.2.5)."""
+        p = self.procs[i]
+        erights = int(outcome[5])  # type: ignore[call-overload]
+        if not p.ad_on or erights & SD:
+            return self
+        gpa = int(outcome[2])  # type: ignore[call-overload]
+        table = p.eptp & ADDR
+        for level in (4, 3, 2, 1):
+            value = self.mem.values.get((table, index(gpa, level)), 0)
+            if level == 1 or (level == 2 and value & PS):
+                m = self.write(table, index(gpa, level), value | EPT_DIRTY)
+                if p.enable_pml:
+                    return m._with(i, p._replace(pml=(*p.pml, gpa - gpa % KIB4)))
+                return m
+            table = value & ADDR
+        raise AssertionError("unreachable")
 
     def take(self, i: int, outcome: tuple[object, ...]) -> tuple[Machine, Removes | None]:
         """The successor of a faulting outcome (its invalidation, and the exit it causes)."""

@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from kvmtlb.oracle.walk import ALL, GU, GW, GX, SR, SW, SX, Entry, Result, View
+from kvmtlb.oracle.walk import ALL, GU, GW, GX, SD, SR, SW, SX, Entry, Result, View
 
 CR0_WP, CR0_PG = 1 << 16, 1 << 31
 CR4_PSE, CR4_PAE, CR4_PGE = 1 << 4, 1 << 5, 1 << 7
 CR4_PCIDE, CR4_SMEP, CR4_SMAP = 1 << 17, 1 << 20, 1 << 21
 NOFLUSH = 1 << 63
+EPTP_AD = 1 << 6
 CR3_ADDR = ((1 << 52) - 1) & ~0xFFF
 
 
@@ -57,6 +58,8 @@ class Proc(NamedTuple):
     tlb_control: int = 0
     flush_by_asid: bool = True
     eptp_list: tuple[int, ...] = ()
+    enable_pml: bool = False  # the 'enable PML' control (§28.2.5)
+    pml: tuple[int, ...] = ()  # the GPAs the page-modification log holds, oldest first
     held: frozenset[Entry] = frozenset()
 
     @property
@@ -80,6 +83,11 @@ class Proc(NamedTuple):
     @property
     def cur_ep4ta(self) -> int:
         return self.eptp & CR3_ADDR if self.ept_on else -1
+
+    @property
+    def ad_on(self) -> bool:
+        """EPT in use with EPTP bit 6 set: the processor sets EPT A/D flags (§28.2.4)."""
+        return self.ept_on and bool(self.eptp & EPTP_AD)
 
     @property
     def cur_asid(self) -> int:
@@ -490,7 +498,9 @@ def classify(p: Proc, gva: int, access: str, r: Result) -> tuple[object, ...]:
     need = {"read": SR, "write": SW, "exec": SX}[access]
     if not r.erights & need:
         return ("npf", r.gpa, gva) if amd else ("eptv", r.gpa, gva)
-    return ("access", gva, r.gpa, r.frame, r.rights, r.erights)
+    # only a write cares whether the translation holds the leaf's dirty flag (§28.2.4)
+    erights = r.erights if access == "write" else r.erights & ~SD
+    return ("access", gva, r.gpa, r.frame, r.rights, erights)
 
 
 def fault(p: Proc, outcome: tuple[object, ...]) -> tuple[Proc, Removes | None]:

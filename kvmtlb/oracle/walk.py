@@ -36,6 +36,10 @@ EPT_READ, EPT_WRITE, EPT_EXEC = 1, 2, 4
 GW, GU, GX = 1, 2, 4  # guest rights
 SR, SW, SX = 1, 2, 4  # stage-2 rights
 ALL = 7
+# The dirty flag of an EPT leaf (bit 9, §28.2.4), and the bit a translation keeps it in: a TLB
+# entry holds the leaf's dirty flag (§4.10.2.2). Not a right; only writes look at it.
+EPT_DIRTY = 1 << 9
+SD = 8
 
 KIB4 = 0x1000
 MIB2 = 0x20_0000
@@ -225,6 +229,8 @@ class Walk:
             if level == 3 and value & PS:
                 raise ValueError("1 GiB stage-2 pages are outside the reference")
             if level == 1 or (level == 2 and value & PS):
+                if s2.ept and value & EPT_DIRTY:
+                    r |= SD
                 size = region_size(level)
                 base = value & ADDR & ~(size - 1)
                 frame = base + gpa % size
