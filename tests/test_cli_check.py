@@ -537,7 +537,7 @@ def test_policies_json() -> None:
     assert [row["name"] for row in upstream] == UPSTREAM
     assert all(row["fix"] is None and row["cve"] is None for row in upstream)
     bug_rows = [row for row in rows if row["kind"] == "bug"]
-    assert len(bug_rows) == 53
+    assert len(bug_rows) == 54
     assert {row["kind"] for row in rows} == {"upstream", "bug"}
     for row in bug_rows:
         cls = registry()[row["name"]]

@@ -48,6 +48,7 @@ WARNINGS = {
     "root-never-loaded": case().replace("[host]", '[guest.b]  # W\n"0x1000" = "0x10000 w"\n[host]'),
     "knob-max-asid": case(config="max_asid = 4  # W").replace('"intel"', '"amd"'),
     "huge-knob": case(config="tdp_mmu = false  # W"),
+    "sregs-held": case(host="preempt vcpu1\nset_sregs vcpu1 pge=0  # W\nresume vcpu1  # U"),
     "collapse-without-log": case(host="collapse 0x200000  # W").replace(
         "[host]", '[host]\n"0x200000" = "0x400000 rwx 2m"'
     ),

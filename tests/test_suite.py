@@ -112,7 +112,7 @@ def test_bug_zoo_lists_every_bug_policy() -> None:
     # nested EPT's bug #3 and bug #1 with EPT on (issue 11); bug #15's two range-flush sites
     # (issue 15); nested NPT's missing MMU sync and NPT02 rmap zap (issue 11); NX huge page
     # recovery's bug #13 half (issue 15); an L2 on EPT01 and guest_mmu's roots per EPTP (issue 11)
-    assert len(ZOO) == 53
+    assert len(ZOO) == 54
 
 
 @pytest.mark.parametrize("name", [c.name for c in bug_policies()])

@@ -57,6 +57,7 @@ KINDS = (
     "pml-without-log",
     "huge-knob",
     "move-unwatched",
+    "sregs-held",
 )
 REAL_MIN_ASID = 63  # AMD K8: 64 ASIDs, ASID 0 the host's
 REAL_MAX_ASID = 32767  # Zen: 32,768 ASIDs
@@ -128,6 +129,7 @@ def warnings(scenario: object) -> list[LintWarning]:
         MoveMemslotOp,
         PreemptOp,
         ResumeOp,
+        SetSregsOp,
         WrprotectOp,
     )
     from kvmtlb.model.scenario import VM1_ROOT, Scenario
@@ -151,6 +153,7 @@ def warnings(scenario: object) -> list[LintWarning]:
     vm1_mapped = set(s.roots.get(VM1_ROOT, {})) if s.vm1 else set()
     loaded = {op.root for p in s.programs for op in p if isinstance(op, MovCr3Op) and op.root}
     loaded |= {op.root for p in s.programs for op in p if isinstance(op, VmlaunchOp | VmrunOp)}
+    loaded |= {op.root for op in s.host_program if isinstance(op, SetSregsOp) and op.root}
     if s.vm1:
         loaded.add(VM1_ROOT)  # the second VM's vCPUs start on it
     # a `link` from a page table that is walked makes the walk reach the target's tables
@@ -247,6 +250,15 @@ def warnings(scenario: object) -> list[LintWarning]:
                 )
                 blocked = hop.line
             held[hop.vcpu] = hop.line
+        elif isinstance(hop, SetSregsOp) and hop.vcpu in held:
+            warn(
+                hop.line,
+                "sregs-held",
+                f"vcpu{hop.vcpu} is held out by the preempt on line {held[hop.vcpu]}: its thread "
+                f"cannot make the ioctl until resumed, so this never runs; resume vcpu{hop.vcpu} "
+                "first",
+            )
+            blocked = hop.line
         elif isinstance(hop, CreateVcpuOp):
             if not s.programs[hop.vcpu]:
                 warn(

@@ -172,6 +172,31 @@ class MoveMemslotOp(NamedTuple):
         return f"move_memslot {self.gpa:#x} -> {self.to:#x}"
 
 
+class SetSregsOp(NamedTuple):
+    """`set_sregs vcpuN [cr3=ROOT] [pcid=N] [pge=0|1] [smep=0|1]`: userspace writes the vCPU's
+    special registers (KVM_SET_SREGS, kvm/sregs.py) from the vCPU's own thread, between two
+    KVM_RUNs: CR3 becomes page table ROOT's (with PCID N, 0 if not given), the CR4 bits named
+    take the values given; a register or bit not named keeps its current value (userspace writes
+    back what it read). `root` is "" when no cr3= is given; -1 means "keep" for the others."""
+
+    vcpu: int
+    root: str = ""
+    pcid: int = -1
+    pge: int = -1
+    smep: int = -1
+    line: int = 0
+
+    def describe(self) -> str:
+        parts = [f"set_sregs vcpu{self.vcpu}"]
+        if self.root:
+            parts.append(f"cr3={self.root}")
+        for name in ("pcid", "pge", "smep"):
+            value = getattr(self, name)
+            if value >= 0:
+                parts.append(f"{name}={value}")
+        return " ".join(parts)
+
+
 HostOp: TypeAlias = (
     PreemptOp
     | ResumeOp
@@ -190,4 +215,5 @@ HostOp: TypeAlias = (
     | DestroyVmOp
     | DeleteMemslotOp
     | MoveMemslotOp
+    | SetSregsOp
 )

@@ -55,6 +55,10 @@ interleave (two remote flushes at once; a notifier zap while a zap has yielded m
 runs one spawned op at a time; a second `spawn` waits for it. Its kicks carry their own bit
 (HOST2_SENDER), so each thread waits for its own.
 
+`set_sregs vcpuN ...` is KVM_SET_SREGS from the vCPU's own thread (kvm/sregs.py): it waits until
+the vCPU is loaded and where KVM_RUN can return to userspace (in guest mode, or at the top of the
+run loop), kicks it out of guest mode, makes the ioctl and re-enters KVM_RUN, in one step.
+
 `preempt` and `resume` schedule a vCPU out and in (vcpu_put, vcpu_load); a vCPU preempted by a
 host op stays out (`held`) until a `resume`.
 
@@ -82,12 +86,14 @@ from kvmtlb.host.ops import (
     RecoverNxOp,
     RemapOp,
     ResumeOp,
+    SetSregsOp,
     SpawnOp,
     WrprotectOp,
     ZapAllFastOp,
     ZapGfnRangeOp,
     ZapOp,
 )
+from kvmtlb.hw.cpu import CR4_PGE, CR4_SMEP
 from kvmtlb.kvm.context import Step, World, vm_exit_event
 from kvmtlb.kvm.kvm_main import HOST2_SENDER, HOST_SENDER
 from kvmtlb.kvm.policy import KvmPolicy
@@ -146,6 +152,9 @@ def host_actions(w: World, pol: KvmPolicy, program: tuple[HostOp, ...]) -> list[
         return ["step"]
     if isinstance(op, SpawnOp):
         return ["step"] if h.bg_op < 0 else []
+    if isinstance(op, SetSregsOp):
+        v = Vcpu(*w.vcpus[op.vcpu])
+        return ["step"] if v.loaded and v.pc in KVM_RUN_RETURNS else []
     if isinstance(op, CreateVcpuOp):
         target = op.pcpu if op.pcpu >= 0 else h.home[op.vcpu]
         occupant = w.pcpus[target][1]
@@ -264,6 +273,10 @@ def host_step(k: Step, pol: KvmPolicy, program: tuple[HostOp, ...]) -> None:
         pol.kvm_destroy_vm(k, op.vm)
         k.host = h._replace(op=h.op + 1, held=held)
         return
+    if isinstance(op, SetSregsOp):
+        set_sregs(k, pol, op)
+        k.host = h._replace(op=h.op + 1)
+        return
     if isinstance(op, SpawnOp):
         k.note(f"host2 starts {op.op.describe()}", "it runs concurrently with the next host ops")
         k.host = h._replace(op=h.op + 1, bg_op=h.op, bg_phase="", bg_ret=(), bg_frame=())
@@ -279,6 +292,43 @@ def preempt(k: Step, pol: KvmPolicy, v: int) -> None:
         k.hw(vcpu.cpu, event)
         pol.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="host interrupt")
     pol.vcpu_put(k, vcpu)
+
+
+# Where KVM_RUN can return to userspace: in guest mode (a signal kicks the vCPU out: an exit
+# for an external interrupt, then vcpu_run's pending-work check) or at the top of the run loop.
+KVM_RUN_RETURNS = ("guest", "vcpu_enter_guest")
+
+
+def set_sregs(k: Step, pol: KvmPolicy, op: SetSregsOp) -> None:
+    """`set_sregs`: the vCPU's thread leaves KVM_RUN (a signal: in guest mode, an exit for an
+    external interrupt), makes the KVM_SET_SREGS ioctl on the same pCPU, and calls KVM_RUN
+    again (vcpu_load). The vCPU's native reference takes the new registers
+    (`NativeMachine.load_state`: a change leaves it with nothing cached)."""
+    vcpu = k.vcpus[op.vcpu]
+    cfg = k.config
+    cpu = vcpu.cpu
+    if vcpu.pc == "guest":
+        k.hw(cpu, vm_exit_event(cfg.vmx, "signal"))
+        pol.vcpu_exit(k, vcpu, EXIT_EXTERNAL_INTERRUPT, (), cause="signal to the vCPU thread")
+    k.note(f"KVM_RUN returns to userspace on vcpu{op.vcpu}'s thread")
+    pol.vcpu_put(k, vcpu, preempted=False)
+    old_cr3 = pol.kvm_read_cr3(k, vcpu)
+    old_cr4 = pol.kvm_read_cr4(k, vcpu)
+    cr3 = cfg.roots[cfg.root_names.index(op.root)] | max(op.pcid, 0) if op.root else old_cr3
+    cr4 = _bit(_bit(old_cr4, CR4_PGE, op.pge), CR4_SMEP, op.smep)
+    pol.kvm_arch_vcpu_ioctl_set_sregs(k, vcpu, cpu, cr3, cr4)
+    # the guest's view: the same registers, written into its native processor's own values
+    regs = k.native.cpus[op.vcpu].regs
+    native_cr4 = _bit(_bit(regs.cr4, CR4_PGE, op.pge), CR4_SMEP, op.smep)
+    k.native = k.native.load_state(op.vcpu, cr3 if op.root else regs.cr3, native_cr4)
+    k.note(f"vcpu{op.vcpu}'s thread calls KVM_RUN again")
+    pol.vcpu_load(k, vcpu, cpu)
+
+
+def _bit(value: int, bit: int, setting: int) -> int:
+    if setting < 0:
+        return value
+    return value | bit if setting else value & ~bit
 
 
 def _op_step(k: Step, pol: KvmPolicy, op: HostOp, h: HostThread) -> HostThread:

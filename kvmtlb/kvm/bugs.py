@@ -655,3 +655,35 @@ class ShadowRoleIgnoresCr0Wp(Kvm618):
     def sroot(self, k: Step, vcpu: Vcpu, g: int) -> int:
         """One set of shadow pages for both roles."""
         return g
+
+
+@register
+class SetSregsCr3NoReset(Kvm618):
+    name = "bug-set-sregs-cr3-no-reset"
+    kind = "bug"
+    based_on = "kvm-6.18"
+    summary = (
+        "__set_sregs_common leaves a CR3 change out of mmu_reset_needed (not a historical bug: "
+        "every version compares kvm_read_cr3 with the new CR3): KVM_SET_SREGS that only moves "
+        "CR3 neither resets the MMU nor flushes, so the old page table's translations (with TDP "
+        "the hardware's, tagged with the same VPID/ASID and PCID; with shadow paging the old "
+        "shadow root, still loaded) stay in use"
+    )
+
+    def set_sregs_common(self, k: Step, vcpu: Vcpu, cr3: int, cr4: int) -> bool:
+        """x86.c:__set_sregs_common @ v6.18 without the CR3 comparison: the registers are
+        written as upstream does, but only a CR4 change asks for the MMU reset."""
+        old_cr3 = self.kvm_read_cr3(k, vcpu)
+        old_cr4 = self.kvm_read_cr4(k, vcpu)
+        vcpu.cr3 = cr3
+        if k.config.tdp and old_cr3 != cr3:
+            self.kvm_x86_call(k, "set_guest_cr3", vcpu, cr3)
+        if old_cr4 != cr4:
+            self.kvm_x86_call(k, "set_guest_cr4", vcpu, cr4)
+        reset = old_cr4 != cr4
+        k.note(
+            "__set_sregs_common (CR3 not compared)",
+            f"CR3 {old_cr3:#x} -> {cr3:#x}, CR4 {old_cr4:#x} -> {cr4:#x}: "
+            + ("mmu_reset_needed" if reset else "no MMU reset"),
+        )
+        return reset

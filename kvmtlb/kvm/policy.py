@@ -28,6 +28,7 @@ from kvmtlb.kvm.nested_svm import NestedSvm
 from kvmtlb.kvm.nested_vmx import NestedVmx
 from kvmtlb.kvm.pml import Pml
 from kvmtlb.kvm.shadow import ShadowMmu
+from kvmtlb.kvm.sregs import SetSregs
 from kvmtlb.kvm.state import HostTask, Vcpu
 from kvmtlb.kvm.svm import Svm
 from kvmtlb.kvm.vm import VmLifecycle
@@ -52,6 +53,7 @@ class KvmPolicy(
     ShadowMmu,
     VmLifecycle,
     Memslots,
+    SetSregs,
 ):
     """KVM's TLB-flush machinery. Subclasses are versions (kind "upstream") or variants."""
 

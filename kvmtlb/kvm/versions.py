@@ -37,6 +37,7 @@ from kvmtlb.kvm.requests import (
     kvm_make_request,
     request_names,
 )
+from kvmtlb.kvm.sregs import SetSregs58
 from kvmtlb.kvm.state import KVM_VCPU_FLUSH_TLB, KVM_VCPU_PREEMPTED, HostTask, Vcpu
 from kvmtlb.kvm.x86 import steal_byte_names
 
@@ -54,7 +55,9 @@ class Kvm618(KvmPolicy):
 
 
 @register
-class Kvm58(NestedNpt58, NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, Pml58, Kvm618):
+class Kvm58(
+    NestedNpt58, NestedVmx58, NestedSvm58, HugePages58, HypervFlush58, Pml58, SetSregs58, Kvm618
+):
     name = "kvm-5.8"
     summary = (
         "v5.8: after the seed's series (tlb_flush_guest, tlb_flush_current), before "

@@ -119,6 +119,21 @@ class NativeMachine(Machine):
             st = memo[key] = Step(self._refill(self.memory, cpus), _outcome(word), NOTHING, 0)
         return st
 
+    def load_state(self, i: int, cr3: int, cr4: int) -> NativeMachine:
+        """Userspace loads CR3 and CR4 into processor `i` (KVM_SET_SREGS; docs/scenarios.md,
+        "set_sregs"). Guest-transparency's reading: a write that changes no register is no event
+        at all (userspace writes back what it read); one that changes a register leaves the
+        processor as a restored one starts, in the new state with nothing cached (as after a
+        migration to a fresh processor), and the fill rule then fills it from the current
+        tables. No instruction of the guest's did this, so no manual's rule applies."""
+        cpu: NativeCpu = self.cpus[i]
+        regs = cpu.regs._replace(cr3=cr3, cr4=cr4)
+        if regs == cpu.regs:
+            return self
+        cpus = list(self.cpus)
+        cpus[i] = cpu._replace(regs=regs, may=0)
+        return self._refill(self.memory, cpus)
+
     def write(self, slot: int, value: int) -> NativeMachine:
         memory = self.memory.write(slot, value)
         if memory is self.memory:

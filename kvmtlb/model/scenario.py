@@ -49,6 +49,7 @@ from kvmtlb.host.ops import (
     RecoverNxOp,
     RemapOp,
     ResumeOp,
+    SetSregsOp,
     SpawnOp,
     WrprotectOp,
     ZapAllFastOp,
@@ -176,7 +177,12 @@ HOST_OPS = {
     "move_memslot": "move_memslot GPA -> GPA",
     "create": "create vcpuN [on pcpuM]",
     "destroy": "destroy vm0|vm1",
+    "set_sregs": "set_sregs vcpuN [cr3=ROOT] [pcid=N] [pge=0|1] [smep=0|1]",
 }
+SET_SREGS_FIX = (
+    "write: set_sregs vcpu0 cr3=b pcid=1 pge=0 smep=1 (each part optional; ROOT default or a "
+    "[guest.NAME] table; CR4.PCIDE, CR0 and EFER are not written)"
+)
 
 
 class HostMap(dict[int, tuple[int, str]]):
@@ -499,6 +505,7 @@ class _Parser:
                 "remove the move, or remove pml",
             )
         self.nx_checks(programs, host_program)
+        self.sregs_checks(config, vm1, programs, host_program)
         if self.guest_huge:
             self.guest_huge_checks(config, vm1, guest, roots, programs, both)
         expect = self.expect()
@@ -1542,7 +1549,7 @@ class _Parser:
                 first = start + len(raw) - len(raw.lstrip())
                 line = where[first] if where is not None else kline
                 if key == "host":
-                    host_ops.append(self.host_op(text, line, config, host, remapped))
+                    host_ops.append(self.host_op(text, line, config, host, remapped, roots))
                 else:
                     l2_host = {**host, **self.l2_gpa_map(), **self.npt12}
                     programs[v].append(self.guest_op(text, line, config, l2_host, v, roots))
@@ -1767,9 +1774,12 @@ class _Parser:
         config: Config,
         host: dict[int, tuple[int, str]],
         remapped: set[int],
+        roots: dict[str, dict[int, tuple[int, str]]] | None = None,
     ) -> HostOp:
         words = text.replace("->", " -> ").split()
         op, args = words[0], words[1:]
+        if op == "set_sregs":
+            return self.set_sregs_op(args, line, config, roots or {})
         if op == "preempt" and len(args) == 1:
             return PreemptOp(self.vcpu_id(args[0], line, config), line)
         if op == "resume" and len(args) in (1, 3):
@@ -1923,7 +1933,8 @@ class _Parser:
             "remap GPA -> HPA | wrprotect GPA | flush_remote_tlbs | zap_all_fast | "
             "zap_gfn_range GPA GPA | spawn OP | age GPA | clear_dirty_log GPA | recover_nx | "
             "create vcpuN [on pcpuM] | destroy vm0|vm1 | delete_memslot GPA | "
-            "move_memslot GPA -> GPA",
+            "move_memslot GPA -> GPA | "
+            "set_sregs vcpuN [cr3=ROOT] [pcid=N] [pge=0|1] [smep=0|1]",
         )
 
     def move_op(
@@ -2029,6 +2040,83 @@ class _Parser:
                 "move_memslot is not modelled with a nested guest",
                 "remove the move, or the nested guest's ops",
             )
+
+    def set_sregs_op(
+        self,
+        args: list[str],
+        line: int,
+        config: Config,
+        roots: dict[str, dict[int, tuple[int, str]]],
+    ) -> SetSregsOp:
+        """`set_sregs vcpuN [cr3=ROOT] [pcid=N] [pge=0|1] [smep=0|1]` (kvm/sregs.py)."""
+        if not args:
+            raise self.err(line, "set_sregs takes vcpuN and the registers to write", SET_SREGS_FIX)
+        v = self.vcpu_id(args[0], line, config)
+        values: dict[str, int] = {}
+        root = ""
+        for a in args[1:]:
+            key, eq, value = a.partition("=")
+            if not eq or key not in ("cr3", "pcid", "pge", "smep"):
+                hint = (
+                    " (CR4.PCIDE stays as it is: the guest toggles it with set_cr4 pcide=)"
+                    if key == "pcide"
+                    else " (CR0 and EFER are not written: paging stays 4-level with CR0.PG = 1)"
+                    if key in ("cr0", "efer", "wp", "nx", "pg", "pae")
+                    else ""
+                )
+                raise self.err(line, f"unknown set_sregs argument {shown(a)}{hint}", SET_SREGS_FIX)
+            if key in values or (key == "cr3" and root):
+                raise self.err(line, f"set_sregs names {key} twice", "name each register once")
+            if key == "cr3":
+                root = self.root_name(value, line, roots)
+            elif key == "pcid":
+                values[key] = self.small(value, line, "pcid", 4095)
+            else:
+                values[key] = self.small(value, line, f"CR4.{key.upper()}", 1)
+        if "pcid" in values and not root:
+            raise self.err(
+                line,
+                "set_sregs pcid=N without cr3=ROOT",
+                "the PCID is part of CR3: write cr3=ROOT pcid=N",
+            )
+        if not root and not values:
+            raise self.err(line, "set_sregs writes no register", SET_SREGS_FIX)
+        return SetSregsOp(
+            v, root, values.get("pcid", -1), values.get("pge", -1), values.get("smep", -1), line
+        )
+
+    def sregs_checks(
+        self,
+        config: Config,
+        vm1: tuple[int, ...],
+        programs: tuple[tuple[GuestOp, ...], ...],
+        host_program: tuple[HostOp, ...],
+    ) -> None:
+        """`set_sregs`: one VM, no nested guest, and a PCID only with CR4.PCIDE set throughout."""
+        for op in host_program:
+            if not isinstance(op, SetSregsOp):
+                continue
+            if vm1:
+                raise self.err(
+                    op.line,
+                    "set_sregs in a scenario with two VMs is not modelled",
+                    "remove [vm1], or the set_sregs",
+                )
+            if is_nested(programs):
+                raise self.err(
+                    op.line,
+                    "set_sregs with a nested guest is not modelled (KVM_SET_SREGS writes L1's "
+                    "registers only outside guest mode)",
+                    "remove the L1 ops, or the set_sregs",
+                )
+            toggles = any(isinstance(g, SetCr4Op) and g.bit == "pcide" for g in programs[op.vcpu])
+            if op.pcid > 0 and (not config.pcid or toggles):
+                raise self.err(
+                    op.line,
+                    f"set_sregs pcid={op.pcid} needs CR4.PCIDE set for the whole run",
+                    f"set pcid = true in [config] and drop vcpu{op.vcpu}'s set_cr4 pcide=, or "
+                    "write pcid=0",
+                )
 
     def static_checks(
         self,

@@ -38,6 +38,7 @@ from kvmtlb.host.ops import (
     MoveMemslotOp,
     RemapOp,
     ResumeOp,
+    SetSregsOp,
     SpawnOp,
     WrprotectOp,
     ZapAllFastOp,
@@ -384,6 +385,7 @@ def build(scenario: Scenario, policy: KvmPolicy, readings: Readings = DEFAULT_RE
                 pcid_set.add(op.pcid)
             if isinstance(op, InvpcidOp):
                 pcid_set.add(op.pcid)
+    pcid_set |= {max(op.pcid, 0) for op in scenario.host_program if isinstance(op, SetSregsOp)}
     pcids = sorted(pcid_set)
     contexts: list[WalkContext] = []
     tags: list[IntelEptTags | IntelLinearTags | AmdTags]
