@@ -161,12 +161,15 @@ def build(vendor: str) -> Bed:
             make_ept(0x80_0000, E_ALL, large=True) if ept else make_npt(0x80_0000, 7, large=True),
             level=2,
         )
+        if ept:  # the 2 MiB leaf with its dirty flag set by a write (hw/dirty.py)
+            b.allow(r2, LARGE_GPA, [make_ept(0x80_0000, E_ALL, large=True) | EPT_D], level=2)
         b.name(r2, LARGE_GPA, create=False)
         b.name(r2, LARGE_GPA + 0x1000, create=False)
         if n == 0:
             optr = b.table_pointer(r2, GPAS[0], 2)
             sp = b.new_table(r2, 1)
-            b.set_entry(sp, 0x10, [_leaf(ept, 0x9_0000, E_ALL)])
+            dirty = [make_ept(0x9_0000, E_ALL) | EPT_D] if ept else []
+            b.set_entry(sp, 0x10, [_leaf(ept, 0x9_0000, E_ALL), *dirty])
             b.set_entry(sp, 0x11, [_leaf(ept, 0x9_1000, E_R | E_X)])
             b.set_entry(sp, 0x12, [0])
             sptr = make_ept(sp, E_ALL, leaf=False) if ept else make_table_pte(sp)

@@ -214,6 +214,11 @@ DIRECTED: list[tuple[str, str, list[tuple[str, int, int, int, int]]]] = [
         "ept-dirty-clean-invept",
         [*PML_ON, ("s2", 0, 0, 0, 0), T0, ("event", 0, 1, 0, 0), T0, ("access", 0, 0, 1, 0)],
     ),
+    # a write through the 2 MiB EPT page sets the flag of its level-2 leaf
+    ("intel", "ept-dirty-large-leaf", [*PML_AD, T0, ("access", 0, 3, 1, 0)]),
+    # the EPT level-2 entry rewired to a spare table: the write sets the flag of the leaf the
+    # walk of memory finds there, not of the table the layout started with
+    ("intel", "ept-dirty-rewired-table", [*PML_AD, ("s2", 0, 5, 0, 1), T0, ("access", 0, 0, 1, 0)]),
     # the leaf remapped clean under a translation held clean: a write walks to the new frame
     (
         "intel",

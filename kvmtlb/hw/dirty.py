@@ -17,9 +17,9 @@ Models SDM §28.2.4 and §28.2.5 (new §29.3.5, §29.3.6) with the TLB rules of 
   addresses in order with the VMCS (`Vmcs.pml`), as it models no data memory, and never fills
   it (a log-full VM exit takes 512 entries; a scenario names a handful of frames).
 
-Abstracts away: accessed flags (every cached entry is accessed), the dirty flags of NPT (AMD has
-no page-modification logging) and of guest paging, dirty flags of 2 MiB EPT leaves (a scenario
-with page-modification logging has no 2 MiB region), and EPT A/D's treatment of guest
+The flag is set in the leaf a walk of memory finds now (`leaf_slot`: a 2 MiB EPT leaf has one
+too). Abstracts away: accessed flags (every cached entry is accessed), the dirty flags of NPT
+(AMD has no page-modification logging) and of guest paging, and EPT A/D's treatment of guest
 paging-structure reads as writes (§28.2.3.2: it decides which EPT violations occur, and the model's
 guest tables are mapped writable in the EPT). KVM sets an EPT leaf's dirty flag only when its
 EPTP enables them (kvm/pml.py), so a dirty flag is in the model's memory only when the processor
@@ -31,10 +31,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvmtlb.hw.addr import table_index
 from kvmtlb.hw.cpu import Cpu
 from kvmtlb.hw.errors import AddressError
 from kvmtlb.hw.outcomes import Access
-from kvmtlb.hw.paging import E_D, EPT_D, EPT_PS
+from kvmtlb.hw.paging import E_D, EPT_D, EPT_PS, pte_addr
 from kvmtlb.hw.vmx import EPTP_AD
 from kvmtlb.hw.walk import Translated, WalkResult
 
@@ -64,16 +65,18 @@ def sets_dirty(o: object) -> bool:
 
 
 def leaf_slot(memory: Memory, ept_root: int, gpa: int) -> int:
-    """The memory slot of the EPT leaf that maps `gpa` in the hierarchy at `ept_root`: the PDE
-    if it maps a 2 MiB page, else the PTE."""
-    layout = memory.layout
-    try:
-        pde = layout.slot(ept_root, gpa, 2)
-    except AddressError:
-        pde = -1
-    if pde >= 0 and memory.values[pde] & EPT_PS:
-        return pde
-    return layout.slot(ept_root, gpa, 1)
+    """The memory slot of the EPT leaf that maps `gpa` in the hierarchy at `ept_root`, found by
+    walking memory as it is now (a level-2 entry that maps a 2 MiB page, else the PTE)."""
+    table = ept_root
+    for level in (4, 3, 2, 1):
+        n = memory.layout.slot_at.get((table, table_index(gpa, level)))
+        if n is None:
+            raise AddressError(f"no level-{level} EPT entry maps {gpa:#x} under {ept_root:#x}")
+        value = memory.values[n]
+        if level == 1 or (level == 2 and value & EPT_PS):
+            return n
+        table = pte_addr(value)
+    raise AssertionError("unreachable")
 
 
 def log_write(cpu: Cpu, gpa: int) -> Cpu:
