@@ -64,6 +64,18 @@ def sets_dirty(o: object) -> bool:
     return isinstance(o, Access) and not o.erights & E_D
 
 
+def logs_write(cpu: object, o: object) -> bool:
+    """Whether a write with outcome `o` on `cpu` is logged by the processor itself: it sets an
+    EPT dirty flag with 'enable PML' on (§28.2.5)."""
+    return tracks_dirty(cpu) and sets_dirty(o) and cpu.vmcs.enable_pml  # type: ignore[attr-defined]
+
+
+def pml_holds(cpus: Sequence[object], gpa: int) -> bool:
+    """Whether the page of `gpa` is in the PML log of the current VMCS of one of `cpus`."""
+    page = gpa & ~0xFFF
+    return any(page in v.pml for v in (getattr(c, "vmcs", None) for c in cpus) if v is not None)
+
+
 def leaf_slot(memory: Memory, ept_root: int, gpa: int) -> int:
     """The memory slot of the EPT leaf that maps `gpa` in the hierarchy at `ept_root`, found by
     walking memory as it is now (a level-2 entry that maps a 2 MiB page, else the PTE)."""
@@ -92,6 +104,8 @@ __all__ = [
     "EPT_D",
     "leaf_slot",
     "log_write",
+    "logs_write",
+    "pml_holds",
     "sets_dirty",
     "tracks_dirty",
     "write_results",

@@ -220,8 +220,7 @@ class HugePages:
             self.split_huge_spte(k, n, "eager page split (kvm_mmu_try_split_huge_pages)")
             kind = TABLE
         for g in self.region_frames(k, n):
-            k.kvm.log_dirty |= 1 << k.config.gpa_index(g)
-            k.kvm.set_dirty(k.config.gpa_index(g), False)
+            self.kvm_slot_log_dirty_on(k, g)  # type: ignore[attr-defined]
         if kind == LEAF:
             self.set_huge_pde(k, n, LEAF, rights & ~E_W, "write-protect the huge SPTE")
         elif kind == TABLE:

@@ -83,6 +83,14 @@ class Mmu:
             self.mark_page_dirty_in_slot(k, gpa)
         return make_ept(hpa, rights) if k.config.vmx else make_npt(hpa, rights)
 
+    def kvm_slot_log_dirty_on(self, k: Step, gpa: int) -> None:
+        """kvm_main.c:kvm_prepare_memory_region @ v6.18 with KVM_MEM_LOG_DIRTY_PAGES newly set:
+        the frame's memslot logs dirty pages from now on, with a clean dirty bitmap
+        (kvm_alloc_dirty_bitmap)."""
+        i = k.config.gpa_index(gpa)
+        k.kvm.log_dirty |= 1 << i
+        k.kvm.set_dirty(i, False)
+
     def kvm_slot_dirty_track_enabled(self, k: Step, gpa: int) -> bool:
         """kvm_host.h:kvm_slot_dirty_track_enabled @ v6.18: the frame's memslot logs dirty pages."""
         return bool(k.kvm.log_dirty >> k.config.gpa_index(gpa) & 1)
@@ -448,8 +456,7 @@ class Mmu:
         (kvm_flush_remote_tlbs_memslot): always, since b64d740ea7dd (x86.c:kvm_mmu_slot_apply_flags
         @ v6.18 flushes unconditionally after enabling dirty logging), because write permission
         may be cached even for an SPTE that is no longer writable."""
-        k.kvm.log_dirty |= 1 << k.config.gpa_index(gpa)
-        k.kvm.set_dirty(k.config.gpa_index(gpa), False)
+        self.kvm_slot_log_dirty_on(k, gpa)
         if not k.config.tdp:
             self.rmap_write_protect(k, gpa)  # type: ignore[attr-defined]
             return True

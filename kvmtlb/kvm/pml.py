@@ -53,10 +53,6 @@ class Pml:
             value |= EPT_D
         return value
 
-    def spte_dirty(self, k: Step, gpa: int, root: int) -> bool:
-        slot = self.spte_slot(k, gpa, root)  # type: ignore[attr-defined]
-        return bool(k.machine.memory.values[slot] & EPT_D)
-
     def vmx_pml_at_create(self, k: Step) -> bool:
         """vmx.c:vmx_secondary_exec_control @ v6.18: 'enable PML' in a new vCPU's VMCS only while
         a memslot logs dirty pages (nr_memslots_dirty_logging)."""
@@ -92,15 +88,18 @@ class Pml:
         for the first such memslot kvm_mmu_update_cpu_dirty_logging asks every vCPU to turn PML
         on and waits; then the dirty flags are cleared."""
         first = k.kvm.log_dirty == 0
-        i = k.config.gpa_index(task.gpa)
-        k.kvm.log_dirty |= 1 << i
-        k.kvm.set_dirty(i, False)
+        self.kvm_slot_log_dirty_on(k, task.gpa)  # type: ignore[attr-defined]
         k.note(f"KVM_MEM_LOG_DIRTY_PAGES on for {task.gpa:#x}", "dirty bitmap clean")
-        if first:
+        if self.kvm_mmu_update_cpu_dirty_logging(k, first):
             task.frame = (KVM_REQ_UPDATE_CPU_DIRTY_LOGGING, 0, 0)
             task.call("kvm_make_all_cpus_request", "kvm_mmu_slot_leaf_clear_dirty")
         else:
             task.goto("kvm_mmu_slot_leaf_clear_dirty")
+
+    def kvm_mmu_update_cpu_dirty_logging(self, k: Step, first: bool) -> bool:
+        """x86.c:kvm_mmu_update_cpu_dirty_logging @ v6.18: whether to ask every vCPU to turn PML
+        on (kvm_make_all_cpus_request): when the first memslot starts logging."""
+        return first
 
     def kvm_mmu_slot_leaf_clear_dirty(self, k: Step, task: HostTask) -> None:
         """mmu.c:kvm_mmu_slot_leaf_clear_dirty -> tdp_mmu.c:kvm_tdp_mmu_clear_dirty_slot @ v6.18:
@@ -124,11 +123,11 @@ class Pml:
         cleared = False
         for r in self.live_tdp_roots(k):  # type: ignore[attr-defined]
             hpa, _ = self.spte(k, gpa, r)  # type: ignore[attr-defined]
-            if hpa >= 0 and self.spte_dirty(k, gpa, r):
+            slot = self.spte_slot(k, gpa, r)  # type: ignore[attr-defined]
+            value = k.machine.memory.values[slot]
+            if hpa >= 0 and value & EPT_D:
                 cleared = True
-                slot = self.spte_slot(k, gpa, r)  # type: ignore[attr-defined]
-                value = k.machine.memory.values[slot] & ~EPT_D
-                k.write_slot(slot, value, f"{why}: SPTE[{gpa:#x}] dirty flag cleared")
+                k.write_slot(slot, value & ~EPT_D, f"{why}: SPTE[{gpa:#x}] dirty flag cleared")
         return cleared
 
     def kvm_arch_mmu_enable_log_dirty_pt_masked(self, k: Step, gpa: int) -> None:
@@ -150,14 +149,10 @@ class Pml58:
         set whenever enable_pml."""
         return k.config.pml
 
-    def kvm_mmu_slot_apply_flags_pml(self, k: Step, task: HostTask) -> None:
-        """x86.c:kvm_mmu_slot_apply_flags -> vmx.c:vmx_slot_enable_log_dirty @ v5.7/v5.8 (no
-        request: PML is always on): the memslot logs from now on; clear the dirty flags."""
-        i = k.config.gpa_index(task.gpa)
-        k.kvm.log_dirty |= 1 << i
-        k.kvm.set_dirty(i, False)
-        k.note(f"KVM_MEM_LOG_DIRTY_PAGES on for {task.gpa:#x}", "dirty bitmap clean")
-        task.goto("kvm_mmu_slot_leaf_clear_dirty")
+    def kvm_mmu_update_cpu_dirty_logging(self, k: Step, first: bool) -> bool:
+        """x86.c:kvm_mmu_slot_apply_flags -> vmx.c:vmx_slot_enable_log_dirty @ v5.7/v5.8: no
+        request, PML is always on."""
+        return False
 
     def leaf_clear_dirty_flushes(self, k: Step, cleared: bool) -> bool:
         """mmu.c:kvm_mmu_slot_leaf_clear_dirty @ v5.7/v5.8: kvm_arch_flush_remote_tlbs_memslot

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from kvmtlb.host.thread import HostThread
-from kvmtlb.hw.dirty import sets_dirty, tracks_dirty
+from kvmtlb.hw.dirty import logs_write, pml_holds
 from kvmtlb.hw.outcomes import Access, PageFault
 from kvmtlb.hw.paging import E_W
 from kvmtlb.hw.walk import ACCESS_KINDS
@@ -250,7 +250,10 @@ def _coherence(
             h.protected >> i & 1
             and access == "write"
             and not w.kvm[K_DIRTY][i]
-            and not _pml_logged(w, cpu, o, gpa)
+            # with PML (kvm/pml.py): the write logs itself, or its GPA is in a log already
+            # (KVM moves it to the bitmap at the vCPU's next exit)
+            and not logs_write(w.machine.cpus[cpu], o)
+            and not pml_holds(w.machine.cpus, gpa)
         ):
             out.append(
                 Violation(
@@ -260,19 +263,6 @@ def _coherence(
                 )
             )
     return out
-
-
-def _pml_logged(w: World, cpu: int, o: Access, gpa: int) -> bool:
-    """With page-modification logging (hw/dirty.py, kvm/pml.py), whether the write `o` on
-    processor `cpu` is logged: it sets the EPT dirty flag with PML on, or the GPA is in a log
-    already (KVM moves it to the bitmap at the vCPU's next exit)."""
-    p = w.machine.cpus[cpu]
-    if tracks_dirty(p) and sets_dirty(o) and p.vmcs.enable_pml:
-        return True
-    page = gpa & ~0xFFF
-    return any(
-        c.vmcs is not None and page in c.vmcs.pml for c in w.machine.cpus if hasattr(c, "vmcs")
-    )
 
 
 __all__ = ["E_W", "PRECEDENCE", "Violation", "check", "visible"]
